@@ -1,0 +1,41 @@
+"""Where things live: repo root, caches and data, all inside the repo unless overridden.
+
+Caches (HF_HOME, MPLCONFIGDIR, IPYTHONDIR, Jupyter dirs, converted models) are kept under
+``<repo>/.cache`` so a checkout is self-contained and nothing is written to the user's home.
+``SEMALIGN_CACHE_DIR`` moves them (e.g. to a Colab drive).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEMALIGN_CACHE_DIR", REPO_ROOT / ".cache"))
+
+
+def model_cache_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("SEMALIGN_RESULTS_DIR", REPO_ROOT / "results"))
+
+
+def configure_cache_env() -> None:
+    """Point library caches into the repo cache unless the user already set them."""
+    root = cache_dir()
+    defaults = {
+        "HF_HOME": root / "huggingface",
+        "MPLCONFIGDIR": root / "matplotlib",
+        "IPYTHONDIR": root / "ipython",
+        "JUPYTER_CONFIG_DIR": root / "jupyter" / "config",
+        "JUPYTER_DATA_DIR": root / "jupyter" / "data",
+        "JUPYTER_RUNTIME_DIR": root / "jupyter" / "runtime",
+    }
+    for key, path in defaults.items():
+        os.environ.setdefault(key, str(path))
