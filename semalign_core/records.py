@@ -1,0 +1,99 @@
+"""Result records: one JSON per run, written atomically, with provenance.
+
+A record holds experiment, profile, method, task, metrics (with the n behind each), cost, the full
+config and provenance (git commit, package versions, data sha256, seed, device, dtype). A run whose
+config hash matches a valid existing record is reused unless forced, which is what lets an
+interrupted notebook resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from semalign_core.paths import REPO_ROOT, results_dir
+
+TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "peft", "captum", "numpy", "gguf")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(seed: int | None = None, data_sources: dict[str, str] | None = None,
+               device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
+    return {
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpus",
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+        "data_sha256": dict(sorted((data_sources or {}).items())),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def record_path(experiment: str, profile: str, run: str) -> Path:
+    return results_dir() / experiment / profile / f"{run}.json"
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    """Write JSON through a temp file and rename, so a killed run never leaves half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_record(experiment: str, profile: str, run: str, config: dict[str, Any],
+                 metrics: dict[str, Any], cost: dict[str, Any], prov: dict[str, Any],
+                 **extra: Any) -> Path:
+    payload = {"experiment": experiment, "profile": profile, "run": run, "config": config,
+               "config_hash": config_hash(config), "metrics": metrics, "cost": cost,
+               "provenance": prov, **extra}
+    return write_json_atomic(record_path(experiment, profile, run), payload)
+
+
+def load_valid_record(experiment: str, profile: str, run: str, config: dict[str, Any]) -> dict | None:
+    """The stored record of this run if it exists, parses, and was made with the same config."""
+    path = record_path(experiment, profile, run)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if record.get("config_hash") == config_hash(config) else None

@@ -1,0 +1,87 @@
+"""Run notebooks through Papermill with a timeout, keep the executed copy without machine paths.
+
+``python -m semalign_core.run_notebook notebooks/X.ipynb --profile cpu`` executes X with the
+given parameters, with the repo root as working directory and an execution timeout per cell (a
+dead kernel then fails the run instead of hanging it), and writes the executed notebook to
+``results/notebooks/<profile>/X.ipynb`` with papermill's absolute input/output paths removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from semalign_core.errors import ArtifactError
+from semalign_core.paths import REPO_ROOT, results_dir
+
+MACHINE_KEYS = ("input_path", "output_path")
+
+
+def executed_path(notebook: Path, profile: str) -> Path:
+    return results_dir() / "notebooks" / profile / notebook.name
+
+
+def strip_machine_paths(path: Path) -> None:
+    """Drop papermill's absolute paths (and other machine details) from the executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    pm = nb.metadata.get("papermill", {})
+    for key in MACHINE_KEYS:
+        pm.pop(key, None)
+    nbformat.write(nb, path)
+
+
+def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | None = None) -> Path:
+    import papermill as pm
+
+    if not notebook.exists():
+        raise ArtifactError(f"notebook {notebook} does not exist")
+    out = executed_path(notebook, profile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = {"profile": profile, "seed": seed, **(extra or {})}
+    start = time.perf_counter()
+    print(f"running {notebook.name} (profile={profile}, seed={seed}) -> {out.relative_to(REPO_ROOT)}")
+    try:
+        pm.execute_notebook(str(notebook), str(out), parameters=params, cwd=str(REPO_ROOT),
+                            kernel_name="python3", execution_timeout=timeout, progress_bar=False,
+                            request_save_on_cell_execute=True)
+    finally:
+        if out.exists():
+            strip_machine_paths(out)
+    print(f"done {notebook.name} in {time.perf_counter() - start:.1f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra notebook parameter (value parsed as YAML)")
+    args = parser.parse_args(argv)
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.param)}
+    try:
+        for nb in args.notebooks:
+            run(nb, args.profile, args.seed, args.timeout, extra)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
+        name = type(err).__name__
+        if name == "PapermillExecutionError":
+            print(f"error: {nb.name} failed: {getattr(err, 'ename', '')}: {getattr(err, 'evalue', '')}"
+                  f" (executed copy kept in {executed_path(nb, args.profile)})", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Model surgery: find the parts of a causal LM (layers, norms, embeddings, sublayers) by architecture.
+
+Like tuned-lens's ``model_surgery``: method code never spells ``model.model.layers`` or
+``transformer.h``; it asks this module, which knows the layout of each supported family and sees
+through PEFT wrappers (``PeftModel``) and ``torch.compile``. Everything works on the
+``*ForCausalLM`` object, i.e. the model with its LM head.
+
+Per-family layout (``_LAYOUTS``):
+
+========================  ==================  ===============  =====================================
+family                    decoder layers      final norm       sublayer output added to the residual
+========================  ==================  ===============  =====================================
+llama, mistral, qwen2     ``model.layers``    ``model.norm``   ``self_attn`` / ``mlp`` outputs
+gemma2, gemma3 (text)     ``model.layers``    ``model.norm``   ``post_attention_layernorm`` /
+                                                               ``post_feedforward_layernorm`` outputs
+gpt2                      ``transformer.h``   ``ln_f``         ``attn`` / ``mlp`` (dropout inside)
+gpt_neox                  ``gpt_neox.layers`` ``final_layer_   ``post_attention_dropout`` /
+                                              norm``           ``post_mlp_dropout`` outputs
+========================  ==================  ===============  =====================================
+
+Gemma scales token embeddings by sqrt(hidden_size) *inside* the embedding module
+(``Gemma*ScaledWordEmbedding``) or the backbone; the hidden state entering layer 0 is therefore not
+``embedding.weight[token]``. Code that needs "the embedding as the model sees it" should take the
+input of layer 0 (see :mod:`semalign_core.nethook`), never the raw embedding matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from semalign_core.errors import UnknownModelError
+
+
+class UnsupportedArchitectureError(UnknownModelError):
+    """The model's architecture (config.model_type) has no known layout."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Attribute names of one architecture family (relative to the ``*ForCausalLM`` model)."""
+
+    backbone: str  # the decoder stack without LM head
+    layers: str  # ModuleList of decoder blocks, on the backbone
+    final_norm: str  # on the backbone
+
+
+_LLAMA_LIKE = _Layout(backbone="model", layers="layers", final_norm="norm")
+_LAYOUTS = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3": _LLAMA_LIKE,
+    "gpt2": _Layout(backbone="transformer", layers="h", final_norm="ln_f"),
+    "gpt_neox": _Layout(backbone="gpt_neox", layers="layers", final_norm="final_layer_norm"),
+}
+SUPPORTED_ARCHITECTURES = tuple(_LAYOUTS)
+
+# config.model_type values that name a supported family differently.
+_MODEL_TYPE_ALIASES = {"gemma3_text": "gemma3"}
+
+# Sublayer attribute names on a decoder block, tried in order.
+_ATTENTION_NAMES = ("self_attn", "attn", "attention")
+_MLP_NAMES = ("mlp",)
+# What each sublayer adds to the residual stream, when that is not the sublayer's own output:
+# Gemma 2/3 normalise each sublayer output before the residual add ("sandwich" norms);
+# GPT-NeoX applies a dropout module after each sublayer (identity in eval mode, but the dropout
+# output is the exact addend in training mode too). GPT-2 keeps its dropouts inside attn/mlp.
+_ATTENTION_RESIDUAL_NAMES = ("post_attention_dropout",)
+_MLP_RESIDUAL_NAMES = ("post_feedforward_layernorm", "post_mlp_dropout")
+_GEMMA_STYLE_MARKER = "post_feedforward_layernorm"  # Gemma's post_attention_layernorm is post-attn
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain transformers model under PEFT (``PeftModel``) and ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model") and callable(model.get_base_model):  # PeftModel
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def architecture(model: nn.Module) -> str:
+    """The supported family name of ``model`` (its ``config.model_type``, gemma3_text → gemma3)."""
+    config = getattr(unwrap(model), "config", None)
+    model_type = getattr(config, "model_type", None)
+    arch = _MODEL_TYPE_ALIASES.get(model_type, model_type)
+    if arch not in _LAYOUTS:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    return arch
+
+
+def _layout(model: nn.Module) -> _Layout:
+    return _LAYOUTS[architecture(model)]
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    return getattr(unwrap(model), _layout(model).backbone)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks, in depth order."""
+    return getattr(_backbone(model), _layout(model).layers)
+
+
+def input_embeddings(model: nn.Module) -> nn.Embedding:
+    """The token embedding module (for Gemma it scales its output by sqrt(hidden_size))."""
+    return unwrap(model).get_input_embeddings()
+
+
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied after the last decoder block, before the LM head."""
+    return getattr(_backbone(model), _layout(model).final_norm)
+
+
+def unembedding(model: nn.Module) -> nn.Linear:
+    """The LM head (``lm_head`` / ``embed_out``): hidden state → vocabulary logits."""
+    _layout(model)  # fail early and clearly on an unsupported architecture
+    return unwrap(model).get_output_embeddings()
+
+
+def _first_attribute(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
+    for name in names:
+        module = getattr(layer, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise UnsupportedArchitectureError(
+        f"cannot find the {what} of {type(layer).__name__}; supported: "
+        f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+    )
+
+
+def attention_module(layer: nn.Module) -> nn.Module:
+    """The self-attention sublayer of a decoder block."""
+    return _first_attribute(layer, _ATTENTION_NAMES, "attention sublayer")
+
+
+def mlp_module(layer: nn.Module) -> nn.Module:
+    """The feed-forward (MLP) sublayer of a decoder block."""
+    return _first_attribute(layer, _MLP_NAMES, "MLP sublayer")
+
+
+def attention_residual_module(layer: nn.Module) -> nn.Module:
+    """The module whose output the block adds to the residual stream for its attention part.
+
+    The attention sublayer itself, except Gemma 2/3 (``post_attention_layernorm``, a post-norm)
+    and GPT-NeoX (``post_attention_dropout``). Its output may be a tuple (first item = tensor).
+    """
+    if hasattr(layer, _GEMMA_STYLE_MARKER):
+        return layer.post_attention_layernorm
+    names = _ATTENTION_RESIDUAL_NAMES + _ATTENTION_NAMES
+    return _first_attribute(layer, names, "attention residual output")
+
+
+def mlp_residual_module(layer: nn.Module) -> nn.Module:
+    """The module whose output the block adds to the residual stream for its MLP part."""
+    return _first_attribute(layer, _MLP_RESIDUAL_NAMES + _MLP_NAMES, "MLP residual output")
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of decoder blocks."""
+    return len(decoder_layers(model))
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the residual stream."""
+    return input_embeddings(model).weight.shape[1]
+
+
+def vocab_size(model: nn.Module) -> int:
+    """Rows of the unembedding (may exceed the tokenizer's vocabulary because of padding)."""
+    return unembedding(model).weight.shape[0]
+
+
+def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Decode a residual-stream state as the model decodes its last one: final norm, LM head,
+    then Gemma 2's logit soft-capping when the config sets ``final_logit_softcapping``.
+
+    Applied to the output of the last block this equals ``model(...).logits``.
+    """
+    logits = unembedding(model)(final_norm(model)(hidden))
+    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def model_stats(model: nn.Module) -> dict:
+    """Shape summary for results records: architecture, sizes, parameter count, tying."""
+    config = unwrap(model).config
+    hidden = hidden_size(model)
+    heads = config.num_attention_heads
+    intermediate = (
+        getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    )
+    return {
+        "architecture": architecture(model),
+        "layers": num_layers(model),
+        "heads": heads,
+        "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "vocab": vocab_size(model),
+        "parameters": sum(p.numel() for p in model.parameters()),  # shared tensors counted once
+        "tied_embeddings": unembedding(model).weight is input_embeddings(model).weight,
+    }
