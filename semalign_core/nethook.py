@@ -174,7 +174,7 @@ class capture_hidden:  # noqa: N801 - used as a function-style context manager
         hooked = set(self.layers) | ({0} if "embed" in self.points else set())
         for k in sorted(hooked):
             block = self.blocks[k]
-            input_points = [p for p in ("block_in",) if p in self.points and k in self.layers]
+            input_points = ["block_in"] if "block_in" in self.points and k in self.layers else []
             if "embed" in self.points and k == 0:
                 input_points.append("embed")
             if input_points:
@@ -187,7 +187,7 @@ class capture_hidden:  # noqa: N801 - used as a function-style context manager
                     self._handles.append(find(block).register_forward_hook(self._output_hook(point, k)))
             if "block_out" in self.points:
                 self._handles.append(block.register_forward_hook(self._output_hook("block_out", k)))
-        if self.stop_after_deepest:
+        if self.stop_after_deepest and hooked:
             # Registered last, so it runs after every capture hook of the deepest block.
             self._handles.append(self.blocks[max(hooked)].register_forward_hook(self._stop_hook))
 

@@ -37,13 +37,17 @@ def strip_machine_paths(path: Path) -> None:
 def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | None = None) -> Path:
     import papermill as pm
 
+    from semalign_core.profiles import get_profile
+
+    get_profile(profile)  # an unknown profile stops here, before a kernel starts
     if not notebook.exists():
         raise ArtifactError(f"notebook {notebook} does not exist")
     out = executed_path(notebook, profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, "seed": seed, **(extra or {})}
     start = time.perf_counter()
-    print(f"running {notebook.name} (profile={profile}, seed={seed}) -> {out.relative_to(REPO_ROOT)}")
+    shown = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
+    print(f"running {notebook.name} (profile={profile}, seed={seed}) -> {shown}")
     try:
         pm.execute_notebook(str(notebook), str(out), parameters=params, cwd=str(REPO_ROOT),
                             kernel_name="python3", execution_timeout=timeout, progress_bar=False,

@@ -5,18 +5,17 @@ Like tuned-lens's ``model_surgery``: method code never spells ``model.model.laye
 through PEFT wrappers (``PeftModel``) and ``torch.compile``. Everything works on the
 ``*ForCausalLM`` object, i.e. the model with its LM head.
 
-Per-family layout (``_LAYOUTS``):
+Per-family layout (decoder layers; final norm; what each block adds to the residual stream):
 
-========================  ==================  ===============  =====================================
-family                    decoder layers      final norm       sublayer output added to the residual
-========================  ==================  ===============  =====================================
-llama, mistral, qwen2     ``model.layers``    ``model.norm``   ``self_attn`` / ``mlp`` outputs
-gemma2, gemma3 (text)     ``model.layers``    ``model.norm``   ``post_attention_layernorm`` /
-                                                               ``post_feedforward_layernorm`` outputs
-gpt2                      ``transformer.h``   ``ln_f``         ``attn`` / ``mlp`` (dropout inside)
-gpt_neox                  ``gpt_neox.layers`` ``final_layer_   ``post_attention_dropout`` /
-                                              norm``           ``post_mlp_dropout`` outputs
-========================  ==================  ===============  =====================================
+- llama, mistral, qwen2: ``model.layers``; ``model.norm``; ``self_attn`` and ``mlp`` outputs.
+- gemma2, gemma3 (text): ``model.layers``; ``model.norm``; outputs of the post-sublayer norms
+  ``post_attention_layernorm`` and ``post_feedforward_layernorm`` ("sandwich" norms).
+- gpt2: ``transformer.h``; ``transformer.ln_f``; ``attn`` and ``mlp`` outputs (dropout inside).
+- gpt_neox: ``gpt_neox.layers``; ``gpt_neox.final_layer_norm``; outputs of
+  ``post_attention_dropout`` and ``post_mlp_dropout`` (parallel or sequential residual).
+
+LM heads: ``lm_head`` everywhere except gpt_neox (``embed_out``); found via
+``get_output_embeddings()``.
 
 Gemma scales token embeddings by sqrt(hidden_size) *inside* the embedding module
 (``Gemma*ScaledWordEmbedding``) or the backbone; the hidden state entering layer 0 is therefore not

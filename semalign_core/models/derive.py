@@ -51,6 +51,7 @@ class DeriveConfig:
         heal_steps: LM fine-tuning steps after pruning (0 skips healing).
         heal_batch, heal_seq_len, heal_lr: healing batch shape and AdamW learning rate.
         eval_blocks: held-out windows (of heal_seq_len tokens) for perplexity.
+        train_corpora: corpora for calibration and healing; held-out text is never among them.
         seed: seeds calibration sampling and healing.
     """
 
@@ -65,6 +66,7 @@ class DeriveConfig:
     heal_seq_len: int = 256
     heal_lr: float = 3e-4
     eval_blocks: int = 16
+    train_corpora: tuple[str, ...] = TRAIN_CORPORA
     seed: int = 0
 
 
@@ -228,7 +230,7 @@ def derive_student(model: nn.Module, tokenizer, cfg: DeriveConfig) -> tuple[nn.M
     """Prune ``model`` to ``cfg``'s shape, heal it, and report perplexities and costs."""
     _check(model, cfg)
     start = time.perf_counter()
-    calib = token_blocks(tokenizer, TRAIN_CORPORA, cfg.calib_seq_len, cfg.calib_blocks, seed=cfg.seed)
+    calib = token_blocks(tokenizer, cfg.train_corpora, cfg.calib_seq_len, cfg.calib_blocks, seed=cfg.seed)
     heldout = token_blocks(tokenizer, (HELDOUT_CORPUS,), cfg.heal_seq_len, cfg.eval_blocks, seed=cfg.seed)
     imp = measure_importance(model, calib)
     student = prune(model, imp, cfg)
@@ -239,7 +241,7 @@ def derive_student(model: nn.Module, tokenizer, cfg: DeriveConfig) -> tuple[nn.M
               "parameters_student": sum(p.numel() for p in student.parameters())}
     if cfg.heal_steps:
         needed = cfg.heal_steps * cfg.heal_batch
-        train = token_blocks(tokenizer, TRAIN_CORPORA, cfg.heal_seq_len, needed, seed=cfg.seed + 1)
+        train = token_blocks(tokenizer, cfg.train_corpora, cfg.heal_seq_len, needed, seed=cfg.seed + 1)
         report["heal_losses"] = [round(x, 4) for x in heal(student, train, cfg)]
         report["heal_tokens"] = int(train.numel())
     report["ppl_student"] = perplexity(student, heldout)
@@ -253,7 +255,7 @@ def ensure_derived(spec) -> Path:
 
     cfg = DeriveConfig(**spec.derive)
     out_dir = cached_dir(spec.name)
-    wanted = {"source": spec.derived_from, "config": asdict(cfg)}
+    wanted = json.loads(json.dumps({"source": spec.derived_from, "config": asdict(cfg)}))  # tuples -> lists
     marker = out_dir / MARKER
     if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k in wanted} == wanted:
         return out_dir

