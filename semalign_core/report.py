@@ -16,8 +16,11 @@ from semalign_core.paths import REPO_ROOT, results_dir
 FIGURES = REPO_ROOT / "figures"
 
 
+PUBLISHED = REPO_ROOT / "results" / "paper"  # part of the artifact, not of a run's results
+
+
 def _paper(paper: str) -> dict:
-    return json.loads((results_dir() / "paper" / f"{paper}_published.json").read_text())
+    return json.loads((PUBLISHED / f"{paper}_published.json").read_text())
 
 
 def published_table(paper: str, table: str):

@@ -347,8 +347,8 @@ def finetune(model, tokenizer, train_records: Sequence[dict], eval_records: Sequ
                 full_flops += costs.step_flops(shape, full_spec, b * t, t, positions)["total"]
                 tokens += b * t
                 real_tokens += int(batch["attention_mask"].sum())
-                losses.append(float(loss))
-                epoch_loss.append(float(loss))
+                losses.append(loss.item())
+                epoch_loss.append(loss.item())
                 step += 1
                 if changed is not None and changed != state:
                     state, params = changed, apply_trainable(model, changed)

@@ -113,17 +113,25 @@ def gain_scaling_fit(dev, params) -> np.ndarray:
     return _kaplan(dev, params)[2]
 
 
-def fit_zhang(dev, params, grid: int = 64) -> PowerLawFit:
-    """Fit D_k = A·N_k^−α + E (k = 1..L): grid over E ∈ [0, min D), least squares in log space."""
+def fit_zhang(dev, params, grid: int = 64, rounds: int = 3) -> PowerLawFit:
+    """Fit D_k = A·N_k^−α + E (k = 1..L): E by a grid over [0, min D) refined ``rounds`` times
+    around the best value, A and α by least squares of log(D − E) on log N for each E."""
     d, n = _as_arrays(dev, params)
     cum, y = np.cumsum(n), d[1:]
-    best, best_err = fit_power_law(y, cum), math.inf
     top = float(y.min())
-    for e in np.linspace(0.0, top, grid, endpoint=False) if top > 0 else [0.0]:
-        fit = fit_power_law(y, cum, offset=float(e))
-        err = float(np.mean((fit.predict(cum) - y) ** 2))
-        if err < best_err:
-            best, best_err = fit, err
+    if top <= 0:
+        return fit_power_law(y, cum)
+    lo, hi = 0.0, top
+    best, best_err = fit_power_law(y, cum), math.inf
+    for _ in range(rounds):
+        values = np.linspace(lo, hi, grid, endpoint=False)
+        for e in values:
+            fit = fit_power_law(y, cum, offset=float(e))
+            err = float(np.mean((fit.predict(cum) - y) ** 2))
+            if err < best_err:
+                best, best_err = fit, err
+        step = (hi - lo) / grid
+        lo, hi = max(0.0, best.offset - step), min(top, best.offset + step)
     return best
 
 
