@@ -25,11 +25,11 @@ from semalign_core.salf.finetune import (
     FinetuneResult,
     SuffixRunner,
     evaluate,
-    finetune,
     macro_f1,
     measured_saving,
     predict,
 )
+from semalign_core.salf.finetune import finetune as run_finetune  # keeps salf.finetune the module
 from semalign_core.salf.gains import (
     GAINS,
     Budget,
@@ -78,7 +78,7 @@ __all__ = [
     "LabelTokenError", "LabelTokens", "Lisa", "Lora", "POLICIES", "PROMPT_TEMPLATES", "Policy", "RandomEof",
     "SignalEof", "SuffixRunner", "Trainable", "TransitionTrace", "analyse", "apply_budget", "block_influence",
     "block_influence_policy", "block_params", "check_eof", "choose_eof", "compute_gains", "deviations",
-    "eof_per_example", "evaluate", "finetune", "format_prompt", "label_bases", "label_token_ids",
+    "eof_per_example", "evaluate", "format_prompt", "label_bases", "label_token_ids",
     "logit_lens_policy", "macro_f1", "make_policy", "measured_saving", "plan_batches", "predict",
-    "register_gain", "salf_policy", "transition_trace",
+    "register_gain", "run_finetune", "salf_policy", "transition_trace",
 ]

@@ -1,0 +1,197 @@
+"""SemAlign frontier training on the smoke models (tiny-source 6×64 → tiny-target 4×48)."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from semalign_core import semantics, surgery
+from semalign_core.data import load_transfer
+from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
+from semalign_core.models.registry import load_model
+from semalign_core.models.tiny import tiny_model
+from semalign_core.semalign import (
+    SemAlignConfig,
+    composite_map,
+    linear_cka_loss,
+    map_states,
+    transfer,
+)
+
+BASE = SemAlignConfig(steps_per_stage=3, lr=1e-3, batch_size=4, max_length=48, progress=False)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    src = load_model("tiny-source", verbose=False)
+    tgt = load_model("tiny-target", verbose=False)
+    train = load_transfer("gsm", "align", limit=4).records
+    extract = load_transfer("gsm", "extract", limit=4).records
+    return src.model, tgt.model, src.tokenizer, train, extract
+
+
+def run(pair, config=BASE, **kwargs):
+    src, tgt, tok, train, extract = pair
+    target = copy.deepcopy(tgt)
+    return transfer(src, target, train, extract, config, tok, **kwargs)
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_stage_losses_fall(result):
+    for rec in result.stages:
+        assert rec["losses"][-1] < rec["losses"][0], rec
+        assert rec["loss_after"] < rec["loss_before"], rec
+
+
+# --------------------------------------------------------------------------- acl (default)
+
+
+@pytest.fixture(scope="module")
+def full_run(pair, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("full")
+    return run(pair, replace(BASE, checkpoint_dir=str(ckpt))), ckpt
+
+
+def test_acl_losses_fall_and_layers_move_toward_aligned_states(full_run, pair):
+    result, _ = full_run
+    assert [r["stage"] for r in result.stages] == [1, 2, 3, 4]
+    assert result.pairing.n_source == 6 and result.pairing.is_monotone
+    assert len(result.scores) == 6
+    assert_stage_losses_fall(result)
+    assert result.stages[-1]["kl_losses"] and not result.stages[0]["kl_losses"]  # KL only at the last stage
+    for rec in result.stages:
+        assert rec["tokens"] > 0 and rec["flops"] > 0 and rec["wall_s"] > 0 and rec["peak_rss_mb"] > 0
+    assert result.cost["teacher_cache"] == "logits"
+
+
+def test_each_layer_changes_only_in_its_own_stage(full_run, pair):
+    from safetensors.torch import load_file
+
+    result, ckpt = full_run
+    _, tgt, *_ = pair
+    before, after = params(tgt), params(result.model)
+    for name in before:
+        if ".layers." not in name:  # embeddings, final norm, head: never trained
+            assert torch.equal(before[name], after[name]), name
+    for k, layer in enumerate(surgery.decoder_layers(result.model), start=1):
+        saved = load_file(str(ckpt / f"stage-{k:03d}.safetensors"))  # written right after stage k
+        for name, value in layer.state_dict().items():
+            assert torch.equal(saved[name], value), (k, name)  # unchanged after its stage
+        assert any(not torch.equal(p, q) for p, q in
+                   zip(layer.parameters(), surgery.decoder_layers(tgt)[k - 1].parameters()))
+    assert all(p.requires_grad for p in result.model.parameters())  # flags restored
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(full_run, pair, tmp_path):
+    full, _ = full_run
+    cfg = replace(BASE, checkpoint_dir=str(tmp_path))
+    src, tgt, tok, train, extract = pair
+    target = copy.deepcopy(tgt)
+    part = transfer(src, target, train, extract, cfg, tok, stop_after_stage=2)
+    assert [r["stage"] for r in part.stages] == [1, 2]
+    # same seed, second run: identical numbers; only layers 1-2 have changed so far
+    for a, b in zip(part.stages, full.stages):
+        assert a["losses"] == b["losses"] and a["loss_after"] == b["loss_after"]
+    before, now = params(tgt), params(target)
+    for name in before:
+        changed = not torch.equal(before[name], now[name])
+        assert changed == (".layers.0." in name or ".layers.1." in name) or "norm" in name and not changed, name
+    resumed = transfer(src, copy.deepcopy(tgt), train, extract, cfg, tok, resume=True)
+    assert resumed.resumed_after_stage == 2 and resumed.cost["supervision_cached"]
+    assert [r["stage"] for r in resumed.stages] == [1, 2, 3, 4]
+    for a, b in zip(resumed.stages, full.stages):
+        torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(b["losses"]), rtol=1e-6, atol=1e-7)
+    for (n, p), q in zip(resumed.model.named_parameters(), full.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    with pytest.raises(InvalidParameterError):  # a checkpoint of another config is refused
+        transfer(src, copy.deepcopy(tgt), train, extract, replace(cfg, lr=2e-3), tok, resume=True)
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def test_v2_objective_losses_fall(pair):
+    result = run(pair, replace(BASE, objective="v2", lr=3e-3))
+    assert_stage_losses_fall(result)
+    assert result.stages[-1]["kl_losses"]
+
+
+def test_v1_objective_losses_fall(pair):
+    result = run(pair, replace(BASE, objective="v1", lr=3e-3), stop_after_stage=2)
+    assert_stage_losses_fall(result)
+    assert not any(r["kl_losses"] for r in result.stages)
+
+
+def test_lora_trains_adapters_and_merges_them(pair):
+    _, tgt, *_ = pair
+    result = run(pair, replace(BASE, trainable="lora", lr=3e-3), stop_after_stage=2)
+    assert_stage_losses_fall(result)
+    before, after = params(tgt), params(result.model)
+    assert set(before) == set(after)  # adapters merged away: same parameter names
+    for name in before:
+        in_trained = ".layers.0." in name or ".layers.1." in name
+        if not in_trained or "norm" in name:  # LoRA touches only the stage layer's Linears
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
+    assert all(type(m) is nn.Linear for n, m in result.model.named_modules() if n.endswith("_proj"))
+
+
+def test_vds_reading_interpolated_pairing_and_kl_every_stage(pair):
+    cfg = replace(BASE, reading="vds", tau=0.05, pairing="interpolate", output_kl_every_stage=True, lr=3e-3)
+    result = run(pair, cfg, stop_after_stage=1)
+    assert result.pairing.strategy == "interpolate" and result.scores is None
+    assert result.stages[0]["source_layers"] == [[1, 0.5], [2, 0.5]]
+    assert result.stages[0]["kl_losses"]
+    assert_stage_losses_fall(result)
+
+
+def test_teacher_hidden_fallback_gives_the_same_kl(pair):
+    cfg = replace(BASE, steps_per_stage=1, output_kl_every_stage=True, eval_batches=0)
+    a = run(pair, cfg, stop_after_stage=1)
+    b = run(pair, replace(cfg, max_cached_logits_bytes=0), stop_after_stage=1)
+    assert a.cost["teacher_cache"] == "logits" and b.cost["teacher_cache"] == "hidden"
+    torch.testing.assert_close(torch.tensor(a.stages[0]["kl_losses"]), torch.tensor(b.stages[0]["kl_losses"]),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_incompatible_pairs_fail_before_any_work(pair):
+    src, tgt, tok, train, extract = pair
+    with pytest.raises(IncompatibleModelsError, match="deeper"):
+        transfer(tgt, src, train, extract, BASE, tok)
+    other = tiny_model("llama", vocab_size=128, num_layers=2, hidden_size=32)
+    with pytest.raises(IncompatibleModelsError, match="vocabularies differ"):
+        transfer(src, other, train, extract, BASE, tok)
+    with pytest.raises(InvalidParameterError):
+        SemAlignConfig(objective="v3")
+    with pytest.raises(InvalidParameterError):
+        transfer(src, copy.deepcopy(tgt), train, extract, BASE, tok, resume=True)  # no checkpoint_dir
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_composite_map_equals_transfer_state():
+    g = torch.Generator().manual_seed(0)
+    s_src = semantics.semantic_bases(torch.randn(500, 16, generator=g), disk_cache=False)
+    s_tgt = semantics.semantic_bases(torch.randn(500, 12, generator=g), disk_cache=False)
+    h = torch.randn(3, 5, 16, generator=g)
+    m = composite_map(s_src, s_tgt)
+    torch.testing.assert_close(map_states(h, m, "none"), semantics.transfer_state(h, s_src, s_tgt), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(map_states(h, m, "source_norm"),
+                               semantics.transfer_state(h, s_src, s_tgt, rescale="source_norm"), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_cka_loss():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 7, 5, generator=g)
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1, 5:] = False
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g))
+    # invariant to rotation, scale and a per-example shift of the features
+    assert float(linear_cka_loss(x, 3.0 * x @ q + 1.0, keep)) < 1e-5
+    assert float(linear_cka_loss(x, torch.randn(2, 7, 5, generator=g), keep)) > 0.05
