@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(results_dir() / "bench" / "eval_throughput.json"))
     args = parser.parse_args()
 
+    load_start = os.getloadavg()[0]
     loaded = load_model(args.model, dtype=args.dtype, verbose=True)
     sequences, data = question_tokens(loaded.tokenizer, args.limit, args.seed)
     n, tokens = len(sequences), sum(len(s) for s in sequences)
@@ -122,7 +123,7 @@ def main() -> None:
         "harness_overhead_without_model": {"wall_s": round(overhead_s, 3)},
         "harness_over_raw_time_ratio": round(harness_s / raw_s, 3),
         "accuracy": record["metrics"]["acc"],
-        "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "load_avg_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "data": data,
         "provenance": provenance(seed=args.seed, data_sources=data["sources"], dtype=args.dtype),
     }

@@ -80,7 +80,9 @@ class SemAlignConfig:
         attribution_aggregate, attribution_method, attribution_granularity: see attribution.py.
         max_cached_logits_bytes: the teacher's output logits (fp32, supervised positions only)
             are cached when they fit in this many bytes; otherwise its final-normed hidden states
-            are cached and its LM head is re-applied at every step that needs the KL.
+            are cached and its LM head is re-applied at every step that needs the KL. The same
+            budget decides whether a stage keeps its aligned logits z~ (constant within a stage)
+            or recomputes them at each step.
         eval_batches: how many of a stage's batches measure the stage loss before and after the
             stage (0 disables the measurement).
         seed: seeds every stage (``seed + k``), so a resumed run repeats the same numbers.
@@ -466,6 +468,20 @@ class StageLoss:
             mask, tgt = supervised_positions(b["labels"].to(device))
             rows, cols = mask.nonzero(as_tuple=True)
             self.positions.append((rows, cols, tgt[rows, cols], b["attention_mask"].to(device).bool()))
+        n_sup = sum(len(p[0]) for p in self.positions)
+        self._cache_aligned = n_sup * surgery.vocab_size(target) * 4 <= config.max_cached_logits_bytes
+        self._aligned: dict[int, Tensor] = {}
+
+    def aligned(self, stage: int, i: int, h_tilde: Tensor) -> Tensor:
+        """Aligned logits z~ of batch i: constant within a stage, so computed once and kept when
+        all batches' z~ fit in ``max_cached_logits_bytes`` (else recomputed at each step)."""
+        if i in self._aligned:
+            return self._aligned[i]
+        with torch.no_grad():
+            z = semantics.aligned_logits(h_tilde, self.norm, self.head.weight, self.cap, self.head.bias).float()
+        if self._cache_aligned:
+            self._aligned[i] = z
+        return z
 
     def teacher_logits(self, i: int) -> Tensor:
         t = self.sup.teacher[i]
@@ -495,9 +511,7 @@ class StageLoss:
         z = None
         if cfg.objective == "acl" and cfg.reading == "aligned_logits":
             z = surgery.logit_lens(self.target, h_out[rows, cols]).float()
-            with torch.no_grad():
-                z_tilde = semantics.aligned_logits(sup[rows, cols], self.norm, self.head.weight, self.cap,
-                                                   self.head.bias).float()
+            z_tilde = self.aligned(stage, i, sup[rows, cols])
             parts["layer"] = semantics.fisher_quadratic_surrogate(z, z_tilde, cfg.tau)
         elif cfg.objective == "acl":  # reading "vds": cosine coefficients on both sides
             z_vds = semantics.vds_logits(h_out[rows, cols], self.bases_tgt)

@@ -182,6 +182,13 @@ def test_chat_prompts_by_style(smollm2_tokenizer):
             "semalign_mmlu_chat", {**ctx, "prompt_style": "model", "tokenizer_key": key})
     assert "<|im_start|>assistant\n" in chat["prompt"]
     assert chat["prompt"].endswith("<|im_start|>assistant\nThe answer is:")
+    # When the evaluator adds the tokenizer's BOS, the template's own leading copy goes, so
+    # the tokens are the template's exactly (SmolLM2's BOS is <|im_start|>).
+    with chat_tokenizer(smollm2_tokenizer) as key:
+        _, (bos,) = task_utils.build_docs("semalign_mmlu_chat", {
+            **ctx, "prompt_style": "model", "tokenizer_key": key, "add_bos": True})
+    assert smollm2_tokenizer(bos["prompt"])["input_ids"] == smollm2_tokenizer(
+        chat["prompt"], add_special_tokens=False)["input_ids"]
 
 
 def test_always_a_scores_the_share_of_a_answers():

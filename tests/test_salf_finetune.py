@@ -27,6 +27,15 @@ TRAIN = [
 CFG = dict(epochs=2, batch_size=4, lr=1e-2, max_length=32, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two on a shared 2-core machine (and deterministic)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from semalign_core.models.registry import load_model
@@ -199,6 +208,10 @@ def test_error_paths(tiny):
     with pytest.raises(InvalidParameterError, match="leaves no layer"):
         ft.finetune(model, tok, TRAIN, None, policies.salf_policy(budget=gains.Budget(max_trainable=0)), cfg,
                     label_words=WORDS)
+    result = ft.finetune(copy.deepcopy(model), tok, TRAIN, None, policies.FixedEof(eof=2, train_head=True),
+                         ft.FinetuneConfig(**{**CFG, "epochs": 1}), label_words=WORDS)
+    assert "lm_head.weight" in result.grad_params  # an untied head may train with a frozen prefix
+    surgery.unwrap(model).lm_head.weight = surgery.input_embeddings(model).weight  # tie
     with pytest.raises(InvalidParameterError, match="tied"):
         ft.finetune(model, tok, TRAIN, None, policies.FixedEof(eof=2, train_head=True), cfg, label_words=WORDS)
     with pytest.raises(InvalidParameterError, match="loss"):

@@ -20,15 +20,15 @@ from semalign_core.semalign import (
     transfer,
 )
 
-BASE = SemAlignConfig(steps_per_stage=3, lr=1e-3, batch_size=4, max_length=48, progress=False)
+BASE = SemAlignConfig(steps_per_stage=3, lr=1e-3, batch_size=2, max_length=40, progress=False)
 
 
 @pytest.fixture(scope="module")
 def pair():
     src = load_model("tiny-source", verbose=False)
     tgt = load_model("tiny-target", verbose=False)
-    train = load_transfer("gsm", "align", limit=4).records
-    extract = load_transfer("gsm", "extract", limit=4).records
+    train = load_transfer("gsm", "align", limit=2).records
+    extract = load_transfer("gsm", "extract", limit=2).records
     return src.model, tgt.model, src.tokenizer, train, extract
 
 
@@ -99,8 +99,8 @@ def test_interrupted_run_resumes_to_the_same_numbers(full_run, pair, tmp_path):
         assert a["losses"] == b["losses"] and a["loss_after"] == b["loss_after"]
     before, now = params(tgt), params(target)
     for name in before:
-        changed = not torch.equal(before[name], now[name])
-        assert changed == (".layers.0." in name or ".layers.1." in name) or "norm" in name and not changed, name
+        trained = ".layers.0." in name or ".layers.1." in name
+        assert torch.equal(before[name], now[name]) != trained, name
     resumed = transfer(src, copy.deepcopy(tgt), train, extract, cfg, tok, resume=True)
     assert resumed.resumed_after_stage == 2 and resumed.cost["supervision_cached"]
     assert [r["stage"] for r in resumed.stages] == [1, 2, 3, 4]
@@ -116,20 +116,20 @@ def test_interrupted_run_resumes_to_the_same_numbers(full_run, pair, tmp_path):
 
 
 def test_v2_objective_losses_fall(pair):
-    result = run(pair, replace(BASE, objective="v2", lr=3e-3))
+    result = run(pair, replace(BASE, objective="v2", steps_per_stage=2))
     assert_stage_losses_fall(result)
     assert result.stages[-1]["kl_losses"]
 
 
 def test_v1_objective_losses_fall(pair):
-    result = run(pair, replace(BASE, objective="v1", lr=3e-3), stop_after_stage=2)
+    result = run(pair, replace(BASE, objective="v1", lr=3e-3, steps_per_stage=2), stop_after_stage=2)
     assert_stage_losses_fall(result)
     assert not any(r["kl_losses"] for r in result.stages)
 
 
 def test_lora_trains_adapters_and_merges_them(pair):
     _, tgt, *_ = pair
-    result = run(pair, replace(BASE, trainable="lora", lr=3e-3), stop_after_stage=2)
+    result = run(pair, replace(BASE, trainable="lora", lr=3e-3, steps_per_stage=2), stop_after_stage=2)
     assert_stage_losses_fall(result)
     before, after = params(tgt), params(result.model)
     assert set(before) == set(after)  # adapters merged away: same parameter names
@@ -141,8 +141,10 @@ def test_lora_trains_adapters_and_merges_them(pair):
     assert all(type(m) is nn.Linear for n, m in result.model.named_modules() if n.endswith("_proj"))
 
 
+@pytest.mark.slow
 def test_vds_reading_interpolated_pairing_and_kl_every_stage(pair):
-    cfg = replace(BASE, reading="vds", tau=0.05, pairing="interpolate", output_kl_every_stage=True, lr=3e-3)
+    cfg = replace(BASE, reading="vds", tau=0.05, pairing="interpolate", output_kl_every_stage=True, lr=3e-3,
+                  steps_per_stage=2)
     result = run(pair, cfg, stop_after_stage=1)
     assert result.pairing.strategy == "interpolate" and result.scores is None
     assert result.stages[0]["source_layers"] == [[1, 0.5], [2, 0.5]]
@@ -150,6 +152,7 @@ def test_vds_reading_interpolated_pairing_and_kl_every_stage(pair):
     assert_stage_losses_fall(result)
 
 
+@pytest.mark.slow
 def test_teacher_hidden_fallback_gives_the_same_kl(pair):
     cfg = replace(BASE, steps_per_stage=1, output_kl_every_stage=True, eval_batches=0)
     a = run(pair, cfg, stop_after_stage=1)

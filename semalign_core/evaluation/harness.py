@@ -215,7 +215,9 @@ def evaluate(
         ours = [n for n in names if n in set(list_tasks())]
         _check_task_options(task_options, ours)
 
-        add_bos = prompt_style != "model" and tok is not None and _tokenizer_adds_bos(tok)
+        # BOS as the tokenizer does by default, in every style (chat templates that write it
+        # themselves lose their copy in the task code), so plain tasks do not change with style.
+        add_bos = tok is not None and _tokenizer_adds_bos(tok)
         if lm is None:
             from lm_eval.models.huggingface import HFLM
 
@@ -224,7 +226,8 @@ def evaluate(
 
         with chat_tokenizer(tok if prompt_style == "model" else None) as key:
             runtime = {"prompt_style": prompt_style, "limit": limit, "seed": seed,
-                       "tokenizer_key": key, "options": dict(task_options or {})}
+                       "tokenizer_key": key, "add_bos": add_bos,
+                       "options": dict(task_options or {})}
             manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=len(ours) < len(names),
                                   metadata={"semalign": runtime})
             task_objs = _build_tasks(manager, names)
@@ -273,7 +276,16 @@ def _build_tasks(manager, names: list[str]) -> dict:
     """lm-eval task objects by name; errors of our data layer propagate unchanged."""
     from lm_eval.tasks import get_task_dict
 
-    task_dict = get_task_dict(names, manager)
+    try:
+        task_dict = get_task_dict(names, manager)
+    except ArtifactError:
+        raise
+    except (ConnectionError, OSError) as err:  # lm-eval built-in tasks fetch hub datasets
+        from semalign_core.errors import OfflineError
+
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise OfflineError(f"could not load the data of an lm-eval built-in task ({first}); "
+                           "built-in tasks need the Hugging Face hub or its local cache") from None
     flat = {}
 
     def walk(d):

@@ -239,6 +239,7 @@ def deviations(model, trace: TransitionTrace, kind: str = "cos_normed", chunk: i
                            for i in range(0, n, chunk)])
         return 1.0 - F.cosine_similarity(h, bases[:, None, :], dim=-1, eps=EPS)
     out = torch.empty(n, k1)
+    chunk = max(1, min(chunk, (1 << 26) // (k1 * surgery.vocab_size(model))))  # ≤ 64M logits at once
     ids = trace.label_tokens.ids
     use = [t[:1] if trace.label_tokens.mode == "first" else t for t in ids]
     for i in range(0, n, chunk):

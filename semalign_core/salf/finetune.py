@@ -192,7 +192,7 @@ class FinetuneConfig:
     eval_batch_size: int = 16
     analysis_batch_size: int = 16
     seed: int = 0
-    device: str = "cpu"
+    device: str | None = None  # None: wherever the model is; else the model is moved there
 
 
 @dataclass
@@ -269,7 +269,9 @@ def finetune(model, tokenizer, train_records: Sequence[dict], eval_records: Sequ
             raise InvalidParameterError("finetune needs label_words or a known classification task")
         label_words = CLASSIFICATION_TASKS[task].label_words
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
+    if config.device is not None:
+        model = model.to(config.device)
+    device = next(model.parameters()).device
     label_tokens = analysis.label_token_ids(tokenizer, label_words, config.label_token_mode,
                                             config.require_single_token)
     ctx = PolicyContext(model, tokenizer, list(train_records), task, tuple(label_words), config.template,

@@ -3,7 +3,8 @@
 lm-eval executes this file by path (a fresh module per ``!function`` tag), so it holds no state
 and imports the package absolutely. Everything a task needs at run time arrives through the
 task metadata key ``semalign`` (set by :func:`semalign_core.evaluation.harness.evaluate`):
-``prompt_style``, ``limit``, ``seed``, ``tokenizer_key`` and per-task ``options``.
+``prompt_style``, ``limit``, ``seed``, ``tokenizer_key``, ``add_bos`` (the evaluator prepends
+the tokenizer's BOS) and per-task ``options``.
 
 Every document has the same flat fields, so one set of YAML keys serves all tasks:
 ``doc_id``, ``prompt`` (the full model input, already rendered in the requested style),
@@ -60,7 +61,8 @@ PLAIN_UNTIL = {
     "humaneval": ["\nclass", "\ndef", "\n#", "\nif", "\nprint"],
     "mbpp": ["[DONE]"],
 }
-CHAT_UNTIL = ["<|user|>", "<|assistant|>", "<|system|>"]
+CHAT_UNTIL = ["<|user|>", "<|assistant|>", "<|system|>",  # the transfer (Tulu) tags
+              "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>"]  # common end-of-turn marks
 
 # Classification: (template with {text}, cue ends the prompt); choices are " " + label word.
 CLS_TEMPLATES = {
@@ -112,8 +114,13 @@ def generation_until(family: str, style: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def render_user_turn(content: str, style: str, tokenizer_key: str | None) -> str:
-    """The model input for one user message and an open assistant turn."""
+def render_user_turn(content: str, style: str, tokenizer_key: str | None,
+                     lm_adds_bos: bool = False) -> str:
+    """The model input for one user message and an open assistant turn.
+
+    ``lm_adds_bos``: the evaluator puts the tokenizer's BOS in front of every input; a chat
+    template that writes the BOS itself then loses its leading copy, so there is one.
+    """
     messages = [{"role": "user", "content": content}]
     if style == "transfer":
         return render_transfer_chat(messages, add_generation_prompt=True)
@@ -126,7 +133,11 @@ def render_user_turn(content: str, style: str, tokenizer_key: str | None) -> str
                 "prompt_style='model' needs the model's tokenizer; evaluate through "
                 "semalign_core.evaluation.harness.evaluate"
             )
-        return render_model_chat(tokenizer, messages, add_generation_prompt=True)
+        text = render_model_chat(tokenizer, messages, add_generation_prompt=True)
+        bos = getattr(tokenizer, "bos_token", None)
+        if lm_adds_bos and bos and text.startswith(bos):
+            text = text[len(bos):]
+        return text
     raise InvalidParameterError(f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
 
 
@@ -186,22 +197,21 @@ def _doc(doc_id: str, prompt: str, family: str, style: str, record: dict, **fiel
     return doc
 
 
-def _mmlu_docs(name, style, key, opts, limit, seed):
-    chat = name == "semalign_mmlu_chat"
+def _mmlu_docs(name, style, chat, opts, limit, seed):
     split = load_mmlu(opts.get("split", "test"), opts.get("subjects"), limit=limit, seed=seed)
-    style = style if chat else "plain"
+    style = style if name == "semalign_mmlu_chat" else "plain"
     docs = []
     for i, rec in enumerate(split.records):
         question = mmlu_question(rec)
         prompt = question
         if style != "plain":
-            prompt = render_user_turn(question, style, key) + MMLU_CHAT_RESPONSE_PREFIX
+            prompt = render_user_turn(question, style, *chat) + MMLU_CHAT_RESPONSE_PREFIX
         docs.append(_doc(f"{rec['subject']}/{i}", prompt, "mmlu", style, rec,
                          choices=list(MMLU_LETTERS), gold=MMLU_LETTERS.index(rec["answer"])))
     return split, docs
 
 
-def _gsm8k_docs(name, style, key, opts, limit, seed):
+def _gsm8k_docs(name, style, chat, opts, limit, seed):
     from semalign_core.evaluation.answers import _check_order, normalise_number
 
     order = list(_check_order(opts.get("answer_order", DEFAULT_ANSWER_ORDER)))
@@ -209,26 +219,26 @@ def _gsm8k_docs(name, style, key, opts, limit, seed):
     docs = []
     for i, rec in enumerate(split.records):
         user = GSM8K_INSTRUCTION + rec["question"].strip()
-        prompt = user + "\nAnswer:" if style == "plain" else render_user_turn(user, style, key)
+        prompt = user + "\nAnswer:" if style == "plain" else render_user_turn(user, style, *chat)
         docs.append(_doc(f"gsm8k/{i}", prompt, "gsm8k", style, rec,
                          target=normalise_number(rec["target"]), answer_order=order))
     return split, docs
 
 
-def _humaneval_docs(name, style, key, opts, limit, seed):
+def _humaneval_docs(name, style, chat, opts, limit, seed):
     split = load_humaneval(limit=limit, seed=seed)
     docs = []
     for rec in split.records:
         if style == "plain":
             prompt = rec["prompt"]
         else:
-            prompt = render_user_turn(CODE_INSTRUCTION + rec["prompt"], style, key)
+            prompt = render_user_turn(CODE_INSTRUCTION + rec["prompt"], style, *chat)
         docs.append(_doc(rec["task_id"], prompt, "humaneval", style, rec,
                          target=rec["canonical_solution"]))
     return split, docs
 
 
-def _mbpp_docs(name, style, key, opts, limit, seed):
+def _mbpp_docs(name, style, chat, opts, limit, seed):
     split = load_mbpp(opts.get("split", "test"), sanitized=bool(opts.get("sanitized", False)),
                       limit=limit, seed=seed)
     docs = []
@@ -237,13 +247,13 @@ def _mbpp_docs(name, style, key, opts, limit, seed):
             prompt = mbpp_plain_prompt(rec)
         else:
             user = f"{CODE_INSTRUCTION}{rec['text'].strip()}\n{mbpp_signature(rec)}"
-            prompt = render_user_turn(user, style, key)
+            prompt = render_user_turn(user, style, *chat)
         docs.append(_doc(f"mbpp/{rec['task_id']}", prompt, "mbpp", style, rec,
                          target=rec["code"].replace("\r\n", "\n")))
     return split, docs
 
 
-def _cls_docs(name, style, key, opts, limit, seed):
+def _cls_docs(name, style, chat, opts, limit, seed):
     task = name.removeprefix("semalign_cls_")
     spec = CLASSIFICATION_TASKS[task]
     split = load_classification(task, opts.get("split", CLS_EVAL_SPLIT[task]), limit=limit, seed=seed)
@@ -285,8 +295,8 @@ def build_docs(name: str, semalign: dict | None = None):
     family = task_family(name)
     opts = dict((ctx.get("options") or {}).get(name) or {})
     _check_options(name, family, opts)
-    return _BUILDERS[family](name, style, ctx.get("tokenizer_key"), opts,
-                             ctx.get("limit"), ctx.get("seed"))
+    chat = (ctx.get("tokenizer_key"), bool(ctx.get("add_bos", False)))
+    return _BUILDERS[family](name, style, chat, opts, ctx.get("limit"), ctx.get("seed"))
 
 
 def load_docs(name: str, semalign: dict | None = None, **_unused):
