@@ -169,3 +169,26 @@ def test_derive_rejects_bad_shapes(tiny_pair):
     bad = DeriveConfig(num_layers=99, hidden_size=48, intermediate_size=96)
     with pytest.raises(InvalidParameterError, match="num_layers=99"):
         derive_student(tiny_pair[0].model, tiny_pair[0].tokenizer, bad)
+
+
+def test_sentencepiece_bpe_merges_follow_piece_scores():
+    from semalign_core.models.gguf import sentencepiece_bpe_merges
+
+    pieces = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
+    scores = [0.0, -1, -2, -3, -4, -5, -6]  # negative ranks, as in BPE-trained SentencePiece
+    merges = sentencepiece_bpe_merges(pieces, scores, specials={"<unk>"})
+    assert merges == [["a", "b"], ["b", "c"], ["a", "bc"], ["ab", "c"]]
+
+
+def test_gemma3_tokenizer_is_rebuilt_as_bpe(gemma3):
+    """transformers' GGUF converter makes Gemma's SentencePiece-BPE vocabulary a Unigram model,
+    which splits common words into fragments; the cached tokenizer must segment like Gemma."""
+    tok = gemma3.tokenizer
+    assert tok.tokenize(" positive") == ["▁positive"]
+    assert tok.tokenize("The capital of France") == ["The", "▁capital", "▁of", "▁France"]
+    text = "def f(x):\n    return x**2  # 日本語"
+    assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
+    ids = tok("It is a truth universally acknowledged, that a single man in possession of a good "
+              "fortune, must be in want of a wife.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert gemma3.model(input_ids=ids, labels=ids).loss.item() < 3.0

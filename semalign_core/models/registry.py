@@ -67,7 +67,7 @@ REGISTRY: dict[str, ModelSpec] = {
                   hub_id="google/gemma-3-270m", wheel=GEMMA3_WHEEL),
         ModelSpec("smollm2-derived-24l", "derived", "SmolLM2-135M pruned to 24 layers, d=384, 6 heads, ffn 1024, healed",
                   derived_from="smollm2-135m-instruct",
-                  derive=dict(num_layers=24, hidden_size=384, num_kv_groups=2, intermediate_size=1024)),
+                  derive=dict(num_layers=24, hidden_size=384, num_kv_groups=2, intermediate_size=1024, heal_steps=80)),
         # gpu-small: one family per pair, from the hub
         _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct"),
         _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-360M-Instruct"),
