@@ -19,7 +19,7 @@ export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
 export JUPYTER_DATA_DIR := $(CURDIR)/.cache/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 
-NOTEBOOKS := 00_models_and_data
+NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT)
 
 .PHONY: help setup test test-slow reproduce figures lab models clean $(NOTEBOOKS)
@@ -48,6 +48,12 @@ test-slow: setup  ## the slow checks kept out of `make test`
 
 00_models_and_data: setup  ## models and data overview (model-statistics table)
 	$(RUN_NB) notebooks/00_models_and_data.ipynb
+
+01_semalign_analyses: setup  ## SemAlign Fig. 2 (decomposition fidelity) and Figs. 4-6 (CKA heatmaps)
+	$(RUN_NB) notebooks/01_semalign_analyses.ipynb
+
+02_salf_deviation_gain: setup  ## SALF per-layer deviations, gains and eof per model and task
+	$(RUN_NB) notebooks/02_salf_deviation_gain.ipynb
 
 reproduce: setup  ## run every notebook at PROFILE (default cpu), then rebuild figures
 	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from semalign_core.paths import REPO_ROOT, results_dir
 
@@ -54,12 +55,91 @@ def model_statistics_table() -> str:
     return "".join(out)
 
 
+# --------------------------------------------------------------------------- analysis figures
+
+# A figure shows one profile: the largest that has results (the title names it).
+PROFILE_PREFERENCE = ("paper", "gpu-small", "cpu", "smoke")
+
+
+def _preferred_record(experiment: str, run: str) -> dict | None:
+    for profile in PROFILE_PREFERENCE:
+        path = results_dir() / experiment / profile / f"{run}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def _salf_records(profile: str) -> list[dict]:
+    paths = sorted((results_dir() / "salf_analysis" / profile).glob("*__*.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def semalign_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
+    """SemAlign Fig. 2 (fidelity) and Figs. 4-6 (CKA) from results/semalign_analyses/."""
+    from semalign_core import plots
+
+    written = []
+    for run, name, draw in (("fidelity", "semalign_fig2_fidelity.png", plots.fidelity_figure),
+                            ("cka", "semalign_fig4-6_cka.png", plots.cka_figure)):
+        record = _preferred_record("semalign_analyses", run)
+        if record is not None:
+            written.append(plots.save_png(draw(record), Path(out_dir) / name))
+    return written
+
+
+def salf_eof_rows(records: Sequence[dict]) -> list[dict]:
+    """One row per SALF analysis record: model, task, n, layers, gain used, its eof, and the eof
+    the same deviation trace gives under every registered gain formula."""
+    rows = []
+    for r in sorted(records, key=lambda r: (r["config"]["model"], r["config"]["task"])):
+        m = r["metrics"]
+        rows.append({"model": r["config"]["model"], "task": r["config"]["task"], "n": m["n"], "layers": m["layers"],
+                     "gain": m["gain_kind"], "eof": m["eof"],
+                     **{f"eof[{g}]": e for g, e in sorted(m["eof_by_gain"].items())}})
+    return rows
+
+
+def salf_eof_table() -> str:
+    """The eof chosen per model × task and the eof under every registered gain formula."""
+    out = ["# SALF: end of freezing (eof) per model and task\n\n",
+           "eof = e freezes the embeddings and blocks 1..e (argmax gain over blocks 1..L-1). "
+           "The chosen eof uses the run's gain; the other columns re-choose it from the same "
+           "deviation trace with every registered gain formula (docs/decisions_salf.md).\n"]
+    for profile in PROFILE_PREFERENCE:
+        records = _salf_records(profile)
+        if not records:
+            continue
+        rows = salf_eof_rows(records)
+        header = list(rows[0])
+        dev = sorted({r["metrics"]["deviation_kind"] for r in records})
+        out.append(f"\n## Reproduced: profile `{profile}` (deviation: {', '.join(dev)})\n\n")
+        out.append(_markdown(header, [[row.get(h, "") for h in header] for row in rows]))
+    return "".join(out)
+
+
+def salf_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
+    """SALF deviation/gain panels (largest profile with results) and the eof table (every profile)."""
+    from semalign_core import plots
+
+    profile = next((p for p in PROFILE_PREFERENCE if _salf_records(p)), None)
+    if profile is None:
+        return []
+    out_dir = Path(out_dir)
+    fig = plots.salf_deviation_gain_figure(_salf_records(profile))
+    table = out_dir / "salf_eof_table.md"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text(salf_eof_table())
+    return [plots.save_png(fig, out_dir / "salf_fig2_deviation_gain.png"), table]
+
+
 def build_all() -> list[Path]:
     FIGURES.mkdir(exist_ok=True)
     written = []
     target = FIGURES / "table3_model_statistics.md"
     target.write_text(model_statistics_table())
     written.append(target)
+    written += semalign_analysis_figures(FIGURES)
+    written += salf_analysis_figures(FIGURES)
     return written
 
 

@@ -1,0 +1,170 @@
+"""Analysis experiments at the smoke profile: SemAlign Fig. 2 / Figs. 4-6 and SALF deviation/gain.
+
+Both notebooks run once (module fixture) into a temporary results folder; the record checks and
+the figure checks read what they wrote. On the tiny random models output- and input-side bases
+both reconstruct almost perfectly (random embeddings are isotropic), so the paper's ordering is
+checked on SmolLM2 only (slow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semalign_core import analyses, report, salf, semantics
+from semalign_core.errors import InvalidParameterError
+from semalign_core.models.tiny import tiny_model
+from semalign_core.paths import REPO_ROOT
+from semalign_core.profiles import get_profile
+
+NOTEBOOKS = [REPO_ROOT / "notebooks" / f"{n}.ipynb" for n in ("01_semalign_analyses", "02_salf_deviation_gain")]
+TASKS = ("sst2", "agnews", "trec")
+
+
+def _run(results, notebooks, *params):
+    cmd = [sys.executable, "-m", "semalign_core.run_notebook", *map(str, notebooks), "--profile", "smoke",
+           "--timeout", "300", *params]
+    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = _run(results, NOTEBOOKS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return results
+
+
+def _read(results, *parts):
+    return json.loads(results.joinpath(*parts).read_text())
+
+
+def test_notebooks_run_at_smoke_without_errors(smoke_results):
+    for nb in NOTEBOOKS:
+        executed = json.loads((smoke_results / "notebooks" / "smoke" / nb.name).read_text())
+        outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+        assert not [o for o in outputs if o["output_type"] == "error"], nb.name
+        assert sum("image/png" in o.get("data", {}) for o in outputs) >= 1, nb.name  # figures shown inline
+        assert "input_path" not in executed["metadata"]["papermill"]
+
+
+def test_fidelity_record_shapes_and_ranges(smoke_results):
+    rec = _read(smoke_results, "semalign_analyses", "smoke", "fidelity.json")
+    m = rec["metrics"]
+    assert m["n_tokens"] > 0 and m["n_examples"] == analyses.SEMALIGN_BUDGETS["smoke"].n_examples
+    for role, layers in (("source", 6), ("target", 4)):
+        info = m["models"][role]
+        assert info["layers"] == layers
+        for key in ("output_side", "input_side"):
+            assert len(info[key]) == len(info[f"{key}_std"]) == layers
+            assert all(-1.0 <= v <= 1.0 for v in info[key]), info[key]
+            assert all(v >= 0.0 for v in info[f"{key}_std"])
+    assert rec["provenance"]["data_sha256"] and rec["config"]["measure_split"] == "train"
+
+
+def test_cka_record_shapes_and_diagonal(smoke_results):
+    m = _read(smoke_results, "semalign_analyses", "smoke", "cka.json")["metrics"]
+    mats = {k: torch.tensor(v, dtype=torch.float64) for k, v in m["matrices"].items()}
+    for when in ("before", "after"):
+        tt, st = mats[f"target_target_{when}"], mats[f"source_target_{when}"]
+        assert tt.shape == (4, 4) and st.shape == (6, 4)
+        assert torch.allclose(tt.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-5)
+        assert torch.allclose(tt, tt.T, atol=1e-6)
+        assert ((st >= -1e-6) & (st <= 1 + 1e-6)).all()
+    assert m["n_tokens"] > 0 and len(m["alignment"]["pairing"]) == 4
+    assert not torch.equal(mats["target_target_before"], mats["target_target_after"])  # alignment moved it
+
+
+def test_salf_records_shapes_and_eof(smoke_results):
+    for task in TASKS:
+        rec = _read(smoke_results, "salf_analysis", "smoke", f"tiny-source__{task}.json")
+        m = rec["metrics"]
+        L = m["layers"]
+        assert L == 6 and len(m["deviation"]) == len(m["deviation_std"]) == L + 1 and len(m["gains"]) == L
+        assert 1 <= m["eof"] <= L - 1
+        assert set(m["eof_by_gain"]) == set(salf.GAINS)
+        assert all(1 <= e <= L - 1 for e in m["eof_by_gain"].values())
+        assert m["eof_by_gain"][m["gain_kind"]] == m["eof"]
+        assert sum(m["example_eof_counts"].values()) == m["n"] == analyses.SALF_EXAMPLES["smoke"]
+        assert rec["config"]["split"] == analyses.salf_split(task)
+
+
+def test_salf_reuses_valid_records_without_loading_models(smoke_results, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_results))
+    monkeypatch.setattr(analyses, "_load", lambda *a, **k: pytest.fail("a model was loaded"))
+    records = analyses.salf_deviation_gain(get_profile("smoke"), list(TASKS))
+    assert [r["config"]["task"] for r in records] == list(TASKS)
+
+
+def test_figures_are_byte_identical_when_rebuilt(smoke_results, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_results))
+    builds = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        paths = report.semalign_analysis_figures(out) + report.salf_analysis_figures(out)
+        builds.append({p.name: p.read_bytes() for p in paths})
+    assert set(builds[0]) == {"semalign_fig2_fidelity.png", "semalign_fig4-6_cka.png",
+                              "salf_fig2_deviation_gain.png", "salf_eof_table.md"}
+    assert builds[0] == builds[1]
+    assert all(builds[0][n].startswith(b"\x89PNG") for n in builds[0] if n.endswith(".png"))
+    table = builds[0]["salf_eof_table.md"].decode()
+    assert "profile `smoke`" in table and table.count("| tiny-source |") == 3
+
+
+def test_invalid_task_stops_in_first_cell(tmp_path):
+    proc = _run(tmp_path, NOTEBOOKS[1:], "-p", "tasks=[sst2, bogus]")
+    assert proc.returncode == 1
+    assert "unknown classification task(s) ['bogus']" in proc.stderr
+    assert not (tmp_path / "salf_analysis").exists()
+
+
+def test_parameter_checks():
+    with pytest.raises(InvalidParameterError, match="non-empty list"):
+        analyses.check_salf_parameters("sst2")
+    with pytest.raises(InvalidParameterError, match="n_examples=0"):
+        analyses.check_salf_parameters(["sst2"], n_examples=0)
+    assert analyses.check_salf_parameters(["trec", "trec"]) == ("trec",)
+    with pytest.raises(InvalidParameterError, match="max_length=1"):
+        analyses.semalign_budget(get_profile("smoke"), max_length=1)
+    assert analyses.semalign_budget(get_profile("smoke"), n_examples=3).n_examples == 3
+
+
+def test_layer_fidelity_equals_decomposition_fidelity():
+    model = tiny_model("llama", seed=3, vocab_size=96, hidden_size=32)
+    states = [torch.randn(20, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    for bases in (semantics.semantic_bases(model.lm_head.weight, disk_cache=False),
+                  semantics.input_side_bases(model.model.embed_tokens.weight)):
+        means, _ = analyses.layer_fidelity(states, bases)
+        expected = [float(semantics.decomposition_fidelity(h, bases).mean()) for h in states]
+        assert means == pytest.approx(expected, abs=1e-5)
+
+
+def test_token_positions_skip_padding_and_cap():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    batches = [{"attention_mask": mask}, {"attention_mask": torch.ones(1, 3, dtype=torch.long)}]
+    every = analyses.token_positions(batches, 100, seed=0)
+    assert [len(p) for p in every] == [5, 3]
+    assert all(int(mask[r, c]) == 1 for r, c in every[0].tolist())
+    capped = analyses.token_positions(batches, 4, seed=0)
+    assert sum(len(p) for p in capped) == 4
+    assert all(torch.equal(a, b) for a, b in zip(capped, analyses.token_positions(batches, 4, seed=0)))
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+def test_output_side_bases_reconstruct_better_on_smollm2(smollm2):
+    """The paper's Fig. 2 finding on a real model: pinv bases far above embedding rows."""
+    from semalign_core import surgery
+
+    budget = analyses.semalign_budget(get_profile("smoke"), n_examples=2, max_length=64)
+    batches, _ = analyses.measured_batches(smollm2.tokenizer, "gsm", budget, seed=0)
+    states = analyses.token_states(smollm2.model, batches, analyses.token_positions(batches, 128, seed=0))
+    out, _ = analyses.layer_fidelity(states, semantics.semantic_bases(surgery.unembedding(smollm2.model).weight))
+    inp, _ = analyses.layer_fidelity(states, semantics.input_side_bases(surgery.input_embeddings(smollm2.model).weight))
+    assert sum(o > i for o, i in zip(out, inp)) >= 0.8 * len(out)
