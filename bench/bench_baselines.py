@@ -48,6 +48,7 @@ for name in names:
                             "losses": steps["losses"], "load_after": os.getloadavg()}
     print(name, json.dumps({k: v for k, v in out["methods"][name].items() if k not in ("budget",)}), flush=True)
     del target, res
-path = "/work/main/results/bench/baselines_cpu.json"
+from semalign_core.paths import results_dir
+path = results_dir() / "bench" / "baselines_cpu.json"
 write_json_atomic(Path(path), out)
 print("wrote", path)

@@ -76,6 +76,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
     os.replace(tmp, path)
     return path
 
