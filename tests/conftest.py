@@ -34,3 +34,30 @@ def tiny_pair():
     from semalign_core.models.registry import load_model
 
     return load_model("tiny-source", verbose=False), load_model("tiny-target", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster (and identically) on one thread than on two on a shared 2-core
+    machine; use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_transfer_pair():
+    """Factory: (source, target, tokenizer, train records, extract records) of the smoke pair on GSM
+    transfer splits. Each call loads fresh models, so a module may train them in place."""
+    from semalign_core.data import load_transfer
+    from semalign_core.models.registry import load_model
+
+    def make(n_train: int = 4, n_extract: int = 2):
+        src = load_model("tiny-source", verbose=False)
+        tgt = load_model("tiny-target", verbose=False)
+        train = load_transfer("gsm", "align", limit=n_train).records
+        extract = load_transfer("gsm", "extract", limit=n_extract).records
+        return src.model, tgt.model, src.tokenizer, train, extract
+
+    return make

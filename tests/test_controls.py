@@ -28,21 +28,12 @@ SMOKE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pair():
-    src = load_model("tiny-source", verbose=False)
-    tgt = load_model("tiny-target", verbose=False)
-    train = load_transfer("gsm", "align", limit=4).records
-    extract = load_transfer("gsm", "extract", limit=2).records
-    return src.model, tgt.model, src.tokenizer, train, extract
+def pair(tiny_transfer_pair):
+    return tiny_transfer_pair(n_train=4)
 
 
 def params(model):

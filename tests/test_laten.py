@@ -12,29 +12,18 @@ from semalign_core.baselines import laten
 from semalign_core.baselines.controls import pad_id, tokenize
 from semalign_core.baselines.laten import Hypernetworks, LatenConfig, LatenObjective
 from semalign_core.batching import collate
-from semalign_core.data import load_transfer
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
-from semalign_core.models.registry import load_model
 from semalign_core.pairing import uniform_pairing
 
 BASE = LatenConfig(max_length=40, align_per_step=3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pair():
-    src = load_model("tiny-source", verbose=False)
-    tgt = load_model("tiny-target", verbose=False)
-    train = load_transfer("gsm", "align", limit=4).records
-    extract = load_transfer("gsm", "extract", limit=2).records
-    return src.model, tgt.model, src.tokenizer, train, extract
+def pair(tiny_transfer_pair):
+    return tiny_transfer_pair(n_train=4)
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ TRAIN = [
 CFG = dict(epochs=2, batch_size=4, lr=1e-2, max_length=32, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than two on a shared 2-core machine (and deterministic)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,30 +10,18 @@ from torch import nn
 from semalign_core import surgery
 from semalign_core.baselines import seeking
 from semalign_core.baselines.seeking import SeekingConfig, best_block, block_sums, extract_block, lora_factors
-from semalign_core.data import load_transfer
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
-from semalign_core.models.registry import load_model
 from semalign_core.models.tiny import tiny_model
 
 BASE = SeekingConfig(epochs=1, batch_size=2, micro_batch_size=2, lr=1e-3, max_length=40, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than two on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pair():
-    src = load_model("tiny-source", verbose=False)
-    tgt = load_model("tiny-target", verbose=False)
-    train = load_transfer("gsm", "align", limit=4).records
-    extract = load_transfer("gsm", "extract", limit=2).records
-    return src.model, tgt.model, src.tokenizer, train, extract
+def pair(tiny_transfer_pair):
+    return tiny_transfer_pair(n_train=4)
 
 
 def logits(model, tok, text="Question: 2 + 3 = ?\nAnswer: 5"):

@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from semalign_core import semantics, surgery
-from semalign_core.data import load_transfer
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
-from semalign_core.models.registry import load_model
 from semalign_core.models.tiny import tiny_model
 from semalign_core.semalign import (
     SemAlignConfig,
@@ -23,13 +21,12 @@ from semalign_core.semalign import (
 BASE = SemAlignConfig(steps_per_stage=3, lr=1e-3, batch_size=2, max_length=40, progress=False)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
-def pair():
-    src = load_model("tiny-source", verbose=False)
-    tgt = load_model("tiny-target", verbose=False)
-    train = load_transfer("gsm", "align", limit=2).records
-    extract = load_transfer("gsm", "extract", limit=2).records
-    return src.model, tgt.model, src.tokenizer, train, extract
+def pair(tiny_transfer_pair):
+    return tiny_transfer_pair(n_train=2)
 
 
 def run(pair, config=BASE, **kwargs):
