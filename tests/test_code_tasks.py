@@ -209,33 +209,28 @@ def _timed(programs: list[str]):
     return res, time.monotonic() - t0
 
 
+def _all_right_and_all_wrong(name, problems, program, right, wrong):
+    """Every reference solution passes and every broken one fails; prints the wall times."""
+    good, wall = _timed([program(p, right(p)) for p in problems])
+    failures = [(p["task_id"], r.status, r.stderr[-300:]) for p, r in zip(problems, good) if not r.passed]
+    assert not failures, failures
+    bad, wall_bad = _timed([program(p, wrong(p)) for p in problems])
+    passed_bad = [p["task_id"] for p, r in zip(problems, bad) if r.passed]
+    assert not passed_bad, passed_bad
+    mean_prog = sum(r.wall_s for r in good) / len(good)
+    print(f"\n{name}: {len(problems)} reference in {wall:.1f}s, {len(problems)} wrong in {wall_bad:.1f}s "
+          f"(2 workers); mean per-program wall {1000 * mean_prog:.0f} ms")
+
+
 @pytest.mark.slow
 def test_all_humaneval_canonical_solutions_pass_and_stubs_fail():
     problems = _humaneval()
     assert len(problems) == 164
-    good, wall = _timed([humaneval_program(p, p["canonical_solution"]) for p in problems])
-    failures = [(p["task_id"], r.status, r.stderr[-300:]) for p, r in zip(problems, good)
-                if not r.passed]
-    assert not failures, failures
-    bad, wall_bad = _timed([humaneval_program(p, _he_wrong(p)) for p in problems])
-    passed_bad = [p["task_id"] for p, r in zip(problems, bad) if r.passed]
-    assert not passed_bad, passed_bad
-    mean_prog = sum(r.wall_s for r in good) / len(good)
-    print(f"\nHumanEval: 164 canonical in {wall:.1f}s, 164 stubs in {wall_bad:.1f}s "
-          f"(2 workers); mean per-program wall {1000 * mean_prog:.0f} ms")
+    _all_right_and_all_wrong("HumanEval", problems, humaneval_program, lambda p: p["canonical_solution"], _he_wrong)
 
 
 @pytest.mark.slow
 def test_all_mbpp_reference_solutions_pass_and_wrong_versions_fail():
     problems = _mbpp_test()
     assert len(problems) == 500
-    good, wall = _timed([mbpp_program(p, p["code"]) for p in problems])
-    failures = [(p["task_id"], r.status, r.stderr[-300:]) for p, r in zip(problems, good)
-                if not r.passed]
-    assert not failures, failures
-    bad, wall_bad = _timed([mbpp_program(p, _mbpp_wrong(p)) for p in problems])
-    passed_bad = [p["task_id"] for p, r in zip(problems, bad) if r.passed]
-    assert not passed_bad, passed_bad
-    mean_prog = sum(r.wall_s for r in good) / len(good)
-    print(f"\nMBPP: 500 reference in {wall:.1f}s, 500 wrong in {wall_bad:.1f}s "
-          f"(2 workers); mean per-program wall {1000 * mean_prog:.0f} ms")
+    _all_right_and_all_wrong("MBPP", problems, mbpp_program, lambda p: p["code"], _mbpp_wrong)
