@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from semalign_core.data import load_classification  # noqa: E402
 from semalign_core.models.registry import load_model  # noqa: E402
 from semalign_core.records import provenance, write_record  # noqa: E402
-from semalign_core.salf import FinetuneConfig, make_policy, run_finetune  # noqa: E402
+from semalign_core.salf import FinetuneConfig, FixedEof, Lora, RandomEof, make_policy, run_finetune  # noqa: E402
 from semalign_core.costs import saving_rate  # noqa: E402
 
 
@@ -27,14 +27,14 @@ def policies(num_layers: int, found: dict):
     yield "full", make_policy("full")
     yield "salf", make_policy("salf")
     for frac, label in ((0.25, "freeze_1_4"), (0.5, "freeze_1_2"), (0.75, "freeze_3_4")):
-        yield label, make_policy("fixed", fraction=frac, name=label)
-    yield "random_matched", make_policy("random", depth=num_layers - found["salf_eof"], name="random_matched")
+        yield label, FixedEof(fraction=frac, name=label)
+    yield "random_matched", RandomEof(depth=num_layers - found["salf_eof"], name="random_matched")
     yield "logit_lens_ce", make_policy("logit_lens_ce")
     yield "block_influence", make_policy("block_influence")
     yield "autofreeze", make_policy("autofreeze")
     yield "lisa", make_policy("lisa")
-    yield "lora_all", make_policy("lora", eof=0, name="lora_all")
-    yield "lora_salf_suffix", make_policy("lora", eof_from=make_policy("salf"), name="lora_salf_suffix")
+    yield "lora_all", Lora(eof=0, name="lora_all")
+    yield "lora_salf_suffix", Lora(eof_from=make_policy("salf"), name="lora_salf_suffix")
 
 
 def main() -> None:
