@@ -57,9 +57,9 @@ uid is 0, B switches to ``SandboxLimits.user`` (default ``nobody``; uid/gid 6553
 does not exist) with no supplementary groups. The working directory is a fresh temporary
 directory owned by that user; everything else (the repository, the data, the evaluator's files)
 is protected by ordinary file permissions. If the interpreter or its standard library lives
-where that user cannot read (e.g. ``/root/.pyenv``), B keeps ``O_PATH`` handles to those
+where that user cannot read (e.g. a pyenv interpreter under root's home), B keeps ``O_PATH`` handles to those
 ``sys.path`` directories opened before the switch and imports through ``/proc/self/fd/N``; this
-exposes those directories (world-readable files anyway) but nothing else of ``/root``.
+exposes those directories (world-readable files anyway) but nothing else of that home directory.
 
 When the evaluator is not root, B runs as the same user: the rlimits apply (``RLIMIT_NPROC`` is
 set to the user's current task count plus ``max_processes``, since that limit counts all of the
