@@ -1,5 +1,9 @@
-"""Evaluation helpers: the sandbox that runs model-generated code and the HumanEval/MBPP scorers.
+"""Evaluation: benchmark scores through lm-eval, and safe execution of generated code.
 
-Import the submodules directly (``semalign_core.evaluation.sandbox``,
-``semalign_core.evaluation.code_tasks``); this package imports nothing heavy on its own.
+harness     ``evaluate(model, tasks, ...)``: the one evaluation API (lm-eval over our task configs)
+answers     GSM8K answer extraction
+sandbox     one process per generated program, with limits; pass decided by a per-run nonce
+code_tasks  HumanEval/MBPP programs, code extraction, parallel scoring, pass@k
+
+Import the submodules directly; this package imports nothing heavy on its own.
 """
