@@ -1,7 +1,7 @@
 """A short SemAlign transfer on the `cpu` pair (SmolLM2-135M-Instruct -> its derived 24-layer student).
 
 Reports wall time, peak memory and the loss of every frontier stage; writes
-results/semalign_transfer/cpu/short_<task>.json. Usage:
+results/semalign_transfer/cpu/short_<task>_n<train>_steps<steps>.json. Usage:
     python bench/semalign_cpu_transfer.py [--task gsm] [--train 16] [--steps 2] [--threads 2]
 """
 
@@ -42,7 +42,7 @@ def main() -> None:
     run_config = {"source": source.name, "target": target.name, "task": args.task, "n_train": len(train),
                   "n_extract": len(extract), "threads": args.threads, **config.identity()}
     path = write_record(
-        "semalign_transfer", "cpu", f"short_{args.task}", run_config,
+        "semalign_transfer", "cpu", f"short_{args.task}_n{args.train}_steps{args.steps}", run_config,
         metrics={"stages": stages, "pairing": result.pairing.as_table()},
         cost={**result.cost, "peak_rss_mb_run": peak.peak_rss_mb},
         prov=provenance(seed=args.seed, data_sources={**train.sources, **extract.sources}))
