@@ -106,19 +106,14 @@ def check_salf_parameters(tasks: Sequence[str], n_examples: int | None = None,
     """One-line InvalidParameterError unless ``tasks`` is a non-empty list of known tasks (and
     ``n_examples``, ``max_length`` are valid); returns the tasks, duplicates dropped."""
     from semalign_core.data import CLASSIFICATION_TASKS
+    from semalign_core.notebook import check_list
 
-    if isinstance(tasks, str) or not isinstance(tasks, (list, tuple)) or not tasks:
-        raise InvalidParameterError(f"parameter tasks={tasks!r} must be a non-empty list of task names; "
-                                    f"choose from: {', '.join(CLASSIFICATION_TASKS)}")
-    unknown = [t for t in tasks if t not in CLASSIFICATION_TASKS]
-    if unknown:
-        raise InvalidParameterError(f"parameter tasks has unknown classification task(s) {unknown}; "
-                                    f"choose from: {', '.join(CLASSIFICATION_TASKS)}")
+    tasks = check_list("tasks", tasks, CLASSIFICATION_TASKS, none_means_all=False, what="classification task(s)")
     check_optional_int("n_examples", n_examples)
     check_optional_int("max_length", max_length, minimum=2)
     if max_length is None:
         raise InvalidParameterError("parameter max_length=None must be an integer >= 2")
-    return tuple(dict.fromkeys(tasks))
+    return tasks
 
 
 def _device() -> str:

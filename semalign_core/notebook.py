@@ -70,3 +70,19 @@ def _in_hub_cache(hub_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def check_list(name: str, value: Any, allowed, none_means_all: bool = True,
+               what: str = "value(s)") -> tuple:
+    """A non-empty list whose every element is allowed, duplicates dropped (None: all of them)."""
+    allowed = tuple(allowed)
+    if value is None and none_means_all:
+        return allowed
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise InvalidParameterError(f"parameter {name}={value!r} must be a non-empty list; "
+                                    f"choose from: {', '.join(map(str, allowed))}")
+    unknown = [v for v in value if v not in allowed]
+    if unknown:
+        raise InvalidParameterError(f"parameter {name} has unknown {what} {unknown}; "
+                                    f"choose from: {', '.join(map(str, allowed))}")
+    return tuple(dict.fromkeys(value))

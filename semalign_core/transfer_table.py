@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from semalign_core.errors import InvalidParameterError
+from semalign_core.notebook import check_list
 from semalign_core.profiles import Profile
 
 EXPERIMENT = "semalign_transfer"
@@ -107,17 +108,6 @@ def transfer_budget(prof: Profile, **overrides) -> TransferBudget:
 # --------------------------------------------------------------------------- parameters
 
 
-def _as_list(name: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
-    if value is None:
-        return tuple(allowed)
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise InvalidParameterError(f"parameter {name}={value!r} must be a non-empty list; "
-                                    f"choose from: {', '.join(allowed)}")
-    unknown = [v for v in value if v not in allowed]
-    if unknown:
-        raise InvalidParameterError(f"parameter {name} has unknown value(s) {unknown}; "
-                                    f"choose from: {', '.join(allowed)}")
-    return tuple(dict.fromkeys(value))
 
 
 def check_parameters(methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
@@ -130,8 +120,8 @@ def check_parameters(methods: Sequence[str] | None = None, tasks: Sequence[str] 
     """
     from semalign_core.baselines import METHODS
 
-    methods = _as_list("methods", methods, tuple(METHODS))
-    tasks = _as_list("tasks", tasks, tuple(EVAL_TASKS))
+    methods = check_list("methods", methods, METHODS)
+    tasks = check_list("tasks", tasks, EVAL_TASKS)
     seeds = [seed] if seeds is None else seeds
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
