@@ -175,21 +175,21 @@ def semalign_table1(out_dir: Path = FIGURES) -> list[Path]:
     return [path]
 
 
-def build_all() -> list[Path]:
-    FIGURES.mkdir(exist_ok=True)
-    written = []
-    target = FIGURES / "table3_model_statistics.md"
+def build_all(out_dir: Path = FIGURES) -> list[Path]:
+    """Every table and figure from the results in ``results_dir()``, written to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "table3_model_statistics.md"
     target.write_text(model_statistics_table())
-    written.append(target)
-    written += semalign_analysis_figures(FIGURES)
-    written += salf_analysis_figures(FIGURES)
-    written += semalign_table1(FIGURES)
+    written = [target]
+    written += semalign_analysis_figures(out_dir)
+    written += salf_analysis_figures(out_dir)
+    written += semalign_table1(out_dir)
     return written
 
 
 def main() -> int:
     for path in build_all():
-        print(f"wrote {path.relative_to(REPO_ROOT)}")
+        print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
     return 0
 
 

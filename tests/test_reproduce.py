@@ -1,0 +1,53 @@
+"""`make reproduce PROFILE=smoke`, twice from scratch: the same results apart from timing and
+machine fields, and figures rebuilt from the same results are byte-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from semalign_core.paths import REPO_ROOT
+
+NOTEBOOKS = ["00_models_and_data", "01_semalign_analyses", "02_salf_deviation_gain", "03_semalign_transfer"]
+# Keys whose values measure the run rather than define its result.
+VOLATILE = ("wall", "time", "created", "_s", "peak", "rss", "load", "git_commit", "_mb")
+
+
+def _without_volatile(value):
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if not any(t in k.lower() for t in VOLATILE)}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
+def _reproduce(results: Path) -> None:
+    cmd = [sys.executable, "-m", "semalign_core.run_notebook", "--profile", "smoke", "--timeout", "600",
+           *[str(REPO_ROOT / "notebooks" / f"{nb}.ipynb") for nb in NOTEBOOKS]]
+    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _figures(results: Path, out: Path) -> dict[str, bytes]:
+    code = f"from pathlib import Path; from semalign_core.report import build_all; build_all(Path({str(out)!r}))"
+    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "MPLBACKEND": "Agg"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_smoke_reproduce_twice_gives_the_same_results_and_figures(tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        _reproduce(run)
+    records = [sorted(p.relative_to(run) for p in run.rglob("*.json")) for run in runs]
+    assert records[0] == records[1] and len(records[0]) > 30
+    for rel in records[0]:
+        first, second = (_without_volatile(json.loads((run / rel).read_text())) for run in runs)
+        assert first == second, rel
+    figures = _figures(runs[0], tmp_path / "fig_a")
+    assert set(figures) >= {"table3_model_statistics.md", "semalign_fig2_fidelity.png", "salf_fig2_deviation_gain.png"}
+    assert _figures(runs[0], tmp_path / "fig_b") == figures  # same results -> byte-identical files
