@@ -69,16 +69,25 @@ def record_path(experiment: str, profile: str, run: str) -> Path:
     return results_dir() / experiment / profile / f"{run}.json"
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
-    """Write JSON through a temp file and rename, so a killed run never leaves half a record."""
+def atomic_write(path: Path, writer) -> Path:
+    """Call ``writer(tmp_path)`` on a temp file beside ``path``, then rename it into place, so a
+    killed run never leaves half a file (readers see the old file or the whole new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results and caches are meant to be readable
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_record(experiment: str, profile: str, run: str, config: dict[str, Any],

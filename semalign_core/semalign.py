@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +44,7 @@ from semalign_core.data.formatting import build_sft_example
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.nethook import capture_hidden, run_to_layers
 from semalign_core.pairing import Pairing
+from semalign_core.records import atomic_write
 
 EPS = 1e-12
 PROGRESS_FILE = "progress.json"
@@ -201,18 +200,6 @@ def _softcap(model: nn.Module) -> float | None:
     return getattr(surgery.unwrap(model).config, "final_logit_softcapping", None) or None
 
 
-def _atomic_write(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def check_compatible(source: nn.Module, target: nn.Module) -> None:
     """One-line IncompatibleModelsError unless the pair can be aligned (before any work)."""
     n_s, n_t = surgery.num_layers(source), surgery.num_layers(target)
@@ -247,7 +234,7 @@ class Supervision:
         for i, t in enumerate(self.teacher or []):
             tensors[f"teacher.{i}"] = t.contiguous()
         meta = {"key": key, "teacher_kind": self.teacher_kind}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
     @classmethod
     def load(cls, path: Path, key: str) -> "Supervision | None":
@@ -576,8 +563,8 @@ def _save_stage(config: SemAlignConfig, stage: int, layer: nn.Module, progress: 
 
     root = Path(config.checkpoint_dir)
     sd = {k: v.detach().contiguous().clone() for k, v in layer.state_dict().items()}
-    _atomic_write(root / f"stage-{stage:03d}.safetensors", lambda tmp: save_file(sd, tmp))
-    _atomic_write(root / PROGRESS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(progress, indent=1)))
+    atomic_write(root / f"stage-{stage:03d}.safetensors", lambda tmp: save_file(sd, tmp))
+    atomic_write(root / PROGRESS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(progress, indent=1)))
 
 
 def _load_progress(config: SemAlignConfig, run_key: str) -> dict | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Literal
@@ -91,15 +90,10 @@ def _load_disk(path: Path) -> Tensor | None:
 def _save_disk(path: Path, value: Tensor, key: str) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"bases": value.contiguous()}, tmp, metadata={"sha256": key, "kind": "pinv(W^T) fp32"})
-        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from semalign_core.records import atomic_write  # lazy: keeps this module free of records' imports
+
+    atomic_write(path, lambda tmp: save_file({"bases": value.contiguous()}, tmp,
+                                             metadata={"sha256": key, "kind": "pinv(W^T) fp32"}))
 
 
 def semantic_bases(
