@@ -309,7 +309,8 @@ def source_supervision(source: nn.Module, batches: list[dict], pairing: Pairing,
                 rows, cols = supervised_positions(batch["labels"].to(device))[0].nonzero(as_tuple=True)
                 final = out.hidden_states[-1][rows, cols].float()
                 if keep_logits:
-                    logits = surgery.unembedding(source)(final).float()
+                    head = surgery.unembedding(source)
+                    logits = head(final.to(head.weight.dtype)).float()  # bf16 heads need bf16 inputs
                     teacher.append(torch.tanh(logits / cap) * cap if cap else logits)
                 else:
                     teacher.append(final)
@@ -475,7 +476,7 @@ class StageLoss:
         if self.sup.teacher_kind == "logits":
             return t
         with torch.no_grad():
-            z = self.source_head(t).float()
+            z = self.source_head(t.to(self.source_head.weight.dtype)).float()
             return torch.tanh(z / self.source_cap) * self.source_cap if self.source_cap else z
 
     def __call__(self, stage: int, i: int) -> tuple[Tensor, dict[str, float]]:

@@ -70,3 +70,44 @@ def test_paper_profile_offline_names_what_it_needs(monkeypatch):
 def test_start_validates_choices():
     with pytest.raises(ArtifactError, match="objective='v9'"):
         start("smoke", 0, objective=("v9", ("acl", "v2", "v1")))
+
+
+def _makefile_list(name: str) -> list[str]:
+    text = (REPO_ROOT / "Makefile").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"{name} :="))
+    return line.split(":=", 1)[1].split()
+
+
+def test_make_reproduce_runs_every_notebook_and_each_has_a_target():
+    notebooks = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))
+    assert _makefile_list("NOTEBOOKS") == notebooks
+    text = (REPO_ROOT / "Makefile").read_text()
+    assert all(f"\n{nb}: setup" in text for nb in notebooks)
+
+
+def test_every_figure_group_has_a_builder():
+    from semalign_core.report import _builders
+
+    assert _makefile_list("FIGURE_GROUPS") == list(_builders())
+
+
+def test_unknown_figure_group_is_one_line_error(tmp_path):
+    from semalign_core import report
+
+    assert report.main(["tabel1"]) == 2
+
+
+def test_source_notebooks_install_the_package_when_missing():
+    for path in (REPO_ROOT / "notebooks").glob("*.ipynb"):
+        first_code = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        assert 'find_spec("semalign_core") is None' in "".join(first_code["source"]), path.name
+
+
+def test_reproduce_preflight_stops_offline_paper_profile_with_what_it_needs():
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "semalign_core.cli", "check", "--profile", "paper"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "codellama/CodeLlama-13b-Python-hf" in proc.stderr and "huggingface-cli download" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

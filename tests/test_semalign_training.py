@@ -195,3 +195,16 @@ def test_linear_cka_loss():
     # invariant to rotation, scale and a per-example shift of the features
     assert float(linear_cka_loss(x, 3.0 * x @ q + 1.0, keep)) < 1e-5
     assert float(linear_cka_loss(x, torch.randn(2, 7, 5, generator=g), keep)) > 0.05
+
+
+@pytest.mark.parametrize("max_cached_logits_bytes", [None, 0], ids=["teacher-logits", "teacher-hidden"])
+def test_bfloat16_models_train_with_finite_losses(pair, max_cached_logits_bytes):
+    """gpu-small/paper run in bf16: the fp32 teacher states must meet the bf16 LM head in its dtype."""
+    src, tgt, tok, train, extract = pair
+    src16, tgt16 = copy.deepcopy(src).to(torch.bfloat16), copy.deepcopy(tgt).to(torch.bfloat16)
+    cfg = replace(BASE, steps_per_stage=1, output_kl_every_stage=True, eval_batches=0)
+    if max_cached_logits_bytes is not None:
+        cfg = replace(cfg, max_cached_logits_bytes=max_cached_logits_bytes)
+    result = transfer(src16, tgt16, train, extract, cfg, tok, stop_after_stage=1)
+    losses = [x for rec in result.stages for x in rec["losses"] + rec["kl_losses"]]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
