@@ -137,7 +137,7 @@ def neuron_parts(model: nn.Module, layer0: int, group: str) -> NeuronParts:
         if group == "ffn":
             mlp = surgery.mlp_module(block)
             act, row = mlp.down_proj, mlp.up_proj
-            return NeuronParts(act, row, torch.arange(act.in_features))
+            return NeuronParts(act, row, torch.arange(act.in_features, device=act.weight.device))
         attn = surgery.attention_module(block)
         act, row = attn.o_proj, attn.v_proj
     except AttributeError as err:
@@ -147,7 +147,7 @@ def neuron_parts(model: nn.Module, layer0: int, group: str) -> NeuronParts:
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = act.in_features // heads
-    c = torch.arange(act.in_features)
+    c = torch.arange(act.in_features, device=act.weight.device)  # indices live beside the weights
     return NeuronParts(act, row, (c // head_dim) // (heads // kv) * head_dim + c % head_dim)
 
 
@@ -222,7 +222,7 @@ def neuron_scores(model: nn.Module, batches: Sequence[dict], layers0: Sequence[i
         with torch.no_grad():
             for key, p in parts.items():
                 gain = store[key].float() * (u @ p.act.weight.detach().float())  # (n, N)
-                totals[key] += gain.sum(0).double()
+                totals[key] += gain.sum(0).double().cpu()  # totals stay on the CPU
         count += rows.numel()
     if count == 0:
         raise InvalidParameterError("no supervised tokens in the attribution records")
@@ -326,8 +326,8 @@ class LatenObjective:
         g = _group(kind)
         p, neurons = self.parts[g][i], self.plan.target_neurons[g][i]
         if kind in ("up", "v"):
-            return p.row, p.row_index[neurons]
-        return p.act, neurons
+            return p.row, p.row_index[neurons.to(p.row_index.device)]
+        return p.act, neurons.to(p.act.weight.device)  # neurons are chosen on the CPU
 
     @contextmanager
     def injected(self, deltas: dict[str, Tensor]):
@@ -442,7 +442,8 @@ def transfer(source: nn.Module, target: nn.Module, train_records: Sequence[dict]
                            "source_neurons": {g: t.tolist() for g, t in plan.source_neurons.items()}})
             # 2-4. align
             kinds = [k for g in config.groups for k in KINDS[g]]
-            hyper = Hypernetworks(kinds, d_s, d_t, config.hidden, config.init_std, config.seed)
+            hyper = Hypernetworks(kinds, d_s, d_t, config.hidden, config.init_std, config.seed).to(
+                next(target.parameters()).device)  # seeded on the CPU, trained where the target is
             objective = LatenObjective(target, plan, hyper, config)
             examples = extract + align
             schedule = cap_steps(step_schedule(len(extract), len(align), config), stop_after_stage)

@@ -196,7 +196,8 @@ def inject(peft_model: nn.Module, source: nn.Module, sens: list[dict[str, Tensor
             with torch.no_grad():
                 lora_a.weight.copy_(a)
                 lora_b.weight.copy_(b / module.scaling[adapter])  # peft adds lora_B lora_A · scaling
-                base.weight.sub_((b @ a).to(base.weight.dtype))
+                # sensitivities live on the CPU; the delta goes to the weight's device and dtype
+                base.weight.sub_((b @ a).to(device=base.weight.device, dtype=base.weight.dtype))
             out["offsets"][f"{j}.{name}"] = list(offset)
             out["flops"] += svd_flops(*block.shape) + 4.0 * src_mod.weight.numel()  # + the table
     return out
