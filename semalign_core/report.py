@@ -183,6 +183,12 @@ def model_statistics(out_dir: Path = FIGURES) -> list[Path]:
     return [target]
 
 
+def _salf_report():
+    from semalign_core import salf_report
+
+    return salf_report
+
+
 def _builders() -> dict:
     """Every table/figure group by name (``make fig-<name>``), in the order ``make figures`` runs them."""
     return {
@@ -190,6 +196,8 @@ def _builders() -> dict:
         "semalign-analyses": semalign_analysis_figures,
         "salf-analysis": salf_analysis_figures,
         "table1": semalign_table1,
+        "salf-main": lambda out: _salf_report().salf_main_table(out),
+        "salf-cost-benefit": lambda out: _salf_report().salf_cost_benefit_figures(out),
     }
 
 

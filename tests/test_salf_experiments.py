@@ -1,0 +1,229 @@
+"""SALF experiments (main table, cost–benefit sweeps) and their report: records written, reused and
+forced; SALF's depth handed to the random control; saving fields; one-line parameter errors;
+aggregation over seeds; byte-identical rendering. Tiny models, smoke budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from semalign_core import salf
+from semalign_core.errors import InvalidParameterError
+from semalign_core.profiles import get_profile
+from semalign_core.salf import experiments as ex
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROF = get_profile("smoke")
+MODEL, TASK = "tiny-source", "mpqa"
+POLICIES = ["full", "salf", "freeze_1_2", "random_matched", "lora_salf_suffix"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A results dir holding a small main table (2 seeds) and the depth sweep of seed 0."""
+    root = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEMALIGN_RESULTS_DIR", str(root))
+        pool = ex.ModelPool(PROF)
+        main = ex.run_grid(PROF, lambda _: POLICIES, [MODEL], [TASK], [0, 1], verbose=False, pool=pool)
+        cost = ex.run_grid(PROF, lambda s: ex.sweep_labels(s)["depth"], [MODEL], [TASK], [0], verbose=False,
+                           experiment=ex.COST_EXPERIMENT, reuse_from=(ex.MAIN_EXPERIMENT,), pool=pool)
+        yield root, main, cost
+
+
+@pytest.fixture
+def in_results(results, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(results[0]))
+    return results
+
+
+def by_policy(records, seed=0):
+    return {r["config"]["policy"]: r for r in records if r["config"]["seed"] in (seed, None)}
+
+
+def test_records_written_one_per_run(in_results):
+    root, main, _ = in_results
+    files = sorted(p.name for p in (root / ex.MAIN_EXPERIMENT / "smoke").glob("*.json"))
+    assert len(files) == 1 + 2 * len(POLICIES)  # zero-shot once, then every policy per seed
+    assert f"{MODEL}__{TASK}__zero_shot.json" in files
+    assert f"{MODEL}__{TASK}__random_matched__seed1.json" in files
+    rec = by_policy(main)["salf"]
+    assert rec["metrics"]["n"] == ex.run_budget(PROF).n_eval and 0 <= rec["metrics"]["accuracy"] <= 1
+    assert {"wall_s", "setup_s", "flops_analytic", "saving_analytic", "peak_rss_mb"} <= set(rec["cost"])
+    assert rec["config"]["spec"] == {"kind": "salf", "deviation": "cos_normed", "gain": "drop"}
+
+
+def test_second_call_reuses_without_training(in_results, monkeypatch):
+    _, main, _ = in_results
+
+    def boom(*a, **k):
+        raise AssertionError("reused records must not train or load a model")
+
+    monkeypatch.setattr(salf, "run_finetune", boom)
+    monkeypatch.setattr(ex.ModelPool, "get", boom)
+    again = ex.run_main_table(PROF, [MODEL], [TASK], POLICIES, [0, 1], verbose=False)
+    assert [r["config_hash"] for r in again] == [r["config_hash"] for r in main]
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in main]
+
+
+def test_cost_benefit_copies_identical_main_runs(in_results):
+    _, main, cost = in_results
+    got = by_policy(cost)
+    for label in ("full", "salf", "freeze_1_2"):
+        assert got[label]["reused_from"] == f"{ex.MAIN_EXPERIMENT}/smoke/{MODEL}__{TASK}__{label}__seed0.json"
+        assert got[label]["metrics"] == by_policy(main)[label]["metrics"]
+    assert "reused_from" not in got["eof_0"]
+
+
+def test_force_recomputes_each_run_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
+    calls = []
+    real = salf.run_finetune
+
+    def counting(model, tok, train, evaluation, policy, *a, **k):
+        calls.append(policy.name)
+        return real(model, tok, train, evaluation, policy, *a, **k)
+
+    monkeypatch.setattr(salf, "run_finetune", counting)
+    labels = ["full", "salf", "random_matched"]
+    pool = ex.ModelPool(PROF)
+    first = ex.run_grid(PROF, lambda _: labels, [MODEL], [TASK], [0], verbose=False, pool=pool)
+    ex.run_grid(PROF, lambda _: labels, [MODEL], [TASK], [0], verbose=False, pool=pool)
+    assert calls == labels  # the second grid reused all
+    forced = ex.run_grid(PROF, lambda _: labels, [MODEL], [TASK], [0], force=True, verbose=False, pool=pool)
+    assert calls == labels * 2  # forced: each once (random_matched does not recompute SALF again)
+    assert [r["config_hash"] for r in forced] == [r["config_hash"] for r in first]
+
+
+def test_random_matched_gets_salf_depth(in_results):
+    _, main, _ = in_results
+    for seed in (0, 1):
+        got = by_policy(main, seed)
+        L, eof = got["salf"]["model_info"]["layers"], got["salf"]["policy"]["eof"]
+        spec = got["random_matched"]["config"]["spec"]
+        assert spec == {"kind": "random", "depth": L - eof, "seed": seed}
+        assert len(got["random_matched"]["policy"]["blocks"]) == L - eof
+        assert got["lora_salf_suffix"]["config"]["spec"]["eof"] == eof
+
+
+def test_saving_fields_consistent(in_results):
+    from semalign_core.salf_report import with_savings
+
+    _, main, _ = in_results
+    rows = {(r["policy"], r["seed"]): r for r in with_savings(main)}
+    for seed in (0, 1):
+        full = rows[("full", seed)]
+        assert full["saving_analytic"] == 0.0 and full["saving_wall"] == 0.0 and full["saving_memory"] == 0.0
+        half = by_policy(main, seed)["freeze_1_2"]["cost"]
+        assert half["saving_analytic"] == pytest.approx(1 - half["flops_analytic"] / half["flops_full_analytic"])
+        assert 0 < half["saving_analytic"] < 2 / 3
+
+
+def test_freeze_half_saves_a_third_with_equal_blocks(tmp_path, monkeypatch):
+    """Blocks that dominate the cost (wide MLP, head negligible), one epoch (no cache reuse):
+    freezing ½ of L equal blocks saves (2/3)·(1/2) of the analytic training FLOPs."""
+    from semalign_core.models.registry import LoadedModel, load_tokenizer
+    from semalign_core.models.tiny import tiny_model
+
+    class WideBlocks(ex.ModelPool):
+        def get(self, name):
+            if name not in self.loaded:
+                model = tiny_model("llama", seed=0, num_layers=4, hidden_size=64, intermediate_size=4096,
+                                   vocab_size=49152, num_heads=4, num_kv_heads=2)
+                self.loaded[name] = LoadedModel(model, load_tokenizer(MODEL), name, "tiny", {"layers": 4})
+            return self.loaded[name]
+
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
+    pool = WideBlocks(PROF)
+    full = ex.run_one(PROF, MODEL, TASK, "full", 0, pool=pool)
+    half = ex.run_one(PROF, MODEL, TASK, "freeze_1_2", 0, pool=pool)
+    assert full["cost"]["saving_analytic"] == 0.0
+    assert half["cost"]["saving_analytic"] == pytest.approx((2 / 3) * (1 / 2), abs=0.02)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: ex.check_parameters(PROF, policies=["freeze_half"]), "unknown policy 'freeze_half'"),
+    (lambda: ex.check_parameters(PROF, policies="salf"), "must be None or a non-empty list"),
+    (lambda: ex.check_parameters(PROF, models=["gpt5"]), "unknown model(s) ['gpt5']"),
+    (lambda: ex.check_parameters(PROF, tasks=["imdb"]), "unknown task(s) ['imdb']"),
+    (lambda: ex.check_parameters(PROF, seeds=[-1]), "seeds=[-1]"),
+    (lambda: ex.check_parameters(PROF, salf_kw={"gain": "magic"}), "gain must be one of"),
+    (lambda: ex.run_budget(PROF, n_train=0), "n_train=0 must be an integer >= 1"),
+    (lambda: ex.run_budget(PROF, lr=-1.0), "lr=-1.0 must be a number > 0"),
+    (lambda: ex.run_budget(PROF, steps=3), "RunBudget has no field(s) steps"),
+    (lambda: ex.task_data(TASK, 10**6, 8, 0), "n_train=1000000 exceeds"),
+    (lambda: ex.run_cost_benefit(PROF, groups=["speed"]), "unknown group(s) ['speed']"),
+])
+def test_invalid_parameters_one_line(call, message):
+    with pytest.raises(InvalidParameterError) as info:
+        call()
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sst2_train_carved_disjoint_from_eval():
+    train, evaluation, _, info = ex.task_data("sst2", 16, 32, 3)
+    assert not {r["text"] for r in train} & {r["text"] for r in evaluation}
+    assert info["eval_split"] == "dev" and "carved" in info["train_split"]
+    again = ex.task_data("sst2", 16, 32, 4)[1]
+    assert [r["text"] for r in again] == [r["text"] for r in evaluation]  # eval subset is seed-independent
+
+
+def _record(policy, seed, acc, wall, flops=1.0, rss=100.0):
+    return {"config": {"model": "m", "task": "t", "policy": policy, "seed": seed},
+            "metrics": {"accuracy": acc, "macro_f1": acc / 2, "n": 50}, "model_info": {"layers": 4},
+            "policy": {"eof": 2}, "history": [{"blocks": [2, 3]}],
+            "cost": {"wall_s": wall, "setup_s": 0.0, "flops_analytic": flops, "saving_analytic": 1 - flops,
+                     "peak_rss_mb": rss, "trainable_params": 1, "total_params": 4}}
+
+
+def test_aggregate_over_seeds():
+    from semalign_core.salf_report import aggregate, cell, with_savings
+
+    accs, walls = [0.6, 0.7, 0.8], [5.0, 4.0, 6.0]
+    records = [_record("full", s, 0.5, 10.0) for s in range(3)]
+    records += [_record("salf", s, a, w, flops=0.4) for s, a, w in zip(range(3), accs, walls)]
+    rows = {r["policy"]: r for r in aggregate(with_savings(records))}
+    mean, std, count = rows["salf"]["accuracy"]
+    assert (mean, count) == (pytest.approx(np.mean(accs)), 3) and std == pytest.approx(np.std(accs, ddof=1))
+    assert rows["salf"]["saving_wall"][0] == pytest.approx(np.mean([1 - w / 10 for w in walls]))
+    assert rows["salf"]["seeds"] == [0, 1, 2] and rows["salf"]["n"] == [50] and rows["salf"]["runs"] == 3
+    assert cell(rows["salf"]["accuracy"], 100, 1) == "70.0 ± 10.0"
+    assert cell(rows["full"]["saving_wall"], 100, 1) == "0.0 ± 0.0"
+    assert cell((0.5, float("nan"), 1), 100, 1) == "50.0" and cell((float("nan"), float("nan"), 0)) == "–"
+    assert list(rows) == ["full", "salf"]  # table order: MAIN_POLICIES
+
+
+def test_render_functions_identical_bytes(in_results, tmp_path):
+    from semalign_core import salf_report
+
+    text = salf_report.salf_main_table_markdown()
+    assert text == salf_report.salf_main_table_markdown()
+    assert "profile `smoke`" in text and "ours" in text and "n = 8" in text
+    assert "cost savings of up to 62%" in text  # the stored published claim, labelled as such
+    first = salf_report.salf_cost_benefit_figures(tmp_path / "a")
+    second = salf_report.salf_cost_benefit_figures(tmp_path / "b")
+    assert [p.name for p in first] == ["salf_cost_benefit_depth.png", "salf_cost_benefit_costs.png",
+                                      "salf_cost_benefit_ablations.png"]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))
+    assert salf_report.salf_main_table(tmp_path / "a")[0].read_text() == text
+
+
+def test_nothing_to_render_without_records(tmp_path, monkeypatch):
+    from semalign_core import salf_report
+
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
+    assert salf_report.salf_main_table_markdown() is None
+    assert salf_report.salf_main_table(tmp_path) == [] and salf_report.salf_cost_benefit_figures(tmp_path) == []
+
+
+def test_sweep_labels_follow_salf():
+    rec = {"model_info": {"layers": 30, "flops_fraction_of_eof": list(np.linspace(0.9, 0.34, 31))},
+           "policy": {"eof": 22}}
+    labels = ex.sweep_labels(rec)
+    assert labels["depth"] == ["full", "eof_0", "freeze_1_4", "freeze_1_2", "freeze_3_4", "eof_26", "eof_29", "salf"]
+    assert labels["budget"][:2] == ["salf_max1", "salf_max4"] and labels["budget"][2].startswith("salf_flops")
+    assert json.dumps(ex.policy_spec("salf_flops45")) == json.dumps(
+        {"kind": "salf", "deviation": "cos_normed", "gain": "drop", "budget": {"flops_fraction": 0.45}})
