@@ -183,10 +183,11 @@ def model_statistics(out_dir: Path = FIGURES) -> list[Path]:
     return [target]
 
 
-def _salf_report():
-    from semalign_core import salf_report
+def _module(name: str):
+    """The renderer modules import torch; load them only when their group is built."""
+    import importlib
 
-    return salf_report
+    return importlib.import_module(f"semalign_core.{name}")
 
 
 def _builders() -> dict:
@@ -196,8 +197,10 @@ def _builders() -> dict:
         "semalign-analyses": semalign_analysis_figures,
         "salf-analysis": salf_analysis_figures,
         "table1": semalign_table1,
-        "salf-main": lambda out: _salf_report().salf_main_table(out),
-        "salf-cost-benefit": lambda out: _salf_report().salf_cost_benefit_figures(out),
+        "table2": lambda out: _module("teacher_table").teacher_table_figures(out),
+        "ablations": lambda out: _module("ablations").ablation_figures(out),
+        "salf-main": lambda out: _module("salf_report").salf_main_table(out),
+        "salf-cost-benefit": lambda out: _module("salf_report").salf_cost_benefit_figures(out),
     }
 
 

@@ -12,6 +12,16 @@ the table from the records alone (mean ± spread over seeds, with the n behind e
 
 Budgets per profile (:data:`TRANSFER_BUDGETS`) bound the training data and steps and the
 evaluation subset; at ``smoke`` the numbers are meaningless (random tiny models).
+
+Settings (:data:`SETTINGS`): ``"table1"`` is the above. ``"finetuned"`` (Table 2) transfers from a
+*fine-tuned teacher* (:mod:`semalign_core.teachers`: below ``paper`` the profile's source
+fine-tuned on the task; at ``paper`` the hub code teachers) and adds the classification task
+``sst2``: records built from the task's training pool in the evaluation's own plain format
+(:mod:`semalign_core.data.cls_transfer`), evaluated by label-word log-likelihood on the held-out
+split (:data:`CLS_BUDGETS`). Its records go to ``results/semalign_finetuned_teacher/<profile>/
+<teacher>__<method>__<task>__seed<seed>.json``; the evaluation subset is fixed across seeds
+(``eval_seed``), so the untrained rows ``teacher`` and ``target`` are evaluated once
+(``<teacher>__<row>__<task>.json``) and the seeds vary the training only.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from semalign_core.errors import InvalidParameterError
@@ -30,12 +40,55 @@ EXPERIMENT = "semalign_transfer"
 EVAL_TASKS: dict[str, str] = {"gsm": "semalign_gsm8k", "mmlu": "semalign_mmlu",
                               "humaneval": "semalign_humaneval", "mbpp": "semalign_mbpp"}
 COLUMNS: dict[str, str] = {"mmlu": "MMLU", "gsm": "GSM8K", "humaneval": "HumanEval", "mbpp": "MBPP"}  # Table 1 order
+CLS_TASKS: dict[str, str] = {"sst2": "semalign_cls_sst2"}  # classification transfer tasks (plain format)
 METRICS: dict[str, str] = {"semalign_gsm8k": "exact_match", "semalign_mmlu": "acc",
-                           "semalign_humaneval": "pass@1", "semalign_mbpp": "pass@1"}
+                           "semalign_humaneval": "pass@1", "semalign_mbpp": "pass@1", "semalign_cls_sst2": "acc"}
 CHANCE = {"mmlu": 25.0}  # % (4-way multiple choice); the others have no chance level above 0
 REFERENCE_ROWS = ("source", "target")  # evaluated without training
 TRAIN_SPLIT, ATTRIBUTION_SPLIT = "train", "extract"
 VERSION = 1
+
+
+@dataclass(frozen=True)
+class TransferSetting:
+    """One table of transfer results.
+
+    Attributes:
+        name: "table1" (profile source → target) or "finetuned" (fine-tuned teacher → target).
+        experiment: results folder (``results/<experiment>/<profile>/``).
+        tasks: task key → lm-eval task, in column order.
+        columns: task key → column title.
+        reference_rows: the untransferred rows (the source or teacher, then the target).
+        chance: chance level (%) per task key, shown under the table.
+        published: key of the published table in ``results/paper/semalign_published.json``.
+        title: "Table 1" / "Table 2".
+    """
+
+    name: str
+    experiment: str
+    tasks: dict[str, str]
+    columns: dict[str, str]
+    reference_rows: tuple[str, str]
+    chance: dict[str, float]
+    published: str
+    title: str
+
+
+SETTINGS: dict[str, TransferSetting] = {
+    "table1": TransferSetting("table1", EXPERIMENT, EVAL_TASKS, COLUMNS, REFERENCE_ROWS, CHANCE, "table1_transfer",
+                              "Table 1"),
+    "finetuned": TransferSetting(
+        "finetuned", "semalign_finetuned_teacher",
+        {"sst2": CLS_TASKS["sst2"], "humaneval": EVAL_TASKS["humaneval"], "mbpp": EVAL_TASKS["mbpp"]},
+        {"sst2": "SST-2", "humaneval": "HumanEval", "mbpp": "MBPP"}, ("teacher", "target"), {"sst2": 50.0},
+        "table2_finetuned_teachers", "Table 2"),
+}
+
+
+def get_setting(name: str) -> TransferSetting:
+    if name not in SETTINGS:
+        raise InvalidParameterError(f"unknown setting {name!r}; choose one of {', '.join(SETTINGS)}")
+    return SETTINGS[name]
 
 
 @dataclass(frozen=True)
@@ -53,6 +106,12 @@ class TransferBudget:
         eval_limit: benchmark examples evaluated (seeded subset; None: the whole test set).
         max_new_tokens: greedy generation length of GSM8K / HumanEval / MBPP.
         eval_batch_size: evaluation batch size.
+        prompt_style: how the methods render training records ("transfer": LaTen's chat tags;
+            "plain": the classification evaluation's own text).
+        eval_seed: seed of the evaluation subset (None: the cell's seed; an integer fixes one
+            subset for every seed, so seeds vary the training only).
+        method_config: per method, config fields that differ from the method's defaults at this
+            budget (e.g. a learning rate sized to few steps); recorded in each cell's config.
     """
 
     n_train: int | None
@@ -66,6 +125,9 @@ class TransferBudget:
     eval_limit: int | None
     max_new_tokens: int
     eval_batch_size: int
+    prompt_style: str = "transfer"
+    eval_seed: int | None = None
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def method_overrides(self, method: str, seed: int) -> dict[str, Any]:
         """The budget as fields of ``method``'s config (only those it has)."""
@@ -76,7 +138,8 @@ class TransferBudget:
         wanted = {"max_length": self.max_length, "batch_size": self.batch_size,
                   "micro_batch_size": self.micro_batch_size, "epochs": self.epochs, "max_steps": self.max_steps,
                   "steps_per_stage": self.steps_per_stage, "attribution_batch_size": self.micro_batch_size,
-                  "seed": seed, "progress": False}
+                  "prompt_style": self.prompt_style, "seed": seed, "progress": False,
+                  **self.method_config.get(method, {})}
         known = {f.name for f in fields(CONFIGS[method])}
         return {k: v for k, v in wanted.items() if k in known}
 
@@ -97,9 +160,36 @@ TRANSFER_BUDGETS: dict[str, TransferBudget] = {
 }
 
 
-def transfer_budget(prof: Profile, **overrides) -> TransferBudget:
-    """The profile's budget with ``overrides`` (fields of :class:`TransferBudget`; None values are ignored)."""
-    base = TRANSFER_BUDGETS.get(prof.name, TRANSFER_BUDGETS["cpu"])
+# Classification transfer (sst2): short texts (median 31 tokens, max 67 with the template), one
+# supervised token (the label word), evaluation by log-likelihood on a fixed held-out subset.
+# Full-weight methods get lr 3e-4 at cpu (Seeking's): at 16 optimizer steps their default lrs
+# (2e-5, 3e-5) leave the target where it started (measured). Seeking (LoRA, 3e-4) and LaTen (its
+# spec) keep theirs. gpu-small (≈70 steps, not run yet) uses 1e-4; paper the methods' defaults.
+_FULL_WEIGHT = ("semalign", "sft", "output_kl", "hidden_distill")
+_CLS_LR = {m: {"lr": 3e-4} for m in _FULL_WEIGHT}
+CLS_BUDGETS: dict[str, TransferBudget] = {
+    "smoke": TransferBudget(n_train=8, n_extract=4, max_length=64, batch_size=4, micro_batch_size=4, epochs=1,
+                            max_steps=2, steps_per_stage=1, eval_limit=8, max_new_tokens=1, eval_batch_size=8,
+                            prompt_style="plain", eval_seed=0, method_config={m: {"lr": 1e-3} for m in _CLS_LR}),
+    "cpu": TransferBudget(n_train=64, n_extract=4, max_length=64, batch_size=4, micro_batch_size=4, epochs=1,
+                          max_steps=None, steps_per_stage=4, eval_limit=200, max_new_tokens=1, eval_batch_size=32,
+                          prompt_style="plain", eval_seed=0, method_config=_CLS_LR),
+    "gpu-small": TransferBudget(n_train=None, n_extract=64, max_length=96, batch_size=16, micro_batch_size=16,
+                                epochs=2, max_steps=None, steps_per_stage=8, eval_limit=None, max_new_tokens=1,
+                                eval_batch_size=32, prompt_style="plain", eval_seed=0,
+                                method_config={m: {"lr": 1e-4} for m in _FULL_WEIGHT}),
+    "paper": TransferBudget(n_train=None, n_extract=64, max_length=96, batch_size=64, micro_batch_size=8, epochs=3,
+                            max_steps=None, steps_per_stage=16, eval_limit=None, max_new_tokens=1,
+                            eval_batch_size=32, prompt_style="plain", eval_seed=0),
+}
+
+
+def transfer_budget(prof: Profile, task: str | None = None, **overrides) -> TransferBudget:
+    """The profile's budget for ``task`` (classification tasks: :data:`CLS_BUDGETS`, others and None:
+    :data:`TRANSFER_BUDGETS`) with ``overrides`` (fields of :class:`TransferBudget`; None values
+    are ignored)."""
+    budgets = CLS_BUDGETS if task in CLS_TASKS else TRANSFER_BUDGETS
+    base = budgets.get(prof.name, budgets["cpu"])
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(changes) - set(asdict(base)))
     if unknown:
@@ -110,20 +200,29 @@ def transfer_budget(prof: Profile, **overrides) -> TransferBudget:
 # --------------------------------------------------------------------------- parameters
 
 
-
-
 def check_parameters(methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-                     seed: int = 0, seeds: Sequence[int] | None = None
-                     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+                     seed: int = 0, seeds: Sequence[int] | None = None, setting: str = "table1",
+                     profile: str | None = None) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
     """One-line InvalidParameterError unless every method, task and seed is valid.
 
-    ``methods``/``tasks`` None mean all (:data:`METHODS`, :data:`EVAL_TASKS`); ``seeds`` None means
-    ``[seed]``. Returns (methods, tasks, seeds), duplicates dropped, order kept.
+    ``methods``/``tasks`` None mean all (:data:`METHODS`; the setting's tasks, and for
+    ``setting="finetuned"`` with a ``profile`` only the tasks that profile has teachers for);
+    ``seeds`` None means ``[seed]``. Returns (methods, tasks, seeds), duplicates dropped, order kept.
     """
     from semalign_core.baselines import METHODS
 
+    s = get_setting(setting)
     methods = check_list("methods", methods, METHODS)
-    tasks = check_list("tasks", tasks, EVAL_TASKS)
+    allowed = tuple(s.tasks)
+    if setting == "finetuned" and profile is not None:
+        from semalign_core.teachers import TEACHERS
+
+        allowed = tuple(t for t in s.tasks if t in TEACHERS.get(profile, {}))
+        stray = [t for t in (tasks or ()) if t in s.tasks and t not in allowed]
+        if stray:
+            raise InvalidParameterError(f"parameter tasks: profile {profile!r} has no fine-tuned teacher for "
+                                        f"{stray}; tasks with teachers: {', '.join(allowed) or 'none'}")
+    tasks = check_list("tasks", tasks, allowed)
     seeds = [seed] if seeds is None else seeds
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
@@ -134,25 +233,59 @@ def check_parameters(methods: Sequence[str] | None = None, tasks: Sequence[str] 
 # --------------------------------------------------------------------------- one cell
 
 
-def run_name(method: str, task: str, seed: int) -> str:
-    return f"{method}__{task}__seed{seed}"
+def run_name(method: str, task: str, seed: int | None, teacher: str | None = None) -> str:
+    """``<method>__<task>__seed<seed>``; without the seed part for seed-independent rows, and
+    prefixed by ``<teacher>__`` in the fine-tuned-teacher setting."""
+    name = f"{method}__{task}" if seed is None else f"{method}__{task}__seed{seed}"
+    return name if teacher is None else f"{teacher}__{name}"
 
 
-def cell_config(prof: Profile, method: str, task: str, seed: int, budget: TransferBudget) -> dict[str, Any]:
-    """What determines a cell's numbers (its hash decides whether a stored record is reused)."""
-    config = {"profile": prof.name, "method": method, "task": task, "eval_task": EVAL_TASKS[task],
+def row_seed(setting: str, method: str, seed: int, budget: TransferBudget) -> int | None:
+    """The seed a row's record carries: None for an untrained row whose evaluation subset is fixed
+    (``budget.eval_seed``): it is deterministic, so it is evaluated once for all seeds."""
+    if method in get_setting(setting).reference_rows and budget.eval_seed is not None:
+        return None
+    return seed
+
+
+def _eval_config(task: str, budget: TransferBudget, seed: int | None) -> dict[str, Any]:
+    if task in CLS_TASKS:
+        from semalign_core.data.cls_transfer import eval_split
+
+        return {"limit": budget.eval_limit, "seed": budget.eval_seed, "split": eval_split(task),
+                "decoding": "loglikelihood", "prompt_style": "plain", "batch_size": budget.eval_batch_size}
+    config = {"limit": budget.eval_limit, "max_new_tokens": budget.max_new_tokens, "decoding": "greedy",
+              "prompt_style": "transfer", "batch_size": budget.eval_batch_size}
+    if budget.eval_seed is not None:
+        config["seed"] = budget.eval_seed
+    return config
+
+
+def cell_config(prof: Profile, method: str, task: str, seed: int | None, budget: TransferBudget,
+                setting: str = "table1", teacher: str | None = None,
+                method_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What determines a cell's numbers (its hash decides whether a stored record is reused).
+
+    ``method_config``: config fields of the method beyond the budget's (ablations)."""
+    s = get_setting(setting)
+    config = {"profile": prof.name, "method": method, "task": task, "eval_task": s.tasks[task],
               "seed": seed, "source": prof.semalign_source, "target": prof.semalign_target, "dtype": prof.dtype,
-              "eval": {"limit": budget.eval_limit, "max_new_tokens": budget.max_new_tokens, "decoding": "greedy",
-                       "prompt_style": "transfer", "batch_size": budget.eval_batch_size},
-              "version": VERSION}
-    if method not in REFERENCE_ROWS:
+              "eval": _eval_config(task, budget, seed), "version": VERSION}
+    if setting != "table1":
+        from semalign_core.teachers import teacher_identity
+
+        config["setting"] = setting
+        config["teacher"] = teacher_identity(prof.name, task, teacher)
+    if method not in s.reference_rows:
         from semalign_core.baselines import make_config
 
-        cfg = make_config(method, None, **budget.method_overrides(method, seed))
+        cfg = make_config(method, None, **{**budget.method_overrides(method, seed), **(method_config or {})})
         identity = cfg.identity() if hasattr(cfg, "identity") else asdict(cfg)
         identity = {k: v for k, v in identity.items() if k not in ("progress", "checkpoint_dir")}
-        config["transfer"] = {"train_split": TRAIN_SPLIT, "n_train": budget.n_train,
-                              "attribution_split": ATTRIBUTION_SPLIT, "n_extract": budget.n_extract,
+        train_split, attr_split = ((TRAIN_SPLIT, ATTRIBUTION_SPLIT) if task not in CLS_TASKS
+                                   else (f"{task}-pool/train", f"{task}-pool/extract"))
+        config["transfer"] = {"train_split": train_split, "n_train": budget.n_train,
+                              "attribution_split": attr_split, "n_extract": budget.n_extract,
                               "method_config": json.loads(json.dumps(identity, default=str))}
     return config
 
@@ -173,88 +306,188 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def transfer_data(task: str, budget: TransferBudget, seed: int):
+    """(train Split, extract Split) of a transfer task (LaTen splits) or a classification task (pool)."""
+    if task in CLS_TASKS:
+        from semalign_core.data.cls_transfer import load_cls_transfer as load
+        parts = ("train", "extract")
+    else:
+        from semalign_core.data import load_transfer as load
+        parts = (TRAIN_SPLIT, ATTRIBUTION_SPLIT)
+    train = load(task, parts[0], limit=budget.n_train, seed=seed)
+    extract_all = load(task, parts[1])
+    extract = load(task, parts[1], limit=min(budget.n_extract, len(extract_all)), seed=seed)
+    return train, extract
+
+
+def _evaluate(model, tokenizer, task: str, eval_task: str, budget: TransferBudget, seed: int) -> dict:
+    from semalign_core.evaluation.harness import evaluate
+
+    eval_seed = seed if budget.eval_seed is None else budget.eval_seed
+    if task in CLS_TASKS:
+        from semalign_core.data.cls_transfer import eval_task_options
+
+        return evaluate(model, [eval_task], limit=budget.eval_limit, seed=eval_seed,
+                        batch_size=budget.eval_batch_size, prompt_style="plain", tokenizer=tokenizer,
+                        task_options=eval_task_options(task))[eval_task]
+    return evaluate(model, [eval_task], limit=budget.eval_limit, seed=eval_seed, batch_size=budget.eval_batch_size,
+                    prompt_style="transfer", max_new_tokens=budget.max_new_tokens, temperature=0.0,
+                    tokenizer=tokenizer)[eval_task]
+
+
+def plan_json(plan: dict[int, list[tuple[int, float]]]) -> dict[str, list[list[float]]]:
+    """An interpolation plan (target layer → [(source layer, weight)]) as JSON-able data."""
+    return {str(j): [[int(s), round(float(w), 6)] for s, w in mix] for j, mix in sorted(plan.items())}
+
+
+def _teacher_eval(report: dict | None, budget: TransferBudget) -> dict | None:
+    """The teacher's own after-fine-tuning evaluation when it used this cell's protocol (reused)."""
+    if not report:
+        return None
+    recipe, after = report["recipe"], report["report"]["after"]
+    same = (recipe["eval_limit"] == budget.eval_limit and recipe["eval_batch_size"] == budget.eval_batch_size
+            and budget.eval_seed == 0)
+    return after if same else None
+
+
 def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool = False,
-             budget: TransferBudget | None = None) -> dict[str, Any]:
-    """One Table 1 cell: train a fresh target with ``method`` on ``task`` (or evaluate ``source`` /
-    ``target`` as they are) and evaluate it; returns the (new or reused) record."""
+             budget: TransferBudget | None = None, setting: str = "table1", teacher: str | None = None,
+             method_config: dict[str, Any] | None = None, experiment: str | None = None,
+             run: str | None = None, config_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One cell: train a fresh target with ``method`` on ``task`` (or evaluate a reference row as it
+    is) and evaluate it; returns the (new or reused) record.
+
+    ``setting="finetuned"``: the source is ``teacher`` (default: the profile's first teacher of
+    ``task``, :mod:`semalign_core.teachers`). ``method_config``, ``experiment``, ``run``,
+    ``config_extra``: method config overrides, where the record goes (default: the setting's
+    folder and name) and extra config keys, also stored at the record's top level (ablations)."""
     from semalign_core.baselines import METHODS
     from semalign_core.records import load_valid_record, provenance, write_record
 
-    if method not in (*REFERENCE_ROWS, *METHODS):
+    s = get_setting(setting)
+    if method not in (*s.reference_rows, *METHODS):
         raise InvalidParameterError(f"unknown method {method!r}; choose one of "
-                                    f"{', '.join((*REFERENCE_ROWS, *METHODS))}")
-    if task not in EVAL_TASKS:
-        raise InvalidParameterError(f"unknown transfer task {task!r}; choose one of {', '.join(EVAL_TASKS)}")
-    budget = budget or transfer_budget(prof)
-    config = cell_config(prof, method, task, seed, budget)
-    run = run_name(method, task, seed)
-    if not force and (record := load_valid_record(EXPERIMENT, prof.name, run, config)):
+                                    f"{', '.join((*s.reference_rows, *METHODS))}")
+    if task not in s.tasks:
+        raise InvalidParameterError(f"unknown transfer task {task!r}; choose one of {', '.join(s.tasks)}")
+    if setting == "table1" and teacher is not None:
+        raise InvalidParameterError("teacher is a parameter of setting='finetuned' only")
+    if setting == "finetuned":
+        from semalign_core.teachers import teacher_names
+
+        teacher = teacher or teacher_names(prof.name, task)[0]
+    budget = budget or transfer_budget(prof, task)
+    seed_of_row = row_seed(setting, method, seed, budget)
+    config = {**cell_config(prof, method, task, seed_of_row, budget, setting, teacher, method_config),
+              **(config_extra or {})}
+    experiment = experiment or s.experiment
+    run = run or run_name(method, task, seed_of_row, teacher)
+    if not force and (record := load_valid_record(experiment, prof.name, run, config)):
         return record
 
-    from semalign_core.evaluation.harness import evaluate
-
     sources: dict[str, str] = {}
-    transfer_cost, transfer_summary = None, None
-    if method == "source":
-        loaded = _load(prof.semalign_source, prof)
-        model, tokenizer = loaded.model, loaded.tokenizer
-    else:
+    transfer_cost, transfer_summary, out, teacher_report = None, None, None, None
+    target = None
+    if method != s.reference_rows[0]:
         target = _load(prof.semalign_target, prof)  # fresh per cell: methods train in place
-        model, tokenizer = target.model, target.tokenizer
-        if method != "target":
-            from semalign_core.baselines import run_method
-            from semalign_core.data import load_transfer
+    if method not in (s.reference_rows[1],):
+        if setting == "finetuned":
+            from semalign_core import surgery
+            from semalign_core.teachers import load_teacher
 
+            vocab = surgery.vocab_size(target.model) if target is not None else None
+            source, teacher_report = load_teacher(prof.name, task, teacher, prof.dtype, target_vocab=vocab)
+        else:
             source = _load(prof.semalign_source, prof)
-            train = load_transfer(task, TRAIN_SPLIT, limit=budget.n_train, seed=seed)
-            extract_all = load_transfer(task, ATTRIBUTION_SPLIT)
-            extract = load_transfer(task, ATTRIBUTION_SPLIT, limit=min(budget.n_extract, len(extract_all)), seed=seed)
+    if method == s.reference_rows[0]:
+        model, tokenizer = source.model, source.tokenizer
+        out = _teacher_eval(teacher_report, budget)
+    else:
+        model, tokenizer = target.model, target.tokenizer
+        if method in METHODS:
+            from semalign_core.baselines import run_method
+
+            train, extract = transfer_data(task, budget, seed)
             sources.update(train.sources)
             sources.update(extract.sources)
             t0 = time.perf_counter()
             result = run_method(method, source.model, model, train.records, extract.records, tokenizer=tokenizer,
-                                **budget.method_overrides(method, seed))
+                                **{**budget.method_overrides(method, seed), **(method_config or {})})
             transfer_cost = {**_jsonable(result.cost), "wall_s_total": round(time.perf_counter() - t0, 3)}
             model = result.model
             transfer_summary = {"n_train": len(train), "n_extract": len(extract), "notes": list(result.notes),
                                 "stages": len(result.stages)}
+            if method == "semalign":  # the source states each target layer was aligned to
+                from semalign_core.attribution import interpolation_plan
+
+                transfer_summary["plan"] = plan_json(interpolation_plan(result.pairing))
             del source
     model.eval()
-    eval_task = EVAL_TASKS[task]
+    eval_task = s.tasks[task]
     t0 = time.perf_counter()
-    out = evaluate(model, [eval_task], limit=budget.eval_limit, seed=seed, batch_size=budget.eval_batch_size,
-                   prompt_style="transfer", max_new_tokens=budget.max_new_tokens, temperature=0.0,
-                   tokenizer=tokenizer)[eval_task]
+    if out is None:
+        out = _evaluate(model, tokenizer, task, eval_task, budget, seed)
+        sources.update(out.get("data", {}).get("sources", {}))
+        metric = METRICS[eval_task]
+        value = out["metrics"].get(metric)
+        metrics = {"metric": metric, "value": value, "percent": None if value is None else round(100 * value, 4),
+                   "stderr": out["stderr"].get(metric), "n": out["n"], "all": out["metrics"],
+                   "prompt_style": out["prompt_style"], "decoding": out["decoding"], "transfer": transfer_summary}
+    else:  # the teacher's evaluation made with it, same protocol
+        sources.update(out.get("sources", {}))
+        metrics = {"metric": "acc", "value": out["acc"],
+                   "percent": None if out["acc"] is None else round(100 * out["acc"], 4),
+                   "stderr": out["stderr"], "n": out["n"], "all": {"acc": out["acc"], "macro_f1": out["macro_f1"]},
+                   "prompt_style": "plain", "decoding": {"method": "loglikelihood"}, "transfer": None,
+                   "reused": "evaluation made with the teacher (semalign_teacher.json, same protocol)"}
+    if teacher_report is not None and method == s.reference_rows[0]:
+        rep = teacher_report["report"]
+        metrics["teacher"] = {"before": rep["before"], "steps": rep["steps"], "n_train": rep["n_train"],
+                              "train_wall_s": rep["train_wall_s"], "key": teacher_report["key"]}
     eval_wall = round(time.perf_counter() - t0, 3)
-    sources.update(out.get("data", {}).get("sources", {}))
-    metric = METRICS[eval_task]
-    value = out["metrics"].get(metric)
-    metrics = {"metric": metric, "value": value, "percent": None if value is None else round(100 * value, 4),
-               "stderr": out["stderr"].get(metric), "n": out["n"], "all": out["metrics"],
-               "prompt_style": out["prompt_style"], "decoding": out["decoding"], "transfer": transfer_summary}
-    write_record(EXPERIMENT, prof.name, run, config, metrics=_jsonable(metrics),
+    write_record(experiment, prof.name, run, config, metrics=_jsonable(metrics),
                  cost={"transfer": transfer_cost, "eval_wall_s": eval_wall},
-                 prov=provenance(seed=seed, data_sources=sources, device=_device(), dtype=prof.dtype),
-                 method=method, task=task, seed=seed)
-    return load_valid_record(EXPERIMENT, prof.name, run, config)
+                 prov=provenance(seed=seed_of_row, data_sources=sources, device=_device(), dtype=prof.dtype),
+                 method=method, task=task, seed=seed_of_row, **({"setting": setting, "teacher": teacher}
+                                                                 if setting != "table1" else {}),
+                 **(config_extra or {}))
+    return load_valid_record(experiment, prof.name, run, config)
 
 
 def run_table(prof: Profile, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
               seeds: Sequence[int] = (0,), force: bool = False, budget: TransferBudget | None = None,
-              verbose: bool = True) -> list[dict[str, Any]]:
-    """Every cell of ``source``, ``target`` and ``methods`` × ``tasks`` × ``seeds`` (reused when valid)."""
-    methods, tasks, seeds = check_parameters(methods, tasks, seeds=list(seeds))
-    out = []
+              verbose: bool = True, setting: str = "table1",
+              teachers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every cell of the reference rows and ``methods`` × ``tasks`` × ``seeds`` (reused when valid);
+    with ``setting="finetuned"`` also × ``teachers`` (None: all of the profile's for each task).
+    ``budget`` None: the profile's budget of each task."""
+    methods, tasks, seeds = check_parameters(methods, tasks, seeds=list(seeds), setting=setting,
+                                             profile=prof.name if setting == "finetuned" else None)
+    s = get_setting(setting)
+    out, done = [], set()
     for task in tasks:
-        for seed in seeds:
-            for method in (*REFERENCE_ROWS, *methods):
-                t0 = time.perf_counter()
-                record = run_cell(prof, method, task, seed, force, budget)
-                if verbose:
-                    m = record["metrics"]
-                    print(f"{method:>14} {task:>9} seed {seed}: {m['metric']} = {_pct(m['value'])} "
-                          f"(n={m['n']}) [{time.perf_counter() - t0:.1f} s]", flush=True)
-                out.append(record)
+        task_budget = budget or transfer_budget(prof, task)
+        if setting == "finetuned":
+            from semalign_core.teachers import teacher_names
+
+            task_teachers = teachers or teacher_names(prof.name, task)
+        else:
+            task_teachers = (None,)
+        for teacher in task_teachers:
+            for seed in seeds:
+                for method in (*s.reference_rows, *methods):
+                    key = (teacher, method, task, row_seed(setting, method, seed, task_budget))
+                    if key in done:  # a seed-independent row, already evaluated for an earlier seed
+                        continue
+                    done.add(key)
+                    t0 = time.perf_counter()
+                    record = run_cell(prof, method, task, seed, force, task_budget, setting, teacher)
+                    if verbose:
+                        m = record["metrics"]
+                        seed_text = "all seeds" if record["seed"] is None else f"seed {seed}"
+                        print(f"{method:>14} {task:>9} {seed_text}: {m['metric']} = {_pct(m['value'])} "
+                              f"(n={m['n']}) [{time.perf_counter() - t0:.1f} s]", flush=True)
+                    out.append(record)
     return out
 
 
@@ -265,12 +498,13 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def load_records(profile: str) -> list[dict[str, Any]]:
+def load_records(profile: str, setting: str = "table1") -> list[dict[str, Any]]:
     from semalign_core.paths import results_dir
 
-    folder = results_dir() / EXPERIMENT / profile
+    folder = results_dir() / get_setting(setting).experiment / profile
+    pattern = "*__*__seed*.json" if setting == "table1" else "*__*__*.json"
     out = []
-    for path in sorted(folder.glob("*__*__seed*.json")):
+    for path in sorted(folder.glob(pattern)):
         try:
             out.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):
@@ -288,44 +522,81 @@ def _cell(values: list[float], ns: list[int]) -> str:
     return f"{mean:.1f} ± {spread:.1f} (n={n}, {len(pct)} seeds)"
 
 
+def _row_label(record: dict, setting: str, several_teachers: bool) -> str:
+    if setting == "table1" or not several_teachers or record["method"] == "target":
+        return record["method"]
+    return f"{record['teacher']} → {record['method']}"
+
+
+def _rows(records: list[dict], setting: str, several: bool, order: tuple[str, ...]) -> list[str]:
+    """Row labels: the reference rows, then the methods in :data:`METHODS` order (unknown ones
+    last, sorted); with several teachers the target first, then each teacher's block."""
+    rank = {m: i for i, m in enumerate(order)}
+    keys = {}
+    for r in records:
+        teacher = "" if r["method"] == "target" or not several else (r.get("teacher") or "")
+        keys[_row_label(r, setting, several)] = (teacher, rank.get(r["method"], len(rank)), r["method"])
+    return sorted(keys, key=keys.__getitem__)
+
+
 def table(profile: str, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-          seeds: Sequence[int] | None = None):
-    """Table 1 of ``profile`` from its records: rows source, target, methods; columns MMLU, GSM8K,
-    HumanEval, MBPP; cells "mean ± std over seeds (n=examples per seed)" in %, empty where no
-    record exists. ``attrs``: caption, notes (chance levels), seeds, models."""
+          seeds: Sequence[int] | None = None, setting: str = "table1"):
+    """The setting's table of ``profile`` from its records: rows reference rows, then methods;
+    columns the tasks (Table 1: always MMLU, GSM8K, HumanEval, MBPP; Table 2: the tasks that have
+    records); cells "mean ± std over seeds (n=examples per seed)" in %, empty where no record
+    exists. ``attrs``: caption, notes (chance levels, the teacher), seeds, models."""
     import pandas as pd
 
     from semalign_core.baselines import METHODS
 
-    records = [r for r in load_records(profile)
-               if (methods is None or r["method"] in (*REFERENCE_ROWS, *methods))
-               and (tasks is None or r["task"] in tasks) and (seeds is None or r["seed"] in seeds)]
+    s = get_setting(setting)
+    records = [r for r in load_records(profile, setting)
+               if r.get("setting", "table1") == setting
+               and (methods is None or r["method"] in (*s.reference_rows, *methods))
+               and (tasks is None or r["task"] in tasks) and (seeds is None or r["seed"] is None or r["seed"] in seeds)]
+    several = len({r.get("teacher") for r in records}) > 1
     cells: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
     for r in records:
         m = r["metrics"]
         if m.get("value") is None:
             continue
-        vals, ns = cells.setdefault((r["method"], r["task"]), ([], []))
+        vals, ns = cells.setdefault((_row_label(r, setting, several), r["task"]), ([], []))
         vals.append(m["value"])
         ns.append(m["n"])
-    order = [*REFERENCE_ROWS, *METHODS]
-    present = {r["method"] for r in records}
-    rows = [m for m in order if m in present] + sorted(present - set(order))
-    frame = pd.DataFrame({COLUMNS[t]: [_cell(*cells[(m, t)]) if (m, t) in cells else "" for m in rows]
-                          for t in COLUMNS}, index=pd.Index(rows, name="method"))
+    rows = _rows(records, setting, several, (*s.reference_rows, *METHODS))
+    present = {r["task"] for r in records}
+    shown = [t for t in s.columns if setting == "table1" or t in present]
+    frame = pd.DataFrame({s.columns[t]: [_cell(*cells[(m, t)]) if (m, t) in cells else "" for m in rows]
+                          for t in shown}, index=pd.Index(rows, name="method"))
     models = sorted({(r["config"]["source"], r["config"]["target"]) for r in records})
-    used_seeds = sorted({r["seed"] for r in records})
+    used_seeds = sorted({r["seed"] for r in records if r["seed"] is not None})
     src, tgt = models[0] if models else ("?", "?")
-    frame.attrs["caption"] = (f"Reproduced Table 1, profile `{profile}`: {src} → {tgt}; seeds {used_seeds}; "
-                              "% (MMLU acc, GSM8K exact match, HumanEval/MBPP pass@1, greedy, zero-shot); "
-                              "mean ± sample std over seeds, n = benchmark examples per seed")
-    frame.attrs["notes"] = [f"chance level: {COLUMNS[t]} {c:.0f}%" for t, c in CHANCE.items()]
     frame.attrs["seeds"] = used_seeds
     frame.attrs["profile"] = profile
+    frame.attrs["notes"] = [f"chance level: {s.columns[t]} {c:.0f}%" for t, c in s.chance.items()
+                            if setting == "table1" or t in present]
+    if setting == "table1":
+        frame.attrs["caption"] = (f"Reproduced Table 1, profile `{profile}`: {src} → {tgt}; seeds {used_seeds}; "
+                                  "% (MMLU acc, GSM8K exact match, HumanEval/MBPP pass@1, greedy, zero-shot); "
+                                  "mean ± sample std over seeds, n = benchmark examples per seed")
+        return frame
+    teachers = sorted({r["teacher"] for r in records})
+    frame.attrs["caption"] = (
+        f"Reproduced Table 2, profile `{profile}`: fine-tuned teacher ({', '.join(teachers)}; base {src}) → "
+        f"target {tgt}; training seeds {used_seeds}; % (SST-2: label-word log-likelihood accuracy on held-out "
+        "dev sentences; HumanEval/MBPP: pass@1, greedy); methods: mean ± sample std over training seeds; "
+        "teacher and target are untrained and the evaluation subset is fixed, so they are evaluated once")
+    for r in records:
+        info = r["metrics"].get("teacher")
+        if info and info.get("before") and info["before"].get("acc") is not None:
+            frame.attrs["notes"].append(
+                f"teacher {r['teacher']} on {r['task']}: base {src} scored {100 * info['before']['acc']:.1f} "
+                f"(n={info['before']['n']}) before fine-tuning on {info['n_train']} training examples "
+                f"({info['steps']} steps)")
     return frame
 
 
-def side_by_side_html(ours, published) -> str:
+def side_by_side_html(ours, published, published_title: str = "Published (SemAlign paper, Table 1)") -> str:
     """Our table and the published one next to each other, each with its caption (for notebooks)."""
     def block(frame, title):
         notes = "".join(f"<br><small>{n}</small>" for n in frame.attrs.get("notes", []))
@@ -334,9 +605,11 @@ def side_by_side_html(ours, published) -> str:
 
     return ("<div style='display:flex;flex-wrap:wrap;align-items:flex-start'>"
             + block(ours, f"Reproduced (ours, profile {ours.attrs.get('profile', '?')})")
-            + block(published, "Published (SemAlign paper, Table 1)") + "</div>")
+            + block(published, published_title) + "</div>")
 
 
-__all__ = ["CHANCE", "COLUMNS", "EVAL_TASKS", "EXPERIMENT", "TRANSFER_BUDGETS", "TransferBudget", "cell_config",
-           "check_parameters", "load_records", "run_cell", "run_name", "run_table", "side_by_side_html", "table",
-           "transfer_budget"]
+__all__ = ["CHANCE", "CLS_BUDGETS", "CLS_TASKS", "COLUMNS", "EVAL_TASKS", "EXPERIMENT", "SETTINGS", "TRANSFER_BUDGETS",
+           "TransferBudget", "TransferSetting", "cell_config", "check_parameters", "get_setting", "load_records",
+           "plan_json",
+           "row_seed", "run_cell", "run_name", "run_table", "side_by_side_html", "table", "transfer_budget",
+           "transfer_data"]

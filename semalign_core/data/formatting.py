@@ -9,6 +9,10 @@ Two prompt styles:
   ``"<|assistant|>\\n"``. (Open-Instruct proper ends each message with a single ``"\\n"`` and
   puts EOS after assistant turns; ``TRANSFER_MESSAGE_END`` is the one place to change that.)
 * ``"model"``: the model's own chat template (``tokenizer.apply_chat_template``).
+* ``"plain"``: no chat tags: the prompt messages' contents as they are (joined by a blank line)
+  followed by ``PLAIN_TARGET_DELIMITER`` and the response, which is exactly how lm-eval scores a
+  multiple-choice continuation (``target_delimiter: " "``), so a model trained on plain records
+  is trained on the text its evaluation scores (classification transfer, fine-tuned teachers).
 
 ``build_sft_example`` masks the prompt (everything up to and including the assistant header)
 with -100 so that the loss is on the response only, as in LaTen's ``train_on_inputs=False``.
@@ -21,7 +25,8 @@ from semalign_core.errors import InvalidParameterError
 TRANSFER_ROLES = ("system", "user", "assistant")
 TRANSFER_MESSAGE_END = "\n\n"  # LaTen's generate_chat_prompt; Open-Instruct uses "\n"
 TRANSFER_GENERATION_PROMPT = "<|assistant|>\n"
-PROMPT_STYLES = ("transfer", "model")
+PLAIN_TARGET_DELIMITER = " "  # lm-eval's default target_delimiter (our multiple-choice YAMLs)
+PROMPT_STYLES = ("transfer", "model", "plain")
 LOSS_ON = ("response", "all")
 IGNORE_INDEX = -100  # label value ignored by torch's cross-entropy
 
@@ -102,7 +107,10 @@ def _truncate(
 
 def _render_pair(tokenizer, messages: list[dict], style: str) -> tuple[str, str]:
     """(prompt text ending with the assistant header, full conversation text)."""
-    prompt_msgs, _ = prompt_and_response(messages)
+    prompt_msgs, response = prompt_and_response(messages)
+    if style == "plain":
+        prompt = "\n\n".join(m["content"] for m in prompt_msgs)
+        return prompt, prompt + PLAIN_TARGET_DELIMITER + response
     if style == "transfer":
         return render_transfer_chat(prompt_msgs, True), render_transfer_chat(messages)
     return render_model_chat(tokenizer, prompt_msgs, True), render_model_chat(tokenizer, messages)
@@ -120,19 +128,20 @@ def build_sft_example(
 
     Prompt and prompt+response are tokenized separately; the prompt's tokens (the longest
     shared prefix, in case the tokenizer merges across the boundary) get label -100 when
-    ``loss_on="response"``. Special tokens: the transfer style lets the tokenizer add its BOS
-    (as LaTen/Open-Instruct do); the model style adds none because chat templates write their
-    own. ``add_eos`` (default: True for "transfer", False for "model", whose templates end the
-    turn themselves) appends EOS so the model learns to stop.
+    ``loss_on="response"``. Special tokens: the transfer and plain styles let the tokenizer add
+    its BOS (as LaTen/Open-Instruct do, and as the evaluator does); the model style adds none
+    because chat templates write their own. ``add_eos`` (default: True for "transfer", False for
+    "model", whose templates end the turn themselves, and for "plain", whose evaluation scores the
+    continuation alone) appends EOS so the model learns to stop.
     """
     if style not in PROMPT_STYLES:
-        raise InvalidParameterError(f"unknown prompt style {style!r}; valid: transfer, model")
+        raise InvalidParameterError(f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
     if loss_on not in LOSS_ON:
         raise InvalidParameterError(f"unknown loss_on {loss_on!r}; valid: response, all")
     if not isinstance(max_length, int) or max_length < 2:
         raise InvalidParameterError(f"max_length must be an integer >= 2, got {max_length!r}")
     prompt_text, full_text = _render_pair(tokenizer, messages, style)
-    special = style == "transfer"
+    special = style in ("transfer", "plain")
     prompt_ids = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
     full_ids = list(tokenizer(full_text, add_special_tokens=special)["input_ids"])
     eos_id = getattr(tokenizer, "eos_token_id", None)
