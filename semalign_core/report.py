@@ -104,7 +104,7 @@ def salf_eof_table() -> str:
     out = ["# SALF: end of freezing (eof) per model and task\n\n",
            "eof = e freezes the embeddings and blocks 1..e (argmax gain over blocks 1..L-1). "
            "The chosen eof uses the run's gain; the other columns re-choose it from the same "
-           "deviation trace with every registered gain formula (docs/decisions_salf.md).\n"]
+           "deviation trace with every registered gain formula (docs/decisions.md).\n"]
     for profile in PROFILE_PREFERENCE:
         records = _salf_records(profile)
         if not records:

@@ -4,7 +4,7 @@ Files ``classification/<task>/<split>.jsonl`` (from jianguda/arc). Labels in the
 strings: integers ("0", "1", ... or 1-based "1".."4" for agnews/dbpedia) or names
 ("entailment", ...) for rte/cb. Each task maps its raw label values, in order, to 0-based
 indices into ``label_words``; the choices and the evidence for them are in
-docs/decisions_data.md ("Verbalizers").
+docs/decisions.md ("Verbalizers").
 """
 
 from __future__ import annotations

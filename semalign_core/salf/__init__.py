@@ -1,4 +1,4 @@
-"""SALF: semantic-aware layer freezing (spec: ../shared/papers/SALF.md; choices: docs/decisions_salf.md).
+"""SALF: semantic-aware layer freezing (spec: ../shared/papers/SALF.md; choices: docs/decisions.md).
 
 analysis  label prompts, labels' semantic bases, transition traces, deviations
 gains     gain formulas (registry), eof choice, budgets, padding strategies

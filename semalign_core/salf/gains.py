@@ -3,7 +3,7 @@
 Spec, Method 4–5. A deviation trace is D_0..D_L (space 0 = embedding output, space k = after
 block k). A gain function maps (D, block parameter counts n_1..n_L) to gains g_1..g_L, one per
 block. The paper's "derived formula of scaling law" is not public; every formula here is a
-reconstruction, registered by name in :data:`GAINS` (docs/decisions_salf.md says why each):
+reconstruction, registered by name in :data:`GAINS` (docs/decisions.md says why each):
 
 ``drop``            g_k = D_{k−1} − D_k.
 ``scaling_kaplan``  fit Kaplan's L(N) = (N_c/N)^α to (N_k, D_k), k = 1..L, with N_k the cumulative
