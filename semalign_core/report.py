@@ -135,6 +135,16 @@ def salf_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
 # --------------------------------------------------------------------------- SemAlign Table 1
 
 
+def _hyperparameters(profile: str) -> str:
+    """The per-task budgets behind a profile's Table 1 (rows of SemAlign Tables 4-5)."""
+    from semalign_core import transfer_table
+    from semalign_core.profiles import get_profile
+
+    frame = transfer_table.hyperparameter_table(get_profile(profile))
+    return (f"\n{frame.attrs['caption']}:\n\n"
+            + _markdown(["setting", *frame.columns], [[i, *row] for i, row in zip(frame.index, frame.values.tolist())]))
+
+
 def semalign_table1_markdown() -> str | None:
     """Reproduced Table 1 of every profile with records (profile, n and seeds behind each number)
     and the published Table 1, labelled as such. None when no profile has transfer records."""
@@ -155,8 +165,13 @@ def semalign_table1_markdown() -> str | None:
         for note in frame.attrs["notes"]:
             out.append(f"Note: {note}.\n")
         out.append("\n" + _markdown(["method", *frame.columns], [[i, *row] for i, row in zip(frame.index, frame.values.tolist())]))
+        out.append(_hyperparameters(profile))
     if not found:
         return None
+    for key in ("table4_alignment", "table5_training"):
+        pub = _paper("semalign")[key]
+        out.append(f"\n## Published (SemAlign paper: {pub['caption']})\n\n")
+        out.append(_markdown(["setting", *pub["columns"]], [[k, *v] for k, v in pub["rows"].items()]))
     pub = _paper("semalign")["table1_transfer"]
     out.append(f"\n## Published (SemAlign paper, Table 1: {pub['caption']})\n\n")
     out.append("Metrics: " + "; ".join(f"{k} {v}" for k, v in pub["metric"].items()) + ".\n\n")

@@ -184,12 +184,28 @@ CLS_BUDGETS: dict[str, TransferBudget] = {
 }
 
 
+# The paper's per-task settings (SemAlign Tables 4-5) at `paper`: alignment steps per stage and
+# align size (Table 4: 2/4/3/8 and 32/64/48/128, lr 3e-5 = SemAlignConfig's default); training
+# epochs, train size and lr of the methods that train on `train` (Table 5: 5/5/3/5, 1000/1000/1000/
+# 300, 3e-4/3e-4/3e-5/3e-4). "align size" is read as the examples attribution/alignment sees.
+_TABLE5_LR_METHODS = ("seeking", "sft", "output_kl", "hidden_distill")
+PAPER_TASK_BUDGETS: dict[str, dict[str, Any]] = {
+    task: {"steps_per_stage": steps, "n_extract": align, "epochs": epochs, "n_train": n_train,
+           "method_config": {m: {"lr": lr} for m in _TABLE5_LR_METHODS}}
+    for task, steps, align, epochs, n_train, lr in (("mmlu", 2, 32, 5, 1000, 3e-4), ("gsm", 4, 64, 5, 1000, 3e-4),
+                                                     ("humaneval", 3, 48, 3, 1000, 3e-5), ("mbpp", 8, 128, 5, 300, 3e-4))
+}
+TASK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {"paper": PAPER_TASK_BUDGETS}
+
+
 def transfer_budget(prof: Profile, task: str | None = None, **overrides) -> TransferBudget:
     """The profile's budget for ``task`` (classification tasks: :data:`CLS_BUDGETS`, others and None:
     :data:`TRANSFER_BUDGETS`) with ``overrides`` (fields of :class:`TransferBudget`; None values
     are ignored)."""
     budgets = CLS_BUDGETS if task in CLS_TASKS else TRANSFER_BUDGETS
     base = budgets.get(prof.name, budgets["cpu"])
+    if task not in CLS_TASKS:
+        base = replace(base, **TASK_BUDGETS.get(prof.name, {}).get(task, {}))
     changes = {k: v for k, v in overrides.items() if v is not None}
     unknown = sorted(set(changes) - set(asdict(base)))
     if unknown:
@@ -596,6 +612,33 @@ def table(profile: str, methods: Sequence[str] | None = None, tasks: Sequence[st
     return frame
 
 
+def hyperparameter_table(prof: Profile, tasks: Sequence[str] = tuple(COLUMNS)):
+    """What Table 1's cells at ``prof`` train with, per task, in the rows of SemAlign Tables 4-5."""
+    import pandas as pd
+
+    from semalign_core.baselines import make_config
+
+    def lr(budget: TransferBudget, method: str) -> float:
+        return budget.method_config.get(method, {}).get("lr", make_config(method).lr)
+
+    budgets = {t: transfer_budget(prof, t) for t in tasks}
+    rows = {
+        "alignment: SemAlign steps per stage (T4 steps)": [b.steps_per_stage for b in budgets.values()],
+        "alignment: attribution examples (T4 align size)": [b.n_extract for b in budgets.values()],
+        "alignment: SemAlign lr (T4)": [lr(b, "semalign") for b in budgets.values()],
+        "training: epochs (T5)": [b.epochs for b in budgets.values()],
+        "training: train examples (T5 train size)": [b.n_train or "all" for b in budgets.values()],
+        "training: lr of Seeking / SFT / KL / hidden (T5)": [lr(b, "seeking") for b in budgets.values()],
+        "evaluation: examples (None = whole split)": [b.eval_limit or "all" for b in budgets.values()],
+        "evaluation: max new tokens": [b.max_new_tokens for b in budgets.values()],
+    }
+    text = {k: [f"{v:g}" if isinstance(v, float) else str(v) for v in vals] for k, vals in rows.items()}
+    frame = pd.DataFrame(text, index=[COLUMNS[t] for t in tasks]).T
+    frame.attrs["caption"] = (f"Per-task budgets at profile `{prof.name}` (each record's config holds the exact values; rows named after SemAlign Tables 4-5; "
+                              "`paper` uses the published per-task values)")
+    return frame
+
+
 def side_by_side_html(ours, published, published_title: str = "Published (SemAlign paper, Table 1)") -> str:
     """Our table and the published one next to each other, each with its caption (for notebooks)."""
     def block(frame, title):
@@ -612,4 +655,4 @@ __all__ = ["CHANCE", "CLS_BUDGETS", "CLS_TASKS", "COLUMNS", "EVAL_TASKS", "EXPER
            "TransferBudget", "TransferSetting", "cell_config", "check_parameters", "get_setting", "load_records",
            "plan_json",
            "row_seed", "run_cell", "run_name", "run_table", "side_by_side_html", "table", "transfer_budget",
-           "transfer_data"]
+           "transfer_data", "hyperparameter_table", "PAPER_TASK_BUDGETS"]

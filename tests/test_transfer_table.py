@@ -107,3 +107,20 @@ def test_parameter_checks():
         transfer_table.check_parameters(seeds=[-1])
     with pytest.raises(InvalidParameterError, match="no field"):
         transfer_table.transfer_budget(get_profile("smoke"), n_trian=3)
+
+
+def test_paper_profile_uses_the_published_per_task_budgets_of_tables_4_and_5():
+    from semalign_core.report import _paper
+
+    paper = get_profile("paper")
+    t4, t5 = _paper("semalign")["table4_alignment"], _paper("semalign")["table5_training"]
+    for col, task in zip(t4["columns"], ("mmlu", "gsm", "humaneval", "mbpp")):
+        i = t4["columns"].index(col)
+        budget = transfer_table.transfer_budget(paper, task)
+        assert budget.steps_per_stage == t4["rows"]["steps"][i]
+        assert budget.n_extract == t4["rows"]["align size"][i]
+        assert budget.epochs == t5["rows"]["epochs"][i] and budget.n_train == t5["rows"]["train size"][i]
+        assert budget.method_config["sft"]["lr"] == t5["rows"]["learning rate"][i]
+    assert transfer_table.transfer_budget(get_profile("cpu"), "mbpp") == transfer_table.transfer_budget(get_profile("cpu"))
+    table = transfer_table.hyperparameter_table(paper)
+    assert list(table.loc["training: train examples (T5 train size)"]) == ["1000", "1000", "1000", "300"]
