@@ -394,15 +394,13 @@ def ablation_figures(out_dir: Path) -> list[Path]:
     with records); nothing when there are no ablation records."""
     from semalign_core import plots
 
-    text = ablation_markdown()
-    if text is None:
+    from semalign_core.report import save_markdown
+
+    written = save_markdown(ablation_markdown(), Path(out_dir) / "semalign_ablations.md")
+    if not written:
         return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md = out_dir / "semalign_ablations.md"
-    md.write_text(text)
     profile = next(p for p in PROFILE_PREFERENCE if rows(p))
-    return [md, plots.save_png(figure(profile), out_dir / "semalign_ablations.png")]
+    return [*written, plots.save_png(figure(profile), Path(out_dir) / "semalign_ablations.png")]
 
 
 __all__ = ["ABLATION_SEEDS", "AXES", "EXPERIMENT", "Variant", "ablation_figures", "ablation_markdown", "caption",

@@ -34,6 +34,16 @@ def published_table(paper: str, table: str):
     return frame
 
 
+def save_markdown(text: str | None, path: Path) -> list[Path]:
+    """Write one generated table (nothing when ``text`` is None: no records yet); [path] or []."""
+    if text is None:
+        return []
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return [path]
+
+
 def _markdown(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -126,10 +136,8 @@ def salf_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
         return []
     out_dir = Path(out_dir)
     fig = plots.salf_deviation_gain_figure(_salf_records(profile))
-    table = out_dir / "salf_eof_table.md"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text(salf_eof_table())
-    return [plots.save_png(fig, out_dir / "salf_fig2_deviation_gain.png"), table]
+    return [plots.save_png(fig, out_dir / "salf_fig2_deviation_gain.png"),
+            *save_markdown(salf_eof_table(), out_dir / "salf_eof_table.md")]
 
 
 # --------------------------------------------------------------------------- SemAlign Table 1
@@ -181,21 +189,12 @@ def semalign_table1_markdown() -> str | None:
 
 def semalign_table1(out_dir: Path = FIGURES) -> list[Path]:
     """``semalign_table1_transfer.md`` from results/semalign_transfer/ (nothing when no records)."""
-    text = semalign_table1_markdown()
-    if text is None:
-        return []
-    path = Path(out_dir) / "semalign_table1_transfer.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return [path]
+    return save_markdown(semalign_table1_markdown(), Path(out_dir) / "semalign_table1_transfer.md")
 
 
 def model_statistics(out_dir: Path = FIGURES) -> list[Path]:
     """``table3_model_statistics.md``: published Table 3 beside the models each profile used."""
-    target = Path(out_dir) / "table3_model_statistics.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(model_statistics_table())
-    return [target]
+    return save_markdown(model_statistics_table(), Path(out_dir) / "table3_model_statistics.md")
 
 
 def _module(name: str):

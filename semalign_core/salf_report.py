@@ -232,13 +232,9 @@ def salf_main_table_markdown() -> str | None:
 
 def salf_main_table(out_dir: Path = FIGURES) -> list[Path]:
     """``salf_table_main.md`` from results/salf_main/ (nothing when there are no records)."""
-    text = salf_main_table_markdown()
-    if text is None:
-        return []
-    path = Path(out_dir) / "salf_table_main.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return [path]
+    from semalign_core.report import save_markdown
+
+    return save_markdown(salf_main_table_markdown(), Path(out_dir) / "salf_table_main.md")
 
 
 # --------------------------------------------------------------------------- cost-benefit figures

@@ -105,13 +105,9 @@ def teacher_table_markdown() -> str | None:
 
 def teacher_table_figures(out_dir: Path) -> list[Path]:
     """``semalign_table2_finetuned_teacher.md`` in ``out_dir`` (nothing when there are no records)."""
-    text = teacher_table_markdown()
-    if text is None:
-        return []
-    path = Path(out_dir) / FIGURE_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return [path]
+    from semalign_core.report import save_markdown
+
+    return save_markdown(teacher_table_markdown(), Path(out_dir) / FIGURE_NAME)
 
 
 __all__ = ["DEFAULT_SEEDS", "MIN_GAP", "default_seeds", "gap_notes", "gaps", "published", "published_key", "table",

@@ -61,3 +61,22 @@ def tiny_transfer_pair():
         return src.model, tgt.model, src.tokenizer, train, extract
 
     return make
+
+
+@pytest.fixture
+def run_smoke_notebook(tmp_path):
+    """Run notebooks/<name>.ipynb at smoke through run_notebook with results in ``tmp_path``;
+    returns the CompletedProcess (extra args: ``-p key=value`` pairs)."""
+    import os
+    import subprocess
+    import sys
+
+    from semalign_core.paths import REPO_ROOT
+
+    def run(name: str, *args: str, timeout: int = 300):
+        env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "semalign_core.run_notebook", str(REPO_ROOT / "notebooks" / f"{name}.ipynb"),
+               "--profile", "smoke", "--timeout", str(timeout), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+    return run

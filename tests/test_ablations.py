@@ -110,20 +110,14 @@ def test_invalid_parameters_are_one_line_errors(axes, seeds, match):
     assert "\n" not in str(info.value)
 
 
-def test_notebook_at_smoke(tmp_path):
+def test_notebook_at_smoke(tmp_path, run_smoke_notebook):
     """notebooks/05 end to end through papermill (one axis): records, no error, the figure shown."""
     import json
-    import os
-    import subprocess
-    import sys
 
     from semalign_core.paths import REPO_ROOT
 
     nb = REPO_ROOT / "notebooks" / "05_semalign_ablations.ipynb"
-    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "semalign_core.run_notebook", str(nb), "--profile", "smoke",
-                           "--timeout", "300", "-p", "axes=[strength]"], capture_output=True, text=True, timeout=300,
-                          env=env)
+    proc = run_smoke_notebook(nb.stem, "-p", "axes=[strength]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "semalign_ablations" / "smoke").glob("*.json")) == [
         "strength-0__sst2__seed0.json", "strength-2__sst2__seed0.json"]
@@ -131,8 +125,7 @@ def test_notebook_at_smoke(tmp_path):
     outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    bad = subprocess.run([sys.executable, "-m", "semalign_core.run_notebook", str(nb), "--profile", "smoke",
-                          "-p", "axes=[depth]"], capture_output=True, text=True, timeout=300, env=env)
+    bad = run_smoke_notebook(nb.stem, "-p", "axes=[depth]")
     assert bad.returncode == 1 and "parameter axes has unknown value(s) ['depth']" in bad.stderr
 
 

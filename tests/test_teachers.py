@@ -241,19 +241,12 @@ def test_paper_teachers_are_the_hub_code_teachers():
         "teacher": "codellama-13b-python", "model": "codellama-13b-python"}
 
 
-def test_notebook_at_smoke(tmp_path):
+def test_notebook_at_smoke(tmp_path, run_smoke_notebook):
     """notebooks/04 end to end through papermill: records, no error, ours beside the published Table 2."""
-    import os
-    import subprocess
-    import sys
-
     from semalign_core.paths import REPO_ROOT
 
     nb = REPO_ROOT / "notebooks" / "04_semalign_finetuned_teacher.ipynb"
-    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "semalign_core.run_notebook", str(nb), "--profile", "smoke",
-                           "--timeout", "300", "-p", "methods=[sft]"], capture_output=True, text=True, timeout=300,
-                          env=env)
+    proc = run_smoke_notebook(nb.stem, "-p", "methods=[sft]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "semalign_finetuned_teacher" / "smoke").glob("*.json")) == [
         "ft-source__sft__sst2__seed0.json", "ft-source__target__sst2.json", "ft-source__teacher__sst2.json"]
@@ -262,6 +255,5 @@ def test_notebook_at_smoke(tmp_path):
     assert not [o for o in outputs if o["output_type"] == "error"]
     html = "".join("".join(o.get("data", {}).get("text/html", [])) for o in outputs)
     assert "Reproduced (ours, profile smoke)" in html and "Published (SemAlign paper, Table 2)" in html
-    bad = subprocess.run([sys.executable, "-m", "semalign_core.run_notebook", str(nb), "--profile", "smoke",
-                          "-p", "tasks=[gsm]"], capture_output=True, text=True, timeout=300, env=env)
+    bad = run_smoke_notebook(nb.stem, "-p", "tasks=[gsm]")
     assert bad.returncode == 1 and "parameter tasks has unknown value(s) ['gsm']" in bad.stderr
