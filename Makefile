@@ -24,7 +24,9 @@ NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain 03_s
 FIGURE_GROUPS := table3 semalign-analyses salf-analysis table1 table2 ablations salf-main salf-cost-benefit
 # FORCE=true recomputes every record instead of reusing valid ones (a full rerun from scratch).
 FORCE ?= false
-RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE)
+# Extra notebook parameters, e.g. make 03_semalign_transfer ARGS='-p seeds=[0,1,2]'
+ARGS ?=
+RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
 .PHONY: help setup test test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
