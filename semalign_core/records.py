@@ -107,3 +107,17 @@ def load_valid_record(experiment: str, profile: str, run: str, config: dict[str,
     except (OSError, json.JSONDecodeError):
         return None
     return record if record.get("config_hash") == config_hash(config) else None
+
+
+# Keys whose values measure a run (time, memory, machine, commit) rather than define its result.
+VOLATILE_KEYS = ("wall", "time", "created", "_s", "peak", "rss", "load", "git_commit", "_mb")
+
+
+def without_volatile(value):
+    """``value`` (a record or part of one) with every measuring key dropped, recursively: what two
+    runs of the same config must agree on."""
+    if isinstance(value, dict):
+        return {k: without_volatile(v) for k, v in value.items() if not any(t in k.lower() for t in VOLATILE_KEYS)}
+    if isinstance(value, list):
+        return [without_volatile(v) for v in value]
+    return value

@@ -11,18 +11,9 @@ import time
 from pathlib import Path
 
 from semalign_core.paths import REPO_ROOT
+from semalign_core.records import without_volatile
 
 NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))  # what `make reproduce` runs
-# Keys whose values measure the run rather than define its result.
-VOLATILE = ("wall", "time", "created", "_s", "peak", "rss", "load", "git_commit", "_mb")
-
-
-def _without_volatile(value):
-    if isinstance(value, dict):
-        return {k: _without_volatile(v) for k, v in value.items() if not any(t in k.lower() for t in VOLATILE)}
-    if isinstance(value, list):
-        return [_without_volatile(v) for v in value]
-    return value
 
 
 def _reproduce(results: Path) -> float:
@@ -49,7 +40,7 @@ def test_smoke_reproduce_twice_gives_the_same_results_and_figures(tmp_path):
     records = [sorted(p.relative_to(run) for p in run.rglob("*.json")) for run in runs]
     assert records[0] == records[1] and len(records[0]) > 30
     for rel in records[0]:
-        first, second = (_without_volatile(json.loads((run / rel).read_text())) for run in runs)
+        first, second = (without_volatile(json.loads((run / rel).read_text())) for run in runs)
         assert first == second, rel
     figures = _figures(runs[0], tmp_path / "fig_a")
     assert set(figures) >= {"table3_model_statistics.md", "semalign_fig2_fidelity.png", "salf_fig2_deviation_gain.png"}

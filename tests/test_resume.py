@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 
 from semalign_core.paths import REPO_ROOT
+from semalign_core.records import without_volatile
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "03_semalign_transfer.ipynb"
 PARAMS = ["-p", "methods=[sft, output_kl, hidden_distill]", "-p", "tasks=[mmlu]"]
-VOLATILE = ("wall", "time", "created", "_s", "peak", "rss", "load", "git_commit", "_mb")
 
 
 def _command() -> list[str]:
@@ -30,14 +30,6 @@ def _env(results: Path) -> dict:
 
 def _records(results: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted((results / "semalign_transfer" / "smoke").glob("*.json"))}
-
-
-def _stable(value):
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if not any(t in k.lower() for t in VOLATILE)}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
 
 
 def _run_and_kill_kernel_after_first_record(results: Path) -> subprocess.CompletedProcess:
@@ -71,4 +63,4 @@ def test_killed_kernel_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_p
         assert final[name].read_bytes() == content, f"{name} was recomputed instead of reused"
     assert set(final) == set(_records(uninterrupted))
     for name, path in final.items():
-        assert _stable(json.loads(path.read_text())) == _stable(json.loads(_records(uninterrupted)[name].read_text()))
+        assert without_volatile(json.loads(path.read_text())) == without_volatile(json.loads(_records(uninterrupted)[name].read_text()))
