@@ -4,7 +4,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-from semalign_core.baselines import run_method
+from semalign_core.transfer.registry import run_method
 from semalign_core.costs import current_rss_mb
 from semalign_core.data import load_transfer
 from semalign_core.models.registry import REGISTRY, cached_dir, load_model

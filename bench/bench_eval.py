@@ -32,7 +32,7 @@ from semalign_core.evaluation.harness import evaluate  # noqa: E402
 from semalign_core.models.registry import load_model  # noqa: E402
 from semalign_core.paths import results_dir  # noqa: E402
 from semalign_core.records import provenance, write_json_atomic  # noqa: E402
-from semalign_core.tasks.utils import build_docs  # noqa: E402
+from semalign_core.evaluation.tasks.utils import build_docs  # noqa: E402
 
 
 def question_tokens(tokenizer, limit: int, seed: int) -> tuple[list[list[int]], dict]:

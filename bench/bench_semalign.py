@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semalign_core import surgery  # noqa: E402
-from semalign_core.attribution import grad_x_activation, pair_layers  # noqa: E402
+from semalign_core.lm import surgery  # noqa: E402
+from semalign_core.semalign.attribution import grad_x_activation, pair_layers  # noqa: E402
 from semalign_core.data import load_transfer  # noqa: E402
 from semalign_core.paths import results_dir  # noqa: E402
 from semalign_core.records import package_versions, write_json_atomic  # noqa: E402
-from semalign_core.semalign import (  # noqa: E402
+from semalign_core.semalign.transfer import (  # noqa: E402
     LayerInputs,
     SemAlignConfig,
     StageLoss,

@@ -133,7 +133,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     info["gpu"] = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
                    "bf16_supported": torch.cuda.is_bf16_supported()}
-from semalign_core import transfer_table, analyses
+from semalign_core.experiments import transfer_tables as transfer_table, analyses
 info["transfer_table_device"] = transfer_table._device()
 info["analyses_device"] = analyses._device()
 print(json.dumps(info, indent=1))
@@ -165,7 +165,7 @@ import torch
 from semalign_core.data import load_classification, load_transfer
 from semalign_core.models.registry import load_model
 from semalign_core.salf import FinetuneConfig, run_finetune, salf_policy
-from semalign_core.semalign import SemAlignConfig, transfer
+from semalign_core.semalign.transfer import SemAlignConfig, transfer
 
 out_path = sys.argv[1]
 cuda = torch.cuda.is_available()

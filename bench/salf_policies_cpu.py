@@ -1,6 +1,6 @@
 """Every freezing policy of the SALF main table on one model × task × seed, timed (`cpu` profile).
 
-A thin command line over :func:`semalign_core.salf.experiments.run_main_table` (the same runs and
+A thin command line over :func:`semalign_core.experiments.salf_runs.run_main_table` (the same runs and
 records as notebooks/06_salf_main_table.ipynb: results/salf_main/<profile>/, reused when valid),
 for sizing budgets: prints each run's score, training time and saving, then the total. Usage:
     OMP_NUM_THREADS=1 python bench/salf_policies_cpu.py [--model smollm2-135m-instruct] [--task mpqa]
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from semalign_core.profiles import get_profile  # noqa: E402
-from semalign_core.salf import experiments  # noqa: E402
+from semalign_core.experiments import salf_runs as experiments  # noqa: E402
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from semalign_core.costs import PeakMemory  # noqa: E402
 from semalign_core.data import load_transfer  # noqa: E402
 from semalign_core.models.registry import load_model  # noqa: E402
 from semalign_core.records import provenance, write_record  # noqa: E402
-from semalign_core.semalign import SemAlignConfig, transfer  # noqa: E402
+from semalign_core.semalign.transfer import SemAlignConfig, transfer  # noqa: E402
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def _check(args) -> None:
     """Everything the profile needs offline (models, benchmark data), or one line saying what is
     missing and how to get it (exit 2) -- `make reproduce` runs this before any notebook."""
     from semalign_core.data.resolve import data_root
-    from semalign_core.notebook import require_models
+    from semalign_core.experiments.notebook import require_models
     from semalign_core.profiles import get_profile
 
     prof = get_profile(args.profile)

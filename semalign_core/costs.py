@@ -63,7 +63,7 @@ class ModelShape:
 
 def model_shape(model: torch.nn.Module) -> ModelShape:
     """Per-block parameter counts (LoRA adapters excluded) and head size of a causal LM."""
-    from semalign_core import surgery
+    from semalign_core.lm import surgery
 
     base = surgery.unwrap(model)
     config = base.config

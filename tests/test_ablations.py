@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from semalign_core import ablations, teachers, transfer_table
+from semalign_core.experiments import ablations, teachers, transfer_tables as transfer_table
 from semalign_core.errors import ArtifactError
 from semalign_core.profiles import get_profile
 from semalign_core.records import config_hash
@@ -27,7 +27,7 @@ def isolated(tmp_path_factory):
 
 
 def test_variants_are_distinct_valid_configs():
-    from semalign_core.baselines import make_config
+    from semalign_core.transfer.registry import make_config
 
     budget = transfer_table.transfer_budget(SMOKE, "sst2")
     base = ablations.default_config(SMOKE)

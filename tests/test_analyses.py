@@ -16,7 +16,10 @@ import sys
 import pytest
 import torch
 
-from semalign_core import analyses, report, salf, semantics
+from semalign_core import salf
+from semalign_core.experiments import analyses
+from semalign_core.report import build as report
+from semalign_core.lm import semantics
 from semalign_core.errors import InvalidParameterError
 from semalign_core.models.tiny import tiny_model
 from semalign_core.paths import REPO_ROOT
@@ -160,7 +163,7 @@ def test_token_positions_skip_padding_and_cap():
 @pytest.mark.realmodel
 def test_output_side_bases_reconstruct_better_on_smollm2(smollm2):
     """The paper's Fig. 2 finding on a real model: pinv bases far above embedding rows."""
-    from semalign_core import surgery
+    from semalign_core.lm import surgery
 
     budget = analyses.semalign_budget(get_profile("smoke"), n_examples=2, max_length=64)
     batches, _ = analyses.measured_batches(smollm2.tokenizer, "gsm", budget, seed=0)

@@ -3,18 +3,18 @@
 import pytest
 import torch
 
-from semalign_core import surgery
-from semalign_core.attribution import (
+from semalign_core.lm import surgery
+from semalign_core.semalign.attribution import (
     grad_x_activation,
     interpolation_plan,
     layer_attribution,
     pair_layers,
     response_loss,
 )
-from semalign_core.batching import collate
+from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
 from semalign_core.models.tiny import tiny_model
-from semalign_core.pairing import floor_grid
+from semalign_core.semalign.pairing import floor_grid
 
 
 def _random_batches(vocab=128, seed=0, n=2):

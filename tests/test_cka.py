@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from semalign_core.cka import cka_matrix, linear_cka
+from semalign_core.lm.cka import cka_matrix, linear_cka
 from semalign_core.errors import InvalidParameterError
 
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core import semantics
-from semalign_core.baselines import CONFIGS, METHODS, controls, make_config, run_method
+from semalign_core.lm import semantics
+from semalign_core.baselines import controls
+from semalign_core.transfer.registry import CONFIGS, METHODS, make_config, run_method
 from semalign_core.baselines.controls import HiddenDistillConfig, OutputKLConfig, SFTConfig
 from semalign_core.data import load_transfer
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.models.registry import load_model
 from semalign_core.models.tiny import tiny_model
-from semalign_core.semalign import TransferResult, transfer
+from semalign_core.semalign.transfer import TransferResult, transfer
 
 COMMON = dict(epochs=1, batch_size=2, micro_batch_size=2, max_length=40, progress=False)
 SMOKE = {

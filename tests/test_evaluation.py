@@ -24,8 +24,8 @@ from semalign_core.data import CLASSIFICATION_TASKS, load_mmlu, load_transfer  #
 from semalign_core.errors import DataNotFoundError, InvalidParameterError  # noqa: E402
 from semalign_core.evaluation import harness  # noqa: E402
 from semalign_core.evaluation.harness import evaluate, list_tasks  # noqa: E402
-from semalign_core.tasks import TASKS_DIR  # noqa: E402
-from semalign_core.tasks import utils as task_utils  # noqa: E402
+from semalign_core.evaluation.tasks import TASKS_DIR  # noqa: E402
+from semalign_core.evaluation.tasks import utils as task_utils  # noqa: E402
 
 SUBJECTS = ["abstract_algebra", "anatomy", "virology"]
 MMLU_OPTIONS = {"subjects": SUBJECTS}
@@ -175,7 +175,7 @@ def test_chat_prompts_by_style(smollm2_tokenizer):
     assert transfer["prompt"].endswith("\n\n<|assistant|>\n")
     _, (plain,) = task_utils.build_docs("semalign_gsm8k", {**ctx, "prompt_style": "plain"})
     assert plain["prompt"].startswith("Answer the following question.") and plain["prompt"].endswith("\nAnswer:")
-    from semalign_core.tasks import chat_tokenizer
+    from semalign_core.evaluation.tasks import chat_tokenizer
 
     with chat_tokenizer(smollm2_tokenizer) as key:
         _, (chat,) = task_utils.build_docs(

@@ -6,14 +6,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from semalign_core import surgery
-from semalign_core.attribution import supervised_positions
+from semalign_core.lm import surgery
+from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.baselines import laten
 from semalign_core.baselines.controls import pad_id, tokenize
 from semalign_core.baselines.laten import Hypernetworks, LatenConfig, LatenObjective
-from semalign_core.batching import collate
+from semalign_core.data.batching import collate
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
-from semalign_core.pairing import uniform_pairing
+from semalign_core.semalign.pairing import uniform_pairing
 
 BASE = LatenConfig(max_length=40, align_per_step=3, progress=False)
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import ArtifactError, ChecksumError, InvalidParameterError, OfflineError, UnknownModelError
 from semalign_core.models.derive import DeriveConfig, derive_student, measure_importance, prune
 from semalign_core.models.gguf import GGUFWheel, convert_gguf, gguf_file

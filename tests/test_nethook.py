@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
 from semalign_core.models.tiny import ARCHITECTURES, tiny_model
-from semalign_core.nethook import POINTS, StopForward, capture_hidden, run_to_layers
+from semalign_core.lm.nethook import POINTS, StopForward, capture_hidden, run_to_layers
 
 _MODELS: dict = {}
 

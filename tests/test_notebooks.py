@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from semalign_core.errors import ArtifactError
-from semalign_core.notebook import require_models, start
+from semalign_core.experiments.notebook import require_models, start
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
 
@@ -86,13 +86,13 @@ def test_make_reproduce_runs_every_notebook_and_each_has_a_target():
 
 
 def test_every_figure_group_has_a_builder():
-    from semalign_core.report import _builders
+    from semalign_core.report.build import _builders
 
     assert _makefile_list("FIGURE_GROUPS") == list(_builders())
 
 
 def test_unknown_figure_group_is_one_line_error(tmp_path):
-    from semalign_core import report
+    from semalign_core.report import build as report
 
     assert report.main(["tabel1"]) == 2
 

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
-from semalign_core.pairing import (
+from semalign_core.semalign.pairing import (
     Pairing,
     critical_layer_rule,
     floor_grid,

@@ -27,7 +27,7 @@ def _reproduce(results: Path) -> float:
 
 
 def _figures(results: Path, out: Path) -> dict[str, bytes]:
-    code = f"from pathlib import Path; from semalign_core.report import build_all; build_all(Path({str(out)!r}))"
+    code = f"from pathlib import Path; from semalign_core.report.build import build_all; build_all(Path({str(out)!r}))"
     env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "MPLBACKEND": "Agg"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}

@@ -12,7 +12,7 @@ import pytest
 from semalign_core import salf
 from semalign_core.errors import InvalidParameterError
 from semalign_core.profiles import get_profile
-from semalign_core.salf import experiments as ex
+from semalign_core.experiments import salf_runs as ex
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -110,7 +110,7 @@ def test_random_matched_gets_salf_depth(in_results):
 
 
 def test_saving_fields_consistent(in_results):
-    from semalign_core.salf_report import with_savings
+    from semalign_core.report.salf import with_savings
 
     _, main, _ = in_results
     rows = {(r["policy"], r["seed"]): r for r in with_savings(main)}
@@ -180,7 +180,7 @@ def _record(policy, seed, acc, wall, flops=1.0, rss=100.0):
 
 
 def test_aggregate_over_seeds():
-    from semalign_core.salf_report import aggregate, cell, with_savings
+    from semalign_core.report.salf import aggregate, cell, with_savings
 
     accs, walls = [0.6, 0.7, 0.8], [5.0, 4.0, 6.0]
     records = [_record("full", s, 0.5, 10.0) for s in range(3)]
@@ -197,7 +197,7 @@ def test_aggregate_over_seeds():
 
 
 def test_render_functions_identical_bytes(in_results, tmp_path):
-    from semalign_core import salf_report
+    from semalign_core.report import salf as salf_report
 
     text = salf_report.salf_main_table_markdown()
     assert text == salf_report.salf_main_table_markdown()
@@ -212,7 +212,7 @@ def test_render_functions_identical_bytes(in_results, tmp_path):
 
 
 def test_nothing_to_render_without_records(tmp_path, monkeypatch):
-    from semalign_core import salf_report
+    from semalign_core.report import salf as salf_report
 
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
     assert salf_report.salf_main_table_markdown() is None

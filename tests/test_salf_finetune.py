@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from semalign_core import costs, surgery
+from semalign_core import costs
+from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
 from semalign_core.models.tiny import tiny_model
 from semalign_core.salf import finetune as ft

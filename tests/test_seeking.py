@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.baselines import seeking
 from semalign_core.baselines.seeking import SeekingConfig, best_block, block_sums, extract_block, lora_factors
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError

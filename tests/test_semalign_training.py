@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core import semantics, surgery
+from semalign_core.lm import semantics, surgery
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.models.tiny import tiny_model
-from semalign_core.semalign import (
+from semalign_core.semalign.transfer import (
     SemAlignConfig,
     composite_map,
     linear_cka_loss,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semalign_core import semantics as sem
+from semalign_core.lm import semantics as sem
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 
 

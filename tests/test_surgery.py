@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import ArtifactError, UnknownModelError
 from semalign_core.models.tiny import ARCHITECTURES, tiny_config, tiny_model
-from semalign_core.nethook import capture_hidden
+from semalign_core.lm.nethook import capture_hidden
 
 _MODELS: dict = {}
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from semalign_core import teachers, transfer_table
+from semalign_core.experiments import teachers, transfer_tables as transfer_table
 from semalign_core.data import build_sft_example
 from semalign_core.data.cls_transfer import eval_split, load_cls_transfer
 from semalign_core.errors import ArtifactError, InvalidParameterError
@@ -57,7 +57,7 @@ def test_classification_records_are_the_evaluation_text_and_tokens(tokenizer):
     the same token ids (BOS as the evaluator adds it), the loss exactly on the continuation."""
     from semalign_core.data.cls_transfer import cls_record
     from semalign_core.evaluation.harness import _tokenizer_adds_bos
-    from semalign_core.tasks.utils import build_docs
+    from semalign_core.evaluation.tasks.utils import build_docs
 
     split, docs = build_docs("semalign_cls_sst2", {"options": {"semalign_cls_sst2": {"split": "dev_subsample"}},
                                                    "limit": 6, "seed": 0})
@@ -188,7 +188,7 @@ def test_table2_records(table2):
 
 
 def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
-    from semalign_core import teacher_table
+    from semalign_core.report import teacher_table
 
     results, _ = table2
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(results))

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from semalign_core import report, transfer_table
+from semalign_core.report import build as report
+from semalign_core.experiments import transfer_tables as transfer_table
 from semalign_core.errors import InvalidParameterError
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
@@ -94,7 +95,7 @@ def test_invalid_method_stops_in_first_cell(tmp_path):
 
 
 def test_parameter_checks():
-    from semalign_core.baselines import METHODS as ALL
+    from semalign_core.transfer.registry import METHODS as ALL
 
     assert transfer_table.check_parameters() == (tuple(ALL), ("gsm", "mmlu", "humaneval", "mbpp"), (0,))
     assert transfer_table.check_parameters(["sft", "sft"], ["mbpp"], 3) == (("sft",), ("mbpp",), (3,))
@@ -110,7 +111,7 @@ def test_parameter_checks():
 
 
 def test_paper_profile_uses_the_published_per_task_budgets_of_tables_4_and_5():
-    from semalign_core.report import _paper
+    from semalign_core.report.build import _paper
 
     paper = get_profile("paper")
     t4, t5 = _paper("semalign")["table4_alignment"], _paper("semalign")["table5_training"]

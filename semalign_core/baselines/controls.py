@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semalign_core import costs, surgery
-from semalign_core.attribution import supervised_positions
-from semalign_core.batching import collate
+from semalign_core import costs
+from semalign_core.lm import surgery
+from semalign_core.semalign.attribution import supervised_positions
+from semalign_core.data.batching import collate
 from semalign_core.data.formatting import build_sft_example
 from semalign_core.errors import InvalidParameterError
-from semalign_core.nethook import capture_hidden, run_to_layers
-from semalign_core.pairing import Pairing, uniform_pairing
-from semalign_core.semalign import TransferResult, check_compatible
+from semalign_core.lm.nethook import capture_hidden, run_to_layers
+from semalign_core.semalign.pairing import Pairing, uniform_pairing
+from semalign_core.semalign.transfer import TransferResult, check_compatible
 
 EPS = 1e-12
 

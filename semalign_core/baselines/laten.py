@@ -36,8 +36,9 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from semalign_core import costs, surgery
-from semalign_core.attribution import supervised_positions
+from semalign_core import costs
+from semalign_core.lm import surgery
+from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.baselines.controls import (
     begin,
     cap_steps,
@@ -51,10 +52,10 @@ from semalign_core.baselines.controls import (
     train,
     train_flops,
 )
-from semalign_core.batching import collate
+from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
-from semalign_core.pairing import Pairing, uniform_pairing
-from semalign_core.semalign import TransferResult
+from semalign_core.semalign.pairing import Pairing, uniform_pairing
+from semalign_core.semalign.transfer import TransferResult
 
 GROUPS = ("ffn", "attn")
 KINDS = {"ffn": ("up", "down"), "attn": ("v", "o")}

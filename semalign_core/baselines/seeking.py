@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semalign_core import costs, surgery
+from semalign_core import costs
+from semalign_core.lm import surgery
 from semalign_core.baselines.controls import (
     TrainConfig,
     add_lora,
@@ -40,10 +41,10 @@ from semalign_core.baselines.controls import (
     train,
     train_flops,
 )
-from semalign_core.batching import collate
+from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
-from semalign_core.pairing import Pairing
-from semalign_core.semalign import TransferResult
+from semalign_core.semalign.pairing import Pairing
+from semalign_core.semalign.transfer import TransferResult
 
 
 @dataclass

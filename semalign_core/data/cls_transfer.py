@@ -52,7 +52,7 @@ def cls_transfer_tasks() -> tuple[str, ...]:
 
 def eval_split(task: str) -> str:
     """The split the evaluation of a transfer run must read (disjoint from the training pool)."""
-    from semalign_core.tasks.utils import CLS_EVAL_SPLIT
+    from semalign_core.evaluation.tasks.utils import CLS_EVAL_SPLIT
 
     held_out = _pool_spec(task)[1]
     return held_out or CLS_EVAL_SPLIT[task]
@@ -65,7 +65,7 @@ def eval_task_options(task: str) -> dict[str, dict]:
 
 def cls_prompt(task: str, text: str) -> str:
     """The evaluation prompt of one text (``CLS_TEMPLATES``, text stripped as the task does)."""
-    from semalign_core.tasks.utils import CLS_TEMPLATES
+    from semalign_core.evaluation.tasks.utils import CLS_TEMPLATES
 
     return CLS_TEMPLATES[task].format(text=text.strip())
 

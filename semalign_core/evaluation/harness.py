@@ -1,6 +1,6 @@
 """One evaluation API over lm-eval: ``evaluate(model, tasks, ...)`` -> one record per task.
 
-The tasks are the ``semalign_*`` lm-eval configs in :mod:`semalign_core.tasks`, registered by
+The tasks are the ``semalign_*`` lm-eval configs in :mod:`semalign_core.evaluation.tasks`, registered by
 include path (``TaskManager(include_path=TASKS_DIR)``) and fed by our data layer, so they run
 offline from any working directory. lm-eval builds the requests, calls the model (``HFLM`` over
 the in-memory model) and aggregates the metrics; this module chooses the settings, checks the
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from semalign_core.errors import ArtifactError, InvalidParameterError
-from semalign_core.tasks import TASKS_DIR, chat_tokenizer
+from semalign_core.evaluation.tasks import TASKS_DIR, chat_tokenizer
 
 PROMPT_STYLES = ("transfer", "model", "plain")
 # HFLM's fixed padding: right for log-likelihood batches (_loglikelihood_tokens), left for
@@ -306,7 +306,7 @@ def _configure_task(name, task, ours, style, max_new_tokens, num_samples, temper
     gen = {"max_gen_toks": max_new_tokens, "do_sample": temperature > 0,
            "temperature": float(temperature)}
     if name in ours:
-        from semalign_core.tasks.utils import generation_until, task_family
+        from semalign_core.evaluation.tasks.utils import generation_until, task_family
 
         gen["until"] = generation_until(task_family(name), style)
     task.set_config("generation_kwargs", gen, update=True)
@@ -364,7 +364,7 @@ def _bootstrap_macro_f1(items, iters: int, seed) -> float | None:
     """Bootstrap standard error of macro-F1 (lm-eval gives none for custom aggregations)."""
     import numpy as np
 
-    from semalign_core.tasks.utils import macro_f1
+    from semalign_core.evaluation.tasks.utils import macro_f1
 
     if len(items) < 2 or iters < 2:
         return None

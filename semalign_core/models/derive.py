@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.data.corpora import HELDOUT_CORPUS, TRAIN_CORPORA, token_blocks
 from semalign_core.errors import InvalidParameterError, UnknownModelError
 

@@ -173,7 +173,7 @@ def _load_spec(spec: ModelSpec, dtype: str, device: str) -> LoadedModel:
 
 
 def _finish(model, tokenizer, name: str, origin: str, path: str | None = None) -> LoadedModel:
-    from semalign_core.surgery import model_stats
+    from semalign_core.lm.surgery import model_stats
 
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, origin=origin,

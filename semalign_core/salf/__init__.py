@@ -4,7 +4,6 @@ analysis  label prompts, labels' semantic bases, transition traces, deviations
 gains     gain formulas (registry), eof choice, budgets, padding strategies
 policies  freezing policies (full, SALF, fixed fractions, random, layer signals, AutoFreeze, LISA, LoRA)
 finetune  the training loop: suffix runner, prefix cache, cost accounting, evaluation
-experiments  the main table (every policy × model × task × seed) and the cost–benefit sweeps, as records
 """
 
 from semalign_core.salf.analysis import (
@@ -31,13 +30,6 @@ from semalign_core.salf.finetune import (
     predict,
 )
 from semalign_core.salf.finetune import finetune as run_finetune  # keeps salf.finetune the module
-from semalign_core.salf.experiments import (
-    MAIN_POLICIES,
-    RunBudget,
-    run_budget,
-    run_cost_benefit,
-    run_main_table,
-)
 from semalign_core.salf.gains import (
     GAINS,
     Budget,
@@ -83,12 +75,11 @@ def analyse(model, tokenizer, records, task=None, label_words=None, deviation="c
 
 __all__ = [
     "AutoFreeze", "Budget", "DEVIATIONS", "FinetuneConfig", "FinetuneResult", "FixedEof", "FullFinetune", "GAINS",
-    "MAIN_POLICIES", "RunBudget",
     "LabelTokenError", "LabelTokens", "Lisa", "Lora", "POLICIES", "PROMPT_TEMPLATES", "Policy", "RandomEof",
     "SignalEof", "SuffixRunner", "Trainable", "TransitionTrace", "analyse", "apply_budget", "block_influence",
     "block_influence_policy", "block_params", "check_eof", "choose_eof", "compute_gains", "deviations",
     "eof_per_example", "evaluate", "format_prompt", "label_bases", "label_token_ids",
     "logit_lens_policy", "macro_f1", "make_policy", "measured_saving", "plan_batches", "predict",
-    "register_gain", "run_budget", "run_cost_benefit", "run_finetune", "run_main_table", "salf_policy",
+    "register_gain", "run_finetune", "salf_policy",
     "transition_trace",
 ]

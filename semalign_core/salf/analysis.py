@@ -5,7 +5,7 @@ come (``"{text}\\nSentiment:"``); the label is the next token, the label word wi
 space. One forward pass without gradients records the last prompt token's hidden state in all
 L+1 latent spaces (embedding output, then after each block): the *transition trace*. Deviation
 in space k compares that state with the label's semantic basis ``s_y`` (row y of
-``pinv(W_Uᵀ)``, :func:`semalign_core.semantics.semantic_bases`).
+``pinv(W_Uᵀ)``, :func:`semalign_core.lm.semantics.semantic_bases`).
 
 Batches are right-padded and the last real token is gathered by the attention mask: real tokens
 then see exactly what they would see unpadded (causal attention never looks right), with the
@@ -20,10 +20,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import ArtifactError, InvalidParameterError
-from semalign_core.nethook import capture_hidden
-from semalign_core.semantics import semantic_bases
+from semalign_core.lm.nethook import capture_hidden
+from semalign_core.lm.semantics import semantic_bases
 
 EPS = 1e-12
 

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semalign_core import costs, surgery
+from semalign_core import costs
+from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
 from semalign_core.salf import analysis, gains, policies
 from semalign_core.salf.policies import Policy, PolicyContext, Trainable, apply_trainable

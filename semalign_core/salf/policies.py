@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
 from semalign_core.salf import analysis, gains
 

@@ -1,6 +1,6 @@
 """Figures of the analysis experiments, drawn from result records alone (matplotlib, Agg).
 
-Every function takes records (the dicts :mod:`semalign_core.analyses` writes) and returns a
+Every function takes records (the dicts :mod:`semalign_core.experiments.analyses` writes) and returns a
 ``matplotlib.figure.Figure`` built without pyplot (no global backend state, no open-figure
 registry). :func:`save_png` writes it byte-for-byte reproducibly: fixed size and dpi, matplotlib's
 default style, no ``Software`` stamp. :func:`show` displays the same PNG bytes in a notebook.

@@ -1,7 +1,7 @@
 """Capture hidden states of decoder blocks with forward hooks (a small baukit ``nethook``).
 
 One context manager, :func:`capture_hidden`, hooks the decoder blocks found by
-:mod:`semalign_core.surgery` and records, per layer k (0-based):
+:mod:`semalign_core.lm.surgery` and records, per layer k (0-based):
 
 ``block_in``   the residual stream entering block k (pre-hook on the block);
 ``block_out``  the residual stream leaving block k (first item when the block returns a tuple);
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
 
 POINTS = ("embed", "block_in", "block_out", "attn_out", "mlp_out")

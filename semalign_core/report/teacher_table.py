@@ -1,8 +1,8 @@
 """SemAlign Table 2: transfer from fine-tuned teachers (``notebooks/04_semalign_finetuned_teacher``).
 
-The cells are :mod:`semalign_core.transfer_table` cells with ``setting="finetuned"``: the source of
-every method is a teacher fine-tuned on the task (:mod:`semalign_core.teachers`), the rows are
-``teacher``, ``target`` and every method of :data:`semalign_core.baselines.METHODS`. This module
+The cells are :mod:`semalign_core.experiments.transfer_tables` cells with ``setting="finetuned"``: the source of
+every method is a teacher fine-tuned on the task (:mod:`semalign_core.experiments.teachers`), the rows are
+``teacher``, ``target`` and every method of :data:`semalign_core.transfer.registry.METHODS`. This module
 adds the seeds each profile runs by default, the check that the setting is informative (the
 teacher beats the target by at least :data:`MIN_GAP` points), and the Markdown page that
 ``make figures`` writes (:func:`teacher_table_markdown`, :func:`teacher_table_figures`).
@@ -31,7 +31,7 @@ def default_seeds(profile: str, seed: int = 0, seeds: Sequence[int] | None = Non
 
 def gaps(profile: str) -> dict[tuple[str, str], float]:
     """(teacher, task) → teacher minus target, in points, from the records."""
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     recs = [r for r in transfer_table.load_records(profile, SETTING) if r["metrics"].get("value") is not None]
     target = {r["task"]: 100 * r["metrics"]["value"] for r in recs if r["method"] == "target"}
@@ -50,8 +50,8 @@ def gap_notes(profile: str) -> list[str]:
 
 def table(profile: str, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
           seeds: Sequence[int] | None = None):
-    """Table 2 of ``profile`` from its records (see :func:`semalign_core.transfer_table.table`)."""
-    from semalign_core import transfer_table
+    """Table 2 of ``profile`` from its records (see :func:`semalign_core.experiments.transfer_tables.table`)."""
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     frame = transfer_table.table(profile, methods, tasks, seeds, setting=SETTING)
     frame.attrs["notes"] = [*frame.attrs["notes"], *gap_notes(profile)]
@@ -60,14 +60,14 @@ def table(profile: str, methods: Sequence[str] | None = None, tasks: Sequence[st
 
 def published_key() -> str:
     """Key of the published Table 2 in ``results/paper/semalign_published.json``."""
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     return transfer_table.get_setting(SETTING).published
 
 
 def published():
     """The published Table 2 as a DataFrame (labelled as published)."""
-    from semalign_core.report import published_table
+    from semalign_core.report.build import published_table
 
     return published_table("semalign", published_key())
 
@@ -75,8 +75,8 @@ def published():
 def teacher_table_markdown() -> str | None:
     """Reproduced Table 2 of every profile with records, then the published Table 2 (labelled as
     such). None when no profile has records. Deterministic: records sorted, fixed formats."""
-    from semalign_core import transfer_table
-    from semalign_core.report import _markdown, _paper
+    from semalign_core.experiments import transfer_tables as transfer_table
+    from semalign_core.report.build import _markdown, _paper
 
     out = ["# SemAlign Table 2: parametric knowledge transfer from fine-tuned teachers\n\n",
            "Each method trains a fresh target with a **fine-tuned teacher** as its source "
@@ -105,7 +105,7 @@ def teacher_table_markdown() -> str | None:
 
 def teacher_table_figures(out_dir: Path) -> list[Path]:
     """``semalign_table2_finetuned_teacher.md`` in ``out_dir`` (nothing when there are no records)."""
-    from semalign_core.report import save_markdown
+    from semalign_core.report.build import save_markdown
 
     return save_markdown(teacher_table_markdown(), Path(out_dir) / FIGURE_NAME)
 

@@ -154,7 +154,7 @@ def evaluate_cls(model, tokenizer, task: str, limit: int | None, batch_size: int
 
 def finetune(model, tokenizer, recipe: TeacherRecipe):
     """Plain SFT of ``model`` (in place) on the recipe's records; returns (records Split, result)."""
-    from semalign_core.baselines import run_method
+    from semalign_core.transfer.registry import run_method
     from semalign_core.data.cls_transfer import load_cls_transfer
 
     train = load_cls_transfer(recipe.task, "train", limit=recipe.n_train,

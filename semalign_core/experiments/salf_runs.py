@@ -23,7 +23,7 @@ Policy labels (:func:`policy_spec` turns one into the JSON spec that the config 
   strategy that batches them), ``salf_nocache`` (SALF without the frozen-prefix cache).
 
 Measured savings (wall time, memory) are computed from the records when a table is built, against
-the ``full`` record of the same model, task and seed (:mod:`semalign_core.salf_report`), so a
+the ``full`` record of the same model, task and seed (:mod:`semalign_core.report.salf`), so a
 recomputed reference never leaves stale savings behind.
 
 The data: ``n_train`` examples drawn with the seed from the task's training split, and a fixed
@@ -45,7 +45,7 @@ from typing import Any, Sequence
 
 
 from semalign_core.errors import InvalidParameterError
-from semalign_core.notebook import check_list
+from semalign_core.experiments.notebook import check_list
 from semalign_core.profiles import Profile
 
 MAIN_EXPERIMENT = "salf_main"

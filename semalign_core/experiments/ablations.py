@@ -2,7 +2,7 @@
 
 The paper names ablations without publishing their results (attribution granularity, pairing
 strategy, strength of semantic decomposition; v2/ACL add the objective and the frontier schedule).
-Each axis of :data:`AXES` changes one :class:`~semalign_core.semalign.SemAlignConfig` field around
+Each axis of :data:`AXES` changes one :class:`~semalign_core.semalign.transfer.SemAlignConfig` field around
 the default run of Table 2 (the ``semalign`` row of ``notebooks/04``), one axis at a time:
 
 =============  ===========================  ==============================================
@@ -74,8 +74,8 @@ AXES: dict[str, tuple[str, tuple[Any, ...]]] = {
 
 def default_config(prof: Profile, seed: int = 0):
     """The SemAlign config of Table 2's ``semalign`` cell at this profile."""
-    from semalign_core import transfer_table
-    from semalign_core.baselines import make_config
+    from semalign_core.experiments import transfer_tables as transfer_table
+    from semalign_core.transfer.registry import make_config
 
     budget = transfer_table.transfer_budget(prof, TASK)
     return make_config("semalign", None, **budget.method_overrides("semalign", seed))
@@ -104,7 +104,7 @@ def variants(prof: Profile, axes: Sequence[str] | None = None) -> list[Variant]:
 
 
 def check_axes(axes: Sequence[str] | None) -> tuple[str, ...]:
-    from semalign_core.notebook import check_list
+    from semalign_core.experiments.notebook import check_list
 
     return check_list("axes", axes, AXES)
 
@@ -126,12 +126,13 @@ def preview_plan(prof: Profile, overrides: dict[str, Any], seed: int) -> dict[st
     """The interpolation plan a variant would train with (attribution only, no training)."""
     import torch
 
-    from semalign_core import surgery, transfer_table
-    from semalign_core.attribution import interpolation_plan, layer_attribution, pair_layers
-    from semalign_core.baselines import make_config
+    from semalign_core.lm import surgery
+    from semalign_core.experiments import transfer_tables as transfer_table
+    from semalign_core.semalign.attribution import interpolation_plan, layer_attribution, pair_layers
+    from semalign_core.transfer.registry import make_config
     from semalign_core.models.registry import load_tokenizer
-    from semalign_core.semalign import sft_batches
-    from semalign_core.teachers import load_teacher
+    from semalign_core.semalign.transfer import sft_batches
+    from semalign_core.experiments.teachers import load_teacher
 
     cfg = make_config("semalign", default_config(prof, seed), **overrides)
     budget = transfer_table.transfer_budget(prof, TASK)
@@ -183,7 +184,7 @@ def _reuse_default(prof: Profile, variant: Variant, seed: int, default: dict, co
 def run_variant(prof: Profile, variant: Variant, seed: int, force: bool = False, default: dict | None = None) -> dict:
     """The record of one variant and seed. The default is Table 2's ``semalign`` cell (``default``:
     its record, when the caller already has it)."""
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
     from semalign_core.records import load_valid_record
 
     if default is None:
@@ -210,7 +211,7 @@ def run_ablations(prof: Profile, axes: Sequence[str] | None = None, seeds: Seque
     """Every variant × seed (records reused when valid), plus Table 2's teacher and target rows."""
     import time
 
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     axes, seeds = check_parameters(axes, seeds, prof.name)
     out = [transfer_table.run_cell(prof, row, TASK, seeds[0], force, setting=SETTING)
@@ -257,7 +258,7 @@ def _stats(values: list[float]) -> tuple[float, float | None]:
 def rows(profile: str) -> list[dict[str, Any]]:
     """One row per variant with records: axis, value, mean/std (%) over seeds, n, seeds, Δ vs default,
     whether its plan equals the default's. The default comes from Table 2's records."""
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     t2 = [r for r in transfer_table.load_records(profile, SETTING) if r["task"] == TASK]
     default = [r for r in t2 if r["method"] == "semalign"]
@@ -286,7 +287,7 @@ def rows(profile: str) -> list[dict[str, Any]]:
 
 
 def _references(profile: str) -> dict[str, float]:
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     rows_ = transfer_table.get_setting(SETTING).reference_rows  # teacher, target
     found = {r["method"]: 100 * r["metrics"]["value"] for r in transfer_table.load_records(profile, SETTING)
@@ -338,7 +339,7 @@ def figure(profile: str):
     import matplotlib
     import numpy as np
 
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     data = rows(profile)
     refs = _references(profile)
@@ -372,7 +373,7 @@ PROFILE_PREFERENCE = ("paper", "gpu-small", "cpu", "smoke")
 
 def ablation_markdown() -> str | None:
     """Every profile with ablation records: caption and table (None when there are none)."""
-    from semalign_core.report import _markdown
+    from semalign_core.report.build import _markdown
 
     out = ["# SemAlign ablations (not published in the paper)\n\n",
            "One SemAlign config field changed at a time around Table 2's default run "
@@ -392,9 +393,9 @@ def ablation_markdown() -> str | None:
 def ablation_figures(out_dir: Path) -> list[Path]:
     """``semalign_ablations.md`` (every profile) and ``semalign_ablations.png`` (the largest profile
     with records); nothing when there are no ablation records."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
-    from semalign_core.report import save_markdown
+    from semalign_core.report.build import save_markdown
 
     written = save_markdown(ablation_markdown(), Path(out_dir) / "semalign_ablations.md")
     if not written:

@@ -1,7 +1,7 @@
 """SemAlign Table 1: knowledge transfer into the target, evaluated on four benchmarks.
 
 One cell of the table is (method, transfer task, seed): a fresh copy of the profile's target is
-trained by ``method`` (:data:`semalign_core.baselines.METHODS`) on the transfer task's ``train``
+trained by ``method`` (:data:`semalign_core.transfer.registry.METHODS`) on the transfer task's ``train``
 split (attribution reads ``extract``), then evaluated greedily on the matching benchmark
 (:data:`EVAL_TASKS`). The rows ``source`` and ``target`` evaluate the untransferred models.
 
@@ -14,7 +14,7 @@ Budgets per profile (:data:`TRANSFER_BUDGETS`) bound the training data and steps
 evaluation subset; at ``smoke`` the numbers are meaningless (random tiny models).
 
 Settings (:data:`SETTINGS`): ``"table1"`` is the above. ``"finetuned"`` (Table 2) transfers from a
-*fine-tuned teacher* (:mod:`semalign_core.teachers`: below ``paper`` the profile's source
+*fine-tuned teacher* (:mod:`semalign_core.experiments.teachers`: below ``paper`` the profile's source
 fine-tuned on the task; at ``paper`` the hub code teachers) and adds the classification task
 ``sst2``: records built from the task's training pool in the evaluation's own plain format
 (:mod:`semalign_core.data.cls_transfer`), evaluated by label-word log-likelihood on the held-out
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from semalign_core.errors import InvalidParameterError
-from semalign_core.notebook import check_list
+from semalign_core.experiments.notebook import check_list
 from semalign_core.profiles import Profile
 
 EXPERIMENT = "semalign_transfer"
@@ -133,7 +133,7 @@ class TransferBudget:
         """The budget as fields of ``method``'s config (only those it has)."""
         from dataclasses import fields
 
-        from semalign_core.baselines import CONFIGS
+        from semalign_core.transfer.registry import CONFIGS
 
         wanted = {"max_length": self.max_length, "batch_size": self.batch_size,
                   "micro_batch_size": self.micro_batch_size, "epochs": self.epochs, "max_steps": self.max_steps,
@@ -225,13 +225,13 @@ def check_parameters(methods: Sequence[str] | None = None, tasks: Sequence[str] 
     ``setting="finetuned"`` with a ``profile`` only the tasks that profile has teachers for);
     ``seeds`` None means ``[seed]``. Returns (methods, tasks, seeds), duplicates dropped, order kept.
     """
-    from semalign_core.baselines import METHODS
+    from semalign_core.transfer.registry import METHODS
 
     s = get_setting(setting)
     methods = check_list("methods", methods, METHODS)
     allowed = tuple(s.tasks)
     if setting == "finetuned" and profile is not None:
-        from semalign_core.teachers import TEACHERS
+        from semalign_core.experiments.teachers import TEACHERS
 
         allowed = tuple(t for t in s.tasks if t in TEACHERS.get(profile, {}))
         stray = [t for t in (tasks or ()) if t in s.tasks and t not in allowed]
@@ -288,12 +288,12 @@ def cell_config(prof: Profile, method: str, task: str, seed: int | None, budget:
               "seed": seed, "source": prof.semalign_source, "target": prof.semalign_target, "dtype": prof.dtype,
               "eval": _eval_config(task, budget, seed), "version": VERSION}
     if setting != "table1":
-        from semalign_core.teachers import teacher_identity
+        from semalign_core.experiments.teachers import teacher_identity
 
         config["setting"] = setting
         config["teacher"] = teacher_identity(prof.name, task, teacher)
     if method not in s.reference_rows:
-        from semalign_core.baselines import make_config
+        from semalign_core.transfer.registry import make_config
 
         cfg = make_config(method, None, **{**budget.method_overrides(method, seed), **(method_config or {})})
         identity = cfg.identity() if hasattr(cfg, "identity") else asdict(cfg)
@@ -374,10 +374,10 @@ def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool =
     is) and evaluate it; returns the (new or reused) record.
 
     ``setting="finetuned"``: the source is ``teacher`` (default: the profile's first teacher of
-    ``task``, :mod:`semalign_core.teachers`). ``method_config``, ``experiment``, ``run``,
+    ``task``, :mod:`semalign_core.experiments.teachers`). ``method_config``, ``experiment``, ``run``,
     ``config_extra``: method config overrides, where the record goes (default: the setting's
     folder and name) and extra config keys, also stored at the record's top level (ablations)."""
-    from semalign_core.baselines import METHODS
+    from semalign_core.transfer.registry import METHODS
     from semalign_core.records import load_valid_record, provenance, write_record
 
     s = get_setting(setting)
@@ -389,7 +389,7 @@ def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool =
     if setting == "table1" and teacher is not None:
         raise InvalidParameterError("teacher is a parameter of setting='finetuned' only")
     if setting == "finetuned":
-        from semalign_core.teachers import teacher_names
+        from semalign_core.experiments.teachers import teacher_names
 
         teacher = teacher or teacher_names(prof.name, task)[0]
     budget = budget or transfer_budget(prof, task)
@@ -408,8 +408,8 @@ def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool =
         target = _load(prof.semalign_target, prof)  # fresh per cell: methods train in place
     if method not in (s.reference_rows[1],):
         if setting == "finetuned":
-            from semalign_core import surgery
-            from semalign_core.teachers import load_teacher
+            from semalign_core.lm import surgery
+            from semalign_core.experiments.teachers import load_teacher
 
             vocab = surgery.vocab_size(target.model) if target is not None else None
             source, teacher_report = load_teacher(prof.name, task, teacher, prof.dtype, target_vocab=vocab)
@@ -421,7 +421,7 @@ def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool =
     else:
         model, tokenizer = target.model, target.tokenizer
         if method in METHODS:
-            from semalign_core.baselines import run_method
+            from semalign_core.transfer.registry import run_method
 
             train, extract = transfer_data(task, budget, seed)
             sources.update(train.sources)
@@ -434,7 +434,7 @@ def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool =
             transfer_summary = {"n_train": len(train), "n_extract": len(extract), "notes": list(result.notes),
                                 "stages": len(result.stages)}
             if method == "semalign":  # the source states each target layer was aligned to
-                from semalign_core.attribution import interpolation_plan
+                from semalign_core.semalign.attribution import interpolation_plan
 
                 transfer_summary["plan"] = plan_json(interpolation_plan(result.pairing))
             del source
@@ -484,7 +484,7 @@ def run_table(prof: Profile, methods: Sequence[str] | None = None, tasks: Sequen
     for task in tasks:
         task_budget = budget or transfer_budget(prof, task)
         if setting == "finetuned":
-            from semalign_core.teachers import teacher_names
+            from semalign_core.experiments.teachers import teacher_names
 
             task_teachers = teachers or teacher_names(prof.name, task)
         else:
@@ -563,7 +563,7 @@ def table(profile: str, methods: Sequence[str] | None = None, tasks: Sequence[st
     exists. ``attrs``: caption, notes (chance levels, the teacher), seeds, models."""
     import pandas as pd
 
-    from semalign_core.baselines import METHODS
+    from semalign_core.transfer.registry import METHODS
 
     s = get_setting(setting)
     records = [r for r in load_records(profile, setting)
@@ -616,7 +616,7 @@ def hyperparameter_table(prof: Profile, tasks: Sequence[str] = tuple(COLUMNS)):
     """What Table 1's cells at ``prof`` train with, per task, in the rows of SemAlign Tables 4-5."""
     import pandas as pd
 
-    from semalign_core.baselines import make_config
+    from semalign_core.transfer.registry import make_config
 
     def lr(budget: TransferBudget, method: str) -> float:
         return budget.method_config.get(method, {}).get("lr", make_config(method).lr)

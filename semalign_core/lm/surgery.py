@@ -20,7 +20,7 @@ LM heads: ``lm_head`` everywhere except gpt_neox (``embed_out``); found via
 Gemma scales token embeddings by sqrt(hidden_size) *inside* the embedding module
 (``Gemma*ScaledWordEmbedding``) or the backbone; the hidden state entering layer 0 is therefore not
 ``embedding.weight[token]``. Code that needs "the embedding as the model sees it" should take the
-input of layer 0 (see :mod:`semalign_core.nethook`), never the raw embedding matrix.
+input of layer 0 (see :mod:`semalign_core.lm.nethook`), never the raw embedding matrix.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """SALF's main table and cost–benefit figures, rebuilt from result records alone (``make figures``).
 
-Records come from :mod:`semalign_core.salf.experiments` (``results/salf_main/<profile>/`` and
+Records come from :mod:`semalign_core.experiments.salf_runs` (``results/salf_main/<profile>/`` and
 ``results/salf_cost_benefit/<profile>/``). Measured savings are computed here, against the
 ``full`` run of the same model, task and seed; every number is shown as mean ± sample std over
 seeds with the number of runs and the held-out n behind it. Output is deterministic: fixed
-formats and orders, and PNGs through :func:`semalign_core.plots.save_png` (no timestamps).
+formats and orders, and PNGs through :func:`semalign_core.report.plots.save_png` (no timestamps).
 
 For ``make figures`` (``report.build_all``): :func:`salf_main_table` writes
 ``figures/salf_table_main.md``; :func:`salf_cost_benefit_figures` writes
@@ -22,7 +22,7 @@ import matplotlib.style
 import numpy as np
 
 from semalign_core.paths import REPO_ROOT, results_dir
-from semalign_core.salf.experiments import COST_EXPERIMENT, MAIN_EXPERIMENT, MAIN_POLICIES, ZERO_SHOT
+from semalign_core.experiments.salf_runs import COST_EXPERIMENT, MAIN_EXPERIMENT, MAIN_POLICIES, ZERO_SHOT
 
 FIGURES = REPO_ROOT / "figures"
 PUBLISHED = REPO_ROOT / "results" / "paper" / "salf_published.json"
@@ -232,7 +232,7 @@ def salf_main_table_markdown() -> str | None:
 
 def salf_main_table(out_dir: Path = FIGURES) -> list[Path]:
     """``salf_table_main.md`` from results/salf_main/ (nothing when there are no records)."""
-    from semalign_core.report import save_markdown
+    from semalign_core.report.build import save_markdown
 
     return save_markdown(salf_main_table_markdown(), Path(out_dir) / "salf_table_main.md")
 
@@ -304,7 +304,7 @@ def _groups(rows: list[dict]) -> list[list[dict]]:
 
 def depth_figure(rows: list[dict], profile: str):
     """Score and savings against the number of trained blocks (fixed eof sweep, SALF, budgets, full)."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     groups = _groups([r for r in rows if _kind(r["policy"]) != "other"])
     with matplotlib.style.context(plots.STYLE):
@@ -341,7 +341,7 @@ def _annotate(ax, rows, x_field, y_field, x_scale=1.0, y_scale=1.0):
 
 def costs_figure(rows: list[dict], profile: str):
     """Analytic FLOPs against measured wall time and peak memory; analytic against measured saving."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     groups = _groups([r for r in rows if r["flops"][2]])
     with matplotlib.style.context(plots.STYLE):
@@ -373,7 +373,7 @@ def costs_figure(rows: list[dict], profile: str):
 
 def ablation_figure(rows: list[dict], profile: str):
     """Bars: score and savings of the budget schemes, padding strategies, prefix cache and LoRA."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     keep = [r for r in rows if r["policy"] in ABLATION_ORDER or _kind(r["policy"]) == "budget"]
     groups = _groups(keep)
@@ -409,7 +409,7 @@ def ablation_figure(rows: list[dict], profile: str):
 def salf_cost_benefit_figures(out_dir: Path = FIGURES) -> list[Path]:
     """``salf_cost_benefit_{depth,costs,ablations}.png`` from the largest profile with
     results/salf_cost_benefit/ records (nothing when none has)."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     profile = _profile_with(COST_EXPERIMENT)
     if profile is None:

@@ -3,7 +3,7 @@
 Layer Gradient × Activation (captum's ``LayerGradientXActivation``) of the supervised loss with
 respect to every decoder block's output, from ONE forward and ONE backward pass per batch for all
 layers at once: captum is given the whole list of blocks, and the ``"hooks"`` method captures the
-same block outputs with :func:`semalign_core.nethook.capture_hidden` and asks autograd for all of
+same block outputs with :func:`semalign_core.lm.nethook.capture_hidden` and asks autograd for all of
 their gradients together. The backward only reaches the block outputs (``torch.autograd.grad``
 with those tensors as inputs), so no parameter gradient is ever computed or stored.
 
@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.data.formatting import IGNORE_INDEX
 from semalign_core.errors import InvalidParameterError
-from semalign_core.nethook import capture_hidden
-from semalign_core.pairing import (
+from semalign_core.lm.nethook import capture_hidden
+from semalign_core.semalign.pairing import (
     Pairing,
     floor_grid,
     floor_pairing,
@@ -177,7 +177,7 @@ def layer_attribution(
     """One attribution score per decoder layer (L,), float64, from padded SFT ``batches``.
 
     Each batch is a dict with ``input_ids``, ``attention_mask``, ``labels`` (see
-    :func:`semalign_core.batching.collate`). See the module docstring for the aggregation.
+    :func:`semalign_core.data.batching.collate`). See the module docstring for the aggregation.
     """
     _check("aggregate", aggregate, AGGREGATES)
     _check("method", method, METHODS)
@@ -211,7 +211,7 @@ def pair_layers(
     window: int | None = None,
     n_source: int | None = None,
 ) -> Pairing:
-    """One source layer per target layer (1-based), dispatching to :mod:`semalign_core.pairing`.
+    """One source layer per target layer (1-based), dispatching to :mod:`semalign_core.semalign.pairing`.
 
     ``attributed``: highest score within each target layer's depth window
     (``select_one_per_target``); ``floor``: the spec's floor grid; ``uniform``: rounded grid;

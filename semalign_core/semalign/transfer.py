@@ -2,7 +2,7 @@
 
 ``transfer(source, target, train_records, attribution_records, config, tokenizer)``:
 
-1. semantic bases of both LM heads (cached by :mod:`semalign_core.semantics`);
+1. semantic bases of both LM heads (cached by :mod:`semalign_core.lm.semantics`);
 2. layer attribution of the source on ``attribution_records`` → one source layer per target layer;
 3. ONE source pass over the training batches: the paired layers' states, mapped into the target
    space, and the teacher's output logits (for the output KL) are cached in memory, and on disk
@@ -32,18 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semalign_core import semantics, surgery
-from semalign_core.attribution import (
+from semalign_core.lm import semantics, surgery
+from semalign_core.semalign.attribution import (
     interpolation_plan,
     layer_attribution,
     pair_layers,
     supervised_positions,
 )
-from semalign_core.batching import collate
+from semalign_core.data.batching import collate
 from semalign_core.data.formatting import build_sft_example
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
-from semalign_core.nethook import capture_hidden, run_to_layers
-from semalign_core.pairing import Pairing
+from semalign_core.lm.nethook import capture_hidden, run_to_layers
+from semalign_core.semalign.pairing import Pairing
 from semalign_core.records import atomic_write
 
 EPS = 1e-12

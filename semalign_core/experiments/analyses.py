@@ -2,7 +2,7 @@
 
 Each public function computes one result record and writes it with :func:`records.write_record`;
 a valid record with the same config is reused unless ``force``. Figures are drawn from the records
-alone (:mod:`semalign_core.plots`, ``make figures``).
+alone (:mod:`semalign_core.report.plots`, ``make figures``).
 
 SemAlign (spec "Figures and analyses"):
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semalign_core import surgery
+from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
-from semalign_core.nethook import capture_hidden
+from semalign_core.lm.nethook import capture_hidden
 from semalign_core.profiles import Profile
 from semalign_core.records import load_valid_record, provenance, write_record
 
@@ -106,7 +106,7 @@ def check_salf_parameters(tasks: Sequence[str], n_examples: int | None = None,
     """One-line InvalidParameterError unless ``tasks`` is a non-empty list of known tasks (and
     ``n_examples``, ``max_length`` are valid); returns the tasks, duplicates dropped."""
     from semalign_core.data import CLASSIFICATION_TASKS
-    from semalign_core.notebook import check_list
+    from semalign_core.experiments.notebook import check_list
 
     tasks = check_list("tasks", tasks, CLASSIFICATION_TASKS, none_means_all=False, what="classification task(s)")
     check_optional_int("n_examples", n_examples)
@@ -139,7 +139,7 @@ def _round(values) -> list:
 def measured_batches(tokenizer, task: str, budget: SemAlignAnalysisBudget, seed: int):
     """SFT batches (whole conversations) of the measured texts, and the data split."""
     from semalign_core.data import load_transfer
-    from semalign_core.semalign import sft_batches
+    from semalign_core.semalign.transfer import sft_batches
 
     full = load_transfer(task, MEASURE_SPLIT)
     split = load_transfer(task, MEASURE_SPLIT, limit=min(budget.n_examples, len(full)), seed=seed)
@@ -191,7 +191,7 @@ def layer_fidelity(states: Sequence[torch.Tensor], bases: torch.Tensor) -> tuple
     Equal to :func:`semantics.decomposition_fidelity` (tested), computed through the d × d map
     ``SᵀS`` (:func:`semalign.composite_map`) instead of |V| coefficients per token.
     """
-    from semalign_core.semalign import composite_map, map_states
+    from semalign_core.semalign.transfer import composite_map, map_states
 
     m = composite_map(bases, bases)  # on the bases' device (the GPU at scale)
     means, stds = [], []
@@ -229,7 +229,7 @@ def decomposition_fidelity_record(prof: Profile, seed: int = 0, force: bool = Fa
     Record ``results/semalign_analyses/<profile>/fidelity.json``; ``metrics.models[role]`` holds
     ``output_side``/``input_side`` (mean per layer, layer 1..L) and their ``_std``.
     """
-    from semalign_core import semantics
+    from semalign_core.lm import semantics
 
     budget = semalign_budget(prof, n_examples, max_length)
     config = _semalign_config(prof, budget, task, seed, "fidelity")
@@ -264,7 +264,7 @@ def decomposition_fidelity_record(prof: Profile, seed: int = 0, force: bool = Fa
 def short_alignment(source, target, tokenizer, task: str, budget: SemAlignAnalysisBudget, seed: int):
     """``target`` after a short SemAlign run (trained in place: align split; attribution on extract)."""
     from semalign_core.data import load_transfer
-    from semalign_core.semalign import SemAlignConfig, transfer
+    from semalign_core.semalign.transfer import SemAlignConfig, transfer
 
     align = load_transfer(task, "align", limit=budget.n_align, seed=seed)
     extract_all = load_transfer(task, "extract")
@@ -287,8 +287,8 @@ def cka_record(prof: Profile, seed: int = 0, force: bool = False, n_examples: in
     ``target_target_{before,after}`` (L_t × L_t) and ``source_target_{before,after}`` (L_s × L_t,
     rows = source layers), on ``block_out`` of layers 1..L at the same ``n_tokens`` positions.
     """
-    from semalign_core.cka import cka_matrix
-    from semalign_core.semalign import check_compatible
+    from semalign_core.lm.cka import cka_matrix
+    from semalign_core.semalign.transfer import check_compatible
 
     budget = semalign_budget(prof, n_examples, max_length)
     config = _semalign_config(prof, budget, task, seed, "cka")

@@ -86,7 +86,7 @@ def _salf_records(profile: str) -> list[dict]:
 
 def semalign_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
     """SemAlign Fig. 2 (fidelity) and Figs. 4-6 (CKA) from results/semalign_analyses/."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     written = []
     for run, name, draw in (("fidelity", "semalign_fig2_fidelity.png", plots.fidelity_figure),
@@ -129,7 +129,7 @@ def salf_eof_table() -> str:
 
 def salf_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
     """SALF deviation/gain panels (largest profile with results) and the eof table (every profile)."""
-    from semalign_core import plots
+    from semalign_core.report import plots
 
     profile = next((p for p in PROFILE_PREFERENCE if _salf_records(p)), None)
     if profile is None:
@@ -145,7 +145,7 @@ def salf_analysis_figures(out_dir: Path = FIGURES) -> list[Path]:
 
 def _hyperparameters(profile: str) -> str:
     """The per-task budgets behind a profile's Table 1 (rows of SemAlign Tables 4-5)."""
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
     from semalign_core.profiles import get_profile
 
     frame = transfer_table.hyperparameter_table(get_profile(profile))
@@ -156,7 +156,7 @@ def _hyperparameters(profile: str) -> str:
 def semalign_table1_markdown() -> str | None:
     """Reproduced Table 1 of every profile with records (profile, n and seeds behind each number)
     and the published Table 1, labelled as such. None when no profile has transfer records."""
-    from semalign_core import transfer_table
+    from semalign_core.experiments import transfer_tables as transfer_table
 
     out = ["# SemAlign Table 1: parametric knowledge transfer on four benchmarks\n\n",
            "Reproduced cells: mean ± sample std over seeds (%), n = benchmark examples evaluated per seed "
@@ -211,10 +211,10 @@ def _builders() -> dict:
         "semalign-analyses": semalign_analysis_figures,
         "salf-analysis": salf_analysis_figures,
         "table1": semalign_table1,
-        "table2": lambda out: _module("teacher_table").teacher_table_figures(out),
-        "ablations": lambda out: _module("ablations").ablation_figures(out),
-        "salf-main": lambda out: _module("salf_report").salf_main_table(out),
-        "salf-cost-benefit": lambda out: _module("salf_report").salf_cost_benefit_figures(out),
+        "table2": lambda out: _module("report.teacher_table").teacher_table_figures(out),
+        "ablations": lambda out: _module("experiments.ablations").ablation_figures(out),
+        "salf-main": lambda out: _module("report.salf").salf_main_table(out),
+        "salf-cost-benefit": lambda out: _module("report.salf").salf_cost_benefit_figures(out),
     }
 
 

@@ -125,7 +125,7 @@ def render_user_turn(content: str, style: str, tokenizer_key: str | None,
     if style == "transfer":
         return render_transfer_chat(messages, add_generation_prompt=True)
     if style == "model":
-        from semalign_core.tasks import get_chat_tokenizer
+        from semalign_core.evaluation.tasks import get_chat_tokenizer
 
         tokenizer = get_chat_tokenizer(tokenizer_key)
         if tokenizer is None:

@@ -1,0 +1,1 @@
+"""One module per notebook, and the per-profile budgets they share."""

@@ -1,0 +1,1 @@
+"""SemAlign: attribution, layer pairing, supervision from the source, frontier training."""

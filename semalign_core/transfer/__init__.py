@@ -1,0 +1,1 @@
+"""The transfer-method registry: SemAlign and every baseline by name."""

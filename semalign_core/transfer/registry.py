@@ -1,0 +1,90 @@
+"""Transfer methods by name: SemAlign, the published baselines and the controls.
+
+Every entry point has SemAlign's signature
+``(source, target, train_records, attribution_records, config, tokenizer, resume=False,
+stop_after_stage=None) -> TransferResult``, trains ``target`` in place, and records per-stage /
+per-step losses and costs (wall s, peak memory, tokens, analytic FLOPs), so a notebook swaps
+methods by changing one name::
+
+    result = run_method("seeking", source, target, train, extract, tokenizer=tok, epochs=1)
+
+=================  ===================================  =========================
+name               entry point                          config
+=================  ===================================  =========================
+semalign           semalign.transfer                    SemAlignConfig
+seeking            baselines.seeking.transfer           SeekingConfig
+laten              baselines.laten.transfer             LatenConfig
+sft                baselines.controls.sft               SFTConfig
+output_kl          baselines.controls.output_kl         OutputKLConfig
+hidden_distill     baselines.controls.hidden_distill    HiddenDistillConfig
+=================  ===================================  =========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass, replace
+from typing import Any, Callable, Sequence
+
+from semalign_core.semalign import transfer as semalign
+from semalign_core.baselines import controls, laten, seeking
+from semalign_core.errors import InvalidParameterError
+
+METHODS: dict[str, Callable[..., semalign.TransferResult]] = {
+    "semalign": semalign.transfer,
+    "seeking": seeking.transfer,
+    "laten": laten.transfer,
+    "sft": controls.sft,
+    "output_kl": controls.output_kl,
+    "hidden_distill": controls.hidden_distill,
+}
+
+CONFIGS: dict[str, type] = {
+    "semalign": semalign.SemAlignConfig,
+    "seeking": seeking.SeekingConfig,
+    "laten": laten.LatenConfig,
+    "sft": controls.SFTConfig,
+    "output_kl": controls.OutputKLConfig,
+    "hidden_distill": controls.HiddenDistillConfig,
+}
+
+
+def _check_name(name: str) -> None:
+    if name not in METHODS:
+        raise InvalidParameterError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+
+
+def make_config(name: str, config: Any = None, **overrides) -> Any:
+    """The config of method ``name``: ``config`` (an instance, a dict of fields, or None for the
+    defaults) with ``overrides`` applied. Unknown fields are a one-line InvalidParameterError."""
+    _check_name(name)
+    cls = CONFIGS[name]
+    if config is None:
+        config = {}
+    if isinstance(config, dict):
+        config = {**config, **overrides}
+        overrides = {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise InvalidParameterError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
+        return cls(**config)
+    if not (is_dataclass(config) and isinstance(config, cls)):
+        raise InvalidParameterError(f"method {name!r} needs a {cls.__name__}, got {type(config).__name__}")
+    return replace(config, **overrides) if overrides else config
+
+
+def run_method(name: str, source, target, train_records: Sequence[dict], attribution_records: Sequence[dict],
+               config: Any = None, tokenizer=None, **kwargs) -> semalign.TransferResult:
+    """Run method ``name``. ``kwargs`` that are fields of its config override them; the rest
+    (``resume``, ``stop_after_stage``, method-specific keywords) go to the entry point."""
+    _check_name(name)
+    if tokenizer is None:
+        raise InvalidParameterError("run_method needs the tokenizer")
+    known = {f.name for f in fields(CONFIGS[name])}
+    overrides = {k: v for k, v in kwargs.items() if k in known}
+    rest = {k: v for k, v in kwargs.items() if k not in known}
+    cfg = make_config(name, config, **overrides)
+    return METHODS[name](source, target, train_records, attribution_records, cfg, tokenizer, **rest)
+
+
+__all__ = ["CONFIGS", "METHODS", "make_config", "run_method"]
