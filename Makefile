@@ -86,10 +86,10 @@ reproduce: setup  ## run every notebook at PROFILE (default cpu; FORCE=true reco
 	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))
 
 figures: setup  ## rebuild every table and figure from results/ only (no models)
-	$(PY) -m semalign_core.report.build
+	$(PY) -m semalign_core.report
 
 $(addprefix fig-,$(FIGURE_GROUPS)): fig-%: setup  ## fig-<group>: one table/figure group from results/
-	$(PY) -m semalign_core.report.build $*
+	$(PY) -m semalign_core.report $*
 
 lab: setup  ## start JupyterLab on the repository
 	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)

@@ -165,7 +165,8 @@ import torch
 from semalign_core.data import load_classification, load_transfer
 from semalign_core.models.registry import load_model
 from semalign_core.salf import FinetuneConfig, run_finetune, salf_policy
-from semalign_core.semalign.transfer import SemAlignConfig, transfer
+from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.transfer import transfer
 
 out_path = sys.argv[1]
 cuda = torch.cuda.is_available()

@@ -1,6 +1,6 @@
 """Every freezing policy of the SALF main table on one model × task × seed, timed (`cpu` profile).
 
-A thin command line over :func:`semalign_core.experiments.salf_runs.run_main_table` (the same runs and
+A thin command line over :func:`semalign_core.experiments.salf_main.run_main_table` (the same runs and
 records as notebooks/06_salf_main_table.ipynb: results/salf_main/<profile>/, reused when valid),
 for sizing budgets: prints each run's score, training time and saving, then the total. Usage:
     OMP_NUM_THREADS=1 python bench/salf_policies_cpu.py [--model smollm2-135m-instruct] [--task mpqa]
@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from semalign_core.profiles import get_profile  # noqa: E402
-from semalign_core.experiments import salf_runs as experiments  # noqa: E402
+from semalign_core.experiments.salf_cells import run_budget  # noqa: E402
+from semalign_core.experiments.salf_main import run_main_table  # noqa: E402
 
 
 def main() -> None:
@@ -37,10 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prof = get_profile(args.profile)
-    budget = experiments.run_budget(prof, n_train=args.train, n_eval=args.eval, epochs=args.epochs, lr=args.lr)
+    budget = run_budget(prof, n_train=args.train, n_eval=args.eval, epochs=args.epochs, lr=args.lr)
     print(budget, flush=True)
     t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    experiments.run_main_table(prof, [args.model], [args.task], seeds=[args.seed], force=args.force, budget=budget)
+    run_main_table(prof, [args.model], [args.task], seeds=[args.seed], force=args.force, budget=budget)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     print(f"total: wall {time.perf_counter() - t0:.1f} s, process CPU {cpu:.1f} s ({args.threads} thread(s))")

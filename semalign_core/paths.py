@@ -26,6 +26,12 @@ def results_dir() -> Path:
     return Path(os.environ.get("SEMALIGN_RESULTS_DIR", REPO_ROOT / "results"))
 
 
+def figures_dir() -> Path:
+    """Where the report writes: ``SEMALIGN_FIGURES_DIR``, else ``figures/`` beside the results in use
+    (the repo's ``figures/`` only when the results are the repo's)."""
+    return Path(os.environ.get("SEMALIGN_FIGURES_DIR", results_dir().parent / "figures"))
+
+
 def configure_cache_env() -> None:
     """Point library caches into the repo cache unless the user already set them."""
     root = cache_dir()

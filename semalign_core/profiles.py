@@ -1,7 +1,8 @@
 """Profiles: one parameter selects the scale; the same code path runs at every scale.
 
-A profile names the models of each role and the data budget. Notebooks take ``profile`` as a
-Papermill parameter and read everything else from here, so no scale is hard-coded in a notebook.
+A profile names the models of each role; the budgets of each experiment at each profile are in
+:mod:`semalign_core.experiments.budgets`. Notebooks take ``profile`` as a Papermill parameter and
+read everything else from those two places, so no scale is hard-coded in a notebook.
 """
 
 from __future__ import annotations
@@ -13,23 +14,23 @@ from semalign_core.errors import InvalidParameterError
 
 @dataclass(frozen=True)
 class Profile:
-    """Models and budgets of one scale.
+    """The models of one scale (its budgets: :mod:`semalign_core.experiments.budgets`).
 
     Attributes:
         name: profile name (``smoke``, ``cpu``, ``gpu-small``, ``paper``).
         semalign_source: registry name of the larger (teacher) model for SemAlign.
         semalign_target: registry name of the smaller (student) model, same vocabulary.
         salf_models: registry names of the models SALF analyses and fine-tunes.
-        eval_limit: examples per benchmark split for evaluation (None: the whole split).
         needs_hub: whether the models come from the Hugging Face hub (refused offline).
         dtype: default compute dtype.
+        notes: one line on where the profile runs, printed by every notebook.
+        extra_models: further models the profile needs (e.g. Table 2's hub teachers at ``paper``).
     """
 
     name: str
     semalign_source: str
     semalign_target: str
     salf_models: tuple[str, ...]
-    eval_limit: int | None
     needs_hub: bool = False
     dtype: str = "float32"
     notes: str = ""
@@ -43,21 +44,25 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
-        Profile("smoke", "tiny-source", "tiny-target", ("tiny-source",), eval_limit=4,
+        Profile("smoke", "tiny-source", "tiny-target", ("tiny-source",),
                 notes="seeded random tiny models; seconds per notebook; numbers are meaningless"),
         Profile("cpu", "smollm2-135m-instruct", "smollm2-derived-24l",
-                ("smollm2-135m-instruct", "gemma3-270m"), eval_limit=200,
+                ("smollm2-135m-instruct", "gemma3-270m"),
                 notes="real small models from PyPI wheels, offline, 2 CPU cores"),
         Profile("gpu-small", "smollm2-1.7b-instruct", "smollm2-360m-instruct",
-                ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"), eval_limit=None, needs_hub=True,
+                ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"), needs_hub=True,
                 dtype="bfloat16", extra_models=("qwen2.5-1.5b-instruct",),
                 notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models"),
-        Profile("paper", "llama2-13b-chat", "llama2-7b-chat", ("qwen2-7b", "gemma2-9b", "llama3-8b"),
-                eval_limit=None, needs_hub=True, dtype="bfloat16",
+        Profile("paper", "llama2-13b-chat", "llama2-7b-chat",
+                ("qwen2-7b", "gemma2-9b", "llama3-8b"),
+                needs_hub=True, dtype="bfloat16",
                 extra_models=("codellama-13b-python", "wizardcoder-python-13b"),
                 notes="A100/H100 class, the papers' setting"),
     ]
 }
+
+# Largest first: a report that shows one profile shows the largest one that has records.
+PROFILE_PREFERENCE: tuple[str, ...] = ("paper", "gpu-small", "cpu", "smoke")
 
 
 def get_profile(name: str) -> Profile:

@@ -2,8 +2,8 @@
 
 A record holds experiment, profile, method, task, metrics (with the n behind each), cost, the full
 config and provenance (git commit, package versions, data sha256, seed, device, dtype). A run whose
-config hash matches a valid existing record is reused unless forced, which is what lets an
-interrupted notebook resume.
+config hash matches a valid existing record is reused unless forced (:func:`get_or_compute`),
+which is what lets an interrupted notebook resume.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from semalign_core.paths import REPO_ROOT, results_dir
 
@@ -33,8 +38,9 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -99,7 +105,8 @@ def write_record(experiment: str, profile: str, run: str, config: dict[str, Any]
     return write_json_atomic(record_path(experiment, profile, run), payload)
 
 
-def load_valid_record(experiment: str, profile: str, run: str, config: dict[str, Any]) -> dict | None:
+def load_valid_record(experiment: str, profile: str, run: str,
+                      config: dict[str, Any]) -> dict | None:
     """The stored record of this run if it exists, parses, and was made with the same config."""
     path = record_path(experiment, profile, run)
     try:
@@ -107,6 +114,45 @@ def load_valid_record(experiment: str, profile: str, run: str, config: dict[str,
     except (OSError, json.JSONDecodeError):
         return None
     return record if record.get("config_hash") == config_hash(config) else None
+
+
+@dataclass
+class RecordParts:
+    """What a computation adds to a record beside its identity (experiment, profile, run, config):
+    ``extra`` holds further top-level keys (model, task, seed, ...)."""
+
+    metrics: dict[str, Any]
+    cost: dict[str, Any]
+    provenance: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def get_or_compute(experiment: str, profile: str, run: str, config: dict[str, Any],
+                   compute: Callable[[], RecordParts], force: bool = False) -> dict[str, Any]:
+    """The record of one run: the stored one when it is valid for ``config`` (unless ``force``),
+    else ``compute()`` written atomically and read back, so a fresh and a reused record look alike.
+
+    This is how every notebook resumes: a killed run recomputes only what has no valid record.
+    """
+    if not force and (record := load_valid_record(experiment, profile, run, config)) is not None:
+        return record
+    parts = compute()
+    write_record(experiment, profile, run, config, parts.metrics, parts.cost, parts.provenance,
+                 **parts.extra)
+    return load_valid_record(experiment, profile, run, config)
+
+
+def json_rounded(values, decimals: int = 6) -> list:
+    """Nested lists (or an array, or a tensor on the CPU) of floats rounded to ``decimals``, as
+    plain lists with NaN as None (JSON has no NaN); numpy's rounding, so records stay stable."""
+    out = np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
+
+    def clean(x):
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return None if x != x else x
+
+    return clean(out)
 
 
 # Keys whose values measure a run (time, memory, machine, commit) rather than define its result.
@@ -117,7 +163,27 @@ def without_volatile(value):
     """``value`` (a record or part of one) with every measuring key dropped, recursively: what two
     runs of the same config must agree on."""
     if isinstance(value, dict):
-        return {k: without_volatile(v) for k, v in value.items() if not any(t in k.lower() for t in VOLATILE_KEYS)}
+        return {k: without_volatile(v) for k, v in value.items()
+                if not any(t in k.lower() for t in VOLATILE_KEYS)}
     if isinstance(value, list):
         return [without_volatile(v) for v in value]
     return value
+
+
+def atomic_write_dir(path: Path, writer) -> Path:
+    """Call ``writer(tmp_dir)`` to fill a temp folder beside ``path`` (a model, its tokenizer, a
+    marker), then rename it into place, replacing an old ``path``, so a killed run never leaves a
+    half-written folder where a cache looks. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; caches are meant to be readable
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from semalign_core.experiments import ablations, teachers, transfer_tables as transfer_table
+from semalign_core.experiments import ablations, budgets, transfer_tables as transfer_table
 from semalign_core.errors import ArtifactError
+from semalign_core.models import teachers as teacher_store
 from semalign_core.profiles import get_profile
+from semalign_core.report import ablations as ablation_report
 from semalign_core.records import config_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,15 +24,16 @@ def isolated(tmp_path_factory):
     results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("teachers")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEMALIGN_RESULTS_DIR", str(results))
-        mp.setattr(teachers, "teacher_dir", lambda recipe: cache / recipe.cache_name())
+        mp.setattr(teacher_store, "teacher_dir", lambda recipe: cache / recipe.cache_name())
         yield results
 
 
 def test_variants_are_distinct_valid_configs():
-    from semalign_core.transfer.registry import make_config
+    from semalign_core.transfer.registry import CONFIGS, make_config
 
-    budget = transfer_table.transfer_budget(SMOKE, "sst2")
     base = ablations.default_config(SMOKE)
+    assert base == make_config("semalign", None, **budgets.transfer_budget(SMOKE, "sst2").method_overrides(
+        "semalign", 0, CONFIGS["semalign"]))  # the config Table 2's semalign cell trains with
     variants = ablations.variants(SMOKE)
     assert variants[0].is_default and {v.axis for v in variants[1:]} == set(ablations.AXES)
     hashes = set()
@@ -38,8 +41,9 @@ def test_variants_are_distinct_valid_configs():
         cfg = make_config("semalign", base, **v.overrides)  # a valid SemAlignConfig
         for name, value in v.overrides.items():
             assert getattr(cfg, name) == value != getattr(base, name)
-        hashes.add(config_hash(transfer_table.cell_config(SMOKE, "semalign", "sst2", 0, budget, "finetuned",
-                                                          None, v.overrides)))
+        cell = transfer_table.make_cell(SMOKE, "semalign", "sst2", 0, setting="finetuned",
+                                        method_config=v.overrides)
+        hashes.add(config_hash(transfer_table.cell_config(cell)))
     assert len(hashes) == len(variants)
     assert [v.value for v in ablations.variants(SMOKE, ["frontier"])[1:]] == [str(2 * base.steps_per_stage)]
     assert len({v.run(0) for v in variants}) == len(variants)
@@ -90,11 +94,11 @@ def test_rerun_reuses_records(smoke_run, isolated):
 
 
 def test_table_and_figure_are_deterministic(smoke_run, tmp_path):
-    frame = ablations.table("smoke")
+    frame = ablation_report.table("smoke")
     assert frame.index[0] == ("default", "default") and ("pairing", "uniform") in frame.index
     assert "seeds [0] (fewer seeds than Table 2" in frame.attrs["caption"]
-    first = [p.read_bytes() for p in ablations.ablation_figures(tmp_path / "a")]
-    second = [p.read_bytes() for p in ablations.ablation_figures(tmp_path / "b")]
+    first = [p.read_bytes() for p in ablation_report.ablation_figures(tmp_path / "a")]
+    second = [p.read_bytes() for p in ablation_report.ablation_figures(tmp_path / "b")]
     assert first == second and first[1][:8] == b"\x89PNG\r\n\x1a\n"
     assert b"Software" not in first[1] and b"| pairing | uniform |" in first[0]
 
@@ -106,7 +110,7 @@ def test_table_and_figure_are_deterministic(smoke_run, tmp_path):
 ])
 def test_invalid_parameters_are_one_line_errors(axes, seeds, match):
     with pytest.raises(ArtifactError, match=match) as info:
-        ablations.check_parameters(axes, seeds, "smoke")
+        ablations.check_parameters(SMOKE, 0, seeds, axes=axes)
     assert "\n" not in str(info.value)
 
 
@@ -131,13 +135,15 @@ def test_notebook_at_smoke(tmp_path, run_smoke_notebook):
 
 def test_force_recomputes_the_default_once(smoke_run, monkeypatch):
     calls = []
-    real = transfer_table.run_cell
+    real = transfer_table.compute_cell
 
-    def counting(prof, method, task, seed=0, force=False, *args, **kwargs):
-        calls.append((method, kwargs.get("experiment")))
-        return real(prof, method, task, seed, force, *args, **kwargs)
+    def counting(cell):
+        calls.append((cell.method, cell.method_config))
+        return real(cell)
 
-    monkeypatch.setattr(transfer_table, "run_cell", counting)
+    monkeypatch.setattr(transfer_table, "compute_cell", counting)
     ablations.run_ablations(SMOKE, ["strength"], force=True, verbose=False)
-    assert calls.count(("semalign", None)) == 1  # Table 2's semalign cell, once for all variants
-    assert calls.count(("semalign", ablations.EXPERIMENT)) == 2  # strength 0 and 2, retrained
+    assert calls.count(("semalign", {})) == 1  # Table 2's semalign cell, once for all variants
+    assert [c for c in calls if c[1]] == [("semalign", {"layer_weight": 0.0}),
+                                          ("semalign", {"layer_weight": 2.0})]  # retrained
+    assert calls.count(("teacher", {})) == calls.count(("target", {})) == 1

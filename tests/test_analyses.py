@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from semalign_core import salf
-from semalign_core.experiments import analyses
-from semalign_core.report import build as report
+from semalign_core.experiments import budgets, salf_analysis, semalign_analyses
+from semalign_core.experiments.model_pool import ModelPool
+from semalign_core.report import analysis_figures as report
 from semalign_core.lm import semantics
 from semalign_core.errors import InvalidParameterError
 from semalign_core.models.tiny import tiny_model
@@ -60,7 +61,7 @@ def test_notebooks_run_at_smoke_without_errors(smoke_results):
 def test_fidelity_record_shapes_and_ranges(smoke_results):
     rec = _read(smoke_results, "semalign_analyses", "smoke", "fidelity.json")
     m = rec["metrics"]
-    assert m["n_tokens"] > 0 and m["n_examples"] == analyses.SEMALIGN_BUDGETS["smoke"].n_examples
+    assert m["n_tokens"] > 0 and m["n_examples"] == budgets.SEMALIGN_ANALYSIS_BUDGETS["smoke"].n_examples
     for role, layers in (("source", 6), ("target", 4)):
         info = m["models"][role]
         assert info["layers"] == layers
@@ -94,14 +95,14 @@ def test_salf_records_shapes_and_eof(smoke_results):
         assert set(m["eof_by_gain"]) == set(salf.GAINS)
         assert all(1 <= e <= L - 1 for e in m["eof_by_gain"].values())
         assert m["eof_by_gain"][m["gain_kind"]] == m["eof"]
-        assert sum(m["example_eof_counts"].values()) == m["n"] == analyses.SALF_EXAMPLES["smoke"]
-        assert rec["config"]["split"] == analyses.salf_split(task)
+        assert sum(m["example_eof_counts"].values()) == m["n"] == budgets.SALF_ANALYSIS_EXAMPLES["smoke"]
+        assert rec["config"]["split"] == salf_analysis.salf_split(task)
 
 
 def test_salf_reuses_valid_records_without_loading_models(smoke_results, monkeypatch):
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_results))
-    monkeypatch.setattr(analyses, "_load", lambda *a, **k: pytest.fail("a model was loaded"))
-    records = analyses.salf_deviation_gain(get_profile("smoke"), list(TASKS))
+    monkeypatch.setattr(ModelPool, "get", lambda *a, **k: pytest.fail("a model was loaded"))
+    records = salf_analysis.salf_deviation_gain(get_profile("smoke"), list(TASKS))
     assert [r["config"]["task"] for r in records] == list(TASKS)
 
 
@@ -129,13 +130,13 @@ def test_invalid_task_stops_in_first_cell(tmp_path):
 
 def test_parameter_checks():
     with pytest.raises(InvalidParameterError, match="non-empty list"):
-        analyses.check_salf_parameters("sst2")
+        salf_analysis.check_parameters("sst2")
     with pytest.raises(InvalidParameterError, match="n_examples=0"):
-        analyses.check_salf_parameters(["sst2"], n_examples=0)
-    assert analyses.check_salf_parameters(["trec", "trec"]) == ("trec",)
+        salf_analysis.check_parameters(["sst2"], n_examples=0)
+    assert salf_analysis.check_parameters(["trec", "trec"]) == ("trec",)
     with pytest.raises(InvalidParameterError, match="max_length=1"):
-        analyses.semalign_budget(get_profile("smoke"), max_length=1)
-    assert analyses.semalign_budget(get_profile("smoke"), n_examples=3).n_examples == 3
+        semalign_analyses.semalign_budget(get_profile("smoke"), max_length=1)
+    assert semalign_analyses.semalign_budget(get_profile("smoke"), n_examples=3).n_examples == 3
 
 
 def test_layer_fidelity_equals_decomposition_fidelity():
@@ -143,7 +144,7 @@ def test_layer_fidelity_equals_decomposition_fidelity():
     states = [torch.randn(20, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
     for bases in (semantics.semantic_bases(model.lm_head.weight, disk_cache=False),
                   semantics.input_side_bases(model.model.embed_tokens.weight)):
-        means, _ = analyses.layer_fidelity(states, bases)
+        means, _ = semalign_analyses.layer_fidelity(states, bases)
         expected = [float(semantics.decomposition_fidelity(h, bases).mean()) for h in states]
         assert means == pytest.approx(expected, abs=1e-5)
 
@@ -151,12 +152,12 @@ def test_layer_fidelity_equals_decomposition_fidelity():
 def test_token_positions_skip_padding_and_cap():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     batches = [{"attention_mask": mask}, {"attention_mask": torch.ones(1, 3, dtype=torch.long)}]
-    every = analyses.token_positions(batches, 100, seed=0)
+    every = semalign_analyses.token_positions(batches, 100, seed=0)
     assert [len(p) for p in every] == [5, 3]
     assert all(int(mask[r, c]) == 1 for r, c in every[0].tolist())
-    capped = analyses.token_positions(batches, 4, seed=0)
+    capped = semalign_analyses.token_positions(batches, 4, seed=0)
     assert sum(len(p) for p in capped) == 4
-    assert all(torch.equal(a, b) for a, b in zip(capped, analyses.token_positions(batches, 4, seed=0)))
+    assert all(torch.equal(a, b) for a, b in zip(capped, semalign_analyses.token_positions(batches, 4, seed=0)))
 
 
 @pytest.mark.slow
@@ -165,9 +166,9 @@ def test_output_side_bases_reconstruct_better_on_smollm2(smollm2):
     """The paper's Fig. 2 finding on a real model: pinv bases far above embedding rows."""
     from semalign_core.lm import surgery
 
-    budget = analyses.semalign_budget(get_profile("smoke"), n_examples=2, max_length=64)
-    batches, _ = analyses.measured_batches(smollm2.tokenizer, "gsm", budget, seed=0)
-    states = analyses.token_states(smollm2.model, batches, analyses.token_positions(batches, 128, seed=0))
-    out, _ = analyses.layer_fidelity(states, semantics.semantic_bases(surgery.unembedding(smollm2.model).weight))
-    inp, _ = analyses.layer_fidelity(states, semantics.input_side_bases(surgery.input_embeddings(smollm2.model).weight))
+    budget = semalign_analyses.semalign_budget(get_profile("smoke"), n_examples=2, max_length=64)
+    batches, _ = semalign_analyses.measured_batches(smollm2.tokenizer, "gsm", budget, seed=0)
+    states = semalign_analyses.token_states(smollm2.model, batches, semalign_analyses.token_positions(batches, 128, seed=0))
+    out, _ = semalign_analyses.layer_fidelity(states, semantics.semantic_bases(surgery.unembedding(smollm2.model).weight))
+    inp, _ = semalign_analyses.layer_fidelity(states, semantics.input_side_bases(surgery.input_embeddings(smollm2.model).weight))
     assert sum(o > i for o, i in zip(out, inp)) >= 0.8 * len(out)

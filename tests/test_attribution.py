@@ -3,7 +3,10 @@
 import pytest
 import torch
 
+from semalign_core.data.batching import collate
+from semalign_core.errors import InvalidParameterError
 from semalign_core.lm import surgery
+from semalign_core.models.tiny import tiny_model
 from semalign_core.semalign.attribution import (
     grad_x_activation,
     interpolation_plan,
@@ -11,9 +14,6 @@ from semalign_core.semalign.attribution import (
     pair_layers,
     response_loss,
 )
-from semalign_core.data.batching import collate
-from semalign_core.errors import InvalidParameterError
-from semalign_core.models.tiny import tiny_model
 from semalign_core.semalign.pairing import floor_grid
 
 
@@ -25,7 +25,7 @@ def _random_batches(vocab=128, seed=0, n=2):
         examples = []
         for length in lengths:
             ids = torch.randint(0, vocab, (length,), generator=g).tolist()
-            labels = [-100] * (length // 2) + ids[length // 2:]
+            labels = [-100] * (length // 2) + ids[length // 2 :]
             examples.append({"input_ids": ids, "labels": labels})
         batches.append(collate(examples, pad_token_id=0))
     return batches
@@ -40,7 +40,10 @@ def llama():
 
 
 def test_collate_right_pads_with_mask_and_ignored_labels():
-    b = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_token_id=2)
+    b = collate(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}],
+        pad_token_id=2,
+    )
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 2, 2]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
@@ -98,7 +101,8 @@ def test_one_forward_and_one_backward_per_batch_for_all_layers(llama, monkeypatc
 
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     handle = surgery.decoder_layers(llama)[0].register_forward_hook(
-        lambda *a: counts.__setitem__("forward", counts["forward"] + 1))
+        lambda *a: counts.__setitem__("forward", counts["forward"] + 1)
+    )
     try:
         for method in ("captum", "hooks"):
             counts.update(forward=0, backward=0)
@@ -115,13 +119,25 @@ def test_aggregates_are_consistent(llama):
     n_examples = sum(b["input_ids"].shape[0] for b in batches)
     for g, n in (("channel", n_tokens), ("token", n_tokens), ("example", n_examples)):
         total = layer_attribution(llama, batches, "sum_abs", "hooks", g)
-        torch.testing.assert_close(layer_attribution(llama, batches, "mean_abs", "hooks", g), total / n)
-    signed = [layer_attribution(llama, batches, "sum_signed", "hooks", g) for g in ("channel", "token", "example")]
+        torch.testing.assert_close(
+            layer_attribution(llama, batches, "mean_abs", "hooks", g), total / n
+        )
+    signed = [
+        layer_attribution(llama, batches, "sum_signed", "hooks", g)
+        for g in ("channel", "token", "example")
+    ]
     torch.testing.assert_close(signed[0], signed[1])
     torch.testing.assert_close(signed[0], signed[2])
     # |.| per channel >= |.| per token >= |.| per example >= |signed sum|
-    c, t, e = (layer_attribution(llama, batches, "sum_abs", "hooks", g) for g in ("channel", "token", "example"))
-    assert torch.all(c >= t - 1e-12) and torch.all(t >= e - 1e-12) and torch.all(e >= signed[0].abs() - 1e-12)
+    c, t, e = (
+        layer_attribution(llama, batches, "sum_abs", "hooks", g)
+        for g in ("channel", "token", "example")
+    )
+    assert (
+        torch.all(c >= t - 1e-12)
+        and torch.all(t >= e - 1e-12)
+        and torch.all(e >= signed[0].abs() - 1e-12)
+    )
 
 
 def test_last_layer_token_attribution_vanishes_behind_final_rmsnorm(llama):

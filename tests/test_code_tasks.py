@@ -212,21 +212,23 @@ def _timed(programs: list[str]):
 def _all_right_and_all_wrong(name, problems, program, right, wrong):
     """Every reference solution passes and every broken one fails; prints the wall times."""
     good, wall = _timed([program(p, right(p)) for p in problems])
-    failures = [(p["task_id"], r.status, r.stderr[-300:]) for p, r in zip(problems, good) if not r.passed]
+    failures = [(p["task_id"], r.status, r.stderr[-300:])
+                for p, r in zip(problems, good) if not r.passed]
     assert not failures, failures
     bad, wall_bad = _timed([program(p, wrong(p)) for p in problems])
     passed_bad = [p["task_id"] for p, r in zip(problems, bad) if r.passed]
     assert not passed_bad, passed_bad
     mean_prog = sum(r.wall_s for r in good) / len(good)
-    print(f"\n{name}: {len(problems)} reference in {wall:.1f}s, {len(problems)} wrong in {wall_bad:.1f}s "
-          f"(2 workers); mean per-program wall {1000 * mean_prog:.0f} ms")
+    print(f"\n{name}: {len(problems)} reference in {wall:.1f}s, {len(problems)} wrong in "
+          f"{wall_bad:.1f}s (2 workers); mean per-program wall {1000 * mean_prog:.0f} ms")
 
 
 @pytest.mark.slow
 def test_all_humaneval_canonical_solutions_pass_and_stubs_fail():
     problems = _humaneval()
     assert len(problems) == 164
-    _all_right_and_all_wrong("HumanEval", problems, humaneval_program, lambda p: p["canonical_solution"], _he_wrong)
+    _all_right_and_all_wrong("HumanEval", problems, humaneval_program,
+                             lambda p: p["canonical_solution"], _he_wrong)
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from semalign_core.data import load_transfer
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.models.registry import load_model
 from semalign_core.models.tiny import tiny_model
-from semalign_core.semalign.transfer import TransferResult, transfer
+from semalign_core.semalign.result import TransferResult
+from semalign_core.semalign.transfer import transfer
 
 COMMON = dict(epochs=1, batch_size=2, micro_batch_size=2, max_length=40, progress=False)
 SMOKE = {

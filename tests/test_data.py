@@ -9,10 +9,14 @@ import pytest
 from semalign_core import paths
 from semalign_core.data import (
     CLASSIFICATION_TASKS,
+    CLS_EVAL_SPLIT,
+    CLS_PROMPTS,
     IGNORE_INDEX,
     benchmark_path,
     build_sft_example,
+    cls_template,
     data_root,
+    format_cls_prompt,
     load_classification,
     load_gsm8k,
     load_humaneval,
@@ -306,3 +310,46 @@ def test_sft_rejects_bad_arguments(tokenizer, conversation):
         build_sft_example(tokenizer, conversation, loss_on="prompt")
     with pytest.raises(InvalidParameterError, match="end with an assistant"):
         build_sft_example(tokenizer, conversation[:1])
+
+
+# --- classification prompts ------------------------------------------------------------------
+
+
+def test_every_classification_task_has_both_prompt_styles():
+    assert set(CLS_PROMPTS) == set(CLASSIFICATION_TASKS)
+    assert all(set(styles) == {"salf", "harness"} for styles in CLS_PROMPTS.values())
+    assert all("{text}" in t for styles in CLS_PROMPTS.values() for t in styles.values())
+
+
+@pytest.mark.parametrize("task, style, expected", [
+    # the committed numbers were made with exactly these strings
+    ("sst2", "harness", "Review: a fine film\nSentiment:"),
+    ("mpqa", "harness", "Phrase: a fine film\nSentiment:"),
+    ("subj", "harness", "Sentence: a fine film\nSubjective or objective:"),
+    ("cb", "harness", "a fine film Yes, no, or maybe?\nAnswer:"),
+    ("sst2", "salf", "a fine film\nSentiment:"),
+    ("subj", "salf", "a fine film\nThis sentence is"),
+    ("trec", "salf", "a fine film\nAnswer type:"),
+    ("rte", "salf", "a fine film\nAnswer:"),
+    (None, "salf", "a fine film\nAnswer:"),  # SALF's generic cue
+    ("no-such-task", "salf", "a fine film\nAnswer:"),
+])
+def test_classification_prompts_are_the_recorded_strings(task, style, expected):
+    assert format_cls_prompt("  a fine film ", task, style) == expected
+
+
+def test_classification_prompt_errors():
+    with pytest.raises(InvalidParameterError, match="valid: salf, harness"):
+        cls_template("sst2", "transfer")
+    with pytest.raises(InvalidParameterError, match="no harness prompt for task 'x'"):
+        cls_template("x", "harness")
+    with pytest.raises(InvalidParameterError, match="must contain"):
+        format_cls_prompt("t", "sst2", "salf", template="no slot")
+    assert format_cls_prompt(" t ", "sst2", "harness", template="<{text}>") == "<t>"
+
+
+def test_classification_eval_splits():
+    """Scored on test when it has labels, else dev, else the dev subsample."""
+    assert CLS_EVAL_SPLIT == {"sst2": "dev", "cr": "test", "mr": "test", "mpqa": "test",
+                              "subj": "test", "trec": "test", "agnews": "test",
+                              "dbpedia": "dev_subsample", "rte": "dev", "cb": "dev"}

@@ -24,6 +24,7 @@ from semalign_core.data import CLASSIFICATION_TASKS, load_mmlu, load_transfer  #
 from semalign_core.errors import DataNotFoundError, InvalidParameterError  # noqa: E402
 from semalign_core.evaluation import harness  # noqa: E402
 from semalign_core.evaluation.harness import evaluate, list_tasks  # noqa: E402
+from semalign_core.evaluation.metrics import macro_f1  # noqa: E402
 from semalign_core.evaluation.tasks import TASKS_DIR  # noqa: E402
 from semalign_core.evaluation.tasks import utils as task_utils  # noqa: E402
 
@@ -253,7 +254,16 @@ def test_macro_f1_matches_sklearn():
     items = [(0, 0), (0, 1), (1, 1), (2, 1), (2, 2), (2, 2), (1, 0), (0, 0)]
     golds, preds = zip(*items)
     expected = sklearn_metrics.f1_score(golds, preds, average="macro", zero_division=0)
-    assert task_utils.macro_f1(items) == pytest.approx(expected)
+    assert macro_f1(golds, preds) == pytest.approx(expected)
+    assert task_utils.macro_f1_of_pairs(items) == pytest.approx(expected)  # lm-eval's aggregation
+
+
+def test_macro_f1_by_hand():
+    """Per-class F1 = 2tp / (2tp + fp + fn), averaged over classes seen as gold or predicted."""
+    gold, pred = [0, 0, 1, 2, 2, 2, 1, 0], [0, 1, 1, 1, 2, 2, 0, 0]
+    assert macro_f1(gold, pred) == pytest.approx((4 / 6 + 2 / 5 + 4 / 5) / 3)
+    assert macro_f1([0, 0], [0, 1]) == pytest.approx((2 / 3 + 0.0) / 2)  # class 1: never gold
+    assert math.isnan(macro_f1([], []))
 
 
 # --- errors: one clear line each --------------------------------------------------------------

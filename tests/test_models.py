@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from semalign_core.errors import (
+    ArtifactError,
+    ChecksumError,
+    InvalidParameterError,
+    OfflineError,
+    UnknownModelError,
+)
 from semalign_core.lm import surgery
-from semalign_core.errors import ArtifactError, ChecksumError, InvalidParameterError, OfflineError, UnknownModelError
+from semalign_core.models import derive as derive_mod
+from semalign_core.models import registry
 from semalign_core.models.derive import DeriveConfig, derive_student, measure_importance, prune
 from semalign_core.models.gguf import GGUFWheel, convert_gguf, gguf_file
-from semalign_core.models.registry import REGISTRY, load_model, load_tokenizer
+from semalign_core.models.registry import REGISTRY, ModelSpec, load_model, load_tokenizer
 from semalign_core.profiles import PROFILES, get_profile
+from semalign_core.records import atomic_write_dir
 
 
 def _one_line(err: Exception) -> str:
@@ -192,3 +204,54 @@ def test_gemma3_tokenizer_is_rebuilt_as_bpe(gemma3):
               "fortune, must be in want of a wife.", return_tensors="pt").input_ids
     with torch.no_grad():
         assert gemma3.model(input_ids=ids, labels=ids).loss.item() < 3.0
+
+
+# --- caching -----------------------------------------------------------------------------------
+
+
+def test_atomic_write_dir_replaces_whole_folders_only(tmp_path):
+    target = tmp_path / "model"
+    atomic_write_dir(target, lambda tmp: (tmp / "a.txt").write_text("old"))
+    assert (target / "a.txt").read_text() == "old"
+
+    def crash(tmp):
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_dir(target, crash)
+    assert (target / "a.txt").read_text() == "old"  # the old folder survives a failed write
+    atomic_write_dir(target, lambda tmp: (tmp / "b.txt").write_text("new"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left behind
+
+
+def test_derive_is_pure():
+    """The registry calls derive, never the other way round (no import cycle)."""
+    tree = ast.parse(open(derive_mod.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("semalign_core.models")}
+
+
+def test_registry_derives_once_then_reuses_the_cache(tmp_path, monkeypatch):
+    spec = ModelSpec("tiny-derived", "derived", "test student", derived_from="tiny-source",
+                     derive=dataclasses.asdict(SMALL))
+    real_cached_dir = registry.cached_dir
+    monkeypatch.setattr(registry, "cached_dir",  # only this model moves; real caches stay
+                        lambda name: tmp_path / name if name == spec.name else real_cached_dir(name))
+    path = registry.ensure_derived(spec)
+    marker = json.loads((path / registry.DERIVED_MARKER).read_text())
+    assert path == tmp_path / "tiny-derived" and (path / "model.safetensors").is_file()
+    assert marker["source"] == "tiny-source" and marker["config"]["num_layers"] == 4
+    assert len(marker["report"]["heal_losses"]) == 2
+    assert load_model(str(path), verbose=False).stats["layers"] == 4
+
+    def no_derive(*args, **kwargs):
+        raise AssertionError("a cached student was derived again")
+
+    monkeypatch.setattr(registry, "derive_student", no_derive)
+    assert registry.ensure_derived(spec) == path
+    changed = dataclasses.replace(spec, derive={**spec.derive, "heal_steps": 3})
+    with pytest.raises(AssertionError, match="derived again"):
+        registry.ensure_derived(changed)  # another config is another student

@@ -86,9 +86,9 @@ def test_make_reproduce_runs_every_notebook_and_each_has_a_target():
 
 
 def test_every_figure_group_has_a_builder():
-    from semalign_core.report.build import _builders
+    from semalign_core.report.build import BUILDERS
 
-    assert _makefile_list("FIGURE_GROUPS") == list(_builders())
+    assert _makefile_list("FIGURE_GROUPS") == list(BUILDERS)
 
 
 def test_unknown_figure_group_is_one_line_error(tmp_path):

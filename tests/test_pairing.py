@@ -18,10 +18,66 @@ from semalign_core.semalign.pairing import (
 )
 
 # Expected floor tables, target layer j (1-based, list position) → source layer.
-FLOOR_40_32 = [1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 20,
-               21, 22, 23, 25, 26, 27, 28, 30, 31, 32, 33, 35, 36, 37, 38, 40]
-FLOOR_30_24 = [1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, 16, 17, 18, 20,
-               21, 22, 23, 25, 26, 27, 28, 30]
+FLOOR_40_32 = [
+    1,
+    2,
+    3,
+    5,
+    6,
+    7,
+    8,
+    10,
+    11,
+    12,
+    13,
+    15,
+    16,
+    17,
+    18,
+    20,
+    21,
+    22,
+    23,
+    25,
+    26,
+    27,
+    28,
+    30,
+    31,
+    32,
+    33,
+    35,
+    36,
+    37,
+    38,
+    40,
+]
+FLOOR_30_24 = [
+    1,
+    2,
+    3,
+    5,
+    6,
+    7,
+    8,
+    10,
+    11,
+    12,
+    13,
+    15,
+    16,
+    17,
+    18,
+    20,
+    21,
+    22,
+    23,
+    25,
+    26,
+    27,
+    28,
+    30,
+]
 FLOOR_7_5 = [1, 2, 4, 5, 7]  # ⌊1.4⌋, ⌊2.8⌋, ⌊4.2⌋, ⌊5.6⌋, ⌊7.0⌋
 FLOOR_10_10 = list(range(1, 11))
 
@@ -60,7 +116,13 @@ def test_interpolation_weights():
     assert len(w) == 32
     assert w[:5] == [(1, 2, 0.25), (2, 3, 0.5), (3, 4, 0.75), (5, 6, 0.0), (6, 7, 0.25)]
     assert w[-1] == (39, 40, 1.0)  # u = 40 → a clamped to L−1, λ = 1: the last source layer
-    assert interpolation_weights(7, 5) == [(1, 2, 0.4), (2, 3, 0.8), (4, 5, 0.2), (5, 6, 0.6), (6, 7, 1.0)]
+    assert interpolation_weights(7, 5) == [
+        (1, 2, 0.4),
+        (2, 3, 0.8),
+        (4, 5, 0.2),
+        (5, 6, 0.6),
+        (6, 7, 1.0),
+    ]
     identity = interpolation_weights(10, 10)
     assert [(a + lam) for a, _, lam in identity] == [float(j) for j in range(1, 11)]
     # where λ is 0 or 1 the interpolation agrees with the floor grid
@@ -96,7 +158,7 @@ def test_select_one_per_target_argmax_in_windows():
 
 
 def brute_force(scores, n_target, window):
-    """Best strictly increasing choice within windows: max total score, then min distance to grid."""
+    """Best increasing choice in the windows: max total score, then min distance to the grid."""
     n_source = len(scores)
     grid, windows = floor_grid(n_source, n_target), grid_windows(n_source, n_target, window)
     best = None

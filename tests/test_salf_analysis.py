@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from semalign_core.lm import surgery
 from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.lm import surgery
 from semalign_core.salf import analysis, gains
 
 L = 6

@@ -12,7 +12,11 @@ import pytest
 from semalign_core import salf
 from semalign_core.errors import InvalidParameterError
 from semalign_core.profiles import get_profile
-from semalign_core.experiments import salf_runs as ex
+from semalign_core.experiments import salf_cells as ex
+from semalign_core.experiments.catalog import SALF_COST_BENEFIT, SALF_MAIN
+from semalign_core.experiments.model_pool import ModelPool
+from semalign_core.experiments.salf_cost_benefit import run_cost_benefit, sweep_labels
+from semalign_core.experiments.salf_main import check_parameters, run_main_table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,10 +31,10 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEMALIGN_RESULTS_DIR", str(root))
-        pool = ex.ModelPool(PROF)
-        main = ex.run_grid(PROF, lambda _: POLICIES, [MODEL], [TASK], [0, 1], verbose=False, pool=pool)
-        cost = ex.run_grid(PROF, lambda s: ex.sweep_labels(s)["depth"], [MODEL], [TASK], [0], verbose=False,
-                           experiment=ex.COST_EXPERIMENT, reuse_from=(ex.MAIN_EXPERIMENT,), pool=pool)
+        pool = ModelPool(PROF)
+        main = ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(lambda _: POLICIES, [MODEL], [TASK], [0, 1])
+        cost = ex.SalfGrid(PROF, experiment=SALF_COST_BENEFIT, reuse_from=(SALF_MAIN,), pool=pool,
+                           verbose=False).run_all(lambda s: sweep_labels(s)["depth"], [MODEL], [TASK], [0])
         yield root, main, cost
 
 
@@ -46,7 +50,7 @@ def by_policy(records, seed=0):
 
 def test_records_written_one_per_run(in_results):
     root, main, _ = in_results
-    files = sorted(p.name for p in (root / ex.MAIN_EXPERIMENT / "smoke").glob("*.json"))
+    files = sorted(p.name for p in (root / SALF_MAIN / "smoke").glob("*.json"))
     assert len(files) == 1 + 2 * len(POLICIES)  # zero-shot once, then every policy per seed
     assert f"{MODEL}__{TASK}__zero_shot.json" in files
     assert f"{MODEL}__{TASK}__random_matched__seed1.json" in files
@@ -63,8 +67,8 @@ def test_second_call_reuses_without_training(in_results, monkeypatch):
         raise AssertionError("reused records must not train or load a model")
 
     monkeypatch.setattr(salf, "run_finetune", boom)
-    monkeypatch.setattr(ex.ModelPool, "get", boom)
-    again = ex.run_main_table(PROF, [MODEL], [TASK], POLICIES, [0, 1], verbose=False)
+    monkeypatch.setattr(ModelPool, "get", boom)
+    again = run_main_table(PROF, [MODEL], [TASK], POLICIES, [0, 1], verbose=False)
     assert [r["config_hash"] for r in again] == [r["config_hash"] for r in main]
     assert [r["metrics"] for r in again] == [r["metrics"] for r in main]
 
@@ -73,7 +77,7 @@ def test_cost_benefit_copies_identical_main_runs(in_results):
     _, main, cost = in_results
     got = by_policy(cost)
     for label in ("full", "salf", "freeze_1_2"):
-        assert got[label]["reused_from"] == f"{ex.MAIN_EXPERIMENT}/smoke/{MODEL}__{TASK}__{label}__seed0.json"
+        assert got[label]["reused_from"] == f"{SALF_MAIN}/smoke/{MODEL}__{TASK}__{label}__seed0.json"
         assert got[label]["metrics"] == by_policy(main)[label]["metrics"]
     assert "reused_from" not in got["eof_0"]
 
@@ -89,11 +93,11 @@ def test_force_recomputes_each_run_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(salf, "run_finetune", counting)
     labels = ["full", "salf", "random_matched"]
-    pool = ex.ModelPool(PROF)
-    first = ex.run_grid(PROF, lambda _: labels, [MODEL], [TASK], [0], verbose=False, pool=pool)
-    ex.run_grid(PROF, lambda _: labels, [MODEL], [TASK], [0], verbose=False, pool=pool)
+    pool = ModelPool(PROF)
+    first = ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(lambda _: labels, [MODEL], [TASK], [0])
+    ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(lambda _: labels, [MODEL], [TASK], [0])
     assert calls == labels  # the second grid reused all
-    forced = ex.run_grid(PROF, lambda _: labels, [MODEL], [TASK], [0], force=True, verbose=False, pool=pool)
+    forced = ex.SalfGrid(PROF, force=True, pool=pool, verbose=False).run_all(lambda _: labels, [MODEL], [TASK], [0])
     assert calls == labels * 2  # forced: each once (random_matched does not recompute SALF again)
     assert [r["config_hash"] for r in forced] == [r["config_hash"] for r in first]
 
@@ -128,7 +132,7 @@ def test_freeze_half_saves_a_third_with_equal_blocks(tmp_path, monkeypatch):
     from semalign_core.models.registry import LoadedModel, load_tokenizer
     from semalign_core.models.tiny import tiny_model
 
-    class WideBlocks(ex.ModelPool):
+    class WideBlocks(ModelPool):
         def get(self, name):
             if name not in self.loaded:
                 model = tiny_model("llama", seed=0, num_layers=4, hidden_size=64, intermediate_size=4096,
@@ -137,25 +141,25 @@ def test_freeze_half_saves_a_third_with_equal_blocks(tmp_path, monkeypatch):
             return self.loaded[name]
 
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
-    pool = WideBlocks(PROF)
-    full = ex.run_one(PROF, MODEL, TASK, "full", 0, pool=pool)
-    half = ex.run_one(PROF, MODEL, TASK, "freeze_1_2", 0, pool=pool)
+    grid = ex.SalfGrid(PROF, pool=WideBlocks(PROF), verbose=False)
+    full = grid.run(MODEL, TASK, "full", 0)
+    half = grid.run(MODEL, TASK, "freeze_1_2", 0)
     assert full["cost"]["saving_analytic"] == 0.0
     assert half["cost"]["saving_analytic"] == pytest.approx((2 / 3) * (1 / 2), abs=0.02)
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: ex.check_parameters(PROF, policies=["freeze_half"]), "unknown policy 'freeze_half'"),
-    (lambda: ex.check_parameters(PROF, policies="salf"), "must be None or a non-empty list"),
-    (lambda: ex.check_parameters(PROF, models=["gpt5"]), "unknown model(s) ['gpt5']"),
-    (lambda: ex.check_parameters(PROF, tasks=["imdb"]), "unknown task(s) ['imdb']"),
-    (lambda: ex.check_parameters(PROF, seeds=[-1]), "seeds=[-1]"),
-    (lambda: ex.check_parameters(PROF, salf_kw={"gain": "magic"}), "gain must be one of"),
+    (lambda: check_parameters(PROF, policies=["freeze_half"]), "unknown policy 'freeze_half'"),
+    (lambda: check_parameters(PROF, policies="salf"), "must be None or a non-empty list"),
+    (lambda: check_parameters(PROF, models=["gpt5"]), "unknown model(s) ['gpt5']"),
+    (lambda: check_parameters(PROF, tasks=["imdb"]), "unknown task(s) ['imdb']"),
+    (lambda: check_parameters(PROF, seeds=[-1]), "seeds=[-1]"),
+    (lambda: check_parameters(PROF, salf_kw={"gain": "magic"}), "gain must be one of"),
     (lambda: ex.run_budget(PROF, n_train=0), "n_train=0 must be an integer >= 1"),
     (lambda: ex.run_budget(PROF, lr=-1.0), "lr=-1.0 must be a number > 0"),
-    (lambda: ex.run_budget(PROF, steps=3), "RunBudget has no field(s) steps"),
+    (lambda: ex.run_budget(PROF, steps=3), "SalfRunBudget has no field(s) steps"),
     (lambda: ex.task_data(TASK, 10**6, 8, 0), "n_train=1000000 exceeds"),
-    (lambda: ex.run_cost_benefit(PROF, groups=["speed"]), "unknown group(s) ['speed']"),
+    (lambda: run_cost_benefit(PROF, groups=["speed"]), "unknown group(s) ['speed']"),
 ])
 def test_invalid_parameters_one_line(call, message):
     with pytest.raises(InvalidParameterError) as info:
@@ -222,7 +226,7 @@ def test_nothing_to_render_without_records(tmp_path, monkeypatch):
 def test_sweep_labels_follow_salf():
     rec = {"model_info": {"layers": 30, "flops_fraction_of_eof": list(np.linspace(0.9, 0.34, 31))},
            "policy": {"eof": 22}}
-    labels = ex.sweep_labels(rec)
+    labels = sweep_labels(rec)
     assert labels["depth"] == ["full", "eof_0", "freeze_1_4", "freeze_1_2", "freeze_3_4", "eof_26", "eof_29", "salf"]
     assert labels["budget"][:2] == ["salf_max1", "salf_max4"] and labels["budget"][2].startswith("salf_flops")
     assert json.dumps(ex.policy_spec("salf_flops45")) == json.dumps(

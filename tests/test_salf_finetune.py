@@ -1,4 +1,5 @@
-"""SALF fine-tuning: suffix runner, freezing, LISA/AutoFreeze, prefix cache, FLOPs accounting."""
+"""SALF fine-tuning: freezing, LISA/AutoFreeze, prefix cache, FLOPs accounting (block replay on
+every architecture: test_replay.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import pytest
 import torch
 
 from semalign_core import costs
-from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
-from semalign_core.models.tiny import tiny_model
+from semalign_core.lm import surgery
 from semalign_core.salf import finetune as ft
 from semalign_core.salf import gains, policies
 
@@ -46,32 +46,10 @@ def fresh(tiny):
 def run(tiny, policy, **kw):
     model, tok = fresh(tiny)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = ft.finetune(model, tok, TRAIN, TRAIN[:4], policy, ft.FinetuneConfig(**{**CFG, **kw}),
-                         label_words=WORDS)
+    result = ft.finetune(
+        model, tok, TRAIN, TRAIN[:4], policy, ft.FinetuneConfig(**{**CFG, **kw}), label_words=WORDS
+    )
     return result, before
-
-
-# --------------------------------------------------------------------------- suffix runner
-
-
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_suffix_runner_equals_full_forward(arch):
-    model = tiny_model(arch, num_layers=4, seed=3)
-    torch.manual_seed(0)
-    ids = torch.randint(0, 128, (3, 20))  # longer than the sliding window (8): both mask kinds bite
-    mask = torch.ones_like(ids)
-    mask[1, 14:] = 0  # right padding
-    mask[2, 6:] = 0
-    real = mask.bool()
-    runner = ft.SuffixRunner(model)
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask).logits
-        torch.testing.assert_close(runner.forward(ids, mask)[real], ref[real], atol=1e-5, rtol=0)
-        ctx = runner.context(3, 20, mask)
-        for start in range(1, 5):
-            hidden = runner.run_blocks(runner.embed(ids), ctx, 0, start)
-            out = runner.forward(ids, mask, start=start, hidden=hidden)
-            torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------- freezing
@@ -102,7 +80,9 @@ def test_cached_prefix_gives_the_same_losses(tiny):
     cached, _ = run(tiny, policies.FixedEof(eof=3), cache_prefix=True)
     plain, _ = run(tiny, policies.FixedEof(eof=3), cache_prefix=False)
     assert cached.cost["cache_hits"] == 2 and plain.cost["cache_hits"] == 0
-    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(plain.losses), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(cached.losses), torch.tensor(plain.losses), atol=1e-6, rtol=1e-6
+    )
     assert cached.cost["flops_analytic"] < plain.cost["flops_analytic"]
 
 
@@ -116,7 +96,9 @@ def test_lisa_newly_active_layers_update(tiny):
     after = dict(result.model.named_parameters())
     for k in later:
         names = [n for n in block_names(result.model, [k]) if ".layers." in n]
-        assert any(not torch.equal(after[n], before[n]) for n in names), f"LISA layer {k} never updated"
+        assert any(not torch.equal(after[n], before[n]) for n in names), (
+            f"LISA layer {k} never updated"
+        )
     never = set(range(6)) - {k for _, a in history for k in a}
     for k in never:
         names = [n for n in block_names(result.model, [k]) if ".layers." in n]
@@ -181,9 +163,17 @@ def test_analytic_flops_of_a_frozen_run_match_the_formula(tiny):
 
 
 def test_freezing_e_of_l_equal_blocks_saves_two_thirds_e_over_l():
-    shape = costs.ModelShape(blocks=tuple(costs.BlockCost(1000, 0) for _ in range(8)), hidden=1, vocab=1,
-                             embedding_params=1, head_params=1, tied=False)
-    full = costs.step_flops(shape, costs.TrainableSpec(frozenset(range(8)), embeddings=True), 10, 10, 0)
+    shape = costs.ModelShape(
+        blocks=tuple(costs.BlockCost(1000, 0) for _ in range(8)),
+        hidden=1,
+        vocab=1,
+        embedding_params=1,
+        head_params=1,
+        tied=False,
+    )
+    full = costs.step_flops(
+        shape, costs.TrainableSpec(frozenset(range(8)), embeddings=True), 10, 10, 0
+    )
     for e in range(8):
         frozen = costs.step_flops(shape, costs.TrainableSpec(frozenset(range(e, 8))), 10, 10, 0)
         assert costs.saving_rate(frozen["total"], full["total"]) == pytest.approx(2 / 3 * e / 8)
@@ -201,17 +191,46 @@ def test_error_paths(tiny):
     with pytest.raises(InvalidParameterError, match="eof must be an integer"):
         ft.finetune(model, tok, TRAIN, None, policies.FixedEof(eof=7), cfg, label_words=WORDS)
     with pytest.raises(InvalidParameterError, match="leaves no layer"):
-        ft.finetune(model, tok, TRAIN, None, policies.salf_policy(budget=gains.Budget(max_trainable=0)), cfg,
-                    label_words=WORDS)
-    result = ft.finetune(copy.deepcopy(model), tok, TRAIN, None, policies.FixedEof(eof=2, train_head=True),
-                         ft.FinetuneConfig(**{**CFG, "epochs": 1}), label_words=WORDS)
+        ft.finetune(
+            model,
+            tok,
+            TRAIN,
+            None,
+            policies.salf_policy(budget=gains.Budget(max_trainable=0)),
+            cfg,
+            label_words=WORDS,
+        )
+    result = ft.finetune(
+        copy.deepcopy(model),
+        tok,
+        TRAIN,
+        None,
+        policies.FixedEof(eof=2, train_head=True),
+        ft.FinetuneConfig(**{**CFG, "epochs": 1}),
+        label_words=WORDS,
+    )
     assert "lm_head.weight" in result.grad_params  # an untied head may train with a frozen prefix
     surgery.unwrap(model).lm_head.weight = surgery.input_embeddings(model).weight  # tie
     with pytest.raises(InvalidParameterError, match="tied"):
-        ft.finetune(model, tok, TRAIN, None, policies.FixedEof(eof=2, train_head=True), cfg, label_words=WORDS)
+        ft.finetune(
+            model,
+            tok,
+            TRAIN,
+            None,
+            policies.FixedEof(eof=2, train_head=True),
+            cfg,
+            label_words=WORDS,
+        )
     with pytest.raises(InvalidParameterError, match="loss"):
-        ft.finetune(model, tok, TRAIN, None, policies.FullFinetune(), ft.FinetuneConfig(loss="mse"),
-                    label_words=WORDS)
+        ft.finetune(
+            model,
+            tok,
+            TRAIN,
+            None,
+            policies.FullFinetune(),
+            ft.FinetuneConfig(loss="mse"),
+            label_words=WORDS,
+        )
     with pytest.raises(InvalidParameterError, match="unknown policy"):
         policies.make_policy("freeze-all")
 

@@ -3,10 +3,12 @@ and must leave the test process (and this machine) unharmed."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
 import time
@@ -15,12 +17,20 @@ from pathlib import Path
 import pytest
 
 from semalign_core.errors import InvalidParameterError
+from semalign_core.evaluation import sandbox_child
 from semalign_core.evaluation.sandbox import (
+    CHILD_PROGRAM,
     STATUSES,
     TEST_SEPARATOR,
     SandboxLimits,
     run_sandboxed,
     split_tests,
+)
+from semalign_core.evaluation.sandbox_child import (
+    decode_request,
+    encode_request,
+    format_report,
+    parse_report,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -308,7 +318,8 @@ import builtins, os, sys, types
 fake_math = types.ModuleType("math")
 fake_math.isclose = lambda *a, **k: True
 real_import = builtins.__import__
-builtins.__import__ = lambda name, *a, **k: fake_math if name == "math" else real_import(name, *a, **k)
+builtins.__import__ = (lambda name, *a, **k:
+                       fake_math if name == "math" else real_import(name, *a, **k))
 builtins.abs = lambda x: 0
 builtins.AssertionError = type("AssertionError", (Exception,), {})
 builtins.print = lambda *a, **k: None
@@ -357,3 +368,92 @@ def test_huge_stderr_output_hits_the_output_limit_even_if_errors_are_swallowed()
     res = run_sandboxed(prog(code), FAST)
     assert res.status == "output_limit" and not res.passed, res
     assert len(res.stderr) <= FAST.max_output_bytes
+
+
+# --------------------------------------------------------------------------- the harness program
+
+
+def test_request_wire_format_and_round_trip():
+    header = {"nonce": "ab12", "uid": None, "site": ["/a b", "/ü"], "wall_s": 1.5, "cpu_s": 2}
+    raw = encode_request(header, "x = 'é'\n".encode(), b"assert x\n")
+    # by hand: NUL-separated key=value, byte lengths appended, one newline, then the bodies
+    expected_head = ("nonce=ab12\0uid=\0site=/a b\x1f/ü\0wall_s=1.5\0cpu_s=2\0prog_len=9"
+                     "\0test_len=9\n").encode()
+    assert raw == expected_head + "x = 'é'\n".encode() + b"assert x\n"
+    cfg, prog, tests = decode_request(raw)
+    assert cfg == {"nonce": "ab12", "uid": None, "site": ["/a b", "/ü"], "wall_s": 1.5,
+                   "cpu_s": 2, "prog_len": 9, "test_len": 9}
+    assert (prog, tests) == ("x = 'é'\n", "assert x\n")
+    no_tests = decode_request(encode_request({"site": []}, b"pass\n", None))
+    assert no_tests == ({"site": [], "prog_len": 5, "test_len": -1}, "pass\n", None)
+    with pytest.raises(ValueError):
+        encode_request({"site": ["/bad\npath"]}, b"", None)
+
+
+def test_report_line_format_and_parse():
+    assert format_report("signal 9", 1.25, 2048, True) == \
+        b"CHILD signal 9 cpu 1.250 maxrss_kb 2048 clean 1\n"
+    assert parse_report(b"noise\nCHILD signal 9 cpu 1.250 maxrss_kb 2048 clean 1\n") == \
+        {"kind": "signal", "code": 9, "cpu": 1.25, "maxrss_kb": 2048.0, "clean": 1.0}
+    assert parse_report(b"CHILD timeout cpu 0.010 maxrss_kb 10 clean 0\n") == \
+        {"kind": "timeout", "cpu": 0.01, "maxrss_kb": 10.0, "clean": 0.0}
+    assert parse_report(b"") == {} and parse_report(b"PASS 1234\n") == {}
+
+
+def _run_harness_by_hand(program: str, tests: str | None, nonce: str, cwd: Path):
+    """Start the harness program the way the evaluator does, without sandbox.py's supervision;
+    returns (result pipe bytes, report pipe bytes, completed process)."""
+    res_r, res_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    header = {"nonce": nonce, "result_fd": res_w, "report_fd": rep_w, "uid": None, "gid": None,
+              "site": [], "wall_s": 5.0, "cpu_s": 5, "as_bytes": 512 * 2**20, "fsize": 10**6,
+              "nproc": 64}
+    request = encode_request(header, program.encode(), None if tests is None else tests.encode())
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)],
+                              input=request, capture_output=True, pass_fds=(res_w, rep_w),
+                              cwd=cwd, env={"LANG": "C.UTF-8"}, timeout=30)
+    finally:
+        os.close(res_w)
+        os.close(rep_w)
+    with open(res_r, "rb") as res, open(rep_r, "rb") as rep:
+        return res.read(), rep.read(), done
+
+
+def test_harness_program_result_protocol(tmp_path):
+    nonce = "5e" * 16
+    result, report, done = _run_harness_by_hand("print('hi')\n" + GOOD, TESTS, nonce, tmp_path)
+    assert result == f"PASS {nonce}\n".encode() and done.stdout == b"hi\n", done
+    assert done.returncode == 0 and report.startswith(b"CHILD exit 0 cpu ")
+    assert report.endswith(b" clean 1\n")
+
+    result, report, done = _run_harness_by_hand(WRONG, TESTS, nonce, tmp_path)
+    assert result == b"FAIL AssertionError\n" and report.startswith(b"CHILD exit 1 "), done
+    assert b"<tests>" in done.stderr and b"AssertionError" in done.stderr
+
+    killed = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    result, report, done = _run_harness_by_hand(killed, None, nonce, tmp_path)
+    assert result == b"" and report.startswith(b"CHILD signal 9 ") and done.returncode == 0
+
+
+def test_harness_program_imports_only_the_standard_library():
+    tree = ast.parse(CHILD_PROGRAM.read_text())
+    tops = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+            for alias in node.names}
+    tops |= {node.module.split(".")[0] for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom)}
+    assert tops and tops <= set(sys.stdlib_module_names), tops - set(sys.stdlib_module_names)
+    assert CHILD_PROGRAM == Path(sandbox_child.__file__).resolve()
+    assert sandbox_child._SIGKILL == signal.SIGKILL
+
+
+def test_sandbox_does_not_import_the_package_or_expose_its_directory():
+    code = "import sys\nprint(sorted(sys.modules))\nprint(sys.path)\n"
+    res = run_sandboxed(code, FAST)
+    assert res.passed, res
+    modules, path = (ast.literal_eval(line) for line in res.stdout.splitlines())
+    # each costs start-up time in every run (enum: ~7 ms, through `import signal`)
+    heavy = {"semalign_core", "numpy", "torch", "traceback", "site", "enum"}
+    assert not heavy & {m.split(".")[0] for m in modules}, heavy & set(modules)
+    # -I: the harness's own directory (semalign_core/evaluation) is not importable from
+    assert str(CHILD_PROGRAM.parent) not in path and "" not in path, path

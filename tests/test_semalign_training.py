@@ -7,16 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core.lm import semantics, surgery
+from semalign_core.costs import FLOP_MODEL
+from semalign_core.data.batching import sft_batches
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
+from semalign_core.lm import semantics, surgery
 from semalign_core.models.tiny import tiny_model
-from semalign_core.semalign.transfer import (
-    SemAlignConfig,
-    composite_map,
-    linear_cka_loss,
-    map_states,
-    transfer,
-)
+from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.objective import linear_cka_loss
+from semalign_core.semalign.supervision import composite_map, map_states
+from semalign_core.semalign.transfer import transfer
 
 BASE = SemAlignConfig(steps_per_stage=3, lr=1e-3, batch_size=2, max_length=40, progress=False)
 
@@ -60,10 +59,88 @@ def test_acl_losses_fall_and_layers_move_toward_aligned_states(full_run, pair):
     assert result.pairing.n_source == 6 and result.pairing.is_monotone
     assert len(result.scores) == 6
     assert_stage_losses_fall(result)
-    assert result.stages[-1]["kl_losses"] and not result.stages[0]["kl_losses"]  # KL only at the last stage
+    assert (
+        result.stages[-1]["kl_losses"] and not result.stages[0]["kl_losses"]
+    )  # KL only at the last stage
     for rec in result.stages:
-        assert rec["tokens"] > 0 and rec["flops"] > 0 and rec["wall_s"] > 0 and rec["peak_rss_mb"] > 0
+        assert rec["tokens"] >= rec["real_tokens"] > 0 and rec["flops"] > 0 and rec["wall_s"] > 0
+        assert rec["peak_rss_mb"] > 0 and rec["rss_scope"] in ("block", "process")
     assert result.cost["teacher_cache"] == "logits"
+
+
+# ------------------------------------------------------------------- costs (costs.py's FLOP model)
+
+HAND = dict(d=48, ff=96, heads=4, kv_heads=2, head_dim=12, vocab=49152, d_source=64)  # tiny pair
+
+
+def hand_costs(batch, lora_r=None):
+    """Per-token block FLOPs and per-readout head FLOPs of tiny-target, counted by hand."""
+    d, ff, hd, vocab = HAND["d"], HAND["ff"], HAND["head_dim"], HAND["vocab"]
+    q, kv = HAND["heads"] * hd, HAND["kv_heads"] * hd
+    linears = [(d, q), (d, kv), (d, kv), (q, d), (d, ff), (d, ff), (ff, d)]  # q k v o gate up down
+    block = sum(i * o for i, o in linears) + 2 * d  # + two RMSNorm gains
+    lora = lora_r * sum(i + o for i, o in linears) if lora_r else 0
+    bsz, seq = batch["input_ids"].shape
+    n_sup = int((batch["labels"][:, 1:] != -100).sum())  # positions that predict a label
+    attn = 4 * seq * q  # QKᵀ and AV, per token
+    return dict(
+        tokens=bsz * seq,
+        block=block,
+        lora=lora,
+        attn=attn,
+        n_sup=n_sup,
+        head=2 * d * vocab * n_sup,
+        source_head=2 * HAND["d_source"] * vocab * n_sup,
+    )
+
+
+def test_stage_step_flops_equal_a_hand_count(full_run, pair):
+    result, _ = full_run
+    _, tgt, tok, train, _ = pair
+    assert tgt.config.hidden_size == HAND["d"] and tgt.config.vocab_size == HAND["vocab"]
+    (batch,) = sft_batches(train, tok, BASE.batch_size, BASE.max_length)  # 2 records: one batch
+    c = hand_costs(batch)
+    trained = c["tokens"] * ((2 * c["block"] + c["attn"]) + (4 * c["block"] + 2 * c["attn"]))
+    # stage 1: block 1 on its cached input, the logit lens after it (forward + input gradient);
+    # z~ is kept for the stage, so it is set-up work, not step work
+    assert result.stages[0]["step_flops"] == [pytest.approx(trained + 2 * c["head"], rel=1e-12)] * 3
+    # stage 4 (last): the output KL reuses the layer's logit lens; the teacher's logits are cached
+    assert result.stages[3]["step_flops"] == [pytest.approx(trained + 2 * c["head"], rel=1e-12)] * 3
+    cost = result.cost
+    assert cost["flop_model"] == FLOP_MODEL and cost["rss_scope"] in ("block", "process")
+    assert cost["flops"] == pytest.approx(
+        cost["flops_attribution"]
+        + cost["flops_source_pass"]
+        + sum(r["flops"] for r in result.stages),
+        rel=1e-12,
+    )
+    for rec in result.stages:
+        assert rec["flops"] == pytest.approx(sum(rec["step_flops"]) + rec["setup_flops"], rel=1e-12)
+
+
+def test_kl_stage_step_flops_equal_a_hand_count(pair):
+    """Stage 2 of 4 with the KL on, the teacher kept as hidden states and z~ not kept."""
+    _, _, tok, train, _ = pair
+    cfg = replace(
+        BASE,
+        steps_per_stage=1,
+        eval_batches=0,
+        output_kl_every_stage=True,
+        max_cached_logits_bytes=0,
+    )
+    result = run(pair, cfg, stop_after_stage=2)
+    (batch,) = sft_batches(train, tok, cfg.batch_size, cfg.max_length)
+    c = hand_costs(batch)
+    fwd = 2 * c["block"] + c["attn"]
+    expected = (
+        c["tokens"] * (fwd + 4 * c["block"] + 2 * c["attn"])  # block 2 trains
+        + 2 * c["tokens"] * (fwd + 2 * c["block"] + 2 * c["attn"])  # blocks 3-4: input grads
+        + 2 * 2 * c["head"]  # logit lens after block 2 and at the top, forward + input grad
+        + c["head"]  # z~ recomputed (no grad)
+        + c["source_head"]
+    )  # the teacher's head on its cached final states
+    assert result.stages[1]["step_flops"] == [pytest.approx(expected, rel=1e-12)]
+    assert result.cost["teacher_cache"] == "hidden"
 
 
 def test_each_layer_changes_only_in_its_own_stage(full_run, pair):
@@ -79,8 +156,10 @@ def test_each_layer_changes_only_in_its_own_stage(full_run, pair):
         saved = load_file(str(ckpt / f"stage-{k:03d}.safetensors"))  # written right after stage k
         for name, value in layer.state_dict().items():
             assert torch.equal(saved[name], value), (k, name)  # unchanged after its stage
-        assert any(not torch.equal(p, q) for p, q in
-                   zip(layer.parameters(), surgery.decoder_layers(tgt)[k - 1].parameters()))
+        assert any(
+            not torch.equal(p, q)
+            for p, q in zip(layer.parameters(), surgery.decoder_layers(tgt)[k - 1].parameters())
+        )
     assert all(p.requires_grad for p in result.model.parameters())  # flags restored
 
 
@@ -102,7 +181,9 @@ def test_interrupted_run_resumes_to_the_same_numbers(full_run, pair, tmp_path):
     assert resumed.resumed_after_stage == 2 and resumed.cost["supervision_cached"]
     assert [r["stage"] for r in resumed.stages] == [1, 2, 3, 4]
     for a, b in zip(resumed.stages, full.stages):
-        torch.testing.assert_close(torch.tensor(a["losses"]), torch.tensor(b["losses"]), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            torch.tensor(a["losses"]), torch.tensor(b["losses"]), rtol=1e-6, atol=1e-7
+        )
     for (n, p), q in zip(resumed.model.named_parameters(), full.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
     with pytest.raises(InvalidParameterError):  # a checkpoint of another config is refused
@@ -119,14 +200,18 @@ def test_v2_objective_losses_fall(pair):
 
 
 def test_v1_objective_losses_fall(pair):
-    result = run(pair, replace(BASE, objective="v1", lr=3e-3, steps_per_stage=2), stop_after_stage=2)
+    result = run(
+        pair, replace(BASE, objective="v1", lr=3e-3, steps_per_stage=2), stop_after_stage=2
+    )
     assert_stage_losses_fall(result)
     assert not any(r["kl_losses"] for r in result.stages)
 
 
 def test_lora_trains_adapters_and_merges_them(pair):
     _, tgt, *_ = pair
-    result = run(pair, replace(BASE, trainable="lora", lr=3e-3, steps_per_stage=2), stop_after_stage=2)
+    result = run(
+        pair, replace(BASE, trainable="lora", lr=3e-3, steps_per_stage=2), stop_after_stage=2
+    )
     assert_stage_losses_fall(result)
     before, after = params(tgt), params(result.model)
     assert set(before) == set(after)  # adapters merged away: same parameter names
@@ -134,14 +219,34 @@ def test_lora_trains_adapters_and_merges_them(pair):
         in_trained = ".layers.0." in name or ".layers.1." in name
         if not in_trained or "norm" in name:  # LoRA touches only the stage layer's Linears
             assert torch.equal(before[name], after[name]), name
-    assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
+    assert not torch.equal(
+        before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"]
+    )
     assert all(type(m) is nn.Linear for n, m in result.model.named_modules() if n.endswith("_proj"))
+    _, _, tok, train, _ = pair
+    c = hand_costs(sft_batches(train, tok, BASE.batch_size, BASE.max_length)[0], lora_r=BASE.lora_r)
+    step = (
+        c["tokens"]
+        * (
+            (2 * c["block"] + c["attn"] + 2 * c["lora"])  # base + adapters forward
+            + (2 * c["block"] + 6 * c["lora"] + 2 * c["attn"])
+        )
+        + 2 * c["head"]
+    )
+    assert result.stages[0]["step_flops"] == [pytest.approx(step, rel=1e-12)] * 2
 
 
 @pytest.mark.slow
 def test_vds_reading_interpolated_pairing_and_kl_every_stage(pair):
-    cfg = replace(BASE, reading="vds", tau=0.05, pairing="interpolate", output_kl_every_stage=True, lr=3e-3,
-                  steps_per_stage=2)
+    cfg = replace(
+        BASE,
+        reading="vds",
+        tau=0.05,
+        pairing="interpolate",
+        output_kl_every_stage=True,
+        lr=3e-3,
+        steps_per_stage=2,
+    )
     result = run(pair, cfg, stop_after_stage=1)
     assert result.pairing.strategy == "interpolate" and result.scores is None
     assert result.stages[0]["source_layers"] == [[1, 0.5], [2, 0.5]]
@@ -155,8 +260,12 @@ def test_teacher_hidden_fallback_gives_the_same_kl(pair):
     a = run(pair, cfg, stop_after_stage=1)
     b = run(pair, replace(cfg, max_cached_logits_bytes=0), stop_after_stage=1)
     assert a.cost["teacher_cache"] == "logits" and b.cost["teacher_cache"] == "hidden"
-    torch.testing.assert_close(torch.tensor(a.stages[0]["kl_losses"]), torch.tensor(b.stages[0]["kl_losses"]),
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        torch.tensor(a.stages[0]["kl_losses"]),
+        torch.tensor(b.stages[0]["kl_losses"]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
 
 
 def test_incompatible_pairs_fail_before_any_work(pair):
@@ -169,7 +278,9 @@ def test_incompatible_pairs_fail_before_any_work(pair):
     with pytest.raises(InvalidParameterError):
         SemAlignConfig(objective="v3")
     with pytest.raises(InvalidParameterError):
-        transfer(src, copy.deepcopy(tgt), train, extract, BASE, tok, resume=True)  # no checkpoint_dir
+        transfer(
+            src, copy.deepcopy(tgt), train, extract, BASE, tok, resume=True
+        )  # no checkpoint_dir
 
 
 # --------------------------------------------------------------------------- pieces
@@ -181,9 +292,15 @@ def test_composite_map_equals_transfer_state():
     s_tgt = semantics.semantic_bases(torch.randn(500, 12, generator=g), disk_cache=False)
     h = torch.randn(3, 5, 16, generator=g)
     m = composite_map(s_src, s_tgt)
-    torch.testing.assert_close(map_states(h, m, "none"), semantics.transfer_state(h, s_src, s_tgt), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(map_states(h, m, "source_norm"),
-                               semantics.transfer_state(h, s_src, s_tgt, rescale="source_norm"), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        map_states(h, m, "none"), semantics.transfer_state(h, s_src, s_tgt), rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        map_states(h, m, "source_norm"),
+        semantics.transfer_state(h, s_src, s_tgt, rescale="source_norm"),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_linear_cka_loss():
@@ -197,9 +314,11 @@ def test_linear_cka_loss():
     assert float(linear_cka_loss(x, torch.randn(2, 7, 5, generator=g), keep)) > 0.05
 
 
-@pytest.mark.parametrize("max_cached_logits_bytes", [None, 0], ids=["teacher-logits", "teacher-hidden"])
+@pytest.mark.parametrize(
+    "max_cached_logits_bytes", [None, 0], ids=["teacher-logits", "teacher-hidden"]
+)
 def test_bfloat16_models_train_with_finite_losses(pair, max_cached_logits_bytes):
-    """gpu-small/paper run in bf16: the fp32 teacher states must meet the bf16 LM head in its dtype."""
+    """gpu-small/paper run in bf16: the fp32 teacher states must meet the bf16 LM head's dtype."""
     src, tgt, tok, train, extract = pair
     src16, tgt16 = copy.deepcopy(src).to(torch.bfloat16), copy.deepcopy(tgt).to(torch.bfloat16)
     cfg = replace(BASE, steps_per_stage=1, output_kl_every_stage=True, eval_batches=0)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core.lm import surgery
 from semalign_core.errors import ArtifactError, UnknownModelError
-from semalign_core.models.tiny import ARCHITECTURES, tiny_config, tiny_model
+from semalign_core.lm import surgery
 from semalign_core.lm.nethook import capture_hidden
+from semalign_core.models.tiny import ARCHITECTURES, tiny_config, tiny_model
 
 _MODELS: dict = {}
 
@@ -31,7 +31,11 @@ def test_tiny_model_is_deterministic_per_seed(arch):
     a, b, c = tiny_model(arch, seed=0), model_of(arch), tiny_model(arch, seed=1)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point() and sa[k].numel() > 64)
+    assert any(
+        not torch.equal(sa[k], sc[k])
+        for k in sa
+        if sa[k].is_floating_point() and sa[k].numel() > 64
+    )
     assert not a.training and a.dtype == torch.float32
     assert a.config._attn_implementation == "eager"
 
@@ -46,7 +50,9 @@ def test_tiny_model_leaves_caller_rng_alone():
 
 def test_tiny_config_overrides_and_unknown_arch():
     cfg = tiny_config("gemma3", num_layers=2, sliding_window=4)
-    assert cfg.model_type == "gemma3_text" and cfg.num_hidden_layers == 2 and cfg.sliding_window == 4
+    assert (
+        cfg.model_type == "gemma3_text" and cfg.num_hidden_layers == 2 and cfg.sliding_window == 4
+    )
     assert cfg.head_dim == 16
     assert tiny_config("gpt2", hidden_size=32).n_embd == 32
     with pytest.raises(UnknownModelError, match="llama"):
@@ -86,7 +92,9 @@ def test_logit_lens_applies_gemma2_softcapping():
     with torch.no_grad(), capture_hidden(model, layers=[-1]) as trace:
         logits = model(input_ids=token_ids()).logits
     assert logits.abs().max() <= 0.5
-    torch.testing.assert_close(surgery.logit_lens(model, trace["block_out"][3]), logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        surgery.logit_lens(model, trace["block_out"][3]), logits, rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -122,8 +130,15 @@ def test_peft_lora_llama_is_seen_through():
     assert surgery.final_norm(wrapped) is base.model.norm
     assert surgery.unembedding(wrapped) is base.lm_head
     stats = surgery.model_stats(wrapped)
-    assert stats["parameters"] > sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+    assert stats["parameters"] > sum(
+        p.numel() for n, p in base.named_parameters() if "lora_" not in n
+    )
     ids = token_ids()
-    with torch.no_grad(), capture_hidden(wrapped, layers=[-1], points=("block_in", "block_out")) as trace:
+    with (
+        torch.no_grad(),
+        capture_hidden(wrapped, layers=[-1], points=("block_in", "block_out")) as trace,
+    ):
         logits = wrapped(input_ids=ids).logits
-    torch.testing.assert_close(surgery.logit_lens(wrapped, trace["block_out"][3]), logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        surgery.logit_lens(wrapped, trace["block_out"][3]), logits, rtol=0, atol=1e-5
+    )

@@ -5,14 +5,20 @@ and target evaluated once, methods per seed) and its Markdown, and one-line para
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
-from semalign_core.experiments import teachers, transfer_tables as transfer_table
 from semalign_core.data import build_sft_example
 from semalign_core.data.cls_transfer import eval_split, load_cls_transfer
 from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.experiments import teachers
+from semalign_core.experiments import transfer_tables as transfer_table
+from semalign_core.models import teachers as teacher_store
 from semalign_core.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +29,7 @@ def teacher_cache(tmp_path_factory):
     """Made teachers go to a temporary folder (the repo's model cache is left alone)."""
     root = tmp_path_factory.mktemp("teachers")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(teachers, "teacher_dir", lambda recipe: root / recipe.cache_name())
+        mp.setattr(teacher_store, "teacher_dir", lambda recipe: root / recipe.cache_name())
         yield root
 
 
@@ -107,7 +113,7 @@ def test_recipe_evaluates_like_the_table(profile):
 def test_teacher_is_made_once_and_keyed_by_recipe(teacher_cache, monkeypatch):
     recipe = teachers.teacher_recipe("smoke", "sst2")
     path = teachers.ensure_teacher(recipe, verbose=False)
-    info = json.loads((path / teachers.MARKER).read_text())
+    info = json.loads((path / teacher_store.MARKER).read_text())
     rep = info["report"]
     assert path.parent == teacher_cache and info["key"] == recipe.key() and info["recipe"]["lr"] == recipe.lr
     assert rep["steps"] == recipe.n_train // recipe.batch_size and rep["n_train"] == recipe.n_train
@@ -120,12 +126,13 @@ def test_teacher_is_made_once_and_keyed_by_recipe(teacher_cache, monkeypatch):
 
     monkeypatch.setattr(teachers, "finetune", no_training)
     assert teachers.ensure_teacher(recipe, verbose=False) == path  # reused
-    loaded, report = teachers.load_teacher("smoke", "sst2")
+    loaded, report = teachers.load_profile_teacher("smoke", "sst2")
     assert loaded.origin == "finetuned" and report["key"] == recipe.key()
     other = teachers.teacher_recipe("smoke", "sst2", lr=2e-3)
     with pytest.raises(AssertionError, match="fine-tuned again"):
         teachers.ensure_teacher(other, verbose=False)  # another recipe is another teacher
-    assert teachers.teacher_dir(other) != path
+    assert teacher_store.teacher_dir(other) != path
+    assert not [p for p in teacher_cache.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
 def test_fine_tuning_changes_the_weights(teacher_cache):
@@ -134,7 +141,7 @@ def test_fine_tuning_changes_the_weights(teacher_cache):
     from semalign_core.models.registry import load_model
 
     base = load_model("tiny-source", verbose=False).model
-    tuned, _ = teachers.load_teacher("smoke", "sst2")
+    tuned, _ = teachers.load_profile_teacher("smoke", "sst2")
     blocks = lambda m: {n: p for n, p in m.named_parameters() if ".layers." in n}  # noqa: E731
     assert any(not torch.equal(p, blocks(tuned.model)[n]) for n, p in blocks(base).items())
     emb = "model.embed_tokens.weight"  # trainable="layers": embeddings (and the tied head) stay
@@ -148,7 +155,7 @@ def test_truncate_vocab_keeps_the_first_rows():
 
     model = load_model("tiny-target", verbose=False).model
     before = model.get_input_embeddings().weight[:100].clone()
-    teachers.truncate_vocab(model, 49000)
+    teacher_store.truncate_vocab(model, 49000)
     assert model.get_input_embeddings().weight.shape[0] == 49000 == model.get_output_embeddings().weight.shape[0]
     assert torch.equal(model.get_input_embeddings().weight[:100], before)
 
@@ -217,7 +224,7 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
     (lambda: teachers.teacher_names("cpu", "gsm"), "no fine-tuned teacher for task 'gsm'"),
     (lambda: teachers.teacher_recipe("paper", "sst2"), "uses hub teachers"),
     (lambda: teachers.teacher_recipe("cpu", "sst2", lr_=1.0), "no field"),
-    (lambda: teachers.load_teacher("smoke", "sst2", "llama2-13b-chat"), "not a teacher of"),
+    (lambda: teachers.load_profile_teacher("smoke", "sst2", "llama2-13b-chat"), "not a teacher of"),
     (lambda: load_cls_transfer("agnews", "train"), "no labelled training data"),
     (lambda: load_cls_transfer("sst2", "test"), "unknown part"),
     (lambda: transfer_table.check_parameters(tasks=["humaneval"], setting="finetuned", profile="cpu"),
@@ -237,8 +244,41 @@ def test_paper_teachers_are_the_hub_code_teachers():
     assert transfer_table.check_parameters(setting="finetuned", profile="paper")[1] == ("humaneval", "mbpp")
     for name in teachers.teacher_names("paper", "humaneval"):
         assert REGISTRY[name].kind == "hub"
-    assert teachers.teacher_identity("paper", "mbpp", "codellama-13b-python") == {
+    hub_teacher = teachers.resolve_teacher("paper", "mbpp", "codellama-13b-python")
+    assert teacher_store.teacher_identity(hub_teacher) == {
         "teacher": "codellama-13b-python", "model": "codellama-13b-python"}
+
+
+def test_a_made_teacher_is_identified_by_its_recipe():
+    recipe = teachers.resolve_teacher("smoke", "sst2")
+    assert recipe == teachers.teacher_recipe("smoke", "sst2")
+    assert teacher_store.teacher_identity(recipe) == {
+        "teacher": "ft-source", "base": "tiny-source", "recipe": dataclasses.asdict(recipe),
+        "recipe_key": recipe.key()}
+
+
+def test_loading_a_teacher_never_made_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher_store, "teacher_dir", lambda recipe: tmp_path / recipe.cache_name())
+    recipe = teachers.teacher_recipe("smoke", "sst2", lr=5e-3)
+    with pytest.raises(ArtifactError, match="was never made") as info:
+        teacher_store.load_teacher(recipe)
+    assert "\n" not in str(info.value)
+
+
+def test_recipes_import_without_torch():
+    """The budgets table (read by the torch-free report) holds recipes: their module needs no torch."""
+    code = textwrap.dedent("""
+        import sys
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, NoTorch())
+        from semalign_core.models.teacher_recipe import TeacherRecipe
+        print(TeacherRecipe("tiny-source").cache_name())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("tiny-source-ft-sst2-"), out.stderr[-2000:]
 
 
 def test_notebook_at_smoke(tmp_path, run_smoke_notebook):

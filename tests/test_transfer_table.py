@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from semalign_core.report import build as report
-from semalign_core.experiments import transfer_tables as transfer_table
+from semalign_core.report import semalign_tables
+from semalign_core.experiments import budgets, transfer_tables as transfer_table
 from semalign_core.errors import InvalidParameterError
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
@@ -53,7 +53,7 @@ def test_records_written_per_method_task_seed(smoke_results):
         assert ("transfer" in rec["config"]) == trained and (rec["cost"]["transfer"] is not None) == trained
         if trained:
             assert rec["config"]["transfer"]["train_split"] == "train"
-            assert m["transfer"]["n_train"] == transfer_table.TRANSFER_BUDGETS["smoke"].n_train
+            assert m["transfer"]["n_train"] == budgets.TRANSFER_BUDGETS["smoke"].n_train
             assert rec["cost"]["transfer"]["wall_s"] > 0
 
 
@@ -76,15 +76,15 @@ def test_rerun_reuses_records_without_retraining(smoke_results):
 
 def test_table_and_report(smoke_results, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_results))
-    frame = transfer_table.table("smoke")
+    frame = semalign_tables.table("smoke")
     assert list(frame.index) == list(ROWS) and list(frame.columns) == ["MMLU", "GSM8K", "HumanEval", "MBPP"]
     assert all("(n=4)" in c for c in frame["GSM8K"]) and set(frame["MMLU"]) == {""}
     assert "MMLU 25%" in frame.attrs["notes"][0]
-    paths = report.semalign_table1(tmp_path)
+    paths = semalign_tables.semalign_table1(tmp_path)
     text = paths[0].read_text()
     assert paths[0].name == "semalign_table1_transfer.md"
     assert "profile `smoke` (seeds [0])" in text and "## Published" in text and "| SemAlign | 50.3 |" in text
-    assert report.semalign_table1(tmp_path)[0].read_text() == text  # deterministic
+    assert semalign_tables.semalign_table1(tmp_path)[0].read_text() == text  # deterministic
 
 
 def test_invalid_method_stops_in_first_cell(tmp_path):
@@ -97,31 +97,58 @@ def test_invalid_method_stops_in_first_cell(tmp_path):
 def test_parameter_checks():
     from semalign_core.transfer.registry import METHODS as ALL
 
-    assert transfer_table.check_parameters() == (tuple(ALL), ("gsm", "mmlu", "humaneval", "mbpp"), (0,))
-    assert transfer_table.check_parameters(["sft", "sft"], ["mbpp"], 3) == (("sft",), ("mbpp",), (3,))
-    assert transfer_table.check_parameters(None, None, 0, [2, 1, 2])[2] == (2, 1)
+    smoke, cpu = get_profile("smoke"), get_profile("cpu")
+    check = transfer_table.check_parameters
+    assert check(smoke) == (tuple(ALL), ("gsm", "mmlu", "humaneval", "mbpp"), (0,))
+    assert check(smoke, 3, methods=["sft", "sft"], tasks=["mbpp"]) == (("sft",), ("mbpp",), (3,))
+    assert check(smoke, 0, [2, 1, 2])[2] == (2, 1)
+    # seeds None: the profile's default seeds of the table, counted from `seed`
+    assert check(cpu, 0, setting="finetuned")[2] == (0, 1, 2) and check(cpu, 5)[2] == (5,)
     with pytest.raises(InvalidParameterError, match="non-empty list"):
-        transfer_table.check_parameters("sft")
+        check(smoke, methods="sft")
     with pytest.raises(InvalidParameterError, match=r"unknown value\(s\) \['gsm8k'\]"):
-        transfer_table.check_parameters(tasks=["gsm8k"])
+        check(smoke, tasks=["gsm8k"])
     with pytest.raises(InvalidParameterError, match="seeds"):
-        transfer_table.check_parameters(seeds=[-1])
+        check(smoke, seeds=[-1])
     with pytest.raises(InvalidParameterError, match="no field"):
-        transfer_table.transfer_budget(get_profile("smoke"), n_trian=3)
+        budgets.transfer_budget(smoke, n_trian=3)
+
+
+def test_default_seeds_match_what_make_reproduce_ran():
+    """`seeds=None` in every notebook: the cells `make reproduce` ran before the budgets table."""
+    expected = {"semalign_transfer": {"smoke": (0,), "cpu": (0,)},
+                "semalign_finetuned_teacher": {"smoke": (0,), "cpu": (0, 1, 2)},
+                "semalign_ablations": {"smoke": (0,), "cpu": (0,)},
+                "salf_main": {"smoke": (0, 1), "cpu": (0, 1, 2)},
+                "salf_cost_benefit": {"smoke": (0,), "cpu": (0,)}}
+    for experiment, by_profile in expected.items():
+        for profile, seeds in by_profile.items():
+            assert budgets.default_seeds(experiment, profile) == seeds, (experiment, profile)
+    assert budgets.default_seeds("salf_main", "cpu", first=4) == (4, 5, 6)
+
+
+def test_every_budget_table_covers_every_profile():
+    from semalign_core.profiles import PROFILE_PREFERENCE, PROFILES
+
+    assert sorted(PROFILE_PREFERENCE) == sorted(PROFILES)
+    for table in (budgets.TRANSFER_BUDGETS, budgets.CLS_BUDGETS, budgets.SEMALIGN_ANALYSIS_BUDGETS,
+                  budgets.SALF_ANALYSIS_EXAMPLES, budgets.SALF_DEFAULTS, budgets.TEACHERS,
+                  *budgets.DEFAULT_SEEDS.values()):
+        assert set(table) == set(PROFILES)
 
 
 def test_paper_profile_uses_the_published_per_task_budgets_of_tables_4_and_5():
-    from semalign_core.report.build import _paper
+    from semalign_core.report.published import published_spec
 
     paper = get_profile("paper")
-    t4, t5 = _paper("semalign")["table4_alignment"], _paper("semalign")["table5_training"]
+    t4, t5 = published_spec("semalign")["table4_alignment"], published_spec("semalign")["table5_training"]
     for col, task in zip(t4["columns"], ("mmlu", "gsm", "humaneval", "mbpp")):
         i = t4["columns"].index(col)
-        budget = transfer_table.transfer_budget(paper, task)
+        budget = budgets.transfer_budget(paper, task)
         assert budget.steps_per_stage == t4["rows"]["steps"][i]
         assert budget.n_extract == t4["rows"]["align size"][i]
         assert budget.epochs == t5["rows"]["epochs"][i] and budget.n_train == t5["rows"]["train size"][i]
         assert budget.method_config["sft"]["lr"] == t5["rows"]["learning rate"][i]
-    assert transfer_table.transfer_budget(get_profile("cpu"), "mbpp") == transfer_table.transfer_budget(get_profile("cpu"))
-    table = transfer_table.hyperparameter_table(paper)
+    assert budgets.transfer_budget(get_profile("cpu"), "mbpp") == budgets.transfer_budget(get_profile("cpu"))
+    table = semalign_tables.hyperparameter_table(paper)
     assert list(table.loc["training: train examples (T5 train size)"]) == ["1000", "1000", "1000", "300"]

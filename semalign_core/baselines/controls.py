@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semalign_core import costs
+from semalign_core.costs import summarize  # one cost dict for every method (laten, seeking too)
 from semalign_core.lm import surgery
 from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.data.batching import collate
@@ -38,7 +39,7 @@ from semalign_core.data.formatting import build_sft_example
 from semalign_core.errors import InvalidParameterError
 from semalign_core.lm.nethook import capture_hidden, run_to_layers
 from semalign_core.semalign.pairing import Pairing, uniform_pairing
-from semalign_core.semalign.transfer import TransferResult, check_compatible
+from semalign_core.semalign.result import TransferResult, check_compatible
 
 EPS = 1e-12
 
@@ -377,14 +378,6 @@ def spec_for(model: nn.Module, trainable: str, lora_r: int = 0) -> costs.Trainab
         return costs.TrainableSpec(lora_params=per_block)
     full = trainable == "full"
     return costs.TrainableSpec(trained_blocks=frozenset(range(n)), embeddings=full, head=full)
-
-
-def summarize(stages: list[dict], wall_s: float, peak: costs.PeakMemory, **extra) -> dict:
-    """Run totals in SemAlign's cost keys (wall_s, peak_rss_mb, tokens, flops) and more."""
-    return {"wall_s": wall_s, **peak.as_dict(),
-            "tokens": sum(s.get("tokens", 0) for s in stages),
-            "real_tokens": sum(s.get("real_tokens", 0) for s in stages),
-            "flops": float(sum(s.get("flops", 0.0) for s in stages)), **extra}
 
 
 # --------------------------------------------------------------------------- shared entry-point logic

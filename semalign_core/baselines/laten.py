@@ -55,7 +55,7 @@ from semalign_core.baselines.controls import (
 from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
 from semalign_core.semalign.pairing import Pairing, uniform_pairing
-from semalign_core.semalign.transfer import TransferResult
+from semalign_core.semalign.result import TransferResult
 
 GROUPS = ("ffn", "attn")
 KINDS = {"ffn": ("up", "down"), "attn": ("v", "o")}

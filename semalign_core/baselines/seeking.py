@@ -44,7 +44,7 @@ from semalign_core.baselines.controls import (
 from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
 from semalign_core.semalign.pairing import Pairing
-from semalign_core.semalign.transfer import TransferResult
+from semalign_core.semalign.result import TransferResult
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Data layer: benchmark resolution, loaders returning a :class:`Split`, chat formatting.
+"""Data layer: benchmark resolution, loaders returning a :class:`Split`, chat formatting and
+the classification prompt table (:mod:`semalign_core.data.prompts`).
 
 Every loader reads the official file formats from the first data folder that holds them
 (``SEMALIGN_DATA_DIR``, ``<repo>/data``, ``<repo>/../shared/benchmarks``), records the sha256
@@ -20,6 +21,7 @@ from semalign_core.data.benchmarks import (
 )
 from semalign_core.data.classification import (
     CLASSIFICATION_TASKS,
+    CLS_EVAL_SPLIT,
     ClassificationTask,
     load_classification,
     pair_text,
@@ -33,11 +35,20 @@ from semalign_core.data.formatting import (
     render_model_chat,
     render_transfer_chat,
 )
+from semalign_core.data.prompts import (
+    CLS_PROMPT_STYLES,
+    CLS_PROMPTS,
+    cls_template,
+    format_cls_prompt,
+)
 from semalign_core.data.resolve import benchmark_path, data_root, sha256_file
 from semalign_core.data.transfer import TRANSFER_SPLITS, TRANSFER_TASKS, load_transfer
 
 __all__ = [
     "CLASSIFICATION_TASKS",
+    "CLS_EVAL_SPLIT",
+    "CLS_PROMPTS",
+    "CLS_PROMPT_STYLES",
     "ClassificationTask",
     "GSM8K_SPLITS",
     "IGNORE_INDEX",
@@ -51,7 +62,9 @@ __all__ = [
     "TRANSFER_TASKS",
     "benchmark_path",
     "build_sft_example",
+    "cls_template",
     "data_root",
+    "format_cls_prompt",
     "gsm8k_target",
     "load_classification",
     "load_gsm8k",

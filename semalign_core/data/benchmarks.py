@@ -13,8 +13,9 @@ import csv
 import gzip
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from semalign_core.data.resolve import benchmark_path, sha256_file
 from semalign_core.errors import InvalidParameterError

@@ -73,6 +73,13 @@ CLASSIFICATION_TASKS: dict[str, ClassificationTask] = {
     )
 }
 
+# The labelled split each task is scored on: test when it has labels, else dev, else the
+# 256-example dev subsample (dbpedia has nothing else here).
+CLS_EVAL_SPLIT: dict[str, str] = {
+    name: next(s for s in ("test", "dev", "dev_subsample") if s in spec.labeled_splits)
+    for name, spec in CLASSIFICATION_TASKS.items()
+}
+
 
 def pair_text(premise: str, hypothesis: str) -> str:
     """Render an entailment pair as one text: 'premise\\nQuestion: hypothesis?'."""

@@ -1,13 +1,14 @@
 """Classification tasks as transfer data: records in the evaluation's own prompt format.
 
 The transfer methods train on ``{"messages": [user, assistant]}`` records. For a classification
-task the user turn is the lm-eval prompt of ``semalign_cls_<task>`` (``CLS_TEMPLATES``: e.g.
-``"Review: {text}\\nSentiment:"``) and the assistant turn is the gold label word; rendered with
-``prompt_style="plain"`` (:func:`~semalign_core.data.formatting.build_sft_example`) that is
-``prompt + " " + label_word``, the very continuation the evaluation scores by log-likelihood. So
-training and evaluation see the same text and the same tokens.
+task the user turn is the lm-eval prompt of ``semalign_cls_<task>`` (the "harness" style of
+:mod:`semalign_core.data.prompts`: e.g. ``"Review: {text}\\nSentiment:"``) and the assistant turn
+is the gold label word; rendered with ``prompt_style="plain"``
+(:func:`~semalign_core.data.formatting.build_sft_example`) that is ``prompt + " " + label_word``,
+the very continuation the evaluation scores by log-likelihood. So training and evaluation see the
+same text and the same tokens.
 
-Where the training data comes from (``POOLS``):
+Where the training data comes from (``_pool_spec``):
 
 * a task with a labelled ``train`` file trains on it and is evaluated on its usual split;
 * ``sst2`` has no train file here (the suite's ``sst2/train`` was not copied; its test file is
@@ -26,7 +27,12 @@ import random
 import re
 
 from semalign_core.data.benchmarks import Split, make_split
-from semalign_core.data.classification import CLASSIFICATION_TASKS, load_classification
+from semalign_core.data.classification import (
+    CLASSIFICATION_TASKS,
+    CLS_EVAL_SPLIT,
+    load_classification,
+)
+from semalign_core.data.prompts import format_cls_prompt
 from semalign_core.errors import InvalidParameterError
 
 CLS_PARTS = ("extract", "train")
@@ -47,27 +53,19 @@ def _pool_spec(task: str) -> tuple[str, str | None]:
 
 def cls_transfer_tasks() -> tuple[str, ...]:
     """Classification tasks usable for transfer (a train file, or sst2's dev partition)."""
-    return tuple(t for t, s in CLASSIFICATION_TASKS.items() if "train" in s.labeled_splits or t == "sst2")
+    return tuple(t for t, s in CLASSIFICATION_TASKS.items()
+                 if "train" in s.labeled_splits or t == "sst2")
 
 
 def eval_split(task: str) -> str:
     """The split the evaluation of a transfer run must read (disjoint from the training pool)."""
-    from semalign_core.evaluation.tasks.utils import CLS_EVAL_SPLIT
-
     held_out = _pool_spec(task)[1]
     return held_out or CLS_EVAL_SPLIT[task]
 
 
 def eval_task_options(task: str) -> dict[str, dict]:
-    """``evaluate(..., task_options=...)`` that makes ``semalign_cls_<task>`` read :func:`eval_split`."""
+    """``evaluate(..., task_options=...)`` so ``semalign_cls_<task>`` reads :func:`eval_split`."""
     return {f"semalign_cls_{task}": {"split": eval_split(task)}}
-
-
-def cls_prompt(task: str, text: str) -> str:
-    """The evaluation prompt of one text (``CLS_TEMPLATES``, text stripped as the task does)."""
-    from semalign_core.evaluation.tasks.utils import CLS_TEMPLATES
-
-    return CLS_TEMPLATES[task].format(text=text.strip())
 
 
 def _norm(text: str) -> str:
@@ -76,14 +74,17 @@ def _norm(text: str) -> str:
 
 def cls_record(task: str, rec: dict) -> dict:
     """A classification record as a transfer record (messages) with its label and text."""
-    prompt = cls_prompt(task, rec["text"])
+    prompt = format_cls_prompt(rec["text"], task, "harness")  # the evaluation's own prompt
     word = CLASSIFICATION_TASKS[task].label_words[rec["label"]]
-    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": word}],
-            "prompt": prompt, "completion": word, "label": rec["label"], "text": rec["text"]}
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": word}]
+    return {"messages": messages, "prompt": prompt, "completion": word, "label": rec["label"],
+            "text": rec["text"]}
 
 
-def load_cls_transfer(task: str, part: str, limit: int | None = None, seed: int | None = None) -> Split:
-    """Records of ``part`` ("extract" or "train") of ``task``'s training pool, as transfer records."""
+def load_cls_transfer(task: str, part: str, limit: int | None = None,
+                      seed: int | None = None) -> Split:
+    """Records of ``part`` ("extract" or "train") of ``task``'s training pool, as transfer
+    records."""
     if task not in CLASSIFICATION_TASKS:
         raise InvalidParameterError(f"unknown classification task {task!r}; choose one of "
                                     f"{', '.join(cls_transfer_tasks())}")
@@ -106,5 +107,5 @@ def load_cls_transfer(task: str, part: str, limit: int | None = None, seed: int 
     return make_split(f"classification-transfer/{task}", part, out, sources, limit, seed)
 
 
-__all__ = ["CLS_PARTS", "N_EXTRACT", "cls_prompt", "cls_record", "cls_transfer_tasks", "eval_split",
+__all__ = ["CLS_PARTS", "N_EXTRACT", "cls_record", "cls_transfer_tasks", "eval_split",
            "eval_task_options", "load_cls_transfer"]

@@ -11,6 +11,8 @@ import os
 import random
 from pathlib import Path
 
+import torch
+
 from semalign_core import paths
 from semalign_core.errors import DataNotFoundError, InvalidParameterError
 
@@ -27,8 +29,10 @@ HELDOUT_CORPUS = "sherlock_holmes"
 
 def corpus_path(name: str) -> Path:
     if name not in CORPUS_FILES:
-        raise InvalidParameterError(f"unknown corpus {name!r}; choose one of: {', '.join(CORPUS_FILES)}")
-    roots = [Path(os.environ["SEMALIGN_CORPUS_DIR"])] if os.environ.get("SEMALIGN_CORPUS_DIR") else []
+        raise InvalidParameterError(
+            f"unknown corpus {name!r}; choose one of: {', '.join(CORPUS_FILES)}")
+    env = os.environ.get("SEMALIGN_CORPUS_DIR")
+    roots = [Path(env)] if env else []
     roots += [paths.REPO_ROOT / "data" / "corpora", paths.REPO_ROOT.parent / "shared" / "corpora"]
     for root in roots:
         if (root / CORPUS_FILES[name]).is_file():
@@ -58,15 +62,14 @@ def corpus_ids(tokenizer, name: str) -> list[int]:
     return _TOKEN_CACHE[key]
 
 
-def token_blocks(tokenizer, names, seq_len: int, n_blocks: int, seed: int = 0) -> "torch.Tensor":
+def token_blocks(tokenizer, names, seq_len: int, n_blocks: int, seed: int = 0) -> torch.Tensor:
     """``n_blocks`` random windows of ``seq_len`` tokens from the named corpora, seeded."""
-    import torch
-
     ids: list[int] = []
     for name in names:
         ids += corpus_ids(tokenizer, name)
     if len(ids) < seq_len + 1:
-        raise InvalidParameterError(f"corpora {names} hold {len(ids)} tokens, fewer than seq_len={seq_len}")
+        raise InvalidParameterError(
+            f"corpora {names} hold {len(ids)} tokens, fewer than seq_len={seq_len}")
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(ids) - seq_len) for _ in range(n_blocks)]
     return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)

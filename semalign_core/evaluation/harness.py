@@ -1,10 +1,10 @@
 """One evaluation API over lm-eval: ``evaluate(model, tasks, ...)`` -> one record per task.
 
-The tasks are the ``semalign_*`` lm-eval configs in :mod:`semalign_core.evaluation.tasks`, registered by
-include path (``TaskManager(include_path=TASKS_DIR)``) and fed by our data layer, so they run
-offline from any working directory. lm-eval builds the requests, calls the model (``HFLM`` over
-the in-memory model) and aggregates the metrics; this module chooses the settings, checks the
-input and turns lm-eval's output into result records with provenance.
+The tasks are the ``semalign_*`` lm-eval configs in :mod:`semalign_core.evaluation.tasks`,
+registered by include path (``TaskManager(include_path=TASKS_DIR)``) and fed by our data layer, so
+they run offline from any working directory. lm-eval builds the requests, calls the model
+(``HFLM`` over the in-memory model) and aggregates the metrics; this module chooses the settings,
+checks the input and turns lm-eval's output into result records with provenance.
 
 Settings that move scores are fixed and recorded: batch size, padding side (HFLM pads
 log-likelihood batches on the right and generation batches on the left), BOS handling, prompt
@@ -19,14 +19,25 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import random
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from semalign_core.errors import ArtifactError, InvalidParameterError
+import numpy as np
+import torch
+from lm_eval.api.model import LM
+from lm_eval.evaluator import evaluate as lm_eval_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager, get_task_dict
+
+from semalign_core.errors import ArtifactError, InvalidParameterError, OfflineError
+from semalign_core.evaluation.metrics import macro_f1
 from semalign_core.evaluation.tasks import TASKS_DIR, chat_tokenizer
+from semalign_core.evaluation.tasks.utils import generation_until, task_family
+from semalign_core.models.registry import load_model
+from semalign_core.records import provenance, write_json_atomic
 
 PROMPT_STYLES = ("transfer", "model", "plain")
 # HFLM's fixed padding: right for log-likelihood batches (_loglikelihood_tokens), left for
@@ -61,7 +72,8 @@ def resolve_tasks(tasks, allow_builtin: bool = False, builtin_names=None) -> lis
     for name in requested:
         expanded = groups.get(name, [name])
         for task in expanded:
-            if task not in known and not (allow_builtin and builtin_names and task in builtin_names):
+            builtin = allow_builtin and builtin_names and task in builtin_names
+            if task not in known and not builtin:
                 hint = "" if allow_builtin else " (lm-eval's own tasks need allow_builtin=True)"
                 raise InvalidParameterError(
                     f"unknown task {task!r}{hint}; valid: {', '.join(sorted(known))}, "
@@ -79,13 +91,9 @@ def resolve_tasks(tasks, allow_builtin: bool = False, builtin_names=None) -> lis
 
 def _model_and_tokenizer(model, tokenizer):
     """(lm-eval LM or None, HF model or None, tokenizer, display name) from any accepted input."""
-    from lm_eval.api.model import LM
-
     if isinstance(model, LM):
         return model, None, tokenizer, type(model).__name__
     if isinstance(model, (str, Path)):
-        from semalign_core.models.registry import load_model
-
         model = load_model(str(model), verbose=False)
     if hasattr(model, "model") and hasattr(model, "tokenizer") and hasattr(model, "stats"):
         return None, model.model, tokenizer or model.tokenizer, model.name
@@ -142,7 +150,8 @@ def _check_settings(prompt_style, batch_size, max_new_tokens, num_samples, tempe
                         ("num_samples", num_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not number or temperature < 0:
         raise InvalidParameterError(f"temperature must be a number >= 0, got {temperature!r}")
     if num_samples > 1 and temperature == 0:
         raise InvalidParameterError(
@@ -206,8 +215,6 @@ def evaluate(
         _check_chat_template(tok, model_name)
 
     with _quiet_lm_eval():
-        from lm_eval.tasks import TaskManager
-
         builtin = None
         if allow_builtin:
             builtin = set(TaskManager(include_defaults=True).all_tasks)
@@ -219,8 +226,6 @@ def evaluate(
         # themselves lose their copy in the task code), so plain tasks do not change with style.
         add_bos = tok is not None and _tokenizer_adds_bos(tok)
         if lm is None:
-            from lm_eval.models.huggingface import HFLM
-
             lm = HFLM(pretrained=hf_model, tokenizer=tok, batch_size=batch_size,
                       add_bos_token=add_bos, max_length=_max_length(hf_model, tok))
 
@@ -228,7 +233,8 @@ def evaluate(
             runtime = {"prompt_style": prompt_style, "limit": limit, "seed": seed,
                        "tokenizer_key": key, "add_bos": add_bos,
                        "options": dict(task_options or {})}
-            manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=len(ours) < len(names),
+            manager = TaskManager(include_path=str(TASKS_DIR),
+                                  include_defaults=len(ours) < len(names),
                                   metadata={"semalign": runtime})
             task_objs = _build_tasks(manager, names)
             for name, task in task_objs.items():
@@ -274,22 +280,18 @@ def _max_length(hf_model, tokenizer) -> int | None:
 
 def _build_tasks(manager, names: list[str]) -> dict:
     """lm-eval task objects by name; errors of our data layer propagate unchanged."""
-    from lm_eval.tasks import get_task_dict
-
     try:
         task_dict = get_task_dict(names, manager)
     except ArtifactError:
         raise
     except (ConnectionError, OSError) as err:  # lm-eval built-in tasks fetch hub datasets
-        from semalign_core.errors import OfflineError
-
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise OfflineError(f"could not load the data of an lm-eval built-in task ({first}); "
                            "built-in tasks need the Hugging Face hub or its local cache") from None
     flat = {}
 
     def walk(d):
-        for key, value in d.items():
+        for value in d.values():
             if isinstance(value, dict):
                 walk(value)
             else:
@@ -306,8 +308,6 @@ def _configure_task(name, task, ours, style, max_new_tokens, num_samples, temper
     gen = {"max_gen_toks": max_new_tokens, "do_sample": temperature > 0,
            "temperature": float(temperature)}
     if name in ours:
-        from semalign_core.evaluation.tasks.utils import generation_until, task_family
-
         gen["until"] = generation_until(task_family(name), style)
     task.set_config("generation_kwargs", gen, update=True)
     if name in CODE_TASKS:
@@ -320,12 +320,6 @@ def _run(lm, task_objs: dict, limit, seed, bootstrap_iters) -> dict:
     (``simple_evaluate`` would also shell out to git and collect environment details that
     :func:`semalign_core.records.provenance` already records.)
     """
-    import random
-
-    import numpy as np
-    import torch
-    from lm_eval.evaluator import evaluate as lm_eval_evaluate
-
     seed_value = 0 if seed is None else seed
     random.seed(seed_value)
     np.random.seed(seed_value)
@@ -354,23 +348,24 @@ def _metrics(result: dict) -> tuple[dict, dict]:
             continue
         metric, _filter = key.split(",", 1)
         if metric.endswith("_stderr"):
-            errors[metric.removesuffix("_stderr")] = value if isinstance(value, (int, float)) else None
+            number = isinstance(value, (int, float))
+            errors[metric.removesuffix("_stderr")] = value if number else None
         else:
             values[metric] = value
     return values, {m: errors.get(m) for m in values}
 
 
 def _bootstrap_macro_f1(items, iters: int, seed) -> float | None:
-    """Bootstrap standard error of macro-F1 (lm-eval gives none for custom aggregations)."""
-    import numpy as np
-
-    from semalign_core.evaluation.tasks.utils import macro_f1
-
+    """Bootstrap standard error of macro-F1 (lm-eval gives none for custom aggregations) over
+    (gold, prediction) pairs."""
     if len(items) < 2 or iters < 2:
         return None
     rng = np.random.default_rng(0 if seed is None else seed)
     n = len(items)
-    stats = [macro_f1([items[i] for i in rng.integers(0, n, n)]) for _ in range(iters)]
+    stats = []
+    for _ in range(iters):
+        sample = [items[i] for i in rng.integers(0, n, n)]
+        stats.append(macro_f1([g for g, _ in sample], [p for _, p in sample]))
     return float(np.std(stats, ddof=1))
 
 
@@ -411,14 +406,13 @@ def _sample_view(sample: dict, keep_metrics) -> dict:
 
 
 def _record(name, task, output, settings, dtype, device) -> dict:
-    from semalign_core.records import provenance
-
     result = output["results"].get(name, {})
     values, errors = _metrics(result)
     samples = output.get("samples", {}).get(name, [])
     if "macro_f1" in values and errors.get("macro_f1") is None:
         items = [tuple(s["macro_f1"]) for s in samples if "macro_f1" in s]
-        errors["macro_f1"] = _bootstrap_macro_f1(items, settings["bootstrap_iters"], settings["seed"])
+        errors["macro_f1"] = _bootstrap_macro_f1(items, settings["bootstrap_iters"],
+                                                 settings["seed"])
     data = getattr(getattr(task, "dataset", None), "semalign_provenance", None)
     style = (task.eval_docs[0].get("prompt_style") if data and len(task.eval_docs) else None)
     n_samples = output.get("n-samples", {}).get(name, {})
@@ -485,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Evaluate a model on the semalign lm-eval tasks (offline).")
     parser.add_argument("--model", required=True, help="registry name or local model directory")
     parser.add_argument("--tasks", required=True,
-                        help=f"comma-separated; tasks: {', '.join(list_tasks())}; groups: semalign_cls, semalign")
+                        help=f"comma-separated; tasks: {', '.join(list_tasks())}; "
+                             "groups: semalign_cls, semalign")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -498,8 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-samples", action="store_true")
     args = parser.parse_args(argv)
     try:
-        from semalign_core.models.registry import load_model
-
         model = load_model(args.model, dtype=args.dtype, verbose=False)
         records = evaluate(model, args.tasks, limit=args.limit, seed=args.seed,
                            batch_size=args.batch_size, prompt_style=args.prompt_style,
@@ -510,8 +503,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_table(records))
     if args.output:
-        from semalign_core.records import write_json_atomic
-
         write_json_atomic(args.output, {"records": records})
         print(f"wrote {args.output}")
     return 0

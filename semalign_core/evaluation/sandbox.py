@@ -21,17 +21,21 @@ Process layout
 ::
 
     evaluator (this process)
-      └─ A: harness  ``python -I -S -B -c <bootstrap>``, new session, same user as the evaluator
+      └─ A: harness  ``python -I -S -B sandbox_child.py``, new session, the evaluator's user
            └─ B: fork of A that drops privileges, sets the rlimits and runs candidate + tests
 
-* **A** reads a small header (nonce, fds, limits), the program and the tests from stdin (the evaluator writes them and
-  closes the pipe), forks **B**, waits for it with the wall-clock limit, then kills and reaps
-  every process B left behind (A is a Linux *child subreaper*, so orphaned or daemonised
-  descendants - even ones that called ``setsid()`` - are re-parented to A, not to init) and
-  reports B's fate on a *report pipe* that B closed before running any candidate code, so the
-  candidate cannot forge it. ``os.kill(os.getppid(), 9)`` in the candidate therefore targets A,
-  never the evaluator; when the evaluator runs as root, A is root and the candidate (``nobody``)
-  cannot signal it at all.
+Both run :mod:`~semalign_core.evaluation.sandbox_child` (by path: it imports only the standard
+library, so ``semalign_core`` is never imported inside the sandbox); its docstring has the
+protocol and the exact order of B's set-up.
+
+* **A** reads a small header (nonce, fds, limits), the program and the tests from stdin (the
+  evaluator writes them and closes the pipe), forks **B**, waits for it with the wall-clock
+  limit, then kills and reaps every process B left behind (A is a Linux *child subreaper*, so
+  orphaned or daemonised descendants - even ones that called ``setsid()`` - are re-parented to
+  A, not to init) and reports B's fate on a *report pipe* that B closed before running any
+  candidate code, so the candidate cannot forge it. ``os.kill(os.getppid(), 9)`` in the
+  candidate therefore targets A, never the evaluator; when the evaluator runs as root, A is root
+  and the candidate (``nobody``) cannot signal it at all.
 * **B** closes the report pipe, replaces stdin by ``/dev/null``, moves the *result pipe* to a
   random high fd number (not inheritable across ``exec``), sets ``RLIMIT_AS`` (memory),
   ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (``max_output_bytes`` + 1: caps stdout/stderr and any file the
@@ -57,9 +61,10 @@ uid is 0, B switches to ``SandboxLimits.user`` (default ``nobody``; uid/gid 6553
 does not exist) with no supplementary groups. The working directory is a fresh temporary
 directory owned by that user; everything else (the repository, the data, the evaluator's files)
 is protected by ordinary file permissions. If the interpreter or its standard library lives
-where that user cannot read (e.g. a pyenv interpreter under root's home), B keeps ``O_PATH`` handles to those
-``sys.path`` directories opened before the switch and imports through ``/proc/self/fd/N``; this
-exposes those directories (world-readable files anyway) but nothing else of that home directory.
+where that user cannot read (e.g. a pyenv interpreter under root's home), B keeps ``O_PATH``
+handles to those ``sys.path`` directories opened before the switch and imports through
+``/proc/self/fd/N``; this exposes those directories (world-readable files anyway) but nothing
+else of that home directory.
 
 When the evaluator is not root, B runs as the same user: the rlimits apply (``RLIMIT_NPROC`` is
 set to the user's current task count plus ``max_processes``, since that limit counts all of the
@@ -70,7 +75,8 @@ evaluation as root so the ``nobody`` switch applies, for untrusted code at scale
 
 Other choices
 -------------
-* ``-I`` (isolated: no ``PYTHON*`` variables, no user site, script dir not on ``sys.path``),
+* ``-I`` (isolated: no ``PYTHON*`` variables, no user site, the directory of
+  ``sandbox_child.py`` not on ``sys.path``),
   ``-B`` (no ``.pyc`` written by the sandbox) and ``-S``: the ``site`` module is skipped (it costs
   ~15 ms per program) and the evaluator's site-packages directories are appended to ``sys.path``
   instead, so generated code can still ``import numpy``; ``.pth`` files are not processed.
@@ -84,7 +90,7 @@ Other choices
   normally it also kills every process that carries this run's marker variable.
 * No ``preexec_fn`` is used (it is unsafe with the thread pool of
   :func:`~semalign_core.evaluation.code_tasks.score_programs`); the limits are applied by the
-  trusted bootstrap in B before any candidate code runs.
+  trusted harness code in B before any candidate code runs.
 
 Linux only (``/proc``, ``prctl``, rlimits).
 """
@@ -95,6 +101,7 @@ import math
 import os
 import pwd
 import secrets
+import select
 import signal
 import site
 import subprocess
@@ -105,9 +112,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.evaluation import sandbox_child
+from semalign_core.evaluation.sandbox_child import encode_request, parse_report
 
 __all__ = ["SandboxLimits", "SandboxResult", "run_sandboxed", "split_tests", "TEST_SEPARATOR",
-           "STATUSES"]
+           "STATUSES", "DEFAULT_LIMITS"]
 
 STATUSES = ("passed", "failed", "timeout", "memory", "crashed", "output_limit")
 
@@ -115,10 +124,14 @@ STATUSES = ("passed", "failed", "timeout", "memory", "crashed", "output_limit")
 #: :func:`run_sandboxed` splits at the *last* such line; everything after it is trusted test code.
 TEST_SEPARATOR = "# ---- semalign sandbox: tests below ----"
 
+#: The harness program, run by path (``-m`` would import ``semalign_core`` in every sandbox).
+CHILD_PROGRAM = Path(sandbox_child.__file__).resolve()
+
 _MARKER_VAR = "SEMALIGN_SANDBOX_RUN"
 _STARTUP_GRACE_S = 5.0  # interpreter start-up + cleanup allowance on top of wall_s
 _RESULT_CAP = 65536
 _REPORT_CAP = 4096
+_MEMORY_KILL_FRACTION = 0.8  # a SIGKILL at this share of RLIMIT_AS is read as the OOM killer
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,10 @@ class SandboxLimits:
                 "(use at least 64)")
 
 
+#: The limits HumanEval/MBPP scoring uses unless told otherwise.
+DEFAULT_LIMITS = SandboxLimits()
+
+
 @dataclass
 class SandboxResult:
     """Outcome of one program. ``passed`` is true only for ``status == "passed"``.
@@ -175,325 +192,25 @@ class SandboxResult:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# The bootstrap run by the harness process A (and, after fork, by B). Trusted code.
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _HarnessRun:
+    """What the evaluator learnt from one harness process: its exit status (``returncode``),
+    whether the evaluator had to kill it (``timed_out``), A's parsed report (``report``, see
+    :func:`~.sandbox_child.parse_report`) and B's result-pipe bytes (``result``)."""
 
-_BOOTSTRAP = r'''
-import os, sys
-
-def _count_tasks(uid):
-    """Tasks (threads) whose real uid is `uid`: what RLIMIT_NPROC counts."""
-    n = 0
-    want = ("\nUid:\t%d\t" % uid).encode()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            fd = os.open("/proc/" + name + "/status", os.O_RDONLY)
-            try:
-                data = os.read(fd, 8192)
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        if want in data:
-            i = data.find(b"\nThreads:")
-            n += int(data[i + 9:data.find(b"\n", i + 1)]) if i >= 0 else 1
-    return n
-
-def _children(me):
-    kids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/" + name + "/stat", "rb") as f:
-                data = f.read()
-            if int(data[data.rfind(b")") + 2:].split()[1]) == me:
-                kids.append(int(name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return kids
-
-def _reap_all(deadline):
-    """Kill and reap every remaining child (orphans are re-parented to us: subreaper)."""
-    import signal, time
-    me = os.getpid()
-    while time.monotonic() < deadline:
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            return True
-        kids = _children(me)
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.001 if kids else 0.005)
-    return False
-
-def _wait(pid, timeout):
-    """wait4(pid) with a timeout; None on timeout."""
-    import time
-    deadline = time.monotonic() + timeout
-    try:
-        pfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pfd = None
-    if pfd is not None:
-        import select
-        poller = select.poll()
-        poller.register(pfd, select.POLLIN)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.close(pfd)
-                return None
-            if poller.poll(max(1, int(left * 1000))):
-                break
-        os.close(pfd)
-        _, status, ru = os.wait4(pid, 0)
-        return status, ru
-    delay = 0.0005
-    while True:
-        wpid, status, ru = os.wait4(pid, os.WNOHANG)
-        if wpid:
-            return status, ru
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.02)
-
-def _main():
-    import signal, time
-    raw = sys.stdin.buffer.read()
-    head, _, body = raw.partition(b"\n")
-    cfg = {}
-    for item in head.split(b"\0"):
-        key, _, val = item.decode("utf-8", "surrogateescape").partition("=")
-        cfg[key] = val if key in ("nonce", "site") else (None if val == "" else
-                                                         float(val) if key == "wall_s" else int(val))
-    cfg["site"] = [p for p in cfg["site"].split("\x1f") if p]
-    n_prog, n_test = cfg["prog_len"], cfg["test_len"]
-    prog = body[:n_prog].decode("utf-8", "surrogatepass")
-    test = None if n_test < 0 else body[n_prog:n_prog + n_test].decode("utf-8", "surrogatepass")
-    del raw, body
-    prctl = None
-    try:
-        import ctypes
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except Exception:
-        pass
-    _exit, _write = os._exit, os.write
-    rep_fd = cfg["report_fd"]
-    apid = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            _child(cfg, prog, test, prctl, apid)
-        finally:
-            _exit(70)
-    os.close(cfg["result_fd"])
-    cfg["nonce"] = None
-    del prog, test
-    got = _wait(pid, cfg["wall_s"])
-    if got is None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        _, status, ru = os.wait4(pid, 0)
-        what = "timeout"
-    else:
-        status, ru = got
-        if os.WIFSIGNALED(status):
-            what = "signal %d" % os.WTERMSIG(status)
-        else:
-            what = "exit %d" % os.WEXITSTATUS(status)
-    cpu = ru.ru_utime + ru.ru_stime
-    clean = _reap_all(time.monotonic() + 5.0)
-    _write(rep_fd, ("CHILD %s cpu %.3f maxrss_kb %d clean %d\n"
-                    % (what, cpu, ru.ru_maxrss, clean)).encode())
-    _exit(0)
-
-def _child(cfg, prog, test, prctl, apid,
-           _exit=os._exit, _write=os.write, _BaseException=BaseException, _compile=compile,
-           _exec=exec, _dict=dict):
-    # ---- set-up (trusted; any failure is a harness failure, exit 71) ----
-    try:
-        import builtins, resource, signal, types
-        os.close(cfg["report_fd"])
-        nul = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(nul, 0)
-        os.close(nul)
-        res_fd = cfg["result_fd"]
-        soft_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        top = 1024 if soft_nofile < 0 else max(128, min(soft_nofile, 1024))
-        hi = 100 + int.from_bytes(os.urandom(2), "little") % (top - 100)
-        while True:
-            try:
-                os.fstat(hi)
-            except OSError:
-                break
-            hi = 100 + (hi - 99) % (top - 100)
-        os.dup2(res_fd, hi, inheritable=False)
-        os.close(res_fd)
-        res_fd = hi
-        nonce_line = ("PASS " + cfg["nonce"] + "\n").encode()
-        cfg["nonce"] = None
-        uid, gid = cfg["uid"], cfg["gid"]
-        sys.path.extend(p for p in cfg["site"] if p not in sys.path)
-        held = {}
-        if uid is not None:
-            for p in sys.path:
-                if p and os.path.isdir(p):
-                    held[p] = os.open(p, os.O_PATH | os.O_DIRECTORY)
-        base = _count_tasks(uid if uid is not None else os.getuid())
-        if uid is not None:
-            base += 1  # B itself, once it has switched to uid
-        lim = resource.setrlimit
-        lim(resource.RLIMIT_CORE, (0, 0))
-        lim(resource.RLIMIT_FSIZE, (cfg["fsize"], cfg["fsize"]))
-        lim(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
-        lim(resource.RLIMIT_NPROC, (base + cfg["nproc"], base + cfg["nproc"]))
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            if os.getuid() != uid or os.geteuid() != uid:
-                raise RuntimeError("privilege drop failed")
-            remap = {}
-            for p, fd in held.items():
-                if os.access(p, os.R_OK | os.X_OK):
-                    os.close(fd)
-                else:
-                    remap[p] = "/proc/self/fd/%d" % fd
-            if remap:
-                def _m(path):
-                    for old, new in remap.items():
-                        if path == old or path.startswith(old + "/"):
-                            return new + path[len(old):]
-                    return path
-                sys.path[:] = [_m(p) for p in sys.path]
-                for mod in list(sys.modules.values()):
-                    pth = getattr(mod, "__path__", None)
-                    if isinstance(pth, list):
-                        pth[:] = [_m(p) for p in pth]
-                sys.path_importer_cache.clear()
-        if prctl is not None:
-            prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-            prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (after the uid change)
-        if os.getppid() != apid:
-            _exit(72)
-        lim(resource.RLIMIT_AS, (cfg["as_bytes"], cfg["as_bytes"]))
-        try:
-            import _sitebuiltins
-            builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
-            builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
-        except Exception:
-            pass
-        pristine = _dict(builtins.__dict__)
-        module = types.ModuleType("__candidate__")
-        sys.modules["__candidate__"] = module
-        ns = module.__dict__
-        ns["__builtins__"] = builtins
-        cfg.clear()
-    except BaseException as e:
-        try:
-            _write(2, ("sandbox set-up failed: %r\n" % (e,)).encode())
-        finally:
-            _exit(71)
-
-    # ---- the candidate and its tests (untrusted from here on) ----
-    tns = None
-    try:
-        _exec(_compile(prog, "<candidate>", "exec"), ns)
-        if test is not None:
-            tns = _dict(ns)
-            tns["__builtins__"] = _dict(pristine)
-            _exec(_compile(test, "<tests>", "exec"), tns)
-    except _BaseException as exc:
-        try:
-            name = exc.__class__.__name__
-            if not isinstance(name, str):
-                name = "?"
-        except _BaseException:
-            name = "?"
-        try:
-            _write(res_fd, b"FAIL " + name.encode("ascii", "replace")[:200] + b"\n")
-        except _BaseException:
-            pass
-        try:
-            ns.clear()
-            if tns is not None:
-                tns.clear()
-        except _BaseException:
-            pass
-        _flush()
-        try:
-            _write(2, _format_exc(exc, prog, test).encode("utf-8", "replace"))
-        except _BaseException:
-            try:
-                _write(2, b"(traceback unavailable) " + name.encode("ascii", "replace") + b"\n")
-            except _BaseException:
-                pass
-        _flush()
-        _exit(1)
-    try:
-        _write(res_fd, nonce_line)
-    except _BaseException:
-        _exit(3)
-    _flush()
-    _exit(0)
-
-def _format_exc(exc, prog, test):
-    """A short traceback without importing `traceback` (that import costs ~20 ms per run)."""
-    srcs = {"<candidate>": prog.splitlines(), "<tests>": (test or "").splitlines()}
-    frames = []
-    tb = exc.__traceback__
-    tb = tb.tb_next if tb is not None else None  # skip the bootstrap's own frame
-    while tb is not None and len(frames) < 5000:
-        co = tb.tb_frame.f_code
-        entry = '  File "%s", line %s, in %s\n' % (co.co_filename, tb.tb_lineno, co.co_name)
-        lines = srcs.get(co.co_filename)
-        if lines and tb.tb_lineno and 0 < tb.tb_lineno <= len(lines):
-            entry += "    %s\n" % lines[tb.tb_lineno - 1].strip()
-        frames.append(entry)
-        tb = tb.tb_next
-    if len(frames) > 30:
-        frames = frames[:10] + ["  [... %d more frames ...]\n" % (len(frames) - 30)] + frames[-20:]
-    out = ["Traceback (most recent call last):\n"] + frames
-    if isinstance(exc, SyntaxError):
-        out.append('  File "%s", line %s\n    %s\n' % (exc.filename, exc.lineno,
-                                                      (exc.text or "").strip()))
-        msg = exc.msg
-    else:
-        try:
-            msg = str(exc)
-        except BaseException:
-            msg = "<unprintable>"
-    name = exc.__class__.__name__
-    out.append("%s: %s\n" % (name, msg) if msg else "%s\n" % name)
-    return "".join(out)
-
-def _flush():
-    for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            s.flush()
-        except BaseException:
-            pass
-
-_main()
-'''
+    returncode: int
+    timed_out: bool
+    report: dict
+    result: bytes
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluator side
-# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Captured:
+    """The first ``cap`` bytes of stdout and stderr, and whether either grew past the cap."""
+
+    stdout: bytes
+    stderr: bytes
+    over_cap: bool
 
 
 def split_tests(program: str) -> tuple[str, str | None]:
@@ -508,19 +225,38 @@ def split_tests(program: str) -> tuple[str, str | None]:
     return program, None
 
 
-def _encode_header(header: dict) -> bytes:
-    """``key=value`` items separated by NUL (json would cost the harness ~10 ms of imports)."""
-    items = []
-    for key, val in header.items():
-        if key == "site":
-            val = "\x1f".join(val)
-        elif val is None:
-            val = ""
-        items.append(f"{key}={val}")
-    text = "\0".join(items)
-    if "\n" in text:
-        raise InvalidParameterError("site-packages paths must not contain newlines")
-    return text.encode("utf-8", "surrogateescape")
+def run_sandboxed(program: str, limits: SandboxLimits = DEFAULT_LIMITS, *,
+                  test: str | None = None) -> SandboxResult:
+    """Run ``program`` (then ``test``) in a fresh, limited process; see the module docstring.
+
+    If ``test`` is None and ``program`` contains a :data:`TEST_SEPARATOR` line, the part after
+    the last such line is used as the tests. Without tests, the program passes when it runs to
+    completion without an exception.
+    """
+    _check_can_run(program)
+    if test is None:
+        program, test = split_tests(program)
+    uid, gid = _sandbox_identity(limits)
+    nonce = secrets.token_hex(16)
+    header = _request_header(limits, nonce, uid, gid)
+    prog_b = program.encode("utf-8", "surrogatepass")
+    test_b = None if test is None else test.encode("utf-8", "surrogatepass")
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="semalign-sbx-", ignore_cleanup_errors=True) as top:
+        work, io = _make_run_dirs(top, uid, gid)
+        with open(io / "stdout", "w+b") as out_f, open(io / "stderr", "w+b") as err_f:
+            run = _run_harness(header, prog_b, test_b, work, out_f, err_f, limits)
+            captured = _capture(out_f, err_f, int(limits.max_output_bytes))
+    return _classify(limits, nonce, run, captured, time.monotonic() - t0)
+
+
+def _check_can_run(program: object) -> None:
+    if not isinstance(program, str):
+        raise InvalidParameterError(f"program must be a str, got {type(program).__name__}")
+    if not sys.platform.startswith("linux"):
+        raise ArtifactError(
+            "the code sandbox needs Linux (/proc, prctl, rlimits); score HumanEval/MBPP "
+            "inside a Linux machine or container")
 
 
 def _sandbox_identity(limits: SandboxLimits) -> tuple[int | None, int | None]:
@@ -538,6 +274,17 @@ def _sandbox_identity(limits: SandboxLimits) -> tuple[int | None, int | None]:
         ) from None
 
 
+def _request_header(limits: SandboxLimits, nonce: str, uid: int | None,
+                    gid: int | None) -> dict:
+    """The header fields of the harness request, pipe fds excepted (see sandbox_child)."""
+    return {
+        "nonce": nonce, "uid": uid, "gid": gid, "site": _site_dirs(),
+        "wall_s": float(limits.wall_s), "cpu_s": int(math.ceil(limits.cpu_s)),
+        "as_bytes": int(limits.memory_mb) * 1024 * 1024,
+        "fsize": int(limits.max_output_bytes) + 1, "nproc": int(limits.max_processes),
+    }
+
+
 def _site_dirs() -> list[str]:
     dirs: list[str] = []
     try:
@@ -545,6 +292,148 @@ def _site_dirs() -> list[str]:
     except AttributeError:  # pragma: no cover - very old virtualenv
         pass
     return [d for d in dirs if os.path.isdir(d)]
+
+
+def _make_run_dirs(top: str, uid: int | None, gid: int | None) -> tuple[str, Path]:
+    """``work/`` (the program's cwd, owned by the sandbox user) and ``io/`` (evaluator only)."""
+    # top (0711): the sandbox user may traverse it but not list it
+    os.chmod(top, 0o711)
+    work, io = os.path.join(top, "work"), Path(top) / "io"
+    os.mkdir(work, 0o700)
+    os.mkdir(io, 0o700)
+    if uid is not None:
+        os.chown(work, uid, gid)
+    return work, io
+
+
+def _harness_env(work: str, run_id: str) -> dict:
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work,
+        "TMPDIR": work, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1", _MARKER_VAR: run_id,
+    }
+
+
+def _run_harness(header: dict, prog_b: bytes, test_b: bytes | None, work: str, out_f, err_f,
+                 limits: SandboxLimits) -> _HarnessRun:
+    """Start A, feed it the request, wait, and kill everything it or B left behind."""
+    run_id = secrets.token_hex(8)
+    marker = f"{_MARKER_VAR}={run_id}".encode()
+    proc = None
+    res_r, res_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    try:
+        try:
+            payload = _encode(dict(header, result_fd=res_w, report_fd=rep_w), prog_b, test_b)
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)],
+                stdin=subprocess.PIPE, stdout=out_f, stderr=err_f, cwd=work,
+                env=_harness_env(work, run_id), pass_fds=(res_w, rep_w),
+                start_new_session=True, close_fds=True)
+        finally:
+            os.close(res_w)
+            os.close(rep_w)
+        _feed(proc, payload)
+        timed_out = not _wait_exit_no_reap(proc, limits.wall_s + _STARTUP_GRACE_S)
+        _kill_group(proc)
+        result = _read_fd_nonblocking(res_r, _RESULT_CAP)
+        report = parse_report(_read_fd_nonblocking(rep_r, _REPORT_CAP))
+        if timed_out or proc.returncode != 0 or not report or not report.get("clean", 0):
+            _kill_marked(marker)
+    except BaseException:
+        # e.g. KeyboardInterrupt in the evaluator: leave nothing running behind us
+        if proc is not None:
+            _kill_group(proc)
+        _kill_marked(marker)
+        raise
+    finally:
+        os.close(res_r)
+        os.close(rep_r)
+    return _HarnessRun(proc.returncode, timed_out, report, result)
+
+
+def _encode(header: dict, prog_b: bytes, test_b: bytes | None) -> bytes:
+    try:
+        return encode_request(header, prog_b, test_b)
+    except ValueError as e:
+        raise InvalidParameterError(str(e)) from None
+
+
+def _feed(proc: subprocess.Popen, payload: bytes) -> None:
+    """Write the request and close stdin; a harness that died early is seen later."""
+    try:
+        try:
+            proc.stdin.write(payload)
+        finally:
+            proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+
+
+def _wait_exit_no_reap(proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until the process has exited *without reaping it* (so its pgid cannot be reused
+    before we killpg it). Returns False on timeout."""
+    try:
+        pfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(pfd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if poller.poll(max(1, int(left * 1000))):
+                return True
+    finally:
+        os.close(pfd)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL A's whole process group, then reap A."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _kill_marked(marker: bytes, timeout: float = 5.0) -> None:
+    """SIGKILL every process whose initial environment carries this run's marker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _pids_with_environ(marker)
+        if not found or time.monotonic() > deadline:
+            return
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.01)
+
+
+def _pids_with_environ(marker: bytes) -> list[int]:
+    """Pids (other than ours) whose ``/proc/<pid>/environ`` contains ``marker``."""
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if marker in env:
+            found.append(int(name))
+    return found
 
 
 def _read_fd_nonblocking(fd: int, cap: int) -> bytes:
@@ -562,229 +451,61 @@ def _read_fd_nonblocking(fd: int, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _kill_marked(marker: bytes, timeout: float = 5.0) -> None:
-    """SIGKILL every process whose initial environment carries this run's marker."""
-    deadline = time.monotonic() + timeout
-    me = os.getpid()
-    while True:
-        found = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open(f"/proc/{name}/environ", "rb") as f:
-                    env = f.read()
-            except OSError:
-                continue
-            if marker in env:
-                found.append(int(name))
-        if not found or time.monotonic() > deadline:
-            return
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.01)
+def _capture(out_f, err_f, cap: int) -> _Captured:
+    over_cap = False
+    texts = []
+    for f in (out_f, err_f):
+        over_cap |= os.fstat(f.fileno()).st_size > cap
+        f.seek(0)
+        texts.append(f.read(cap))
+    return _Captured(texts[0], texts[1], over_cap)
 
 
-def _wait_exit_no_reap(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait until the process has exited *without reaping it* (so its pgid cannot be reused
-    before we killpg it). Returns False on timeout."""
-    try:
-        pfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        try:
-            proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        import select
-
-        poller = select.poll()
-        poller.register(pfd, select.POLLIN)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if poller.poll(max(1, int(left * 1000))):
-                return True
-    finally:
-        os.close(pfd)
-
-
-def _parse_report(report: bytes) -> dict:
-    """Parse A's line ``CHILD <exit N|signal N|timeout> cpu X maxrss_kb K clean C``."""
-    for line in report.decode("ascii", "replace").splitlines():
-        parts = line.split()
-        if not parts or parts[0] != "CHILD":
-            continue
-        out: dict = {}
-        rest = parts[1:]
-        if rest[:1] == ["timeout"]:
-            out["kind"], rest = "timeout", rest[1:]
-        elif len(rest) >= 2 and rest[0] in ("exit", "signal"):
-            out["kind"], out["code"], rest = rest[0], int(rest[1]), rest[2:]
-        for key, val in zip(rest[::2], rest[1::2]):
-            try:
-                out[key] = float(val)
-            except ValueError:
-                pass
-        return out
-    return {}
-
-
-def run_sandboxed(program: str, limits: SandboxLimits = SandboxLimits(), *,
-                  test: str | None = None) -> SandboxResult:
-    """Run ``program`` (then ``test``) in a fresh, limited process; see the module docstring.
-
-    If ``test`` is None and ``program`` contains a :data:`TEST_SEPARATOR` line, the part after
-    the last such line is used as the tests. Without tests, the program passes when it runs to
-    completion without an exception.
-    """
-    if not isinstance(program, str):
-        raise InvalidParameterError(f"program must be a str, got {type(program).__name__}")
-    if not sys.platform.startswith("linux"):
-        raise ArtifactError(
-            "the code sandbox needs Linux (/proc, prctl, rlimits); score HumanEval/MBPP "
-            "inside a Linux machine or container")
-    if test is None:
-        program, test = split_tests(program)
-    uid, gid = _sandbox_identity(limits)
-    nonce = secrets.token_hex(16)
-    run_id = secrets.token_hex(8)
-    marker = f"{_MARKER_VAR}={run_id}".encode()
-    prog_b = program.encode("utf-8", "surrogatepass")
-    test_b = b"" if test is None else test.encode("utf-8", "surrogatepass")
-    cap = int(limits.max_output_bytes)
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="semalign-sbx-", ignore_cleanup_errors=True) as top:
-        # top (0711): the sandbox user may traverse it but not list it; work/ is its own
-        # directory; io/ (0700, evaluator only) holds the stdout/stderr files.
-        os.chmod(top, 0o711)
-        work, io = os.path.join(top, "work"), os.path.join(top, "io")
-        os.mkdir(work, 0o700)
-        os.mkdir(io, 0o700)
-        if uid is not None:
-            os.chown(work, uid, gid)
-        out_f = open(Path(io) / "stdout", "w+b")
-        err_f = open(Path(io) / "stderr", "w+b")
-        res_r, res_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        header = {
-            "nonce": nonce, "result_fd": res_w, "report_fd": rep_w,
-            "prog_len": len(prog_b), "test_len": -1 if test is None else len(test_b),
-            "uid": uid, "gid": gid, "site": _site_dirs(),
-            "wall_s": float(limits.wall_s), "cpu_s": int(math.ceil(limits.cpu_s)),
-            "as_bytes": int(limits.memory_mb) * 1024 * 1024, "fsize": cap + 1,
-            "nproc": int(limits.max_processes),
-        }
-        payload = _encode_header(header) + b"\n" + prog_b + test_b
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work,
-            "TMPDIR": work, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1", _MARKER_VAR: run_id,
-        }
-        timed_out = False
-        proc = None
-        try:
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-B", "-c", _BOOTSTRAP],
-                    stdin=subprocess.PIPE, stdout=out_f, stderr=err_f, cwd=work, env=env,
-                    pass_fds=(res_w, rep_w), start_new_session=True, close_fds=True)
-            finally:
-                os.close(res_w)
-                os.close(rep_w)
-            try:
-                try:
-                    proc.stdin.write(payload)
-                finally:
-                    proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            if not _wait_exit_no_reap(proc, limits.wall_s + _STARTUP_GRACE_S):
-                timed_out = True
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-            result = _read_fd_nonblocking(res_r, _RESULT_CAP)
-            report = _read_fd_nonblocking(rep_r, _REPORT_CAP)
-            info = _parse_report(report)
-            if timed_out or proc.returncode != 0 or not info or not info.get("clean", 0):
-                _kill_marked(marker)
-        except BaseException:
-            # e.g. KeyboardInterrupt in the evaluator: leave nothing running behind us
-            if proc is not None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-            _kill_marked(marker)
-            out_f.close()
-            err_f.close()
-            raise
-        finally:
-            os.close(res_r)
-            os.close(rep_r)
-        try:
-            out_size = os.fstat(out_f.fileno()).st_size
-            err_size = os.fstat(err_f.fileno()).st_size
-            out_f.seek(0)
-            stdout = out_f.read(cap)
-            err_f.seek(0)
-            stderr = err_f.read(cap)
-        finally:
-            out_f.close()
-            err_f.close()
-    wall = time.monotonic() - t0
-    return _classify(limits, nonce, proc.returncode, timed_out, info, result, stdout, stderr,
-                     out_size, err_size, wall)
-
-
-def _classify(limits: SandboxLimits, nonce: str, harness_rc: int, timed_out: bool, info: dict,
-              result: bytes, stdout: bytes, stderr: bytes, out_size: int, err_size: int,
+def _classify(limits: SandboxLimits, nonce: str, run: _HarnessRun, captured: _Captured,
               wall: float) -> SandboxResult:
-    lines = result.decode("utf-8", "replace").splitlines()
-    pass_line = f"PASS {nonce}" in lines
+    lines = run.result.decode("utf-8", "replace").splitlines()
     fails = [ln[5:].strip() for ln in lines if ln.startswith("FAIL ")]
     error = fails[-1] if fails else None
-    kind = info.get("kind")
-    code = info.get("code")
-    if kind == "exit":
-        returncode: int | None = int(code)
-    elif kind == "signal":
-        returncode = -int(code)
-    elif timed_out or kind == "timeout":
-        returncode = None
-    else:
-        returncode = harness_rc
-    cpu = info.get("cpu", 0.0)
-    cap = limits.max_output_bytes
-    if out_size > cap or err_size > cap:
-        status = "output_limit"
-    elif timed_out or kind == "timeout":
-        status = "timeout"
-    elif kind == "signal" and (code == signal.SIGXCPU
-                               or (code == signal.SIGKILL and cpu >= math.ceil(limits.cpu_s))):
-        status = "timeout"
-    elif pass_line and harness_rc == 0 and kind == "exit" and code == 0:
-        status = "passed"
-    elif error == "MemoryError" or (error is None and b"MemoryError" in stderr[-2000:]):
-        status = "memory"
-    elif (kind == "signal" and code == signal.SIGKILL
-          and info.get("maxrss_kb", 0) * 1024 >= 0.8 * limits.memory_mb * 1024 * 1024):
-        status = "memory"  # killed near the memory limit: most likely the kernel's OOM killer
-    elif harness_rc != 0 or kind != "exit":
-        status = "crashed"
-    else:
-        status = "failed"
+    passed_line = sandbox_child.pass_line(nonce).decode().rstrip("\n") in lines
+    status = _status(limits, run, captured, error, passed_line)
     return SandboxResult(
-        passed=status == "passed", status=status, returncode=returncode,
-        stdout=stdout.decode("utf-8", "replace"), stderr=stderr.decode("utf-8", "replace"),
-        wall_s=wall, error=error)
+        passed=status == "passed", status=status, returncode=_returncode(run),
+        stdout=captured.stdout.decode("utf-8", "replace"),
+        stderr=captured.stderr.decode("utf-8", "replace"), wall_s=wall, error=error)
+
+
+def _returncode(run: _HarnessRun) -> int | None:
+    """B's exit status (negative signal), None if killed at the time limit, else A's."""
+    kind, code = run.report.get("kind"), run.report.get("code")
+    if kind == "exit":
+        return int(code)
+    if kind == "signal":
+        return -int(code)
+    if run.timed_out or kind == "timeout":
+        return None
+    return run.returncode
+
+
+def _status(limits: SandboxLimits, run: _HarnessRun, captured: _Captured, error: str | None,
+            passed_line: bool) -> str:
+    """One of :data:`STATUSES`; the order of the checks is the precedence."""
+    kind, code = run.report.get("kind"), run.report.get("code")
+    killed = kind == "signal" and code == signal.SIGKILL
+    if captured.over_cap:
+        return "output_limit"
+    if run.timed_out or kind == "timeout":
+        return "timeout"
+    if kind == "signal" and code == signal.SIGXCPU:
+        return "timeout"
+    if killed and run.report.get("cpu", 0.0) >= math.ceil(limits.cpu_s):
+        return "timeout"  # the hard RLIMIT_CPU
+    if passed_line and run.returncode == 0 and kind == "exit" and code == 0:
+        return "passed"
+    if error == "MemoryError" or (error is None and b"MemoryError" in captured.stderr[-2000:]):
+        return "memory"
+    memory_bytes = limits.memory_mb * 1024 * 1024
+    if killed and run.report.get("maxrss_kb", 0) * 1024 >= _MEMORY_KILL_FRACTION * memory_bytes:
+        return "memory"  # killed near the memory limit: most likely the kernel's OOM killer
+    if run.returncode != 0 or kind != "exit":
+        return "crashed"
+    return "failed"

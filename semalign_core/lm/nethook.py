@@ -24,17 +24,22 @@ Relation to ``output_hidden_states=True`` (transformers 4.57, all supported arch
 
 Hooks are always removed on exit, exceptions included. A module called twice in one forward
 (weight sharing, gradient-checkpoint recomputation) keeps the last call's tensor.
+
+:class:`record_block_calls` records instead the arguments each block receives (masks, rotary
+embeddings, positions) without running the blocks; :mod:`semalign_core.lm.replay` replays them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
+from semalign_core.lm import surgery
 
 POINTS = ("embed", "block_in", "block_out", "attn_out", "mlp_out")
 
@@ -43,8 +48,8 @@ class StopForward(Exception):
     """Raised by a hook after the deepest requested layer, to skip the rest of the forward pass."""
 
 
-def _first_tensor(output) -> torch.Tensor:
-    # HF blocks and attention modules return tuples in some architectures/versions.
+def first_tensor(output) -> torch.Tensor:
+    """The hidden state in a block's or sublayer's output (a tuple in some architectures)."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
@@ -71,7 +76,9 @@ class Trace:
         """(n_layers_captured, batch, seq, d) in layer order."""
         states = self[point]
         if not states:
-            raise InvalidParameterError(f"nothing captured for point {point!r} (did the forward run?)")
+            raise InvalidParameterError(
+                f"nothing captured for point {point!r} (did the forward run?)"
+            )
         return torch.stack([states[k] for k in sorted(states)])
 
     def latent_states(self) -> torch.Tensor:
@@ -109,7 +116,9 @@ def _check_points(points: Iterable[str] | str) -> tuple[str, ...]:
     points = (points,) if isinstance(points, str) else tuple(points)
     unknown = [p for p in points if p not in POINTS]
     if unknown or not points:
-        raise InvalidParameterError(f"unknown capture point(s) {unknown}; choose from {', '.join(POINTS)}")
+        raise InvalidParameterError(
+            f"unknown capture point(s) {unknown}; choose from {', '.join(POINTS)}"
+        )
     return points
 
 
@@ -158,7 +167,7 @@ class capture_hidden:  # noqa: N801 - used as a function-style context manager
 
     def _output_hook(self, point: str, k: int):
         def hook(module, args, output):
-            self._store(point, k, _first_tensor(output))
+            self._store(point, k, first_tensor(output))
 
         return hook
 
@@ -184,7 +193,8 @@ class capture_hidden:  # noqa: N801 - used as a function-style context manager
                 continue
             for point, find in sublayer.items():
                 if point in self.points:
-                    self._handles.append(find(block).register_forward_hook(self._output_hook(point, k)))
+                    hook = self._output_hook(point, k)
+                    self._handles.append(find(block).register_forward_hook(hook))
             if "block_out" in self.points:
                 self._handles.append(block.register_forward_hook(self._output_hook("block_out", k)))
         if self.stop_after_deepest and hooked:
@@ -206,7 +216,7 @@ class capture_hidden:  # noqa: N801 - used as a function-style context manager
             # transformers' @check_model_inputs (output_hidden_states / output_attentions)
             # monkey-patches module.forward and restores it only when the forward returns; an
             # aborted forward (StopForward or any error) would leave capture wrappers behind.
-            self._restore_patched_forwards()
+            restore_patched_forwards(self.model)
         return exc_type is not None and issubclass(exc_type, StopForward)
 
     def _remove(self) -> None:
@@ -214,13 +224,15 @@ class capture_hidden:  # noqa: N801 - used as a function-style context manager
             handle.remove()
         self._handles.clear()
 
-    def _restore_patched_forwards(self) -> None:
-        for module in self.model.modules():
-            patched = forward = vars(module).get("forward")
-            while _is_transformers_capture_wrapper(forward):
-                forward = forward.__wrapped__
-            if forward is not patched:
-                module.forward = forward  # what transformers itself restores after a clean forward
+
+def restore_patched_forwards(model: nn.Module) -> None:
+    """Undo the forward wrappers transformers leaves behind when a forward is aborted."""
+    for module in model.modules():
+        patched = forward = vars(module).get("forward")
+        while _is_transformers_capture_wrapper(forward):
+            forward = forward.__wrapped__
+        if forward is not patched:
+            module.forward = forward  # what transformers itself restores after a clean forward
 
 
 def _is_transformers_capture_wrapper(forward) -> bool:
@@ -231,6 +243,76 @@ def _is_transformers_capture_wrapper(forward) -> bool:
         and getattr(code, "co_name", "") == "wrapped_forward"
         and "transformers" in getattr(code, "co_filename", "")
     )
+
+
+class BlockCall(NamedTuple):
+    """The arguments a model passed to one decoder block, the hidden state taken out."""
+
+    args: tuple
+    kwargs: dict
+
+
+@dataclass
+class BlockCalls:
+    """What :class:`record_block_calls` saw: the state entering block 0 and every block's call."""
+
+    embedding_output: torch.Tensor | None = None
+    calls: list[BlockCall] = field(default_factory=list)
+
+
+class record_block_calls:  # noqa: N801 - used as a function-style context manager
+    """Record the arguments the model passes to decoder blocks 0..stop−1, without running them::
+
+        with record_block_calls(model) as recorded:
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+        h0, (args, kwargs) = recorded.embedding_output, recorded.calls[2]
+
+    Each block's ``forward`` is swapped for a recorder that hands the hidden state on unchanged,
+    and the forward ends after block ``stop − 1`` (the abort is swallowed on exit): the pass costs
+    the embedding and the mask preparation only. The original forwards are always put back.
+    """
+
+    def __init__(self, model: nn.Module, stop: int | None = None):
+        self.model = model
+        self.blocks = surgery.decoder_layers(model)
+        self.stop = len(self.blocks) if stop is None else stop
+        n = len(self.blocks)
+        if not 1 <= self.stop <= n:
+            raise InvalidParameterError(f"stop={stop} out of range for a {n}-layer model (1..{n})")
+        self.recorded = BlockCalls()
+        self._own_forwards: dict[int, object] = {}  # instance-level forwards found (accelerate's)
+
+    def _recorder(self, k: int):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            # The previous recorder returned a tuple; tensor-passing backbones hand it on as is.
+            hidden = first_tensor(hidden)
+            if k == 0:
+                self.recorded.embedding_output = hidden
+            self.recorded.calls.append(BlockCall(tuple(args[1:]), kwargs))
+            if k == self.stop - 1:
+                raise StopForward
+            return (hidden,)  # backbones that expect tuples take item 0, the others pass it on
+
+        return forward
+
+    def __enter__(self) -> BlockCalls:
+        for k in range(self.stop):
+            block = self.blocks[k]
+            if "forward" in vars(block):
+                self._own_forwards[k] = vars(block)["forward"]
+            block.forward = self._recorder(k)
+        return self.recorded
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        for k in range(self.stop):
+            if k in self._own_forwards:
+                self.blocks[k].forward = self._own_forwards[k]
+            else:
+                vars(self.blocks[k]).pop("forward", None)
+        if exc_type is not None:
+            restore_patched_forwards(self.model)
+        return exc_type is not None and issubclass(exc_type, StopForward)
 
 
 def run_to_layers(

@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +33,12 @@ from torch import Tensor
 
 from semalign_core import paths
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
+from semalign_core.lm import surgery
 
 EPS = 1e-12
 DEFAULT_CHUNK = 8192
 _LRU_SIZE = 2  # source + target heads; at paper scale each S is ~0.65 GB of fp32
-_LRU: "OrderedDict[str, Tensor]" = OrderedDict()  # sha256 key -> raw (un-normalised) S on CPU
+_LRU: OrderedDict[str, Tensor] = OrderedDict()  # sha256 key -> raw (un-normalised) S on CPU
 
 Rescale = Literal["none", "source_norm", "target_norm"]
 
@@ -90,10 +92,16 @@ def _load_disk(path: Path) -> Tensor | None:
 def _save_disk(path: Path, value: Tensor, key: str) -> None:
     from safetensors.torch import save_file
 
-    from semalign_core.records import atomic_write  # lazy: keeps this module free of records' imports
+    from semalign_core.records import (
+        atomic_write,  # lazy: keeps this module free of records' imports
+    )
 
-    atomic_write(path, lambda tmp: save_file({"bases": value.contiguous()}, tmp,
-                                             metadata={"sha256": key, "kind": "pinv(W^T) fp32"}))
+    atomic_write(
+        path,
+        lambda tmp: save_file(
+            {"bases": value.contiguous()}, tmp, metadata={"sha256": key, "kind": "pinv(W^T) fp32"}
+        ),
+    )
 
 
 def semantic_bases(
@@ -110,7 +118,9 @@ def semantic_bases(
     with unit rows. Returns a fresh tensor on the weight's device each call.
     """
     if lm_head_weight.dim() != 2:
-        raise InvalidParameterError(f"lm_head_weight must be 2-D (|V| x d), got shape {tuple(lm_head_weight.shape)}")
+        raise InvalidParameterError(
+            f"lm_head_weight must be 2-D (|V| x d), got shape {tuple(lm_head_weight.shape)}"
+        )
     key = weight_key(lm_head_weight)
     raw = _lru_get(key)
     path = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "bases"
@@ -159,7 +169,8 @@ def _match_vocab(bases_src: Tensor, bases_tgt: Tensor, vocab_limit: int | None) 
         return v_src
     if not 0 < vocab_limit <= min(v_src, v_tgt):
         raise IncompatibleModelsError(
-            f"vocab_limit={vocab_limit} is outside 1..{min(v_src, v_tgt)} (source {v_src}, target {v_tgt} tokens)"
+            f"vocab_limit={vocab_limit} is outside 1..{min(v_src, v_tgt)} "
+            f"(source {v_src}, target {v_tgt} tokens)"
         )
     return int(vocab_limit)
 
@@ -171,7 +182,9 @@ def decompose(h: Tensor, bases_src: Tensor, chunk_size: int = DEFAULT_CHUNK) -> 
     """
     chunk_size = _check_chunk(chunk_size)
     if h.shape[-1] != bases_src.shape[-1]:
-        raise InvalidParameterError(f"hidden size {h.shape[-1]} does not match bases width {bases_src.shape[-1]}")
+        raise InvalidParameterError(
+            f"hidden size {h.shape[-1]} does not match bases width {bases_src.shape[-1]}"
+        )
     dt = _compute_dtype(h, bases_src)
     x = h.to(dt)
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
@@ -207,12 +220,16 @@ def _rescale(h_tilde: Tensor, h_src: Tensor, rescale: str, target_norm) -> Tenso
         return direction * h_src.to(h_tilde.dtype).norm(dim=-1, keepdim=True)
     if rescale == "target_norm":
         if target_norm is None:
-            raise InvalidParameterError("rescale='target_norm' needs target_norm (a float or a tensor of norms)")
+            raise InvalidParameterError(
+                "rescale='target_norm' needs target_norm (a float or a tensor of norms)"
+            )
         norm = torch.as_tensor(target_norm, dtype=h_tilde.dtype, device=h_tilde.device)
         if norm.dim() == h_tilde.dim() - 1 and norm.dim() > 0:
             norm = norm.unsqueeze(-1)
         return direction * norm
-    raise InvalidParameterError(f"rescale must be 'none', 'source_norm' or 'target_norm', got {rescale!r}")
+    raise InvalidParameterError(
+        f"rescale must be 'none', 'source_norm' or 'target_norm', got {rescale!r}"
+    )
 
 
 def transfer_state(
@@ -235,7 +252,9 @@ def transfer_state(
     chunk_size = _check_chunk(chunk_size)
     n_vocab = _match_vocab(bases_src, bases_tgt, vocab_limit)
     if h_src.shape[-1] != bases_src.shape[-1]:
-        raise InvalidParameterError(f"hidden size {h_src.shape[-1]} does not match source bases width {bases_src.shape[-1]}")
+        raise InvalidParameterError(
+            f"hidden size {h_src.shape[-1]} does not match source bases width {bases_src.shape[-1]}"
+        )
     dt = _compute_dtype(h_src, bases_src, bases_tgt)
     x = h_src.to(dt)
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
@@ -274,13 +293,12 @@ def aligned_logits(
     """Target-space aligned logits ``z~ = lm_head(final_norm(h~))`` (spec reading 1).
 
     ``final_norm`` is the target's final norm module (or None for identity); ``softcap`` is a
-    final-logit soft cap (Gemma-2 style ``cap * tanh(z / cap)``) when the model uses one.
+    final-logit soft cap (``surgery.softcap_logits``) when the model uses one. With the target's
+    own norm, head and cap this is ``surgery.Unembed(target)(h~)``.
     """
     x = final_norm(h_tilde) if final_norm is not None else h_tilde
     z = F.linear(x.to(lm_head_weight.dtype), lm_head_weight, lm_head_bias)
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    return z
+    return surgery.softcap_logits(z, softcap)
 
 
 def vds_logits(h: Tensor, bases: Tensor, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
@@ -316,7 +334,9 @@ def fisher_quadratic_surrogate(
     is the spec's literal formula with the unscaled δ = z − z~.
     """
     if z.shape != z_tilde.shape:
-        raise InvalidParameterError(f"logit shapes differ: {tuple(z.shape)} vs {tuple(z_tilde.shape)}")
+        raise InvalidParameterError(
+            f"logit shapes differ: {tuple(z.shape)} vs {tuple(z_tilde.shape)}"
+        )
     if tau <= 0:
         raise InvalidParameterError(f"tau must be positive, got {tau}")
     dt = _compute_dtype(z, z_tilde)
@@ -344,10 +364,14 @@ def output_kl(
     ``vocab_limit`` keeps the first N logits of both (32,001- vs 32,000-token models).
     """
     if vocab_limit is not None:
-        teacher_logits, student_logits = teacher_logits[..., :vocab_limit], student_logits[..., :vocab_limit]
+        teacher_logits, student_logits = (
+            teacher_logits[..., :vocab_limit],
+            student_logits[..., :vocab_limit],
+        )
     if teacher_logits.shape[-1] != student_logits.shape[-1]:
         raise IncompatibleModelsError(
-            f"vocabulary sizes differ: teacher {teacher_logits.shape[-1]}, student {student_logits.shape[-1]} "
+            f"vocabulary sizes differ: teacher {teacher_logits.shape[-1]}, "
+            f"student {student_logits.shape[-1]} "
             "(pass vocab_limit to use the shared first tokens)"
         )
     if tau <= 0:

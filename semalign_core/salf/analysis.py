@@ -14,33 +14,19 @@ model's default position ids, and no query row is fully masked (which left paddi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from semalign_core.lm import surgery
+from semalign_core.data import CLASSIFICATION_TASKS, cls_template, format_cls_prompt
 from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.lm import surgery
 from semalign_core.lm.nethook import capture_hidden
 from semalign_core.lm.semantics import semantic_bases
 
 EPS = 1e-12
-
-# Per-task cue before the label word (the suite's verbalizers: semalign_core.data.classification).
-PROMPT_TEMPLATES: dict[str, str] = {
-    "sst2": "{text}\nSentiment:",
-    "cr": "{text}\nSentiment:",
-    "mr": "{text}\nSentiment:",
-    "mpqa": "{text}\nSentiment:",
-    "subj": "{text}\nThis sentence is",
-    "trec": "{text}\nAnswer type:",
-    "agnews": "{text}\nTopic:",
-    "dbpedia": "{text}\nCategory:",
-    "rte": "{text}\nAnswer:",
-    "cb": "{text}\nAnswer:",
-}
-GENERIC_TEMPLATE = "{text}\nAnswer:"
 LABEL_TOKEN_MODES = ("first", "mean")
 DEVIATIONS = ("cos", "cos_normed", "logit_lens_ce")
 
@@ -53,11 +39,9 @@ class LabelTokenError(ArtifactError, ValueError):
 
 
 def format_prompt(text: str, task: str | None = None, template: str | None = None) -> str:
-    """The prompt of one example: ``template`` (or the task's, or the generic one) filled in."""
-    tpl = template or PROMPT_TEMPLATES.get(task or "", GENERIC_TEMPLATE)
-    if "{text}" not in tpl:
-        raise InvalidParameterError(f"prompt template must contain '{{text}}', got {tpl!r}")
-    return tpl.format(text=text.strip())
+    """SALF's prompt of one example: ``template``, else the task's in the "salf" style of
+    :mod:`semalign_core.data.prompts` (the generic cue for an unknown task), filled in."""
+    return format_cls_prompt(text, task, "salf", template)
 
 
 @dataclass(frozen=True)
@@ -80,9 +64,11 @@ class LabelTokens:
 
 def label_token_ids(tokenizer, label_words: Sequence[str], mode: str = "first",
                     require_single_token: bool = False) -> LabelTokens:
-    """Tokenise ``" " + word`` for each label; a split word is an error when single tokens are required."""
+    """Tokenise ``" " + word`` for each label; a split word is an error when single tokens are
+    required."""
     if mode not in LABEL_TOKEN_MODES:
-        raise InvalidParameterError(f"label token mode must be one of {', '.join(LABEL_TOKEN_MODES)}, got {mode!r}")
+        raise InvalidParameterError(
+            f"label token mode must be one of {', '.join(LABEL_TOKEN_MODES)}, got {mode!r}")
     ids = []
     for word in label_words:
         toks = tuple(tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"])
@@ -91,17 +77,19 @@ def label_token_ids(tokenizer, label_words: Sequence[str], mode: str = "first",
         if require_single_token and len(toks) > 1:
             pieces = tokenizer.convert_ids_to_tokens(list(toks))
             raise LabelTokenError(
-                f"label word {word!r} splits into {len(toks)} tokens {pieces}; use another verbalizer "
-                "or allow multi-token labels (label_token_mode='first' or 'mean')"
+                f"label word {word!r} splits into {len(toks)} tokens {pieces}; use another "
+                "verbalizer or allow multi-token labels (label_token_mode='first' or 'mean')"
             )
         ids.append(toks)
     firsts = [t[0] for t in ids]
     if len(set(firsts)) < len(firsts):
-        raise LabelTokenError(f"label words {list(label_words)} share a first token; they cannot be told apart")
+        raise LabelTokenError(
+            f"label words {list(label_words)} share a first token; they cannot be told apart")
     return LabelTokens(words=tuple(label_words), ids=tuple(ids), mode=mode)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: Sequence[str],
+                   max_length: int | None = None) -> list[list[int]]:
     """Token ids per prompt; a prompt longer than ``max_length`` loses tokens from the left
     (after a leading BOS), so the cue before the label word is always kept."""
     out = []
@@ -114,7 +102,8 @@ def encode_prompts(tokenizer, prompts: Sequence[str], max_length: int | None = N
     return out
 
 
-def pad_right(batch: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> dict[str, torch.Tensor]:
+def pad_right(batch: Sequence[Sequence[int]], pad_id: int = 0,
+              device=None) -> dict[str, torch.Tensor]:
     """``input_ids``, ``attention_mask`` (right padding) and ``last_index`` (last real position)."""
     width = max(len(x) for x in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -123,7 +112,8 @@ def pad_right(batch: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> d
         ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         mask[i, : len(x)] = 1
     last = mask.sum(1) - 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "last_index": last.to(device)}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "last_index": last.to(device)}
 
 
 def pad_token_id(tokenizer) -> int:
@@ -182,10 +172,9 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
     """One no-grad forward over ``records`` ({"text", "label"}), batched and right-padded,
     keeping the last real token's state in all L+1 latent spaces."""
     if label_words is None:
-        from semalign_core.data import CLASSIFICATION_TASKS
-
         if task not in CLASSIFICATION_TASKS:
-            raise InvalidParameterError("transition_trace needs label_words or a known classification task")
+            raise InvalidParameterError(
+                "transition_trace needs label_words or a known classification task")
         label_words = CLASSIFICATION_TASKS[task].label_words
     if not records:
         raise InvalidParameterError("transition_trace got no records")
@@ -200,7 +189,8 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
         batch = pad_right(encoded[start:start + batch_size], pad, device)
         with capture_hidden(model, None, ("block_in", "block_out")) as trace:
             # The backbone only: the LM head over every position would cost |V| x T per example.
-            backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     use_cache=False)
         states = trace.latent_states()  # (L+1, b, T, d)
         chunks.append(gather_last(states, batch["last_index"]).transpose(0, 1).float().cpu())
     return TransitionTrace(
@@ -208,7 +198,7 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
         labels=torch.tensor([int(r["label"]) for r in records]),
         label_tokens=labels,
         lengths=torch.tensor([len(x) for x in encoded]),
-        meta={"task": task, "template": template or PROMPT_TEMPLATES.get(task or "", GENERIC_TEMPLATE),
+        meta={"task": task, "template": template or cls_template(task, "salf"),
               "max_length": max_length, "label_token_mode": label_token_mode, "padding": "right"},
     )
 
@@ -217,7 +207,8 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
 
 
 @torch.no_grad()
-def deviations(model, trace: TransitionTrace, kind: str = "cos_normed", chunk: int = 64) -> torch.Tensor:
+def deviations(model, trace: TransitionTrace, kind: str = "cos_normed",
+               chunk: int = 64) -> torch.Tensor:
     """Per-example deviations (n, L+1) of the trace from each example's label, in every space.
 
     ``cos``: 1 − cos(h_k, s_y); ``cos_normed``: 1 − cos(final_norm(h_k), s_y) (the head reads
@@ -225,7 +216,8 @@ def deviations(model, trace: TransitionTrace, kind: str = "cos_normed", chunk: i
     under logit_lens(h_k) (mean over the label's tokens in ``mean`` mode).
     """
     if kind not in DEVIATIONS:
-        raise InvalidParameterError(f"deviation must be one of {', '.join(DEVIATIONS)}, got {kind!r}")
+        raise InvalidParameterError(
+            f"deviation must be one of {', '.join(DEVIATIONS)}, got {kind!r}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     states = trace.states
@@ -239,7 +231,8 @@ def deviations(model, trace: TransitionTrace, kind: str = "cos_normed", chunk: i
                            for i in range(0, n, chunk)])
         return 1.0 - F.cosine_similarity(h, bases[:, None, :], dim=-1, eps=EPS)
     out = torch.empty(n, k1)
-    chunk = max(1, min(chunk, (1 << 26) // (k1 * surgery.vocab_size(model))))  # ≤ 64M logits at once
+    # at most 64M logits at once
+    chunk = max(1, min(chunk, (1 << 26) // (k1 * surgery.vocab_size(model))))
     ids = trace.label_tokens.ids
     use = [t[:1] if trace.label_tokens.mode == "first" else t for t in ids]
     for i in range(0, n, chunk):

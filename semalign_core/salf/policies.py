@@ -8,9 +8,9 @@ the lowest trained part under ``torch.no_grad``.
 
 Policies: ``full``; ``salf`` (eof from the semantic analysis, per dataset or per example);
 ``fixed`` (freeze the first ¼, ½, ¾ or a given eof); ``random`` (a seeded random set of blocks
-with SALF's trainable depth: bottom-up freezing with the same depth would pin eof itself); ``signal``
-(logit-lens CE drop, block influence); ``autofreeze``; ``lisa``; ``lora`` (all layers or SALF's
-suffix).
+with SALF's trainable depth: bottom-up freezing with the same depth would pin eof itself);
+``signal`` (logit-lens CE drop, block influence); ``autofreeze``; ``lisa``; ``lora`` (all layers
+or SALF's suffix).
 
 Embeddings and the LM head are frozen by every freezing policy (``train_head=True`` trains an
 untied head; with tied embeddings that would change the frozen prefix's input, so it is refused).
@@ -20,14 +20,15 @@ Full fine-tuning and LISA train them (LISA keeps embeddings and head always acti
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
+from semalign_core.lm import surgery
 from semalign_core.salf import analysis, gains
 
 
@@ -49,7 +50,8 @@ class Trainable:
         """Number of bottom blocks that need no gradient (−1 when the embeddings train)."""
         if self.embeddings:
             return -1
-        return min(self.blocks) if self.blocks else 10**9  # only norm/head train: no block needs grad
+        # With only the norm or head trained, no block needs a gradient.
+        return min(self.blocks) if self.blocks else 10**9
 
     def eof(self, num_layers: int) -> int:
         """The bottom-up eof this state corresponds to (blocks below the lowest trained one)."""
@@ -57,7 +59,7 @@ class Trainable:
 
 
 def suffix_state(eof: int, num_layers: int, **kw) -> Trainable:
-    """Embeddings and blocks 1..eof frozen; blocks eof+1..L (0-based eof..L−1) and the norm train."""
+    """Embeddings and blocks 1..eof frozen; blocks eof+1..L (0-based eof..L−1) and norm train."""
     eof = gains.check_eof(eof, num_layers)
     return Trainable(blocks=frozenset(range(eof, num_layers)), **kw)
 
@@ -130,12 +132,19 @@ class FixedEof(Policy):
         return suffix_state(self.resolved_eof, L, head=_head_ok(ctx.model, self.train_head))
 
     def describe(self):
-        return {"name": self.name, "eof": getattr(self, "resolved_eof", self.eof), "fraction": self.fraction}
+        return {
+            "name": self.name,
+            "eof": getattr(self, "resolved_eof", self.eof),
+            "fraction": self.fraction,
+        }
 
 
 def _head_ok(model, train_head: bool) -> bool:
     if train_head and surgery.unembedding(model).weight is surgery.input_embeddings(model).weight:
-        raise InvalidParameterError("train_head=True with tied embeddings would change the frozen prefix; untie the head first")
+        raise InvalidParameterError(
+            "train_head=True with tied embeddings would change the frozen prefix; "
+            "untie the head first"
+        )
     return train_head
 
 
@@ -156,7 +165,12 @@ class RandomEof(Policy):
         return Trainable(blocks=frozenset(self.blocks))
 
     def describe(self):
-        return {"name": self.name, "depth": self.depth, "seed": self.seed, "blocks": getattr(self, "blocks", None)}
+        return {
+            "name": self.name,
+            "depth": self.depth,
+            "seed": self.seed,
+            "blocks": getattr(self, "blocks", None),
+        }
 
 
 @dataclass
@@ -182,8 +196,15 @@ class SignalEof(Policy):
     def setup(self, ctx):
         L = ctx.num_layers
         trace = analysis.transition_trace(
-            ctx.model, ctx.tokenizer, ctx.train_records, ctx.task, ctx.label_words, ctx.template,
-            batch_size=ctx.analysis_batch_size, max_length=ctx.max_length)
+            ctx.model,
+            ctx.tokenizer,
+            ctx.train_records,
+            ctx.task,
+            ctx.label_words,
+            ctx.template,
+            batch_size=ctx.analysis_batch_size,
+            max_length=ctx.max_length,
+        )
         params = analysis.block_params(ctx.model)
         if self.signal == "deviation":
             dev = analysis.deviations(ctx.model, trace, self.deviation).numpy()
@@ -195,20 +216,40 @@ class SignalEof(Policy):
             mean_dev, g = None, bi.mean(0)
             per_ex = np.array([gains.choose_eof(r) for r in bi]) if self.per_example else None
         else:
-            raise InvalidParameterError(f"signal must be 'deviation' or 'block_influence', got {self.signal!r}")
-        eof = gains.apply_budget(gains.choose_eof(g), L, self.budget, self.flops_of_eof, self.full_flops)
-        self.analysis_ = {"deviation": None if mean_dev is None else mean_dev.tolist(), "gains": np.asarray(g).tolist(),
-                          "eof_raw": gains.choose_eof(g), "eof": eof}
+            raise InvalidParameterError(
+                f"signal must be 'deviation' or 'block_influence', got {self.signal!r}"
+            )
+        eof = gains.apply_budget(
+            gains.choose_eof(g), L, self.budget, self.flops_of_eof, self.full_flops
+        )
+        self.analysis_ = {
+            "deviation": None if mean_dev is None else mean_dev.tolist(),
+            "gains": np.asarray(g).tolist(),
+            "eof_raw": gains.choose_eof(g),
+            "eof": eof,
+        }
         if per_ex is None:
             return suffix_state(eof, L)
-        per_ex = [gains.apply_budget(int(e), L, self.budget, self.flops_of_eof, self.full_flops) for e in per_ex]
+        per_ex = [
+            gains.apply_budget(int(e), L, self.budget, self.flops_of_eof, self.full_flops)
+            for e in per_ex
+        ]
         self.analysis_["example_eofs"] = per_ex
-        return replace(suffix_state(min(per_ex), L), example_eofs=tuple(per_ex), padding=self.padding)
+        return replace(
+            suffix_state(min(per_ex), L), example_eofs=tuple(per_ex), padding=self.padding
+        )
 
     def describe(self):
-        return {"name": self.name, "signal": self.signal, "deviation": self.deviation, "gain": self.gain,
-                "per_example": self.per_example, "padding": self.padding,
-                "budget": None if self.budget is None else vars(self.budget), **self.analysis_}
+        return {
+            "name": self.name,
+            "signal": self.signal,
+            "deviation": self.deviation,
+            "gain": self.gain,
+            "per_example": self.per_example,
+            "padding": self.padding,
+            "budget": None if self.budget is None else vars(self.budget),
+            **self.analysis_,
+        }
 
 
 def salf_policy(**kw) -> SignalEof:
@@ -216,7 +257,13 @@ def salf_policy(**kw) -> SignalEof:
 
 
 def logit_lens_policy(**kw) -> SignalEof:
-    return SignalEof(signal="deviation", deviation="logit_lens_ce", gain="drop", name=kw.pop("name", "logit_lens_ce"), **kw)
+    return SignalEof(
+        signal="deviation",
+        deviation="logit_lens_ce",
+        gain="drop",
+        name=kw.pop("name", "logit_lens_ce"),
+        **kw,
+    )
 
 
 def block_influence_policy(**kw) -> SignalEof:
@@ -250,8 +297,12 @@ class AutoFreeze(Policy):
 
     def after_backward(self, step, model):
         for k in range(self.frozen_upto, self.L):
-            sq = sum(float(p.grad.pow(2).sum()) for p in self.layers[k].parameters() if p.grad is not None)
-            self.acc[k] += sq ** 0.5
+            sq = sum(
+                float(p.grad.pow(2).sum())
+                for p in self.layers[k].parameters()
+                if p.grad is not None
+            )
+            self.acc[k] += sq**0.5
         if (step + 1) % self.interval:
             return None
         now, self.acc = self.acc, np.zeros(self.L)
@@ -267,8 +318,12 @@ class AutoFreeze(Policy):
         return None
 
     def describe(self):
-        return {"name": self.name, "interval": self.interval, "percentile": self.percentile,
-                "history": getattr(self, "history", None)}
+        return {
+            "name": self.name,
+            "interval": self.interval,
+            "percentile": self.percentile,
+            "history": getattr(self, "history", None),
+        }
 
 
 @dataclass
@@ -285,7 +340,9 @@ class Lisa(Policy):
     def setup(self, ctx):
         self.L = ctx.num_layers
         if not 1 <= self.n_active <= self.L:
-            raise InvalidParameterError(f"LISA n_active must be in 1..{self.L}, got {self.n_active}")
+            raise InvalidParameterError(
+                f"LISA n_active must be in 1..{self.L}, got {self.n_active}"
+            )
         self.rng = random.Random(self.seed)
         self.history: list[tuple[int, list[int]]] = []
         return self._draw(0)
@@ -299,21 +356,29 @@ class Lisa(Policy):
         return self._draw(step) if step > 0 and step % self.interval == 0 else None
 
     def describe(self):
-        return {"name": self.name, "n_active": self.n_active, "interval": self.interval, "seed": self.seed,
-                "history": getattr(self, "history", None)}
+        return {
+            "name": self.name,
+            "n_active": self.n_active,
+            "interval": self.interval,
+            "seed": self.seed,
+            "history": getattr(self, "history", None),
+        }
 
 
 @dataclass
 class Lora(Policy):
     """LoRA adapters (peft) on the blocks from ``eof`` up (eof=0: all layers), base weights frozen.
 
-    ``eof_from``: another policy (e.g. SALF) whose eof is used (SALF + LoRA)."""
+    ``target_modules``: names of the adapted layers; None adapts every linear layer of the blocks
+    (``surgery.block_linear_names``: q/k/v/o and gate/up/down in Llama-like blocks, GPT-2's
+    Conv1D layers, GPT-NeoX's query_key_value/dense/...). ``eof_from``: another policy (e.g.
+    SALF) whose eof is used (SALF + LoRA)."""
 
     eof: int = 0
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] | None = None
     eof_from: Policy | None = None
     name: str = "lora"
 
@@ -323,21 +388,34 @@ class Lora(Policy):
             self.eof = self.eof_from.setup(ctx).eof(L)
         self.eof = gains.check_eof(self.eof, L)
         if self.eof >= L:
-            raise InvalidParameterError(f"LoRA eof={self.eof} leaves no layer to adapt in a {L}-layer model")
+            raise InvalidParameterError(
+                f"LoRA eof={self.eof} leaves no layer to adapt in a {L}-layer model"
+            )
         return Trainable(blocks=frozenset(range(self.eof, L)), lora=True, norm=False)
 
     def wrap_model(self, model):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # lazy: importing peft takes seconds
 
         L = surgery.num_layers(model)
-        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                            target_modules=list(self.target_modules),
-                            layers_to_transform=list(range(self.eof, L)), bias="none")
+        targets = list(self.target_modules or surgery.block_linear_names(model))
+        config = LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            layers_to_transform=list(range(self.eof, L)),
+            bias="none",
+        )
         return get_peft_model(model, config)
 
     def describe(self):
-        return {"name": self.name, "eof": self.eof, "r": self.r, "alpha": self.alpha,
-                "eof_from": None if self.eof_from is None else self.eof_from.describe()}
+        return {
+            "name": self.name,
+            "eof": self.eof,
+            "r": self.r,
+            "alpha": self.alpha,
+            "eof_from": None if self.eof_from is None else self.eof_from.describe(),
+        }
 
 
 # --------------------------------------------------------------------------- applying a state
@@ -345,11 +423,13 @@ class Lora(Policy):
 
 def block_lora_params(model, blocks) -> dict[int, int]:
     layers = surgery.decoder_layers(model)
-    return {k: sum(p.numel() for n, p in layers[k].named_parameters() if "lora_" in n) for k in blocks}
+    return {
+        k: sum(p.numel() for n, p in layers[k].named_parameters() if "lora_" in n) for k in blocks
+    }
 
 
 def apply_trainable(model, state: Trainable) -> list[torch.nn.Parameter]:
-    """Set ``requires_grad`` to match ``state``; return the trained parameters (unique, in order)."""
+    """Set ``requires_grad`` to match ``state``; return the trained parameters (unique, ordered)."""
     for p in model.parameters():
         p.requires_grad_(False)
     layers = surgery.decoder_layers(model)
@@ -359,7 +439,7 @@ def apply_trainable(model, state: Trainable) -> list[torch.nn.Parameter]:
             if not state.lora or "lora_" in name:
                 chosen.append(p)
     if state.embeddings:
-        chosen.append(surgery.input_embeddings(model).weight)
+        chosen += surgery.embedding_parameters(model)
     if state.head:
         chosen.append(surgery.unembedding(model).weight)
     if state.norm:

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from semalign_core.lm import surgery
 from semalign_core.data.formatting import IGNORE_INDEX
 from semalign_core.errors import InvalidParameterError
+from semalign_core.lm import surgery
 from semalign_core.lm.nethook import capture_hidden
 from semalign_core.semalign.pairing import (
     Pairing,
@@ -79,15 +79,22 @@ def supervised_positions(labels: Tensor) -> tuple[Tensor, Tensor]:
     return target != IGNORE_INDEX, target
 
 
-def response_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
+def response_loss(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> Tensor:
     """Per-example mean next-token cross-entropy on supervised tokens: shape (batch,).
 
     The LM head runs only at the supervised positions (``logits_to_keep=1`` keeps the model from
     computing full logits; ``hidden_states[-1]`` is the final-normed last state). An example
     without supervised tokens has loss 0.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
     final = out.hidden_states[-1]
     mask, target = supervised_positions(labels.to(final.device))
     rows, cols = mask.nonzero(as_tuple=True)
@@ -125,7 +132,9 @@ def _inputs_require_grad(model: nn.Module):
 def _grad_x_act_hooks(model: nn.Module, batch: dict) -> list[Tensor]:
     n_layers = surgery.num_layers(model)
     with capture_hidden(model, layers=None, points=("block_out",), detach=False) as trace:
-        loss = response_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"]).sum()
+        loss = response_loss(
+            model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        ).sum()
     acts = [trace["block_out"][k] for k in range(n_layers)]
     grads = torch.autograd.grad(loss, acts)
     return [g.detach() * a.detach() for g, a in zip(grads, acts)]
@@ -139,7 +148,9 @@ def _grad_x_act_captum(model: nn.Module, batch: dict) -> list[Tensor]:
 
     layers = list(surgery.decoder_layers(model))
     method = LayerGradientXActivation(forward_func, layers)
-    attrs = method.attribute(batch["input_ids"], additional_forward_args=(batch["attention_mask"], batch["labels"]))
+    attrs = method.attribute(
+        batch["input_ids"], additional_forward_args=(batch["attention_mask"], batch["labels"])
+    )
     # A block returning a tuple gives a tuple of attributions: the residual stream is the first.
     return [(a[0] if isinstance(a, (tuple, list)) else a).detach() for a in attrs]
 
@@ -211,7 +222,7 @@ def pair_layers(
     window: int | None = None,
     n_source: int | None = None,
 ) -> Pairing:
-    """One source layer per target layer (1-based), dispatching to :mod:`semalign_core.semalign.pairing`.
+    """One source layer per target layer (1-based), dispatching to :mod:`.pairing`.
 
     ``attributed``: highest score within each target layer's depth window
     (``select_one_per_target``); ``floor``: the spec's floor grid; ``uniform``: rounded grid;
@@ -235,8 +246,10 @@ def pair_layers(
         return uniform_pairing(n_source, n_target)
     weights = interpolation_weights(n_source, n_target)
     grid = floor_grid(n_source, n_target)
-    notes = tuple(f"target {j}: (1-{lam:.6g})*source {a} + {lam:.6g}*source {b}"
-                  for j, (a, b, lam) in enumerate(weights, start=1))
+    notes = tuple(
+        f"target {j}: (1-{lam:.6g})*source {a} + {lam:.6g}*source {b}"
+        for j, (a, b, lam) in enumerate(weights, start=1)
+    )
     return Pairing(dict(enumerate(grid, start=1)), "interpolate", n_source, n_target, notes)
 
 
@@ -248,7 +261,9 @@ def interpolation_plan(pairing: Pairing) -> dict[int, list[tuple[int, float]]]:
     if pairing.strategy != "interpolate":
         return {j: [(s, 1.0)] for j, s in pairing.target_to_source.items()}
     plan = {}
-    for j, (a, b, lam) in enumerate(interpolation_weights(pairing.n_source, pairing.n_target), start=1):
+    for j, (a, b, lam) in enumerate(
+        interpolation_weights(pairing.n_source, pairing.n_target), start=1
+    ):
         mix = [(a, 1.0 - lam), (b, lam)]
         plan[j] = [(s, w) for s, w in mix if w > 0.0] or [(a, 1.0)]
     return plan

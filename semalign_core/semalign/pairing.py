@@ -1,4 +1,4 @@
-"""Depth pairing: which source (teacher) layer supervises each target (student) layer (spec, Method 3-4).
+"""Depth pairing: which source (teacher) layer supervises each target (student) layer (Method 3-4).
 
 Reading of the spec's formula. The spec writes ``ℓ_T(k) = max(1, ⌊(L_T/L_S)·k⌋)`` "for target layer
 k = 1..L_S" and lists the 40→32 result as source layers 1,2,3,5,6,7,8,10,…,38,40 (4,9,…,39 never
@@ -17,18 +17,25 @@ rule consistent; see each function.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 
 
 def _check_sizes(n_source: int, n_target: int) -> None:
-    if not (isinstance(n_source, int) and isinstance(n_target, int)) or n_source <= 0 or n_target <= 0:
-        raise IncompatibleModelsError(f"layer counts must be positive integers, got source {n_source}, target {n_target}")
+    if (
+        not (isinstance(n_source, int) and isinstance(n_target, int))
+        or n_source <= 0
+        or n_target <= 0
+    ):
+        raise IncompatibleModelsError(
+            f"layer counts must be positive integers, got source {n_source}, target {n_target}"
+        )
     if n_target > n_source:
         raise IncompatibleModelsError(
-            f"target is deeper than source ({n_target} > {n_source} layers): SemAlign pairs one source layer per target layer"
+            f"target is deeper than source ({n_target} > {n_source} layers): "
+            "SemAlign pairs one source layer per target layer"
         )
 
 
@@ -45,7 +52,9 @@ class Pairing:
     def __post_init__(self) -> None:
         _check_sizes(self.n_source, self.n_target)
         if sorted(self.target_to_source) != list(range(1, self.n_target + 1)):
-            raise InvalidParameterError(f"a pairing needs exactly one source layer for each target layer 1..{self.n_target}")
+            raise InvalidParameterError(
+                f"a pairing needs exactly one source layer for each target layer 1..{self.n_target}"
+            )
         bad = [s for s in self.target_to_source.values() if not 1 <= s <= self.n_source]
         if bad:
             raise InvalidParameterError(f"source layers {bad} are outside 1..{self.n_source}")
@@ -67,8 +76,10 @@ class Pairing:
         return all(a < b for a, b in zip(s, s[1:]))
 
     def as_table(self) -> list[dict]:
-        return [{"target_layer": j, "source_layer": self.target_to_source[j], "strategy": self.strategy}
-                for j in range(1, self.n_target + 1)]
+        return [
+            {"target_layer": j, "source_layer": self.target_to_source[j], "strategy": self.strategy}
+            for j in range(1, self.n_target + 1)
+        ]
 
 
 # --------------------------------------------------------------------------- grids
@@ -94,7 +105,10 @@ def uniform_pairing(n_source: int, n_target: int) -> Pairing:
     """Baseline: source = round(j·n_source/n_target), rounding halves up (not Python's banker's
     rounding, which would make the grid depend on parity), clamped to 1..n_source."""
     _check_sizes(n_source, n_target)
-    t2s = {j: min(n_source, max(1, (2 * n_source * j + n_target) // (2 * n_target))) for j in range(1, n_target + 1)}
+    t2s = {
+        j: min(n_source, max(1, (2 * n_source * j + n_target) // (2 * n_target)))
+        for j in range(1, n_target + 1)
+    }
     return Pairing(t2s, "uniform", n_source, n_target)
 
 
@@ -117,7 +131,9 @@ def interpolation_weights(n_source: int, n_target: int) -> list[tuple[int, int, 
     return out
 
 
-def critical_layer_rule(critical_source_layers: Sequence[int], n_source: int, n_target: int) -> Pairing:
+def critical_layer_rule(
+    critical_source_layers: Sequence[int], n_source: int, n_target: int
+) -> Pairing:
     """Floor grid, with each critical source layer that is off the grid moved onto it.
 
     Spec: "a critical source layer off this grid goes to the first k whose ℓ_T(k) ≥ it (else
@@ -141,7 +157,9 @@ def critical_layer_rule(critical_source_layers: Sequence[int], n_source: int, n_
             continue
         j = next((j for j, s in enumerate(grid, start=1) if s >= c), n_target)
         if j in claimed:
-            notes.append(f"critical source layer {c} dropped: target layer {j} already took {claimed[j]}")
+            notes.append(
+                f"critical source layer {c} dropped: target layer {j} already took {claimed[j]}"
+            )
             continue
         claimed[j] = c
         t2s[j] = c
@@ -167,8 +185,10 @@ def grid_windows(n_source: int, n_target: int, window: int | None = None) -> lis
     return [range(max(1, lo + 1 - w), min(n_source, hi + w) + 1) for lo, hi in zip(prev, grid)]
 
 
-def select_one_per_target(scores: Sequence[float], n_target: int, window: int | None = None) -> Pairing:
-    """Exactly one source layer per target layer from per-source-layer attribution scores [reconstruction].
+def select_one_per_target(
+    scores: Sequence[float], n_target: int, window: int | None = None
+) -> Pairing:
+    """One source layer per target layer from per-source-layer attribution scores [reconstruction].
 
     ``scores[k-1]`` is source layer k's score (higher = more task-relevant); n_source = len(scores).
     Maximises the total score over strictly increasing choices ``k_1 < … < k_{n_target}`` with

@@ -23,8 +23,9 @@ transfer-split user message in the Tulu tags / the tokenizer's chat template):
   "Complete the following python function.\\n\\n\\n{prompt}", as the MBPP transfer split asks.
 * MBPP: lm-eval's zero-shot MBPP prompt (task, three tests, "[BEGIN]"); in chat styles the
   transfer split's "Complete the following python function.\\n\\n\\n{text}\\n{signature}".
-* Classification: one short template per task ending in a cue word; the label words of
-  :data:`semalign_core.data.CLASSIFICATION_TASKS` are the choices (see ``CLS_TEMPLATES``).
+* Classification: the "harness" style of the classification prompt table
+  (:mod:`semalign_core.data.prompts`), one short template per task ending in a cue word; the label
+  words of :data:`semalign_core.data.CLASSIFICATION_TASKS` are the choices.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ from __future__ import annotations
 import json
 import re
 
+import datasets
 import numpy as np
+from lm_eval.api.filter import Filter
 
 from semalign_core.data import (
     CLASSIFICATION_TASKS,
+    CLS_EVAL_SPLIT,
+    format_cls_prompt,
     load_classification,
     load_gsm8k,
     load_humaneval,
@@ -45,6 +50,16 @@ from semalign_core.data import (
     render_transfer_chat,
 )
 from semalign_core.errors import InvalidParameterError
+from semalign_core.evaluation.answers import _check_order, extract_gsm8k_answer, normalise_number
+from semalign_core.evaluation.code_tasks import (
+    extract_code,
+    humaneval_program,
+    mbpp_program,
+    pass_at_k,
+    score_programs,
+)
+from semalign_core.evaluation.metrics import macro_f1
+from semalign_core.evaluation.tasks import get_chat_tokenizer
 
 PROMPT_STYLES = ("transfer", "model", "plain")
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -63,26 +78,6 @@ PLAIN_UNTIL = {
 }
 CHAT_UNTIL = ["<|user|>", "<|assistant|>", "<|system|>",  # the transfer (Tulu) tags
               "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>"]  # common end-of-turn marks
-
-# Classification: (template with {text}, cue ends the prompt); choices are " " + label word.
-CLS_TEMPLATES = {
-    "sst2": "Review: {text}\nSentiment:",
-    "cr": "Review: {text}\nSentiment:",
-    "mr": "Review: {text}\nSentiment:",
-    "mpqa": "Phrase: {text}\nSentiment:",
-    "subj": "Sentence: {text}\nSubjective or objective:",
-    "trec": "Question: {text}\nAnswer type:",
-    "agnews": "Article: {text}\nTopic:",
-    "dbpedia": "Article: {text}\nCategory:",
-    "rte": "{text} Yes or no?\nAnswer:",
-    "cb": "{text} Yes, no, or maybe?\nAnswer:",
-}
-# The labelled split each classification task is scored on: test when it has labels, else dev,
-# else the 256-example dev subsample (dbpedia has nothing else here).
-CLS_EVAL_SPLIT = {
-    name: next(s for s in ("test", "dev", "dev_subsample") if s in spec.labeled_splits)
-    for name, spec in CLASSIFICATION_TASKS.items()
-}
 
 # Options a caller may set per task (evaluate(..., task_options={task: {...}})).
 TASK_OPTIONS = {
@@ -125,8 +120,6 @@ def render_user_turn(content: str, style: str, tokenizer_key: str | None,
     if style == "transfer":
         return render_transfer_chat(messages, add_generation_prompt=True)
     if style == "model":
-        from semalign_core.evaluation.tasks import get_chat_tokenizer
-
         tokenizer = get_chat_tokenizer(tokenizer_key)
         if tokenizer is None:
             raise InvalidParameterError(
@@ -138,7 +131,8 @@ def render_user_turn(content: str, style: str, tokenizer_key: str | None,
         if lm_adds_bos and bos and text.startswith(bos):
             text = text[len(bos):]
         return text
-    raise InvalidParameterError(f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
+    raise InvalidParameterError(
+        f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
 
 
 def mmlu_question(record: dict) -> str:
@@ -156,7 +150,8 @@ def mbpp_signature(record: dict) -> str:
     """Imports and the ``def name(args)`` line of the reference code (no colon), as in the
     MBPP transfer split; the function is the one the first test calls."""
     lines = record["code"].replace("\r\n", "\n").split("\n")
-    called = re.findall(r"([A-Za-z_]\w*)\s*\(", record["test_list"][0] if record["test_list"] else "")
+    first_test = record["test_list"][0] if record["test_list"] else ""
+    called = re.findall(r"([A-Za-z_]\w*)\s*\(", first_test)
     defs = [i for i, line in enumerate(lines) if re.match(r"\s*def\s+\w+", line)]
     if not defs:
         return ""
@@ -212,8 +207,6 @@ def _mmlu_docs(name, style, chat, opts, limit, seed):
 
 
 def _gsm8k_docs(name, style, chat, opts, limit, seed):
-    from semalign_core.evaluation.answers import _check_order, normalise_number
-
     order = list(_check_order(opts.get("answer_order", DEFAULT_ANSWER_ORDER)))
     split = load_gsm8k(opts.get("split", "test"), limit=limit, seed=seed)
     docs = []
@@ -256,11 +249,11 @@ def _mbpp_docs(name, style, chat, opts, limit, seed):
 def _cls_docs(name, style, chat, opts, limit, seed):
     task = name.removeprefix("semalign_cls_")
     spec = CLASSIFICATION_TASKS[task]
-    split = load_classification(task, opts.get("split", CLS_EVAL_SPLIT[task]), limit=limit, seed=seed)
-    template = CLS_TEMPLATES[task]
+    split = load_classification(task, opts.get("split", CLS_EVAL_SPLIT[task]), limit=limit,
+                                seed=seed)
     docs = []
     for i, rec in enumerate(split.records):
-        prompt = template.format(text=rec["text"].strip())
+        prompt = format_cls_prompt(rec["text"], task, "harness")
         docs.append(_doc(f"{task}/{i}", prompt, "cls", "plain", rec,
                          choices=list(spec.label_words), gold=rec["label"]))
     return split, docs
@@ -291,7 +284,8 @@ def build_docs(name: str, semalign: dict | None = None):
     ctx = dict(semalign or {})
     style = ctx.get("prompt_style", "transfer")
     if style not in PROMPT_STYLES:
-        raise InvalidParameterError(f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
+        raise InvalidParameterError(
+            f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
     family = task_family(name)
     opts = dict((ctx.get("options") or {}).get(name) or {})
     _check_options(name, family, opts)
@@ -307,8 +301,6 @@ def load_docs(name: str, semalign: dict | None = None, **_unused):
     data layer's provenance (files and sha256, limit, seed) rides along as
     ``.semalign_provenance`` on the returned object.
     """
-    import datasets
-
     split, docs = build_docs(name, semalign)
     dataset = datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
     dataset.semalign_provenance = split.provenance()
@@ -319,13 +311,7 @@ def load_docs(name: str, semalign: dict | None = None, **_unused):
 # Filters and metrics
 # ---------------------------------------------------------------------------------------------
 
-try:  # lm-eval is always there when lm-eval loads this file; the guard keeps imports cheap.
-    from lm_eval.api.filter import Filter as _Filter
-except ImportError:  # pragma: no cover
-    _Filter = object
-
-
-class GSM8KAnswerFilter(_Filter):
+class GSM8KAnswerFilter(Filter):
     """Replace each generation by its normalised final number (or "[invalid]")."""
 
     def __init__(self, order=DEFAULT_ANSWER_ORDER, fallback: str = "[invalid]") -> None:
@@ -333,8 +319,6 @@ class GSM8KAnswerFilter(_Filter):
         self.fallback = fallback
 
     def apply(self, resps, docs):
-        from semalign_core.evaluation.answers import extract_gsm8k_answer
-
         out = []
         for responses, doc in zip(resps, docs):
             order = tuple(doc.get("answer_order") or self.order)
@@ -342,12 +326,10 @@ class GSM8KAnswerFilter(_Filter):
         return out
 
 
-class CodeExtractFilter(_Filter):
+class CodeExtractFilter(Filter):
     """Keep every sample (no take_first: pass@k needs all n) and cut each to its code."""
 
     def apply(self, resps, docs):
-        from semalign_core.evaluation.code_tasks import extract_code
-
         out = []
         for responses, doc in zip(resps, docs):
             chat = doc["prompt_style"] != "plain"
@@ -371,8 +353,6 @@ def strip_preamble(text: str) -> str:
 
 def code_program(doc: dict, completion: str) -> str:
     """The program (candidate + tests) the sandbox runs for one completion of ``doc``."""
-    from semalign_core.evaluation.code_tasks import humaneval_program, mbpp_program
-
     record = json.loads(doc["record"])
     if doc["family"] == "humaneval":
         return humaneval_program(record, completion)
@@ -381,8 +361,6 @@ def code_program(doc: dict, completion: str) -> str:
 
 def process_code_results(doc: dict, results: list[str]) -> dict:
     """pass@k (k <= n samples) of one problem, by running every completion in the sandbox."""
-    from semalign_core.evaluation.code_tasks import pass_at_k, score_programs
-
     completions = results[0]  # one request per problem; its filtered responses are the n samples
     outcomes = score_programs([code_program(doc, c) for c in completions], workers=2,
                               progress=False)
@@ -391,23 +369,15 @@ def process_code_results(doc: dict, results: list[str]) -> dict:
 
 
 def process_cls_results(doc: dict, results) -> dict:
-    """acc and the (gold, prediction) pair macro-F1 aggregates, from the choices' log-likelihoods."""
+    """acc, and the (gold, prediction) pair that macro-F1 aggregates, from the choices'
+    log-likelihoods."""
     lls = [ll for ll, _greedy in results]
     pred = int(np.argmax(lls))
     gold = int(doc["gold"])
     return {"acc": float(pred == gold), "macro_f1": (gold, pred)}
 
 
-def macro_f1(items) -> float:
-    """Unweighted mean of per-class F1 over the classes seen as gold or predicted
-    (sklearn's ``f1_score(average="macro", zero_division=0)``)."""
-    if not items:
-        return float("nan")
-    golds, preds = zip(*items)
-    scores = []
-    for label in sorted(set(golds) | set(preds)):
-        tp = sum(g == label and p == label for g, p in items)
-        fp = sum(g != label and p == label for g, p in items)
-        fn = sum(g == label and p != label for g, p in items)
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(scores))
+def macro_f1_of_pairs(items) -> float:
+    """lm-eval aggregation of the ``macro_f1`` metric: :func:`macro_f1` of the (gold, prediction)
+    pairs that :func:`process_cls_results` emits, one per document."""
+    return macro_f1([g for g, _ in items], [p for _, p in items])

@@ -1,0 +1,337 @@
+"""Every per-profile budget of every experiment, and the seeds each one runs by default.
+
+One table per experiment, keyed by profile (``smoke``, ``cpu``, ``gpu-small``, ``paper``): how
+much data, how many steps and which seeds. A notebook parameter left at ``None`` means the value
+here, so changing a scale is an edit of this file only. Each run's record holds the values it
+used in its config. Imports nothing heavy (no torch): the report reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from semalign_core.errors import InvalidParameterError
+from semalign_core.experiments.catalog import (
+    CLS_TASKS,
+    FINETUNED_TEACHER,
+    SALF_COST_BENEFIT,
+    SALF_MAIN,
+    SEMALIGN_ABLATIONS,
+    SEMALIGN_TRANSFER,
+)
+from semalign_core.models.teacher_recipe import FINETUNED, TEACHER_VERSION, TeacherRecipe
+from semalign_core.profiles import Profile
+
+# --------------------------------------------------------------------------- seeds
+
+DEFAULT_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {
+    # Greedy generation dominates Table 1 (887 s per seed at cpu): one seed by default.
+    SEMALIGN_TRANSFER: {"smoke": (0,), "cpu": (0,), "gpu-small": (0,), "paper": (0,)},
+    FINETUNED_TEACHER: {"smoke": (0,), "cpu": (0, 1, 2), "gpu-small": (0, 1, 2),
+                        "paper": (0, 1, 2)},
+    # Fewer seeds at cpu keep the notebook near 5 minutes on 2 cores (the caption says so).
+    SEMALIGN_ABLATIONS: {"smoke": (0,), "cpu": (0,), "gpu-small": (0, 1, 2), "paper": (0, 1, 2)},
+    SALF_MAIN: {"smoke": (0, 1), "cpu": (0, 1, 2), "gpu-small": (0, 1, 2), "paper": (0, 1, 2)},
+    SALF_COST_BENEFIT: {"smoke": (0,), "cpu": (0,), "gpu-small": (0,), "paper": (0,)},
+}
+
+# `make reproduce-full`: every seed of the committed results (Table 1 at cpu has seeds 1-2 too).
+FULL_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {
+    **DEFAULT_SEEDS,
+    SEMALIGN_TRANSFER: {**DEFAULT_SEEDS[SEMALIGN_TRANSFER], "cpu": (0, 1, 2)},
+}
+
+# The seeds each `make` tier runs (every tier runs every notebook): tier → (profile, seeds table).
+REPRODUCE_TIERS: dict[str, tuple[str, dict[str, dict[str, tuple[int, ...]]]]] = {
+    "test": ("smoke", DEFAULT_SEEDS),
+    "reproduce": ("cpu", DEFAULT_SEEDS),
+    "reproduce-full": ("cpu", FULL_SEEDS),
+}
+
+
+def default_seeds(experiment: str, profile: str, first: int = 0) -> tuple[int, ...]:
+    """The seeds ``experiment`` runs at ``profile`` when a notebook's ``seeds`` is None: the
+    profile's default seeds, counted from ``first`` (the notebook's ``seed``)."""
+    return tuple(first + s for s in DEFAULT_SEEDS[experiment][profile])
+
+
+def _overridden(base, kind: str, overrides: dict[str, Any]):
+    """``base`` (a budget dataclass) with the non-None ``overrides`` (unknown fields: an error)."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(changes) - set(asdict(base)))
+    if unknown:
+        raise InvalidParameterError(f"{kind} has no field(s) {', '.join(unknown)}")
+    return replace(base, **changes)
+
+
+# --------------------------------------------------------------------------- SemAlign analyses
+
+
+@dataclass(frozen=True)
+class SemAlignAnalysisBudget:
+    """How much data and alignment the SemAlign analyses (Fig. 2, Figs. 4-6) use at one profile.
+
+    Attributes:
+        n_examples: conversations whose tokens are measured.
+        max_length: tokens per conversation (longer ones are truncated).
+        max_tokens: measured token positions at most (seeded subsample): bounds the CKA Grams.
+        n_align: conversations of the ``align`` split the short alignment trains on
+            (attribution uses as many of ``extract``, at most the split's size).
+        steps_per_stage, batch_size, lr: the short alignment's SemAlign settings.
+    """
+
+    n_examples: int
+    max_length: int
+    max_tokens: int
+    n_align: int
+    steps_per_stage: int
+    batch_size: int
+    lr: float
+
+
+SEMALIGN_ANALYSIS_BUDGETS: dict[str, SemAlignAnalysisBudget] = {
+    # Tiny random models need a large step for the alignment to move them visibly.
+    "smoke": SemAlignAnalysisBudget(4, 48, 256, 2, 2, 2, 1e-3),
+    "cpu": SemAlignAnalysisBudget(16, 128, 1024, 8, 2, 2, 3e-5),
+    "gpu-small": SemAlignAnalysisBudget(64, 256, 2048, 32, 4, 4, 3e-5),
+    "paper": SemAlignAnalysisBudget(128, 512, 2048, 64, 8, 4, 3e-5),
+}
+
+# SALF traces the training data (spec, Method 2): examples per task; None = the whole split.
+SALF_ANALYSIS_EXAMPLES: dict[str, int | None] = {"smoke": 8, "cpu": 64, "gpu-small": 1000,
+                                                 "paper": None}
+
+# --------------------------------------------------------------------------- SemAlign Tables 1-2
+
+
+@dataclass(frozen=True)
+class TransferBudget:
+    """How much transfer training and evaluation one cell of Table 1 or 2 uses at one profile.
+
+    Attributes:
+        n_train: ``train`` examples the method trains on (None: the whole split).
+        n_extract: ``extract`` examples for attribution (at most the split's size).
+        max_length: tokens per training conversation.
+        batch_size, micro_batch_size: training batch (SemAlign uses ``batch_size``).
+        epochs: epochs of the epoch-based methods (seeking, sft, output_kl, hidden_distill).
+        max_steps: cap on optimizer steps of the step-based methods (None: no cap).
+        steps_per_stage: SemAlign steps per target layer.
+        eval_limit: benchmark examples evaluated (seeded subset; None: the whole test set).
+        max_new_tokens: greedy generation length of GSM8K / HumanEval / MBPP.
+        eval_batch_size: evaluation batch size.
+        prompt_style: how the methods render training records ("transfer": LaTen's chat tags;
+            "plain": the classification evaluation's own text).
+        eval_seed: seed of the evaluation subset (None: the cell's seed; an integer fixes one
+            subset for every seed, so seeds vary the training only).
+        method_config: per method, config fields that differ from the method's defaults at this
+            budget (e.g. a learning rate sized to few steps); recorded in each cell's config.
+    """
+
+    n_train: int | None
+    n_extract: int
+    max_length: int
+    batch_size: int
+    micro_batch_size: int
+    epochs: int
+    max_steps: int | None
+    steps_per_stage: int
+    eval_limit: int | None
+    max_new_tokens: int
+    eval_batch_size: int
+    prompt_style: str = "transfer"
+    eval_seed: int | None = None
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def method_overrides(self, method: str, seed: int, config_class: type) -> dict[str, Any]:
+        """The budget as fields of ``method``'s config (only those ``config_class`` has)."""
+        wanted = {"max_length": self.max_length, "batch_size": self.batch_size,
+                  "micro_batch_size": self.micro_batch_size, "epochs": self.epochs,
+                  "max_steps": self.max_steps, "steps_per_stage": self.steps_per_stage,
+                  "attribution_batch_size": self.micro_batch_size,
+                  "prompt_style": self.prompt_style, "seed": seed, "progress": False,
+                  **self.method_config.get(method, {})}
+        known = {f.name for f in fields(config_class)}
+        return {k: v for k, v in wanted.items() if k in known}
+
+
+TRANSFER_BUDGETS: dict[str, TransferBudget] = {
+    "smoke": TransferBudget(n_train=4, n_extract=2, max_length=48, batch_size=2, micro_batch_size=2,
+                            epochs=1, max_steps=2, steps_per_stage=1, eval_limit=4,
+                            max_new_tokens=32, eval_batch_size=4),
+    # cpu: sized so that all four tasks at one seed take ~15 min on 2 cores (measured: a GSM8K
+    # evaluation of n=20 at 128 new tokens takes 30 s on the derived target, 60 s on the source).
+    "cpu": TransferBudget(n_train=8, n_extract=4, max_length=192, batch_size=4, micro_batch_size=4,
+                          epochs=1, max_steps=None, steps_per_stage=1, eval_limit=20,
+                          max_new_tokens=96, eval_batch_size=10),
+    "gpu-small": TransferBudget(n_train=1000, n_extract=64, max_length=512, batch_size=16,
+                                micro_batch_size=4, epochs=1, max_steps=None, steps_per_stage=16,
+                                eval_limit=None, max_new_tokens=512, eval_batch_size=16),
+    "paper": TransferBudget(n_train=None, n_extract=64, max_length=512, batch_size=64,
+                            micro_batch_size=4, epochs=3, max_steps=None, steps_per_stage=32,
+                            eval_limit=None, max_new_tokens=512, eval_batch_size=16),
+}
+
+# Classification transfer (sst2): short texts (median 31 tokens, max 67 with the template), one
+# supervised token (the label word), evaluation by log-likelihood on a fixed held-out subset.
+# Full-weight methods get lr 3e-4 at cpu (Seeking's): at 16 optimizer steps their default lrs
+# (2e-5, 3e-5) leave the target where it started (measured). Seeking (LoRA, 3e-4) and LaTen (its
+# spec) keep theirs. gpu-small (≈70 steps, not run yet) uses 1e-4; paper the methods' defaults.
+_FULL_WEIGHT = ("semalign", "sft", "output_kl", "hidden_distill")
+_CLS_LR = {m: {"lr": 3e-4} for m in _FULL_WEIGHT}
+CLS_BUDGETS: dict[str, TransferBudget] = {
+    "smoke": TransferBudget(n_train=8, n_extract=4, max_length=64, batch_size=4, micro_batch_size=4,
+                            epochs=1, max_steps=2, steps_per_stage=1, eval_limit=8,
+                            max_new_tokens=1, eval_batch_size=8, prompt_style="plain", eval_seed=0,
+                            method_config={m: {"lr": 1e-3} for m in _CLS_LR}),
+    "cpu": TransferBudget(n_train=64, n_extract=4, max_length=64, batch_size=4, micro_batch_size=4,
+                          epochs=1, max_steps=None, steps_per_stage=4, eval_limit=200,
+                          max_new_tokens=1, eval_batch_size=32, prompt_style="plain", eval_seed=0,
+                          method_config=_CLS_LR),
+    "gpu-small": TransferBudget(n_train=None, n_extract=64, max_length=96, batch_size=16,
+                                micro_batch_size=16, epochs=2, max_steps=None, steps_per_stage=8,
+                                eval_limit=None, max_new_tokens=1, eval_batch_size=32,
+                                prompt_style="plain", eval_seed=0,
+                                method_config={m: {"lr": 1e-4} for m in _FULL_WEIGHT}),
+    "paper": TransferBudget(n_train=None, n_extract=64, max_length=96, batch_size=64,
+                            micro_batch_size=8, epochs=3, max_steps=None, steps_per_stage=16,
+                            eval_limit=None, max_new_tokens=1, eval_batch_size=32,
+                            prompt_style="plain", eval_seed=0),
+}
+
+# The paper's per-task settings (SemAlign Tables 4-5) at `paper`: alignment steps per stage and
+# align size (Table 4: 2/4/3/8 and 32/64/48/128, lr 3e-5 = SemAlignConfig's default); training
+# epochs, train size and lr of the methods that train on `train` (Table 5: 5/5/3/5, 1000/1000/1000/
+# 300, 3e-4/3e-4/3e-5/3e-4). "align size" is read as the examples attribution/alignment sees.
+_TABLE5_LR_METHODS = ("seeking", "sft", "output_kl", "hidden_distill")
+PAPER_TASK_BUDGETS: dict[str, dict[str, Any]] = {
+    task: {"steps_per_stage": steps, "n_extract": align, "epochs": epochs, "n_train": n_train,
+           "method_config": {m: {"lr": lr} for m in _TABLE5_LR_METHODS}}
+    for task, steps, align, epochs, n_train, lr in (
+        ("mmlu", 2, 32, 5, 1000, 3e-4), ("gsm", 4, 64, 5, 1000, 3e-4),
+        ("humaneval", 3, 48, 3, 1000, 3e-5), ("mbpp", 8, 128, 5, 300, 3e-4))
+}
+TASK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {"paper": PAPER_TASK_BUDGETS}
+
+
+def transfer_budget(prof: Profile, task: str | None = None, **overrides) -> TransferBudget:
+    """The profile's budget for ``task`` (classification tasks: :data:`CLS_BUDGETS`, others and
+    None: :data:`TRANSFER_BUDGETS` with the profile's :data:`TASK_BUDGETS`) with ``overrides``
+    (fields of :class:`TransferBudget`; None values are ignored)."""
+    if task in CLS_TASKS:
+        base = CLS_BUDGETS[prof.name]
+    else:
+        base = replace(TRANSFER_BUDGETS[prof.name], **TASK_BUDGETS.get(prof.name, {}).get(task, {}))
+    return _overridden(base, "TransferBudget", overrides)
+
+
+# --------------------------------------------------------------------------- fine-tuned teachers
+
+MIN_GAP = 10.0  # points the teacher must lead the target by for Table 2 to tell methods apart
+
+# A recipe per profile: seconds at smoke, about a minute on 2 CPU cores at cpu. gpu-small
+# fine-tunes its source the same way (more data); paper uses the published hub teachers instead
+# (TEACHERS). The evaluation settings equal the profile's CLS_BUDGETS, so Table 2's teacher row
+# reuses the evaluation made with the teacher instead of repeating it.
+TEACHER_RECIPES: dict[str, TeacherRecipe] = {
+    "smoke": TeacherRecipe("tiny-source", n_train=16, batch_size=8, micro_batch_size=8, lr=1e-3,
+                           eval_limit=8, eval_batch_size=8),
+    "cpu": TeacherRecipe("smollm2-135m-instruct", n_train=128, batch_size=8, micro_batch_size=8),
+    "gpu-small": TeacherRecipe("smollm2-1.7b-instruct", n_train=None, epochs=2, lr=2e-5,
+                               eval_limit=None, dtype="bfloat16"),
+}
+# profile → task → teachers: FINETUNED (made from TEACHER_RECIPES) or registry names of hub models
+TEACHERS: dict[str, dict[str, tuple[str, ...]]] = {
+    "smoke": {"sst2": (FINETUNED,)},
+    "cpu": {"sst2": (FINETUNED,)},
+    "gpu-small": {"sst2": (FINETUNED,)},
+    "paper": {"humaneval": ("codellama-13b-python", "wizardcoder-python-13b"),
+              "mbpp": ("codellama-13b-python", "wizardcoder-python-13b")},
+}
+
+# --------------------------------------------------------------------------- SALF runs
+
+
+@dataclass(frozen=True)
+class SalfRunBudget:
+    """Data and training of one SALF run at one profile (every policy of a table uses the same).
+
+    Attributes:
+        n_train: training examples (seeded subset of the training split).
+        n_eval: held-out examples scored (fixed subset, ``salf_cells.EVAL_SEED``).
+        epochs, batch_size, lr: the fine-tuning loop's settings (AdamW, label-token loss).
+        max_length: prompt tokens kept (from the left; the label cue stays).
+        eval_batch_size: evaluation batch size.
+        loss: ``label_words`` (cross-entropy over the label words' logits: the decision that is
+            scored) or ``label_token`` (over the whole vocabulary); see FinetuneConfig.loss.
+    """
+
+    n_train: int
+    n_eval: int
+    epochs: int
+    batch_size: int
+    lr: float
+    max_length: int
+    eval_batch_size: int = 16
+    loss: str = "label_words"
+
+
+@dataclass(frozen=True)
+class SalfDefaults:
+    """What the SALF notebooks run at one profile unless told otherwise (their seeds:
+    :data:`DEFAULT_SEEDS`).
+
+    Attributes:
+        models: SALF models (None: the profile's ``salf_models``).
+        tasks: classification tasks.
+        budget: the budget of every run.
+    """
+
+    models: tuple[str, ...] | None
+    tasks: tuple[str, ...]
+    budget: SalfRunBudget
+
+
+SALF_DEFAULTS: dict[str, SalfDefaults] = {
+    # Tiny random models: a large step so that training visibly moves them.
+    "smoke": SalfDefaults(None, ("mpqa",), SalfRunBudget(8, 8, 1, 4, 1e-3, 32, 8)),
+    # MPQA: ~9 tokens per prompt, the cheapest sentiment task that fine-tuning moves; sized to
+    # ≈ 6–7 min on 2 cores for 3 seeds × 12 policies (README: timings). Gemma-3-270M is a
+    # parameter, not a default.
+    "cpu": SalfDefaults(("smollm2-135m-instruct",), ("mpqa",),
+                        SalfRunBudget(40, 96, 2, 8, 2e-5, 64)),
+    # Not run here (no GPU): sized to the splits (SST-2 carves 500 + 300 of its 872 dev examples;
+    # CR has 1775 training examples, TREC 500 test examples).
+    "gpu-small": SalfDefaults(None, ("sst2", "cr", "mpqa"),
+                              SalfRunBudget(500, 300, 2, 16, 3e-5, 128, 32)),
+    "paper": SalfDefaults(None, ("cr", "mr", "mpqa", "subj", "trec"),
+                          SalfRunBudget(1500, 500, 3, 16, 2e-5, 256, 32)),
+}
+
+# Settings of the main table's baselines (the same at every profile).
+LORA = {"r": 8, "alpha": 16, "lr_scale": 5}  # adapters start at zero (B = 0): a larger step
+LISA = {"n_active": 2, "interval": 4}
+AUTOFREEZE = {"interval": 4, "percentile": 50.0}
+
+
+def salf_run_budget(prof: Profile, **overrides) -> SalfRunBudget:
+    """The profile's SALF budget with ``overrides`` (fields of :class:`SalfRunBudget`; None values
+    ignored); a one-line error for a count below 1 or a learning rate that is not positive."""
+    for name in ("n_train", "n_eval", "epochs", "batch_size", "max_length", "eval_batch_size"):
+        value = overrides.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise InvalidParameterError(f"parameter {name}={value!r} must be an integer >= 1")
+    lr = overrides.get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise InvalidParameterError(f"parameter lr={lr!r} must be a number > 0")
+    return _overridden(SALF_DEFAULTS[prof.name].budget, "SalfRunBudget", overrides)
+
+
+__all__ = [
+    "AUTOFREEZE", "CLS_BUDGETS", "DEFAULT_SEEDS", "FINETUNED", "FULL_SEEDS", "LISA", "LORA",
+    "MIN_GAP", "PAPER_TASK_BUDGETS", "REPRODUCE_TIERS", "SALF_ANALYSIS_EXAMPLES", "SALF_DEFAULTS",
+    "SEMALIGN_ANALYSIS_BUDGETS", "SalfDefaults", "SalfRunBudget", "SemAlignAnalysisBudget",
+    "TASK_BUDGETS", "TEACHERS", "TEACHER_RECIPES", "TEACHER_VERSION", "TRANSFER_BUDGETS",
+    "TeacherRecipe", "TransferBudget", "default_seeds", "salf_run_budget", "transfer_budget",
+]

@@ -1,0 +1,129 @@
+"""Every experiment by name: its notebook, its record folder and the fixed layout of its tables.
+
+An experiment writes ``results/<experiment>/<profile>/<run>.json``; the report finds records by
+these names, so this module imports nothing heavy (no torch: the report reads it). How much each
+experiment runs at each profile is in :mod:`semalign_core.experiments.budgets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from semalign_core.errors import InvalidParameterError
+
+# --------------------------------------------------------------------------- experiments
+
+MODELS, DATA = "models", "data"
+SEMALIGN_ANALYSES, SALF_ANALYSIS = "semalign_analyses", "salf_analysis"
+SEMALIGN_TRANSFER, FINETUNED_TEACHER = "semalign_transfer", "semalign_finetuned_teacher"
+SEMALIGN_ABLATIONS = "semalign_ablations"
+SALF_MAIN, SALF_COST_BENEFIT = "salf_main", "salf_cost_benefit"
+
+# experiment (its results folder) → the notebook that runs it
+NOTEBOOKS: dict[str, str] = {
+    MODELS: "00_models_and_data",
+    DATA: "00_models_and_data",
+    SEMALIGN_ANALYSES: "01_semalign_analyses",
+    SALF_ANALYSIS: "02_salf_deviation_gain",
+    SEMALIGN_TRANSFER: "03_semalign_transfer",
+    FINETUNED_TEACHER: "04_semalign_finetuned_teacher",
+    SEMALIGN_ABLATIONS: "05_semalign_ablations",
+    SALF_MAIN: "06_salf_main_table",
+    SALF_COST_BENEFIT: "07_salf_cost_benefit",
+}
+
+# --------------------------------------------------------------------------- SemAlign Tables 1-2
+
+EVAL_TASKS: dict[str, str] = {"gsm": "semalign_gsm8k", "mmlu": "semalign_mmlu",
+                              "humaneval": "semalign_humaneval", "mbpp": "semalign_mbpp"}
+COLUMNS: dict[str, str] = {"mmlu": "MMLU", "gsm": "GSM8K", "humaneval": "HumanEval",
+                           "mbpp": "MBPP"}  # Table 1 order
+CLS_TASKS: dict[str, str] = {"sst2": "semalign_cls_sst2"}  # classification transfer (plain format)
+METRICS: dict[str, str] = {"semalign_gsm8k": "exact_match", "semalign_mmlu": "acc",
+                           "semalign_humaneval": "pass@1", "semalign_mbpp": "pass@1",
+                           "semalign_cls_sst2": "acc"}
+CHANCE = {"mmlu": 25.0}  # % (4-way multiple choice); the others have no chance level above 0
+
+
+@dataclass(frozen=True)
+class TransferSetting:
+    """One table of transfer results.
+
+    Attributes:
+        name: "table1" (profile source → target) or "finetuned" (fine-tuned teacher → target).
+        experiment: results folder (``results/<experiment>/<profile>/``).
+        tasks: task key → lm-eval task, in column order.
+        columns: task key → column title.
+        source_row: the untransferred source row ("source", or "teacher" in Table 2).
+        target_row: the untransferred target row.
+        chance: chance level (%) per task key, shown under the table.
+        published: key of the published table in ``results/paper/semalign_published.json``.
+        title: "Table 1" / "Table 2".
+    """
+
+    name: str
+    experiment: str
+    tasks: dict[str, str]
+    columns: dict[str, str]
+    source_row: str
+    target_row: str
+    chance: dict[str, float]
+    published: str
+    title: str
+
+    @property
+    def reference_rows(self) -> tuple[str, str]:
+        """The rows evaluated without training: the source (or teacher), then the target."""
+        return self.source_row, self.target_row
+
+
+SETTINGS: dict[str, TransferSetting] = {
+    "table1": TransferSetting(
+        name="table1", experiment=SEMALIGN_TRANSFER, tasks=EVAL_TASKS, columns=COLUMNS,
+        source_row="source", target_row="target", chance=CHANCE, published="table1_transfer",
+        title="Table 1"),
+    "finetuned": TransferSetting(
+        name="finetuned", experiment=FINETUNED_TEACHER,
+        tasks={"sst2": CLS_TASKS["sst2"], "humaneval": EVAL_TASKS["humaneval"],
+               "mbpp": EVAL_TASKS["mbpp"]},
+        columns={"sst2": "SST-2", "humaneval": "HumanEval", "mbpp": "MBPP"},
+        source_row="teacher", target_row="target", chance={"sst2": 50.0},
+        published="table2_finetuned_teachers", title="Table 2"),
+}
+
+
+def get_setting(name: str) -> TransferSetting:
+    if name not in SETTINGS:
+        raise InvalidParameterError(f"unknown setting {name!r}; choose one of "
+                                    f"{', '.join(SETTINGS)}")
+    return SETTINGS[name]
+
+
+# --------------------------------------------------------------------------- SemAlign ablations
+
+ABLATION_TASK, ABLATION_SETTING = "sst2", "finetuned"  # around Table 2's informative setting
+# axis → (SemAlignConfig field, values, the default first); frontier's values come from the budget
+AXES: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "objective": ("objective", ("acl", "v2", "v1")),
+    "pairing": ("pairing", ("attributed", "floor", "uniform", "interpolate")),
+    "granularity": ("attribution_granularity", ("channel", "token", "example")),
+    "strength": ("layer_weight", (1.0, 0.0, 2.0)),
+    "frontier": ("steps_per_stage", ()),  # the budget's steps per stage, half of it, twice it
+}
+
+# --------------------------------------------------------------------------- SALF
+
+ZERO_SHOT = "zero_shot"  # the untrained model, scored once per model × task
+MAIN_POLICIES = ("full", "salf", "freeze_1_4", "freeze_1_2", "freeze_3_4", "random_matched",
+                 "logit_lens_ce", "block_influence", "autofreeze", "lisa", "lora_all",
+                 "lora_salf_suffix")
+SWEEP_GROUPS = ("depth", "budget", "padding", "cache", "lora")  # the cost–benefit questions
+
+__all__ = [
+    "ABLATION_SETTING", "ABLATION_TASK", "AXES", "CHANCE", "CLS_TASKS", "COLUMNS", "DATA",
+    "EVAL_TASKS", "FINETUNED_TEACHER", "MAIN_POLICIES", "METRICS", "MODELS", "NOTEBOOKS",
+    "SALF_ANALYSIS", "SALF_COST_BENEFIT", "SALF_MAIN", "SEMALIGN_ABLATIONS",
+    "SEMALIGN_ANALYSES", "SEMALIGN_TRANSFER", "SETTINGS", "SWEEP_GROUPS", "TransferSetting",
+    "ZERO_SHOT", "get_setting",
+]

@@ -1,0 +1,118 @@
+"""SemAlignConfig: every setting of a SemAlign run, written whole into its record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from semalign_core.errors import InvalidParameterError
+
+
+@dataclass
+class SemAlignConfig:
+    """Everything that defines a SemAlign run (recorded with the results).
+
+    Attributes:
+        objective: "acl" (camera-ready default: Fisher-weighted quadratic surrogate on aligned
+            logits + output KL at the final stage), "v2" (1 − linear CKA of the layer's residual
+            contribution + output KL), "v1" ((1 − cos(h_k, h~)) + (1 − cos(z, one-hot label)) on
+            the MLP sublayer output, no output KL).
+        reading: for "acl": "aligned_logits" (z~ = target head on the recomposed state, z = logit
+            lens of layer k) or "vds" (z~ = source cosine coefficients, z = target cosine
+            coefficients of h_k; the coefficients lie in [-1, 1], so use a small tau).
+        tau: temperature of the surrogate and of the output KL.
+        layer_weight, output_kl_weight: weights of the layer term and of the output-KL term.
+        output_kl_every_stage: add the output KL at every stage, not only the last one.
+        rescale: "none" or "source_norm" for the recomposed state h~ (see semantics.transfer_state).
+        steps_per_stage: optimizer steps per frontier stage; step s uses batch s mod n_batches.
+        lr, weight_decay, grad_clip: AdamW settings; grad_clip None disables clipping. The
+            optimizer is rebuilt at every stage (after the trainable set is known), so no Adam
+            moments carry over between layers.
+        batch_size, max_length, prompt_style, loss_on: how records become SFT batches.
+        trainable: "full" (every weight of layer k) or "lora" (rank ``lora_r`` adapters on every
+            Linear of layer k, merged into the layer after its stage).
+        lora_r, lora_alpha: LoRA rank and scale numerator (alpha / r).
+        pairing, window: pairing strategy ("attributed", "floor", "uniform", "interpolate") and
+            the widening of the attribution windows.
+        attribution_aggregate, attribution_method, attribution_granularity: see attribution.py.
+        max_cached_logits_bytes: the teacher's output logits (fp32, supervised positions only)
+            are cached when they fit in this many bytes; otherwise its final-normed hidden states
+            are cached and its LM head is re-applied at every step that needs the KL. The same
+            budget decides whether a stage keeps its aligned logits z~ (constant within a stage)
+            or recomputes them at each step.
+        eval_batches: how many of a stage's batches measure the stage loss before and after the
+            stage (0 disables the measurement).
+        seed: seeds every stage (``seed + k``), so a resumed run repeats the same numbers.
+        checkpoint_dir: where stage checkpoints and the source-state cache go (None: nowhere).
+        progress: show tqdm progress bars.
+    """
+
+    objective: Literal["acl", "v2", "v1"] = "acl"
+    reading: Literal["aligned_logits", "vds"] = "aligned_logits"
+    tau: float = 1.0
+    layer_weight: float = 1.0
+    output_kl_weight: float = 1.0
+    output_kl_every_stage: bool = False
+    rescale: Literal["none", "source_norm"] = "none"
+    steps_per_stage: int = 4
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    batch_size: int = 4
+    max_length: int = 256
+    prompt_style: str = "transfer"
+    loss_on: str = "response"
+    trainable: Literal["full", "lora"] = "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    pairing: Literal["attributed", "floor", "uniform", "interpolate"] = "attributed"
+    window: int | None = None
+    attribution_aggregate: str = "sum_abs"
+    attribution_method: Literal["captum", "hooks"] = "captum"
+    attribution_granularity: str = "channel"
+    max_cached_logits_bytes: int = 1 << 30
+    eval_batches: int = 1
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {
+            "objective": ("acl", "v2", "v1"),
+            "reading": ("aligned_logits", "vds"),
+            "rescale": ("none", "source_norm"),
+            "trainable": ("full", "lora"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise InvalidParameterError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.steps_per_stage < 1 or self.batch_size < 1 or self.tau <= 0 or self.lr <= 0:
+            raise InvalidParameterError(
+                "steps_per_stage and batch_size must be >= 1; tau and lr positive"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change the numbers (not where files go or whether bars show)."""
+        d = asdict(self)
+        d.pop("checkpoint_dir"), d.pop("progress")
+        return d
+
+    def kl_at(self, stage: int, n_stages: int) -> bool:
+        """Whether stage ``stage`` (1-based) adds the output KL."""
+        if self.output_kl_every_stage:
+            return True
+        return stage == n_stages and self.objective in ("acl", "v2")
+
+    @property
+    def layer_readout(self) -> Literal["logits", "vds"] | None:
+        """What the layer term reads off layer k's output: the logit lens ("logits": acl with
+        aligned logits, v1), the target cosine coefficients ("vds") or nothing (v2: CKA)."""
+        if self.objective == "v2":
+            return None
+        return "vds" if self.objective == "acl" and self.reading == "vds" else "logits"
+
+    def kl_reuses_layer_logits(self, stage: int, n_stages: int) -> bool:
+        """At the last stage the layer term's logit lens is the model's output: the KL reuses it."""
+        return stage == n_stages and self.layer_readout == "logits"

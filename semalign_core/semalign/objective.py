@@ -1,0 +1,161 @@
+"""The loss of stage k on one batch: the layer term (acl / v2 / v1, see SemAlignConfig.objective)
+plus, where the config asks for it, the output KL against the teacher (spec, Method 6-7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from semalign_core.lm import semantics, surgery
+from semalign_core.semalign.attribution import supervised_positions
+from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.frontier import LayerInputs, first_output
+from semalign_core.semalign.supervision import EPS, Supervision, logit_softcap
+
+
+def linear_cka_loss(x: Tensor, y: Tensor, keep: Tensor) -> Tensor:
+    """Mean over examples of 1 − linear CKA between x and y (B, T, d) on the kept tokens.
+
+    Token-centred features, ``CKA = ‖XᵀY‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F)`` — equal to the cosine of the
+    normalised token–token Gram matrices of X and Y.
+    """
+    losses = []
+    for b in range(x.shape[0]):
+        sel = keep[b]
+        xb, yb = x[b, sel].float(), y[b, sel].float()
+        xb, yb = xb - xb.mean(0, keepdim=True), yb - yb.mean(0, keepdim=True)
+        num = (xb.T @ yb).square().sum()
+        den = (xb.T @ xb).norm() * (yb.T @ yb).norm()
+        losses.append(1.0 - num / den.clamp_min(EPS))
+    return torch.stack(losses).mean()
+
+
+def aligned_logits_fit(n_positions: int, vocab: int, config: SemAlignConfig) -> bool:
+    """Whether a stage keeps its aligned logits z~ (fp32, all batches) within the cache budget."""
+    return n_positions * vocab * 4 <= config.max_cached_logits_bytes
+
+
+class StageLoss:
+    """Computes the loss of stage k on batch i (see SemAlignConfig.objective).
+
+    loss_fn = StageLoss(target, sup, inputs, batches, config, bases_src, bases_tgt, head, cap)
+    loss, parts = loss_fn(stage, i)  # parts: {"layer": float, "kl": float (when on)}
+    """
+
+    def __init__(
+        self,
+        target: nn.Module,
+        sup: Supervision,
+        inputs: LayerInputs,
+        batches: list[dict],
+        config: SemAlignConfig,
+        bases_src: Tensor,
+        bases_tgt: Tensor,
+        source_head: nn.Module,
+        source_cap: float | None,
+    ):
+        self.target, self.sup, self.inputs, self.config = target, sup, inputs, config
+        self.bases_src, self.bases_tgt = bases_src, bases_tgt
+        self.source_head, self.source_cap = source_head, source_cap
+        self.n_layers = surgery.num_layers(target)
+        self.head = surgery.unembedding(target)
+        self.norm = surgery.final_norm(target)
+        self.cap = logit_softcap(target)
+        device = next(target.parameters()).device
+        self.positions = []
+        for b in batches:
+            mask, tgt = supervised_positions(b["labels"].to(device))
+            rows, cols = mask.nonzero(as_tuple=True)
+            keep = b["attention_mask"].to(device).bool()
+            self.positions.append((rows, cols, tgt[rows, cols], keep))
+        n_sup = sum(len(p[0]) for p in self.positions)
+        self._cache_aligned = aligned_logits_fit(n_sup, surgery.vocab_size(target), config)
+        self._aligned: dict[int, Tensor] = {}
+
+    def aligned(self, stage: int, i: int, h_tilde: Tensor) -> Tensor:
+        """Aligned logits z~ of batch i: constant within a stage, so computed once and kept when
+        all batches' z~ fit in ``max_cached_logits_bytes`` (else recomputed at each step)."""
+        if i in self._aligned:
+            return self._aligned[i]
+        with torch.no_grad():
+            z = semantics.aligned_logits(
+                h_tilde, self.norm, self.head.weight, self.cap, self.head.bias
+            ).float()
+        if self._cache_aligned:
+            self._aligned[i] = z
+        return z
+
+    def teacher_logits(self, i: int) -> Tensor:
+        t = self.sup.teacher[i]
+        if self.sup.teacher_kind == "logits":
+            return t
+        with torch.no_grad():
+            z = self.source_head(t.to(self.source_head.weight.dtype)).float()
+            return torch.tanh(z / self.source_cap) * self.source_cap if self.source_cap else z
+
+    def __call__(self, stage: int, i: int) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.config
+        h_in = self.inputs.hidden[i]
+        h_out, h_sub = self._run_layer(stage - 1, h_in, i)
+        layer_term, z = self._layer_term(stage, i, h_in, h_out, h_sub)
+        parts = {"layer": layer_term}
+        loss = cfg.layer_weight * layer_term
+        if cfg.kl_at(stage, self.n_layers):
+            parts["kl"] = self._output_kl(stage, i, h_out, z)
+            loss = loss + cfg.output_kl_weight * parts["kl"]
+        return loss, {name: float(v.detach()) for name, v in parts.items()}
+
+    def evaluate(self, stage: int, batch_ids: Sequence[int]) -> float:
+        with torch.no_grad():
+            return sum(float(self(stage, i)[0]) for i in batch_ids) / max(1, len(batch_ids))
+
+    def _run_layer(self, k0: int, h_in: Tensor, i: int) -> tuple[Tensor, Tensor | None]:
+        """Layer k's output, and for v1 its MLP sublayer output (taken by a hook)."""
+        if self.config.objective != "v1":
+            return self.inputs.run_layer(k0, h_in, i), None
+        sub_out = {}
+        hook = lambda mod, args, out: sub_out.__setitem__("h", first_output(out))  # noqa: E731
+        handle = surgery.mlp_residual_module(self.inputs.blocks[k0]).register_forward_hook(hook)
+        try:
+            h_out = self.inputs.run_layer(k0, h_in, i)
+        finally:
+            handle.remove()
+        return h_out, sub_out["h"]
+
+    def _layer_term(
+        self, stage: int, i: int, h_in: Tensor, h_out: Tensor, h_sub: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The layer loss and, when it reads the logit lens, those logits (reused by the KL)."""
+        cfg = self.config
+        rows, cols, labels, keep = self.positions[i]
+        sup = self.sup.states[stage][i]
+        if cfg.objective == "acl" and cfg.reading == "aligned_logits":
+            z = surgery.logit_lens(self.target, h_out[rows, cols]).float()
+            z_tilde = self.aligned(stage, i, sup[rows, cols])
+            return semantics.fisher_quadratic_surrogate(z, z_tilde, cfg.tau), z
+        if cfg.objective == "acl":  # reading "vds": cosine coefficients on both sides
+            z_vds = semantics.vds_logits(h_out[rows, cols], self.bases_tgt)
+            with torch.no_grad():
+                a = semantics.decompose(sup[rows, cols], self.bases_src)
+            return semantics.fisher_quadratic_surrogate(z_vds, a, cfg.tau), None
+        if cfg.objective == "v2":
+            return linear_cka_loss(h_out - h_in, sup, keep), None
+        cos_state = F.cosine_similarity(h_sub[rows, cols].float(), sup[rows, cols], dim=-1, eps=EPS)
+        z = surgery.logit_lens(self.target, h_out[rows, cols]).float()
+        cos_label = z.gather(1, labels[:, None]).squeeze(1) / z.norm(dim=-1).clamp_min(EPS)
+        return (1.0 - cos_state).mean() + (1.0 - cos_label).mean(), z
+
+    def _output_kl(self, stage: int, i: int, h_out: Tensor, z: Tensor | None) -> Tensor:
+        """KL(teacher ‖ target output); the layers after k run with gradients flowing through."""
+        rows, cols, _, _ = self.positions[i]
+        if self.config.kl_reuses_layer_logits(stage, self.n_layers):
+            z_final = z  # the last layer's logit lens is the model's output
+        else:
+            h = h_out
+            for kk in range(stage, self.n_layers):  # frozen layers after k
+                h = self.inputs.run_layer(kk, h, i)
+            z_final = surgery.logit_lens(self.target, h[rows, cols]).float()
+        return semantics.output_kl(self.teacher_logits(i), z_final, self.config.tau)

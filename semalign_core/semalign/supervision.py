@@ -1,0 +1,174 @@
+"""Source supervision: ONE source pass that caches, per target layer, the paired source states
+mapped into the target space, and the teacher's output for the output KL (spec, Method 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from semalign_core.lm import semantics, surgery
+from semalign_core.lm.nethook import capture_hidden
+from semalign_core.records import atomic_write
+from semalign_core.semalign.attribution import interpolation_plan, supervised_positions
+from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.pairing import Pairing
+
+EPS = 1e-12
+
+
+def logit_softcap(model: nn.Module) -> float | None:
+    """The model's final-logit soft cap (Gemma-2), or None."""
+    return getattr(surgery.unwrap(model).config, "final_logit_softcapping", None) or None
+
+
+class Supervision:
+    """Per target layer j and batch i, the supervisory state (B, T, d) and the teacher output.
+
+    ``states[j][i]``: the recomposed source state in target space (d_target); for
+    ``reading="vds"`` the raw source state (d_source), decomposed at each step. ``teacher[i]``:
+    teacher logits at the supervised positions (n_i, V) or, when those do not fit in
+    ``max_cached_logits_bytes``, the teacher's final-normed hidden states there (n_i, d_source).
+    """
+
+    def __init__(
+        self, states: dict[int, list[Tensor]], teacher: list[Tensor] | None, teacher_kind: str
+    ):
+        self.states, self.teacher, self.teacher_kind = states, teacher, teacher_kind
+
+    def save(self, path: Path, key: str) -> None:
+        tensors = {
+            f"state.{j}.{i}": t.contiguous()
+            for j, ts in self.states.items()
+            for i, t in enumerate(ts)
+        }
+        for i, t in enumerate(self.teacher or []):
+            tensors[f"teacher.{i}"] = t.contiguous()
+        meta = {"key": key, "teacher_kind": self.teacher_kind}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    @classmethod
+    def load(cls, path: Path, key: str) -> Supervision | None:
+        """The supervision saved under ``key`` at ``path``; None when absent, foreign or broken."""
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != key:
+                    return None
+                states: dict[int, dict[int, Tensor]] = {}
+                teacher: dict[int, Tensor] = {}
+                for name in f.keys():
+                    parts = name.split(".")
+                    if parts[0] == "state":
+                        states.setdefault(int(parts[1]), {})[int(parts[2])] = f.get_tensor(name)
+                    else:
+                        teacher[int(parts[1])] = f.get_tensor(name)
+        except Exception:  # a truncated or foreign file: recompute
+            return None
+        return cls(
+            {j: [d[i] for i in sorted(d)] for j, d in sorted(states.items())},
+            [teacher[i] for i in sorted(teacher)] or None,
+            meta.get("teacher_kind", "none"),
+        )
+
+
+def composite_map(bases_src: Tensor, bases_tgt: Tensor) -> Tensor:
+    """``M = S_srcᵀ S_tgt`` (d_src × d_tgt): transfer_state of the identity, chunked over |V|.
+
+    ``transfer_state(h) = (h/‖h‖) S_srcᵀ S_tgt`` is linear after the normalisation, so one
+    d_src × d_tgt matrix replaces the |V|·(d_src + d_tgt) work per token.
+    """
+    eye = torch.eye(bases_src.shape[1], dtype=torch.float32, device=bases_src.device)
+    return semantics.transfer_state(eye, bases_src, bases_tgt)
+
+
+def map_states(h: Tensor, m: Tensor, rescale: str) -> Tensor:
+    """Recompose source states (..., d_src) into the target space with the composite map."""
+    x = h.float()
+    norm = x.norm(dim=-1, keepdim=True)
+    out = (x / norm.clamp_min(EPS)) @ m
+    if rescale == "source_norm":
+        out = out / out.norm(dim=-1, keepdim=True).clamp_min(EPS) * norm
+    return out
+
+
+def paired_source_layers(pairing: Pairing) -> list[int]:
+    """0-based source layers that some target layer is aligned to (the only ones captured)."""
+    return sorted({s - 1 for mix in interpolation_plan(pairing).values() for s, _ in mix})
+
+
+def teacher_kind(
+    source: nn.Module, batches: list[dict], config: SemAlignConfig, need_teacher: bool
+) -> str:
+    """What the pass keeps of the teacher: "logits" when they fit the budget, else "hidden"."""
+    if not need_teacher:
+        return "none"
+    n_sup = sum(int(supervised_positions(b["labels"])[0].sum()) for b in batches)
+    fits = n_sup * surgery.vocab_size(source) * 4 <= config.max_cached_logits_bytes
+    return "logits" if fits else "hidden"
+
+
+def _source_point(objective: str) -> tuple[str, ...]:
+    return {"acl": ("block_out",), "v2": ("block_in", "block_out"), "v1": ("mlp_out",)}[objective]
+
+
+def _source_state(trace, objective: str, k0: int) -> Tensor:
+    if objective == "acl":
+        return trace["block_out"][k0].float()
+    if objective == "v2":
+        return trace["block_out"][k0].float() - trace["block_in"][k0].float()
+    return trace["mlp_out"][k0].float()
+
+
+def _teacher_output(source: nn.Module, final: Tensor, kind: str) -> Tensor:
+    """Teacher logits (soft-capped) at the supervised positions, or their final-normed states."""
+    if kind == "hidden":
+        return final
+    head, cap = surgery.unembedding(source), logit_softcap(source)
+    logits = head(final.to(head.weight.dtype)).float()  # bf16 heads need bf16 inputs
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def source_supervision(
+    source: nn.Module,
+    batches: list[dict],
+    pairing: Pairing,
+    config: SemAlignConfig,
+    m: Tensor,
+    need_teacher: bool,
+) -> Supervision:
+    """Run the source once over ``batches``, capturing only the paired layers (see Supervision)."""
+    plan = interpolation_plan(pairing)
+    layers0 = paired_source_layers(pairing)
+    points = _source_point(config.objective)
+    kind = teacher_kind(source, batches, config, need_teacher)
+    states: dict[int, list[Tensor]] = {j: [] for j in plan}
+    teacher: list[Tensor] = []
+    device = next(source.parameters()).device
+    for batch in batches:
+        inputs = {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            "use_cache": False,
+        }
+        stop = not need_teacher  # without the KL the pass stops after the deepest paired layer
+        with torch.no_grad():
+            with capture_hidden(source, layers0, points, stop_after_deepest=stop) as trace:
+                out = source(**inputs, output_hidden_states=need_teacher, logits_to_keep=1)
+            if need_teacher:
+                mask = supervised_positions(batch["labels"].to(device))[0]
+                final = out.hidden_states[-1][mask.nonzero(as_tuple=True)].float()
+                teacher.append(_teacher_output(source, final, kind))
+            for j, mix in plan.items():
+                raw = sum(w * _source_state(trace, config.objective, s - 1) for s, w in mix)
+                states[j].append(
+                    raw.float()
+                    if config.layer_readout == "vds"
+                    else map_states(raw, m, config.rescale)
+                )
+    return Supervision(states, teacher if need_teacher else None, kind)
