@@ -78,6 +78,26 @@ def test_surgery_finds_every_part(arch):
         assert surgery.mlp_residual_module(layer) in list(layer.children())
 
 
+LLAMA_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+LINEARS = {
+    "gpt2": ["c_attn", "c_fc", "c_proj"],
+    "gpt_neox": ["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"],
+}
+BELOW_BLOCK_0 = {
+    "gpt2": ["transformer.wte.weight", "transformer.wpe.weight"],
+    "gpt_neox": ["gpt_neox.embed_in.weight"],
+}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_block_linear_names_and_embedding_parameters(arch):
+    model = model_of(arch)
+    assert surgery.block_linear_names(model) == LINEARS.get(arch, LLAMA_LINEARS)
+    names = {id(p): n for n, p in model.named_parameters()}
+    below = [names[id(p)] for p in surgery.embedding_parameters(model)]
+    assert below == BELOW_BLOCK_0.get(arch, ["model.embed_tokens.weight"])
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_logit_lens_of_last_block_equals_model_logits(arch):
     model, ids = model_of(arch), token_ids()

@@ -227,9 +227,9 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
     (lambda: teachers.load_profile_teacher("smoke", "sst2", "llama2-13b-chat"), "not a teacher of"),
     (lambda: load_cls_transfer("agnews", "train"), "no labelled training data"),
     (lambda: load_cls_transfer("sst2", "test"), "unknown part"),
-    (lambda: transfer_table.check_parameters(tasks=["humaneval"], setting="finetuned", profile="cpu"),
-     "no fine-tuned teacher"),
-    (lambda: transfer_table.check_parameters(setting="table9"), "unknown setting"),
+    (lambda: transfer_table.check_parameters(get_profile("cpu"), tasks=["humaneval"],
+                                             setting="finetuned"), "no fine-tuned teacher"),
+    (lambda: transfer_table.check_parameters(get_profile("smoke"), setting="table9"), "unknown setting"),
     (lambda: transfer_table.run_cell(get_profile("smoke"), "teacher", "sst2"), "unknown method 'teacher'"),
 ])
 def test_invalid_parameters_are_one_line_errors(call, match):
@@ -241,7 +241,8 @@ def test_invalid_parameters_are_one_line_errors(call, match):
 def test_paper_teachers_are_the_hub_code_teachers():
     from semalign_core.models.registry import REGISTRY
 
-    assert transfer_table.check_parameters(setting="finetuned", profile="paper")[1] == ("humaneval", "mbpp")
+    paper_tasks = transfer_table.check_parameters(get_profile("paper"), setting="finetuned")[1]
+    assert paper_tasks == ("humaneval", "mbpp")
     for name in teachers.teacher_names("paper", "humaneval"):
         assert REGISTRY[name].kind == "hub"
     hub_teacher = teachers.resolve_teacher("paper", "mbpp", "codellama-13b-python")

@@ -204,10 +204,7 @@ def supervised_logits(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, Te
               logits_to_keep=1, use_cache=False)
     finally:
         handle.remove()
-    logits = surgery.unembedding(model)(store["h"][rows, cols]).float()
-    cap = getattr(surgery.unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = surgery.Unembed(model).decode_normed(store["h"][rows, cols]).float()
     return logits, rows, target[rows, cols]
 
 

@@ -169,20 +169,18 @@ def direct_gradient(model: nn.Module, resid: Tensor, targets: Tensor, score: str
     only the target tokens' rows of the head; "logprob" needs the normaliser, one head pass over
     the n positions (never over neurons).
     """
-    head, norm = surgery.unembedding(model), surgery.final_norm(model)
-    cap = getattr(surgery.unwrap(model).config, "final_logit_softcapping", None)
+    unembed = surgery.Unembed(model)
+    head = unembed.head
     with torch.enable_grad():
         h = resid.detach().to(head.weight.dtype).requires_grad_(True)
-        normed = norm(h)
+        normed = unembed.norm(h)
         if score == "logit":
             z = (normed * head.weight[targets]).sum(-1).float()
             if head.bias is not None:
                 z = z + head.bias[targets].float()
-            objective = (torch.tanh(z / cap) * cap if cap else z).sum()
+            objective = unembed.softcap(z).sum()
         else:
-            z = head(normed).float()
-            if cap:
-                z = torch.tanh(z / cap) * cap
+            z = unembed.softcap(head(normed).float())
             objective = torch.log_softmax(z, dim=-1).gather(1, targets[:, None]).sum()
         (grad,) = torch.autograd.grad(objective, h)
     return grad.float()

@@ -215,12 +215,7 @@ def evaluate(
         _check_chat_template(tok, model_name)
 
     with _quiet_lm_eval():
-        builtin = None
-        if allow_builtin:
-            builtin = set(TaskManager(include_defaults=True).all_tasks)
-        names = resolve_tasks(tasks, allow_builtin, builtin)
-        ours = [n for n in names if n in set(list_tasks())]
-        _check_task_options(task_options, ours)
+        names, ours = _task_names(tasks, allow_builtin, task_options)
 
         # BOS as the tokenizer does by default, in every style (chat templates that write it
         # themselves lose their copy in the task code), so plain tasks do not change with style.
@@ -253,6 +248,15 @@ def evaluate(
     dtype, device = _model_dtype_device(hf_model)
     return {name: _record(name, task_objs[name], output, settings, dtype, device)
             for name in names}
+
+
+def _task_names(tasks, allow_builtin: bool, task_options) -> tuple[list[str], list[str]]:
+    """(every task to run, those that are ours), checked; lm-eval's names only when allowed."""
+    builtin = set(TaskManager(include_defaults=True).all_tasks) if allow_builtin else None
+    names = resolve_tasks(tasks, allow_builtin, builtin)
+    ours = [n for n in names if n in set(list_tasks())]
+    _check_task_options(task_options, ours)
+    return names, ours
 
 
 def _check_task_options(task_options, ours) -> None:

@@ -99,8 +99,7 @@ def require_models(prof: Profile) -> None:
             f"profile '{prof.name}' needs hub models that are not cached and the hub is offline "
             f"(HF_HUB_OFFLINE=1): {', '.join(missing)}. Get them online with "
             "`huggingface-cli download <id>` (gated Llama/Gemma models need an accepted licence "
-            "and "
-            "`huggingface-cli login`), then rerun; data: see README 'Data'."
+            "and `huggingface-cli login`), then rerun; data: see README 'Data'."
         )
 
 

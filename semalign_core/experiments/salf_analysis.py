@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,21 @@ def _check_formulas(deviation: str, gain: str) -> None:
         raise InvalidParameterError(f"gain must be one of {', '.join(salf.GAINS)}, got {gain!r}")
 
 
+def _analysis_parts(prof: Profile, pool: ModelPool, name: str, task: str, n: int | None,
+                    seed: int, analyse_kw: dict[str, Any]) -> RecordParts:
+    """Trace model ``name`` on ``n`` examples of ``task``'s SALF split: the record's parts."""
+    full = load_classification(task, salf_split(task))
+    limit = None if n is None else min(n, len(full))
+    records = select_subset(full.records, limit, seed, f"{task}/{full.split}")
+    loaded = pool.get(name)
+    t0 = time.perf_counter()
+    res = salf.analyse(loaded.model, loaded.tokenizer, records, task, **analyse_kw)
+    cost = {"wall_s": round(time.perf_counter() - t0, 2)}
+    prov = provenance(seed=seed, data_sources=full.sources, device=default_device(),
+                      dtype=prof.dtype)
+    return RecordParts(_metrics(loaded.model, res), cost, prov, {"model": name, "task": task})
+
+
 def salf_deviation_gain(prof: Profile, tasks: Sequence[str] = DEFAULT_TASKS, seed: int = 0,
                         force: bool = False, n_examples: int | None = None,
                         deviation: str = "cos_normed", gain: str = "drop", max_length: int = 128,
@@ -100,27 +116,14 @@ def salf_deviation_gain(prof: Profile, tasks: Sequence[str] = DEFAULT_TASKS, see
     tasks = check_parameters(tasks, n_examples, max_length)
     _check_formulas(deviation, gain)
     n = n_examples if n_examples is not None else SALF_ANALYSIS_EXAMPLES[prof.name]
+    analyse_kw = {"deviation": deviation, "gain": gain, "max_length": max_length,
+                  "batch_size": batch_size}
     out: list[dict] = []
     for name in prof.salf_models:
         pool = ModelPool(prof)  # one per model: it is freed before the next one loads
-
         for task in tasks:
-            def compute(task=task) -> RecordParts:
-                full = load_classification(task, salf_split(task))
-                limit = None if n is None else min(n, len(full))
-                records = select_subset(full.records, limit, seed, f"{task}/{full.split}")
-                loaded = pool.get(name)
-                t0 = time.perf_counter()
-                res = salf.analyse(loaded.model, loaded.tokenizer, records, task,
-                                   deviation=deviation, gain=gain, max_length=max_length,
-                                   batch_size=batch_size)
-                return RecordParts(
-                    _metrics(loaded.model, res), {"wall_s": round(time.perf_counter() - t0, 2)},
-                    provenance(seed=seed, data_sources=full.sources, device=default_device(),
-                               dtype=prof.dtype),
-                    {"model": name, "task": task})
-
             config = _config(prof, name, task, n, seed, deviation, gain, max_length)
+            compute = partial(_analysis_parts, prof, pool, name, task, n, seed, analyse_kw)
             out.append(get_or_compute(SALF_ANALYSIS, prof.name, run_name(name, task), config,
                                       compute, force))
     return out

@@ -1,10 +1,11 @@
 """SALF's main table and cost–benefit figures, rebuilt from result records alone.
 
 Records come from ``notebooks/06_salf_main_table`` (``results/salf_main/<profile>/``) and
-``notebooks/07_salf_cost_benefit`` (``results/salf_cost_benefit/<profile>/``). Measured savings are computed here, against the
-``full`` run of the same model, task and seed; every number is shown as mean ± sample std over
-seeds with the number of runs and the held-out n behind it. Output is deterministic: fixed
-formats and orders, and PNGs through :func:`semalign_core.report.plots.save_png` (no timestamps).
+``notebooks/07_salf_cost_benefit`` (``results/salf_cost_benefit/<profile>/``). Measured savings
+are computed here, against the ``full`` run of the same model, task and seed; every number is
+shown as mean ± sample std over seeds with the number of runs and the held-out n behind it.
+Output is deterministic: fixed formats and orders, and PNGs through
+:func:`semalign_core.report.plots.save_png` (no timestamps).
 
 For ``make figures`` (``report.build_all``): :func:`salf_main_table` writes
 ``salf_table_main.md``; :func:`salf_cost_benefit_figures` writes

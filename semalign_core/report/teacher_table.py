@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from semalign_core.experiments.budgets import MIN_GAP
-from semalign_core.experiments.budgets import default_seeds as budget_seeds
-from semalign_core.experiments.catalog import FINETUNED_TEACHER, get_setting
+from semalign_core.experiments.catalog import get_setting
 from semalign_core.report.markdown import save_markdown
 from semalign_core.report.published import published_markdown, published_spec, published_table
 from semalign_core.report.results import PROFILE_PREFERENCE
@@ -32,14 +31,6 @@ INTRO = (
     "source fine-tuned on the task (`semalign_core/teachers.py`); the paper's teachers are "
     "CodeLlama-13B-Python and WizardCoder-13B-Python on HumanEval/MBPP.\n"
 )
-
-
-def default_seeds(profile: str, seed: int = 0, seeds: Sequence[int] | None = None):
-    """``seeds`` when given (as given: the caller checks them); else the profile's default seeds
-    (:data:`semalign_core.experiments.budgets.DEFAULT_SEEDS`), shifted to start at ``seed``."""
-    if seeds is not None:
-        return seeds
-    return list(budget_seeds(FINETUNED_TEACHER, profile, seed))
 
 
 def gaps(profile: str) -> dict[tuple[str, str], float]:
@@ -106,7 +97,6 @@ def teacher_table_figures(out_dir: Path) -> list[Path]:
 
 __all__ = [
     "MIN_GAP",
-    "default_seeds",
     "gap_notes",
     "gaps",
     "published",

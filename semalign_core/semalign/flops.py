@@ -48,12 +48,12 @@ class SemAlignFlops:
     source: costs.ModelShape
     target: costs.ModelShape
     teacher_kind: str  # Supervision.teacher_kind: "logits", "hidden" or "none"
-    supervised_positions: int  # over all training batches (decides whether z~ is kept)
+    n_supervised: int  # supervised positions of all training batches (is z~ kept?)
 
     @property
     def _kept_aligned_logits(self) -> bool:
         """acl's aligned logits z~ are computed once per stage and batch (not at every step)."""
-        return aligned_logits_fit(self.supervised_positions, self.target.vocab, self.config)
+        return aligned_logits_fit(self.n_supervised, self.target.vocab, self.config)
 
     @property
     def _aligned_logits(self) -> bool:

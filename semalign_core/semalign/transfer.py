@@ -169,10 +169,8 @@ def _prepare(
     run_key = digest(config.identity(), source_key, model_fingerprint(target), data_key, attr_key)
     progress = load_progress(config, run_key) if resume else None
     timings: dict = {}
-    with _timed(timings, "bases_s"):  # fp32, cached on disk and in-process by semantics.py
-        bases_src = semantics.semantic_bases(surgery.unembedding(source).weight)
-        bases_tgt = semantics.semantic_bases(surgery.unembedding(target).weight)
-        m = composite_map(bases_src, bases_tgt)
+    with _timed(timings, "bases_s"):
+        bases_src, bases_tgt, m = _bases(source, target)
     with _timed(timings, "attribution_s"):
         scores, pairing = _pairing(source, target, attr_batches, config, progress)
     with _timed(timings, "source_pass_s"):
@@ -184,21 +182,28 @@ def _prepare(
         config, costs.model_shape(source), costs.model_shape(target), sup.teacher_kind, n_sup
     )
     run = _Run(
-        source,
-        target,
-        config,
-        batches,
-        attr_batches,
-        pairing,
-        scores,
-        sup,
-        bases_src,
-        bases_tgt,
-        run_key,
-        flops,
-        timings,
+        source=source,
+        target=target,
+        config=config,
+        batches=batches,
+        attribution_batches=attr_batches,
+        pairing=pairing,
+        scores=scores,
+        sup=sup,
+        bases_src=bases_src,
+        bases_tgt=bases_tgt,
+        run_key=run_key,
+        flops=flops,
+        timings=timings,
     )
     return run, progress
+
+
+def _bases(source: nn.Module, target: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """Semantic bases of both LM heads (fp32, cached by semantics.py) and their composite map."""
+    bases_src = semantics.semantic_bases(surgery.unembedding(source).weight)
+    bases_tgt = semantics.semantic_bases(surgery.unembedding(target).weight)
+    return bases_src, bases_tgt, composite_map(bases_src, bases_tgt)
 
 
 def _pairing(
@@ -327,18 +332,7 @@ def _run_stage(run: _Run, inputs: LayerInputs, stage: int) -> dict:
     used = sorted({s % len(batches) for s in range(config.steps_per_stage)})
     eval_ids = used[: config.eval_batches]
     before = loss_fn.evaluate(stage, eval_ids) if eval_ids else None
-    record = {
-        "stage": stage,
-        "target_layer": stage,
-        "source_layers": [[s, w] for s, w in interpolation_plan(run.pairing)[stage]],
-        "losses": [],
-        "layer_losses": [],
-        "kl_losses": [],
-        "tokens": 0,
-        "real_tokens": 0,
-        "step_flops": [],
-        "step_s": [],
-    }
+    record = _new_stage_record(run, stage)
     for step in tqdm(
         range(config.steps_per_stage),
         desc=f"stage {stage}",
@@ -357,6 +351,14 @@ def _run_stage(run: _Run, inputs: LayerInputs, stage: int) -> dict:
     record["setup_flops"] = run.flops.stage_setup(stage, batches, used, eval_ids, n_lora)
     record["flops"] = sum(record["step_flops"]) + record["setup_flops"]
     return record
+
+
+def _new_stage_record(run: _Run, stage: int) -> dict:
+    source_layers = [[s, w] for s, w in interpolation_plan(run.pairing)[stage]]
+    record = {"stage": stage, "target_layer": stage, "source_layers": source_layers}
+    for key in ("losses", "layer_losses", "kl_losses", "step_flops", "step_s"):
+        record[key] = []
+    return {**record, "tokens": 0, "real_tokens": 0}
 
 
 def _train_step(
