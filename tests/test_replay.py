@@ -7,12 +7,13 @@ import copy
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from semalign_core.errors import InvalidParameterError
 from semalign_core.lm import nethook, surgery
 from semalign_core.lm.nethook import capture_hidden, record_block_calls
 from semalign_core.lm.replay import BlockReplay
-from semalign_core.models.tiny import ARCHITECTURES, tiny_model
+from semalign_core.models.tiny import ARCHITECTURES, tiny_config, tiny_model
 from semalign_core.salf import finetune as ft
 from semalign_core.salf import policies
 
@@ -75,6 +76,21 @@ def test_replayed_suffix_equals_model_logits(arch, padding):
             torch.testing.assert_close(out, logits, rtol=0, atol=1e-5)
             prefix = replay.run(replay.embedding_output, stop=start)
             torch.testing.assert_close(prefix, entering[start], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_replay_under_sdpa_attention_and_no_padding(arch):
+    # Real checkpoints load with SDPA, whose masks are boolean or None (is_causal).
+    kw = {"sliding_window": WINDOW} if arch in WINDOWED else {}
+    config = tiny_config(arch, num_layers=LAYERS, **kw)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    ids, _ = padded_batch("right")
+    for mask in (None, torch.ones_like(ids)):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            replay = BlockReplay(model, ids, mask)
+            out = surgery.Unembed(model)(replay.run(replay.embedding_output))
+        torch.testing.assert_close(out, logits, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", WINDOWED)
