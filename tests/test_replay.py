@@ -4,6 +4,7 @@ window; SALF fine-tuning through them on every architecture."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -211,12 +212,7 @@ def test_lora_adapts_every_linear_layer_of_the_suffix(arch, tokenizer):
     result = finetune(salf_model(arch, tokenizer), tokenizer, policies.Lora(eof=2, r=2))
     assert result.grad_params and all("lora_" in n for n in result.grad_params)
     adapted = {n.split(".lora_")[0] for n in result.grad_params}
-    blocks = {
-        int(n.split(".h.")[-1].split(".")[0])
-        if arch == "gpt2"
-        else int(n.split(".layers.")[1].split(".")[0])
-        for n in adapted
-    }
+    blocks = {int(re.search(r"\.(?:h|layers)\.(\d+)\.", n).group(1)) for n in adapted}
     assert blocks == {2, 3} and len(adapted) >= 2 * 4  # attention and MLP layers of both blocks
 
 
@@ -231,13 +227,12 @@ def test_full_finetune_trains_gpt2_position_embeddings(tokenizer):
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2", "gpt_neox"])
 def test_cached_prefix_and_uncached_training_give_identical_parameters(arch, tokenizer):
     base = salf_model(arch, tokenizer)
-    runs = {}
+    runs, params = {}, {}
     for cache in (True, False):
         model = copy.deepcopy(base)
-        runs[cache] = finetune(
-            model, tokenizer, policies.FixedEof(eof=2), epochs=2, cache_prefix=cache
-        )
-        runs[cache].params = dict(model.named_parameters())
+        policy = policies.FixedEof(eof=2)
+        runs[cache] = finetune(model, tokenizer, policy, epochs=2, cache_prefix=cache)
+        params[cache] = dict(model.named_parameters())
     assert runs[True].cost["cache_hits"] == 2 and runs[False].cost["cache_hits"] == 0
     assert runs[True].losses == runs[False].losses
-    assert all(torch.equal(p, runs[False].params[n]) for n, p in runs[True].params.items())
+    assert all(torch.equal(p, params[False][n]) for n, p in params[True].items())

@@ -275,8 +275,8 @@ class record_block_calls:  # noqa: N801 - used as a function-style context manag
     def __init__(self, model: nn.Module, stop: int | None = None):
         self.model = model
         self.blocks = surgery.decoder_layers(model)
-        self.stop = len(self.blocks) if stop is None else stop
         n = len(self.blocks)
+        self.stop = n if stop is None else stop
         if not 1 <= self.stop <= n:
             raise InvalidParameterError(f"stop={stop} out of range for a {n}-layer model (1..{n})")
         self.recorded = BlockCalls()
