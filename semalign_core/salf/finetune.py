@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from semalign_core import costs
 from semalign_core.data import CLASSIFICATION_TASKS
 from semalign_core.errors import InvalidParameterError
+from semalign_core.evaluation.metrics import macro_f1
 from semalign_core.lm import surgery
 from semalign_core.lm.replay import BlockReplay
 from semalign_core.salf import analysis, gains, policies
@@ -422,18 +423,6 @@ def finetune(
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def macro_f1(gold: Sequence[int], pred: Sequence[int]) -> float:
-    """Macro-F1 over the labels present in gold or predictions (scikit-learn's default set)."""
-    labels = sorted(set(gold) | set(pred))
-    scores = []
-    for c in labels:
-        tp = sum(g == c and p == c for g, p in zip(gold, pred))
-        fp = sum(g != c and p == c for g, p in zip(gold, pred))
-        fn = sum(g == c and p != c for g, p in zip(gold, pred))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 @torch.no_grad()

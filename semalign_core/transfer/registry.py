@@ -25,12 +25,14 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass, replace
 from typing import Any, Callable, Sequence
 
-from semalign_core.semalign import transfer as semalign
 from semalign_core.baselines import controls, laten, seeking
 from semalign_core.errors import InvalidParameterError
+from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.result import TransferResult
+from semalign_core.semalign.transfer import transfer as semalign_transfer
 
-METHODS: dict[str, Callable[..., semalign.TransferResult]] = {
-    "semalign": semalign.transfer,
+METHODS: dict[str, Callable[..., TransferResult]] = {
+    "semalign": semalign_transfer,
     "seeking": seeking.transfer,
     "laten": laten.transfer,
     "sft": controls.sft,
@@ -39,7 +41,7 @@ METHODS: dict[str, Callable[..., semalign.TransferResult]] = {
 }
 
 CONFIGS: dict[str, type] = {
-    "semalign": semalign.SemAlignConfig,
+    "semalign": SemAlignConfig,
     "seeking": seeking.SeekingConfig,
     "laten": laten.LatenConfig,
     "sft": controls.SFTConfig,
@@ -74,7 +76,7 @@ def make_config(name: str, config: Any = None, **overrides) -> Any:
 
 
 def run_method(name: str, source, target, train_records: Sequence[dict], attribution_records: Sequence[dict],
-               config: Any = None, tokenizer=None, **kwargs) -> semalign.TransferResult:
+               config: Any = None, tokenizer=None, **kwargs) -> TransferResult:
     """Run method ``name``. ``kwargs`` that are fields of its config override them; the rest
     (``resume``, ``stop_after_stage``, method-specific keywords) go to the entry point."""
     _check_name(name)
