@@ -141,9 +141,7 @@ def frontier_step(source, target, batch, stage: int, config: SemAlignConfig):
         source, [batch], pairing, config, composite_map(s_src, s_tgt), need_teacher=True
     )
     inputs = LayerInputs(target, [batch], stage - 1)
-    loss_fn = StageLoss(
-        target, sup, inputs, [batch], config, s_src, s_tgt, surgery.unembedding(source), None
-    )
+    loss_fn = StageLoss(target, sup, inputs, [batch], config, s_src, s_tgt, surgery.Unembed(source))
     for p in target.parameters():
         p.requires_grad_(False)
     params = make_trainable(surgery.decoder_layers(target)[stage - 1], config)

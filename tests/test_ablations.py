@@ -32,8 +32,9 @@ def test_variants_are_distinct_valid_configs():
     from semalign_core.transfer.registry import CONFIGS, make_config
 
     base = ablations.default_config(SMOKE)
-    assert base == make_config("semalign", None, **budgets.transfer_budget(SMOKE, "sst2").method_overrides(
-        "semalign", 0, CONFIGS["semalign"]))  # the config Table 2's semalign cell trains with
+    budget = budgets.transfer_budget(SMOKE, "sst2")
+    overrides = budget.method_overrides("semalign", 0, CONFIGS["semalign"])
+    assert base == make_config("semalign", None, **overrides)  # what Table 2's semalign cell trains
     variants = ablations.variants(SMOKE)
     assert variants[0].is_default and {v.axis for v in variants[1:]} == set(ablations.AXES)
     hashes = set()

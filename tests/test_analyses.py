@@ -61,7 +61,8 @@ def test_notebooks_run_at_smoke_without_errors(smoke_results):
 def test_fidelity_record_shapes_and_ranges(smoke_results):
     rec = _read(smoke_results, "semalign_analyses", "smoke", "fidelity.json")
     m = rec["metrics"]
-    assert m["n_tokens"] > 0 and m["n_examples"] == budgets.SEMALIGN_ANALYSIS_BUDGETS["smoke"].n_examples
+    budget = budgets.SEMALIGN_ANALYSIS_BUDGETS["smoke"]
+    assert m["n_tokens"] > 0 and m["n_examples"] == budget.n_examples
     for role, layers in (("source", 6), ("target", 4)):
         info = m["models"][role]
         assert info["layers"] == layers
@@ -95,7 +96,8 @@ def test_salf_records_shapes_and_eof(smoke_results):
         assert set(m["eof_by_gain"]) == set(salf.GAINS)
         assert all(1 <= e <= L - 1 for e in m["eof_by_gain"].values())
         assert m["eof_by_gain"][m["gain_kind"]] == m["eof"]
-        assert sum(m["example_eof_counts"].values()) == m["n"] == budgets.SALF_ANALYSIS_EXAMPLES["smoke"]
+        n = budgets.SALF_ANALYSIS_EXAMPLES["smoke"]
+        assert sum(m["example_eof_counts"].values()) == m["n"] == n
         assert rec["config"]["split"] == salf_analysis.salf_split(task)
 
 
@@ -157,7 +159,8 @@ def test_token_positions_skip_padding_and_cap():
     assert all(int(mask[r, c]) == 1 for r, c in every[0].tolist())
     capped = semalign_analyses.token_positions(batches, 4, seed=0)
     assert sum(len(p) for p in capped) == 4
-    assert all(torch.equal(a, b) for a, b in zip(capped, semalign_analyses.token_positions(batches, 4, seed=0)))
+    again = semalign_analyses.token_positions(batches, 4, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(capped, again))
 
 
 @pytest.mark.slow
@@ -168,7 +171,10 @@ def test_output_side_bases_reconstruct_better_on_smollm2(smollm2):
 
     budget = semalign_analyses.semalign_budget(get_profile("smoke"), n_examples=2, max_length=64)
     batches, _ = semalign_analyses.measured_batches(smollm2.tokenizer, "gsm", budget, seed=0)
-    states = semalign_analyses.token_states(smollm2.model, batches, semalign_analyses.token_positions(batches, 128, seed=0))
-    out, _ = semalign_analyses.layer_fidelity(states, semantics.semantic_bases(surgery.unembedding(smollm2.model).weight))
-    inp, _ = semalign_analyses.layer_fidelity(states, semantics.input_side_bases(surgery.input_embeddings(smollm2.model).weight))
+    positions = semalign_analyses.token_positions(batches, 128, seed=0)
+    states = semalign_analyses.token_states(smollm2.model, batches, positions)
+    output_side = semantics.semantic_bases(surgery.unembedding(smollm2.model).weight)
+    input_side = semantics.input_side_bases(surgery.input_embeddings(smollm2.model).weight)
+    out, _ = semalign_analyses.layer_fidelity(states, output_side)
+    inp, _ = semalign_analyses.layer_fidelity(states, input_side)
     assert sum(o > i for o, i in zip(out, inp)) >= 0.8 * len(out)

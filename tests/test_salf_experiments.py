@@ -32,9 +32,11 @@ def results(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEMALIGN_RESULTS_DIR", str(root))
         pool = ModelPool(PROF)
-        main = ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(lambda _: POLICIES, [MODEL], [TASK], [0, 1])
+        main = ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(
+            lambda _: POLICIES, [MODEL], [TASK], [0, 1])
         cost = ex.SalfGrid(PROF, experiment=SALF_COST_BENEFIT, reuse_from=(SALF_MAIN,), pool=pool,
-                           verbose=False).run_all(lambda s: sweep_labels(s)["depth"], [MODEL], [TASK], [0])
+                           verbose=False).run_all(
+            lambda s: sweep_labels(s)["depth"], [MODEL], [TASK], [0])
         yield root, main, cost
 
 
@@ -94,10 +96,12 @@ def test_force_recomputes_each_run_once(tmp_path, monkeypatch):
     monkeypatch.setattr(salf, "run_finetune", counting)
     labels = ["full", "salf", "random_matched"]
     pool = ModelPool(PROF)
-    first = ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(lambda _: labels, [MODEL], [TASK], [0])
-    ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(lambda _: labels, [MODEL], [TASK], [0])
+    grid = ex.SalfGrid(PROF, pool=pool, verbose=False)
+    first = grid.run_all(lambda _: labels, [MODEL], [TASK], [0])
+    grid.run_all(lambda _: labels, [MODEL], [TASK], [0])
     assert calls == labels  # the second grid reused all
-    forced = ex.SalfGrid(PROF, force=True, pool=pool, verbose=False).run_all(lambda _: labels, [MODEL], [TASK], [0])
+    forced = ex.SalfGrid(PROF, force=True, pool=pool, verbose=False).run_all(
+        lambda _: labels, [MODEL], [TASK], [0])
     assert calls == labels * 2  # forced: each once (random_matched does not recompute SALF again)
     assert [r["config_hash"] for r in forced] == [r["config_hash"] for r in first]
 

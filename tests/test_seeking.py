@@ -1,4 +1,4 @@
-"""Seeking (PostPKT) on the smoke models: block search, SVD → LoRA init, injection, post-training."""
+"""Seeking (PostPKT) on the smoke models: block search, SVD → LoRA init, injection, training."""
 
 import copy
 from dataclasses import replace
@@ -7,13 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from semalign_core.lm import surgery
 from semalign_core.baselines import seeking
-from semalign_core.baselines.seeking import SeekingConfig, best_block, block_sums, extract_block, lora_factors
+from semalign_core.baselines.seeking import (
+    SeekingConfig,
+    best_block,
+    block_sums,
+    extract_block,
+    lora_factors,
+)
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
+from semalign_core.lm import surgery
 from semalign_core.models.tiny import tiny_model
 
-BASE = SeekingConfig(epochs=1, batch_size=2, micro_batch_size=2, lr=1e-3, max_length=40, progress=False)
+BASE = SeekingConfig(
+    epochs=1, batch_size=2, micro_batch_size=2, lr=1e-3, max_length=40, progress=False
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,15 +41,32 @@ def logits(model, tok, text="Question: 2 + 3 = ?\nAnswer: 5"):
 # --------------------------------------------------------------------------- block search
 
 
-@pytest.mark.parametrize("shape,block", [((5, 7), (2, 3)), ((6, 6), (6, 6)), ((9, 4), (1, 1)), ((3, 11), (3, 2)),
-                                         ((8, 5), (7, 1)), ((1, 9), (1, 4))])
+@pytest.mark.parametrize(
+    "shape,block",
+    [
+        ((5, 7), (2, 3)),
+        ((6, 6), (6, 6)),
+        ((9, 4), (1, 1)),
+        ((3, 11), (3, 2)),
+        ((8, 5), (7, 1)),
+        ((1, 9), (1, 4)),
+    ],
+)
 def test_summed_area_search_matches_brute_force(shape, block):
     g = torch.Generator().manual_seed(sum(shape) + sum(block))
     s = torch.rand(*shape, generator=g)
     sums = block_sums(s, *block)
     rows, cols = block
-    brute = torch.tensor([[float(s[a:a + rows, b:b + cols].double().sum()) for b in range(shape[1] - cols + 1)]
-                          for a in range(shape[0] - rows + 1)], dtype=torch.float64)
+    brute = torch.tensor(
+        [
+            [
+                float(s[a : a + rows, b : b + cols].double().sum())
+                for b in range(shape[1] - cols + 1)
+            ]
+            for a in range(shape[0] - rows + 1)
+        ],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(sums, brute)
     flat = int(torch.argmax(brute))
     assert best_block(s, *block) == (flat // brute.shape[1], flat % brute.shape[1])
@@ -65,7 +90,8 @@ def test_lora_factors_are_the_rank_r_svd():
     b, a = lora_factors(m, 3)
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     torch.testing.assert_close(b @ a, (u[:, :3] * s[:3]) @ vh[:3])
-    torch.testing.assert_close(a @ a.T, torch.eye(3), atol=1e-5, rtol=0)  # A = V_rᵀ: orthonormal rows
+    # A = V_rᵀ: orthonormal rows
+    torch.testing.assert_close(a @ a.T, torch.eye(3), atol=1e-5, rtol=0)
     b, a = lora_factors(m, 8)  # rank above min(m, n): zero-padded, exact
     assert b.shape == (9, 8) and a.shape == (8, 6)
     torch.testing.assert_close(b @ a, m, atol=1e-5, rtol=1e-5)
@@ -82,8 +108,15 @@ def test_select_layers_keeps_the_top_layers_in_depth_order():
 @pytest.mark.parametrize("alpha", [16, 32])
 def test_target_is_functionally_unchanged_right_after_injection(pair, alpha):
     src, tgt, tok, train, extract = pair
-    result = seeking.transfer(src, copy.deepcopy(tgt), train, extract, replace(BASE, lora_alpha=alpha), tok,
-                              post_train=False)
+    result = seeking.transfer(
+        src,
+        copy.deepcopy(tgt),
+        train,
+        extract,
+        replace(BASE, lora_alpha=alpha),
+        tok,
+        post_train=False,
+    )
     assert float((logits(result.model, tok) - logits(tgt, tok)).abs().max()) < 1e-4
     from peft.tuners.lora import LoraLayer
 
@@ -97,15 +130,40 @@ def test_target_is_functionally_unchanged_right_after_injection(pair, alpha):
         # W_base + BA = W: the delta sits in the adapters, its negative in the base weight
     assert nonzero == len(loras)
     sens = result.stages[0]
-    assert len(sens["layer_totals"]) == 6 and sens["selected_source_layers"] == result.pairing.source_layers
+    assert (
+        len(sens["layer_totals"]) == 6
+        and sens["selected_source_layers"] == result.pairing.source_layers
+    )
     assert result.pairing.is_monotone and len(result.stages[1]["offsets"]) == len(loras)
+
+
+def test_injection_into_gpt2_conv1d_keeps_the_function(pair):
+    """GPT-2's Conv1D stores (in, out): the adapters' delta must still cancel the base change."""
+    from peft.tuners.lora import LoraLayer
+
+    *_, tok, train, extract = pair
+    src = tiny_model("gpt2", vocab_size=49152, num_layers=6, hidden_size=64, intermediate_size=128)
+    tgt = tiny_model("gpt2", vocab_size=49152, num_layers=4, hidden_size=48, intermediate_size=96)
+    before = {n: p.detach().clone() for n, p in tgt.named_parameters()}
+    result = seeking.transfer(src, copy.deepcopy(tgt), train, extract, BASE, tok, post_train=False)
+    assert float((logits(result.model, tok) - logits(tgt, tok)).abs().max()) < 1e-4
+    loras = {n: m for n, m in result.model.named_modules() if isinstance(m, LoraLayer)}
+    assert len(loras) == 4 * surgery.num_layers(tgt)  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    for name, m in loras.items():
+        with torch.no_grad():
+            delta = m.get_delta_weight("default")  # peft's own delta: transposed for Conv1D
+            base = m.get_base_layer().weight
+        original = before[name.removeprefix("base_model.model.") + ".weight"]
+        torch.testing.assert_close(base + delta, original)  # injection took it off the base
+        assert float(delta.abs().sum()) > 0, name
 
 
 def test_post_training_changes_the_target_and_merges(pair):
     src, tgt, tok, train, extract = pair
     result = seeking.transfer(src, copy.deepcopy(tgt), train, extract, BASE, tok)
-    assert result.model is not tgt and all(type(m) is nn.Linear for n, m in result.model.named_modules()
-                                           if n.endswith("_proj"))
+    assert result.model is not tgt and all(
+        type(m) is nn.Linear for n, m in result.model.named_modules() if n.endswith("_proj")
+    )
     assert set(dict(result.model.named_parameters())) == set(dict(tgt.named_parameters()))
     assert float((logits(result.model, tok) - logits(tgt, tok)).abs().max()) > 1e-3
     rec = result.stages[-1]

@@ -11,10 +11,18 @@ from semalign_core.costs import FLOP_MODEL
 from semalign_core.data.batching import sft_batches
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.lm import semantics, surgery
-from semalign_core.models.tiny import tiny_model
+from semalign_core.lm.nethook import capture_hidden
+from semalign_core.models.tiny import ARCHITECTURES, tiny_model
+from semalign_core.semalign.attribution import pair_layers, supervised_positions
 from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.frontier import LayerInputs
 from semalign_core.semalign.objective import linear_cka_loss
-from semalign_core.semalign.supervision import composite_map, map_states
+from semalign_core.semalign.supervision import (
+    composite_map,
+    map_states,
+    source_supervision,
+    teacher_logits,
+)
 from semalign_core.semalign.transfer import transfer
 
 BASE = SemAlignConfig(steps_per_stage=3, lr=1e-3, batch_size=2, max_length=40, progress=False)
@@ -327,3 +335,63 @@ def test_bfloat16_models_train_with_finite_losses(pair, max_cached_logits_bytes)
     result = transfer(src16, tgt16, train, extract, cfg, tok, stop_after_stage=1)
     losses = [x for rec in result.stages for x in rec["losses"] + rec["kl_losses"]]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+# --------------------------------------------------------------------------- model access
+
+
+def padded_batch(vocab: int = 128) -> dict:
+    """Two rows of 10 tokens, row 1 left-padded but still longer than a 4-token window."""
+    ids = torch.randint(0, vocab, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :5] = -100  # the second half is the "response"
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_layer_inputs_replay_the_models_own_forward(arch):
+    windowed = {"sliding_window": 4} if arch in ("mistral", "gemma2", "gemma3") else {}
+    model = tiny_model(arch, num_layers=3, seed=3, **windowed)
+    batch = padded_batch()
+    with torch.no_grad(), capture_hidden(model, points=("block_in", "block_out")) as ref:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    inputs = LayerInputs(model, [batch], index=1)
+    close = dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inputs.hidden[0], ref["block_in"][1], **close)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            inputs.run_layer(1, inputs.hidden[0], 0), ref["block_out"][1], **close
+        )
+    inputs.advance()
+    assert inputs.index == 2 and not inputs.hidden[0].requires_grad
+    torch.testing.assert_close(inputs.hidden[0], ref["block_in"][2], **close)
+    inputs.run_layer(2, inputs.hidden[0], 0).square().sum().backward()  # the step's graph
+    block = surgery.decoder_layers(model)[2]
+    assert all(p.grad is not None for p in block.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("cache", [1 << 30, 0], ids=["teacher-logits", "teacher-hidden"])
+def test_teacher_output_is_the_soft_capped_model_output(cache):
+    """Gemma-2's soft cap: the cached teacher (or its states through the head) = model logits."""
+    src = tiny_model("gemma2", num_layers=4, seed=4, final_logit_softcapping=0.5)
+    tgt = tiny_model("gemma2", num_layers=2, seed=5, hidden_size=32)
+    batch = padded_batch()
+    config = replace(BASE, max_cached_logits_bytes=cache)
+    pairing = pair_layers(None, 2, "floor", n_source=4)
+    bases = [
+        semantics.semantic_bases(surgery.unembedding(m).weight, disk_cache=False)
+        for m in (src, tgt)
+    ]
+    sup = source_supervision(src, [batch], pairing, config, composite_map(*bases), True)
+    mask = supervised_positions(batch["labels"])[0]
+    with torch.no_grad():
+        reference = src(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        expected = reference.logits[mask]
+        got = sup.teacher[0]
+        if sup.teacher_kind == "hidden":
+            got = teacher_logits(surgery.Unembed(src), got)
+    assert sup.teacher_kind == ("logits" if cache else "hidden")
+    assert float(expected.abs().max()) < 0.5  # capped: |logits| below the cap
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

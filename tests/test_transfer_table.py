@@ -149,6 +149,7 @@ def test_paper_profile_uses_the_published_per_task_budgets_of_tables_4_and_5():
         assert budget.n_extract == t4["rows"]["align size"][i]
         assert budget.epochs == t5["rows"]["epochs"][i] and budget.n_train == t5["rows"]["train size"][i]
         assert budget.method_config["sft"]["lr"] == t5["rows"]["learning rate"][i]
-    assert budgets.transfer_budget(get_profile("cpu"), "mbpp") == budgets.transfer_budget(get_profile("cpu"))
+    cpu = get_profile("cpu")
+    assert budgets.transfer_budget(cpu, "mbpp") == budgets.transfer_budget(cpu)
     table = semalign_tables.hyperparameter_table(paper)
     assert list(table.loc["training: train examples (T5 train size)"]) == ["1000", "1000", "1000", "300"]

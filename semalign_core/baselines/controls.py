@@ -23,25 +23,28 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
 
 from semalign_core import costs
 from semalign_core.costs import summarize  # one cost dict for every method (laten, seeking too)
-from semalign_core.lm import surgery
-from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.data.batching import collate
 from semalign_core.data.formatting import build_sft_example
 from semalign_core.errors import InvalidParameterError
-from semalign_core.lm.nethook import capture_hidden, run_to_layers
+from semalign_core.lm import surgery
+from semalign_core.lm.nethook import capture_hidden, first_tensor, run_to_layers
+from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.pairing import Pairing, uniform_pairing
 from semalign_core.semalign.result import TransferResult, check_compatible
 
 EPS = 1e-12
+LINEAR_KINDS = (nn.Linear, Conv1D)  # what LoRA adapts (surgery.block_linear_names)
 
 
 # --------------------------------------------------------------------------- configs
@@ -119,7 +122,8 @@ class SFTConfig(TrainConfig):
 
 @dataclass
 class OutputKLConfig(SFTConfig):
-    """Output distillation: ``kl_weight · τ²·KL(p_S^τ ‖ p_T^τ) + ce_weight · CE`` on response tokens."""
+    """Output distillation on response tokens:
+    ``kl_weight · τ²·KL(p_S^τ ‖ p_T^τ) + ce_weight · CE``."""
 
     tau: float = 2.0
     kl_weight: float = 1.0
@@ -161,8 +165,16 @@ def tokenize(records: Sequence[dict], tokenizer, config: TrainConfig) -> list[di
     """Records with ``messages`` → ``{"input_ids", "labels"}`` examples (see build_sft_example)."""
     if not records:
         raise InvalidParameterError("no records to train on")
-    return [build_sft_example(tokenizer, r["messages"], style=config.prompt_style, loss_on=config.loss_on,
-                              max_length=config.max_length) for r in records]
+    return [
+        build_sft_example(
+            tokenizer,
+            r["messages"],
+            style=config.prompt_style,
+            loss_on=config.loss_on,
+            max_length=config.max_length,
+        )
+        for r in records
+    ]
 
 
 def epoch_schedule(n_examples: int, config: TrainConfig) -> list[list[int]]:
@@ -172,15 +184,11 @@ def epoch_schedule(n_examples: int, config: TrainConfig) -> list[list[int]]:
     steps: list[list[int]] = []
     for _ in range(config.epochs):
         order = torch.randperm(n_examples, generator=gen).tolist()
-        steps += [order[i:i + config.batch_size] for i in range(0, n_examples, config.batch_size)]
+        steps += [order[i : i + config.batch_size] for i in range(0, n_examples, config.batch_size)]
     return steps[: config.max_steps] if config.max_steps else steps
 
 
 # --------------------------------------------------------------------------- losses
-
-
-def _first(output) -> Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def per_example_mean(values: Tensor, rows: Tensor, n: int) -> Tensor:
@@ -198,10 +206,16 @@ def supervised_logits(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, Te
     mask, target = supervised_positions(batch["labels"].to(device))
     rows, cols = mask.nonzero(as_tuple=True)
     store: dict[str, Tensor] = {}
-    handle = surgery.final_norm(model).register_forward_hook(lambda m, a, o: store.__setitem__("h", _first(o)))
+    handle = surgery.final_norm(model).register_forward_hook(
+        lambda m, a, o: store.__setitem__("h", first_tensor(o))
+    )
     try:
-        model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-              logits_to_keep=1, use_cache=False)
+        model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            logits_to_keep=1,
+            use_cache=False,
+        )
     finally:
         handle.remove()
     logits = surgery.Unembed(model).decode_normed(store["h"][rows, cols]).float()
@@ -211,7 +225,9 @@ def supervised_logits(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, Te
 def ce_per_example(model: nn.Module, batch: dict) -> Tensor:
     """Per-example mean response cross-entropy, shape (batch,)."""
     logits, rows, target = supervised_logits(model, batch)
-    return per_example_mean(F.cross_entropy(logits, target, reduction="none"), rows, batch["input_ids"].shape[0])
+    return per_example_mean(
+        F.cross_entropy(logits, target, reduction="none"), rows, batch["input_ids"].shape[0]
+    )
 
 
 # --------------------------------------------------------------------------- trainable sets
@@ -232,25 +248,30 @@ def restore_flags(model: nn.Module, flags: dict[str, bool]) -> None:
             p.requires_grad_(flags[n])
 
 
-def linear_names(model: nn.Module) -> list[str]:
-    """Full module names of every nn.Linear inside the decoder blocks (LoRA targets)."""
-    layers = surgery.decoder_layers(model)
-    ids = {id(m): None for blk in layers for m in blk.modules() if isinstance(m, nn.Linear)}
-    names = [n for n, m in surgery.unwrap(model).named_modules() if id(m) in ids]
-    if not names:
-        raise InvalidParameterError(f"LoRA needs nn.Linear modules in the decoder blocks of {type(model).__name__}")
-    return names
-
-
 def add_lora(model: nn.Module, r: int, alpha: int):
-    """Wrap ``model`` with peft LoRA adapters (rank r, dropout 0) on every decoder-block Linear.
+    """Wrap ``model`` with peft LoRA adapters (rank r, dropout 0) on every linear layer of the
+    decoder blocks (``surgery.block_linear_names``: ``nn.Linear`` and GPT-2's ``Conv1D``).
 
     peft injects in place: ``model``'s Linears become LoRA layers; the returned PeftModel
     forwards to it. :func:`merge_lora` folds the adapters back and restores plain Linears.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # slow to import; only LoRA runs need it
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=linear_names(model), bias="none")
+    targets = surgery.block_linear_names(model)
+    if not targets:
+        raise InvalidParameterError(
+            f"LoRA needs linear layers in the decoder blocks of {type(model).__name__}"
+        )
+    # Conv1D stores weights as (in, out); saying so up front spares peft's warning
+    conv1d = any(isinstance(m, Conv1D) for m in surgery.decoder_layers(model).modules())
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        bias="none",
+        fan_in_fan_out=conv1d,
+    )
     peft_model = get_peft_model(model, config)
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
     for n, p in peft_model.named_parameters():
@@ -307,8 +328,15 @@ def train(
 
     params = [p for g in param_groups for p in g["params"]]
     optim = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
-    record: dict[str, Any] = {"stage": desc, "losses": [], "parts": {}, "tokens": 0, "real_tokens": 0,
-                              "flops": 0.0, "step_s": []}
+    record: dict[str, Any] = {
+        "stage": desc,
+        "losses": [],
+        "parts": {},
+        "tokens": 0,
+        "real_tokens": 0,
+        "flops": 0.0,
+        "step_s": [],
+    }
     t0 = time.perf_counter()
     for ids in tqdm(schedule, desc=desc, disable=not config.progress):
         ts = time.perf_counter()
@@ -316,7 +344,7 @@ def train(
         step_loss = 0.0
         parts: dict[str, float] = {}
         for i in range(0, len(ids), config.micro_batch_size):
-            batch = collate([examples[k] for k in ids[i:i + config.micro_batch_size]], pad)
+            batch = collate([examples[k] for k in ids[i : i + config.micro_batch_size]], pad)
             per_example, per_parts = loss_fn(batch)
             loss = per_example.sum() / len(ids)
             loss.backward()
@@ -354,39 +382,59 @@ def train_flops(shape: costs.ModelShape, spec: costs.TrainableSpec, batch: dict)
     return costs.step_flops(shape, spec, bsz * seq, seq, n_sup)["total"]
 
 
-def source_forward_flops(shape: costs.ModelShape, batch: dict, n_blocks: int | None = None,
-                         head: bool = True) -> float:
+def source_forward_flops(
+    shape: costs.ModelShape, batch: dict, n_blocks: int | None = None, head: bool = True
+) -> float:
     """Forward FLOPs of the (frozen) source on a batch: its blocks and, optionally, the head at
     the supervised positions."""
     bsz, seq = batch["input_ids"].shape
     n_blocks = shape.num_layers if n_blocks is None else n_blocks
     flops = costs.prefix_forward_flops(shape, n_blocks, bsz * seq, seq)
     if head:
-        flops += 2.0 * shape.hidden * shape.vocab * int(supervised_positions(batch["labels"])[0].sum())
+        flops += (
+            2.0 * shape.hidden * shape.vocab * int(supervised_positions(batch["labels"])[0].sum())
+        )
     return flops
 
 
+def lora_params(block: nn.Module, r: int) -> int:
+    """Parameters of rank-r adapters on every linear layer of ``block``: r · (in + out) each."""
+    linears = [
+        m
+        for name, m in block.named_modules()
+        if isinstance(m, LINEAR_KINDS) and "lora_" not in name  # adapters already in: skip
+    ]
+    # in + out = the sum of the weight's dims (Linear stores out × in, Conv1D in × out)
+    return r * sum(sum(m.weight.shape) for m in linears)
+
+
 def spec_for(model: nn.Module, trainable: str, lora_r: int = 0) -> costs.TrainableSpec:
+    """What ``trainable`` trains, for the analytic FLOPs (LoRA: per-block adapter sizes)."""
     n = surgery.num_layers(model)
     if trainable == "lora":
-        per_block = {k: lora_r * sum(m.in_features + m.out_features for n, m in blk.named_modules()
-                                     if isinstance(m, nn.Linear) and "lora_" not in n)  # adapters already in: skip
-                     for k, blk in enumerate(surgery.decoder_layers(model))}
-        return costs.TrainableSpec(lora_params=per_block)
+        blocks = surgery.decoder_layers(model)
+        return costs.TrainableSpec(
+            lora_params={k: lora_params(b, lora_r) for k, b in enumerate(blocks)}
+        )
     full = trainable == "full"
     return costs.TrainableSpec(trained_blocks=frozenset(range(n)), embeddings=full, head=full)
 
 
-# --------------------------------------------------------------------------- shared entry-point logic
+# ---------------------------------------------------------------------- shared entry-point logic
 
 
-def begin(method: str, source: nn.Module, target: nn.Module, config, config_type: type,
-          resume: bool) -> None:
+def begin(
+    method: str, source: nn.Module, target: nn.Module, config, config_type: type, resume: bool
+) -> None:
     """Checks every entry point makes before any work (same errors as SemAlign)."""
     if not isinstance(config, config_type):
-        raise InvalidParameterError(f"{method} needs a {config_type.__name__}, got {type(config).__name__}")
+        raise InvalidParameterError(
+            f"{method} needs a {config_type.__name__}, got {type(config).__name__}"
+        )
     if resume:
-        raise InvalidParameterError(f"{method} keeps no stage checkpoints: resume=True is not supported")
+        raise InvalidParameterError(
+            f"{method} keeps no stage checkpoints: resume=True is not supported"
+        )
     check_compatible(source, target)
     torch.manual_seed(config.seed)
     source.eval(), target.eval()  # no dropout anywhere: the runs are deterministic
@@ -402,9 +450,20 @@ def _unused_pairing(source: nn.Module, target: nn.Module, why: str) -> Pairing:
     return Pairing(p.target_to_source, p.strategy, p.n_source, p.n_target, (why,))
 
 
-def _fine_tune(method: str, source, target, train_records, config: SFTConfig, tokenizer, stop_after_stage,
-               make_loss: Callable[[nn.Module], LossFn], source_flops: Callable[[dict], float],
-               pairing: Pairing, extra_groups: Sequence[dict] = (), notes: Sequence[str] = ()) -> TransferResult:
+def _fine_tune(
+    method: str,
+    source,
+    target,
+    train_records,
+    config: SFTConfig,
+    tokenizer,
+    stop_after_stage,
+    make_loss: Callable[[nn.Module], LossFn],
+    source_flops: Callable[[dict], float],
+    pairing: Pairing,
+    extra_groups: Sequence[dict] = (),
+    notes: Sequence[str] = (),
+) -> TransferResult:
     """SFT-shaped training of the target (layers / full / LoRA) with ``make_loss(model)``."""
     t_start = time.perf_counter()
     flags = requires_grad_flags(target)
@@ -419,24 +478,52 @@ def _fine_tune(method: str, source, target, train_records, config: SFTConfig, to
             else:
                 model, params = target, make_trainable(target, config.trainable)
             groups = [{"params": params}, *extra_groups]
-            record = train(groups, schedule, examples, pad_id(tokenizer), make_loss(model), config,
-                           lambda b: train_flops(shape, spec, b) + source_flops(b), desc=method)
+            record = train(
+                groups,
+                schedule,
+                examples,
+                pad_id(tokenizer),
+                make_loss(model),
+                config,
+                lambda b: train_flops(shape, spec, b) + source_flops(b),
+                desc=method,
+            )
             if config.trainable == "lora":
                 merge_lora(model)
         finally:
             restore_flags(target, flags)
     stages = [record]
-    cost = summarize(stages, time.perf_counter() - t_start, peak, train_steps=len(schedule),
-                     **costs.parameter_counts(target))
-    return TransferResult(model=target, pairing=pairing, scores=None, stages=stages, cost=cost,
-                          config={"method": method, **asdict(config)}, notes=list(notes))
+    cost = summarize(
+        stages,
+        time.perf_counter() - t_start,
+        peak,
+        train_steps=len(schedule),
+        **costs.parameter_counts(target),
+    )
+    return TransferResult(
+        model=target,
+        pairing=pairing,
+        scores=None,
+        stages=stages,
+        cost=cost,
+        config={"method": method, **asdict(config)},
+        notes=list(notes),
+    )
 
 
 # --------------------------------------------------------------------------- SFT
 
 
-def sft(source: nn.Module, target: nn.Module, train_records: Sequence[dict], attribution_records: Sequence[dict],
-        config: SFTConfig, tokenizer, resume: bool = False, stop_after_stage: int | None = None) -> TransferResult:
+def sft(
+    source: nn.Module,
+    target: nn.Module,
+    train_records: Sequence[dict],
+    attribution_records: Sequence[dict],
+    config: SFTConfig,
+    tokenizer,
+    resume: bool = False,
+    stop_after_stage: int | None = None,
+) -> TransferResult:
     """Plain SFT of ``target`` on ``train_records`` (the source and attribution records are unused;
     they are taken so every method has SemAlign's signature)."""
     begin("sft", source, target, config, SFTConfig, resume)
@@ -445,18 +532,36 @@ def sft(source: nn.Module, target: nn.Module, train_records: Sequence[dict], att
         def loss(batch):
             ce = ce_per_example(model, batch)
             return ce, {"ce": ce}
+
         return loss
 
-    return _fine_tune("sft", source, target, train_records, config, tokenizer, stop_after_stage, make_loss,
-                      lambda b: 0.0, _unused_pairing(source, target, "sft does not use the source"))
+    return _fine_tune(
+        "sft",
+        source,
+        target,
+        train_records,
+        config,
+        tokenizer,
+        stop_after_stage,
+        make_loss,
+        lambda b: 0.0,
+        _unused_pairing(source, target, "sft does not use the source"),
+    )
 
 
 # --------------------------------------------------------------------------- output KL
 
 
-def output_kl(source: nn.Module, target: nn.Module, train_records: Sequence[dict],
-              attribution_records: Sequence[dict], config: OutputKLConfig, tokenizer, resume: bool = False,
-              stop_after_stage: int | None = None) -> TransferResult:
+def output_kl(
+    source: nn.Module,
+    target: nn.Module,
+    train_records: Sequence[dict],
+    attribution_records: Sequence[dict],
+    config: OutputKLConfig,
+    tokenizer,
+    resume: bool = False,
+    stop_after_stage: int | None = None,
+) -> TransferResult:
     """Distil the source's next-token distributions into the target on the response tokens.
 
     The teacher logits are computed per micro-batch without grad (at the supervised positions
@@ -473,21 +578,33 @@ def output_kl(source: nn.Module, target: nn.Module, train_records: Sequence[dict
             n = batch["input_ids"].shape[0]
             log_p = torch.log_softmax(teacher / config.tau, dim=-1)
             log_q = torch.log_softmax(logits / config.tau, dim=-1)
-            kl = per_example_mean((log_p.exp() * (log_p - log_q)).sum(-1) * config.tau ** 2, rows, n)
+            kl = per_example_mean((log_p.exp() * (log_p - log_q)).sum(-1) * config.tau**2, rows, n)
             parts = {"kl": kl}
             total = config.kl_weight * kl
             if config.ce_weight:
-                parts["ce"] = per_example_mean(F.cross_entropy(logits, tgt, reduction="none"), rows, n)
+                parts["ce"] = per_example_mean(
+                    F.cross_entropy(logits, tgt, reduction="none"), rows, n
+                )
                 total = total + config.ce_weight * parts["ce"]
             return total, parts
+
         return loss
 
-    return _fine_tune("output_kl", source, target, train_records, config, tokenizer, stop_after_stage, make_loss,
-                      lambda b: source_forward_flops(src_shape, b),
-                      _unused_pairing(source, target, "output_kl uses only the source's output"))
+    return _fine_tune(
+        "output_kl",
+        source,
+        target,
+        train_records,
+        config,
+        tokenizer,
+        stop_after_stage,
+        make_loss,
+        lambda b: source_forward_flops(src_shape, b),
+        _unused_pairing(source, target, "output_kl uses only the source's output"),
+    )
 
 
-# --------------------------------------------------------------------------- hidden-state distillation
+# ---------------------------------------------------------------------- hidden-state distillation
 
 
 def hidden_maps(pairing: Pairing, d_target: int, d_source: int, seed: int) -> nn.ModuleDict:
@@ -503,9 +620,16 @@ def hidden_maps(pairing: Pairing, d_target: int, d_source: int, seed: int) -> nn
     return maps
 
 
-def hidden_distill(source: nn.Module, target: nn.Module, train_records: Sequence[dict],
-                   attribution_records: Sequence[dict], config: HiddenDistillConfig, tokenizer,
-                   resume: bool = False, stop_after_stage: int | None = None) -> TransferResult:
+def hidden_distill(
+    source: nn.Module,
+    target: nn.Module,
+    train_records: Sequence[dict],
+    attribution_records: Sequence[dict],
+    config: HiddenDistillConfig,
+    tokenizer,
+    resume: bool = False,
+    stop_after_stage: int | None = None,
+) -> TransferResult:
     """Layer-wise hidden-state distillation (uniform pairing, learned linear map per pair).
 
     Loss: ``hidden_weight · mean_j relMSE(M_j h_T^(j), h_S^(s(j))) + ce_weight · CE`` over
@@ -516,7 +640,9 @@ def hidden_distill(source: nn.Module, target: nn.Module, train_records: Sequence
     n_s, n_t = surgery.num_layers(source), surgery.num_layers(target)
     pairing = uniform_pairing(n_s, n_t)
     src_layers0 = [pairing.target_to_source[j] - 1 for j in range(1, n_t + 1)]
-    maps = hidden_maps(pairing, surgery.hidden_size(target), surgery.hidden_size(source), config.seed)
+    maps = hidden_maps(
+        pairing, surgery.hidden_size(target), surgery.hidden_size(source), config.seed
+    )
     src_shape = costs.model_shape(source)
     d_t, d_s = surgery.hidden_size(target), surgery.hidden_size(source)
 
@@ -527,15 +653,28 @@ def hidden_distill(source: nn.Module, target: nn.Module, train_records: Sequence
             rows, cols = keep.nonzero(as_tuple=True)
             n = batch["input_ids"].shape[0]
             with torch.no_grad():
-                src = run_to_layers(source, {"input_ids": batch["input_ids"].to(device),
-                                             "attention_mask": batch["attention_mask"].to(device)},
-                                    layers=sorted(set(src_layers0)), points=("block_out",), detach=True)
-            with capture_hidden(model, layers=list(range(n_t)), points=("block_out",), detach=False) as trace:
+                src = run_to_layers(
+                    source,
+                    {
+                        "input_ids": batch["input_ids"].to(device),
+                        "attention_mask": batch["attention_mask"].to(device),
+                    },
+                    layers=sorted(set(src_layers0)),
+                    points=("block_out",),
+                    detach=True,
+                )
+            with capture_hidden(
+                model, layers=list(range(n_t)), points=("block_out",), detach=False
+            ) as trace:
                 if config.ce_weight:
                     ce = ce_per_example(model, batch)
                 else:
-                    model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                          logits_to_keep=1, use_cache=False)
+                    model(
+                        input_ids=batch["input_ids"].to(device),
+                        attention_mask=batch["attention_mask"].to(device),
+                        logits_to_keep=1,
+                        use_cache=False,
+                    )
             terms = []
             for j in range(1, n_t + 1):
                 h_t = trace["block_out"][j - 1][rows, cols].float()
@@ -551,21 +690,50 @@ def hidden_distill(source: nn.Module, target: nn.Module, train_records: Sequence
                 parts["ce"] = ce
                 total = total + config.ce_weight * ce
             return total, parts
+
         return loss
 
     def extra_flops(batch):
         tokens = int(batch["input_ids"].numel())
-        return (source_forward_flops(src_shape, batch, max(src_layers0) + 1, head=False)
-                + 3 * 2.0 * d_t * d_s * tokens * n_t)  # maps: forward + both backward products
+        return (
+            source_forward_flops(src_shape, batch, max(src_layers0) + 1, head=False)
+            + 3 * 2.0 * d_t * d_s * tokens * n_t
+        )  # maps: forward + both backward products
 
-    map_group = {"params": list(maps.parameters()), "lr": config.map_lr or config.lr, "weight_decay": 0.0}
-    result = _fine_tune("hidden_distill", source, target, train_records, config, tokenizer, stop_after_stage,
-                        make_loss, extra_flops, pairing, extra_groups=[map_group])
+    map_group = {
+        "params": list(maps.parameters()),
+        "lr": config.map_lr or config.lr,
+        "weight_decay": 0.0,
+    }
+    result = _fine_tune(
+        "hidden_distill",
+        source,
+        target,
+        train_records,
+        config,
+        tokenizer,
+        stop_after_stage,
+        make_loss,
+        extra_flops,
+        pairing,
+        extra_groups=[map_group],
+    )
     result.stages[0]["maps"] = {k: v.detach().clone() for k, v in maps.state_dict().items()}
     return result
 
 
 __all__ = [
-    "HiddenDistillConfig", "OutputKLConfig", "SFTConfig", "TrainConfig", "add_lora", "ce_per_example",
-    "epoch_schedule", "hidden_distill", "merge_lora", "output_kl", "sft", "supervised_logits", "train",
+    "HiddenDistillConfig",
+    "OutputKLConfig",
+    "SFTConfig",
+    "TrainConfig",
+    "add_lora",
+    "ce_per_example",
+    "epoch_schedule",
+    "hidden_distill",
+    "merge_lora",
+    "output_kl",
+    "sft",
+    "supervised_logits",
+    "train",
 ]

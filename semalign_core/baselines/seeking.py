@@ -15,15 +15,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semalign_core import costs
-from semalign_core.lm import surgery
 from semalign_core.baselines.controls import (
     TrainConfig,
     add_lora,
@@ -43,6 +42,7 @@ from semalign_core.baselines.controls import (
 )
 from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
+from semalign_core.lm import surgery
 from semalign_core.semalign.pairing import Pairing
 from semalign_core.semalign.result import TransferResult
 
@@ -108,7 +108,8 @@ def layer_totals(sens: list[dict[str, Tensor]]) -> list[float]:
 
 
 def select_layers(totals: Sequence[float], n_target: int) -> list[int]:
-    """The ``n_target`` source layers (1-based) of largest total, in depth order (ties: shallower)."""
+    """The ``n_target`` source layers (1-based) of largest total, in depth order (ties: the
+    shallower)."""
     order = sorted(range(len(totals)), key=lambda k: (-totals[k], k))
     return sorted(k + 1 for k in order[:n_target])
 
@@ -139,7 +140,9 @@ def best_block(s: Tensor, rows: int, cols: int) -> tuple[int, int]:
     return flat // sums.shape[1], flat % sums.shape[1]
 
 
-def extract_block(weight: Tensor, sens: Tensor, shape: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+def extract_block(
+    weight: Tensor, sens: Tensor, shape: tuple[int, int]
+) -> tuple[Tensor, tuple[int, int]]:
     """The ``shape`` block of ``weight`` with maximal summed sensitivity, and its offset.
 
     A target dimension larger than the source's (it happens with GQA head counts or wider FFNs)
@@ -147,7 +150,7 @@ def extract_block(weight: Tensor, sens: Tensor, shape: tuple[int, int]) -> tuple
     """
     rows, cols = min(shape[0], weight.shape[0]), min(shape[1], weight.shape[1])
     r0, c0 = best_block(sens, rows, cols)
-    block = weight.detach().float()[r0:r0 + rows, c0:c0 + cols]
+    block = weight.detach().float()[r0 : r0 + rows, c0 : c0 + cols]
     if (rows, cols) != tuple(shape):
         block = F.pad(block, (0, shape[1] - cols, 0, shape[0] - rows))
     return block, (r0, c0)
@@ -171,7 +174,29 @@ def svd_flops(m: int, n: int) -> float:
     return 6.0 * big * small**2 + 20.0 * small**3
 
 
-def inject(peft_model: nn.Module, source: nn.Module, sens: list[dict[str, Tensor]], selected: Sequence[int]) -> dict:
+def _init_adapter(
+    module: nn.Module, src_weight: Tensor, src_sens: Tensor
+) -> tuple[list[int], float]:
+    """Set one LoRA pair (peft ``LoraLayer``) from the most sensitive block of ``src_weight`` and
+    subtract ``BA`` from its base weight: the block's offset and the FLOPs spent."""
+    adapter = module.active_adapters[0]
+    lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
+    # GPT-2's Conv1D stores (in, out) (peft's fan_in_fan_out): work on (out, in) views
+    view = (lambda w: w.T) if getattr(module, "fan_in_fan_out", False) else (lambda w: w)
+    base_w, src_w = view(module.get_base_layer().weight), view(src_weight)
+    block, offset = extract_block(src_w, view(src_sens), tuple(base_w.shape))
+    b, a = lora_factors(block, lora_a.weight.shape[0])
+    with torch.no_grad():
+        lora_a.weight.copy_(a)
+        lora_b.weight.copy_(b / module.scaling[adapter])  # peft adds lora_B lora_A · scaling
+        # sensitivities live on the CPU; the delta goes to the weight's device and dtype
+        base_w.sub_((b @ a).to(device=base_w.device, dtype=base_w.dtype))
+    return list(offset), svd_flops(*block.shape) + 4.0 * src_w.numel()  # + the table
+
+
+def inject(
+    peft_model: nn.Module, source: nn.Module, sens: list[dict[str, Tensor]], selected: Sequence[int]
+) -> dict:
     """Set every LoRA pair of target layer j from source layer ``selected[j-1]`` and subtract
     ``BA`` from the base weight. Returns ``{"offsets": {...}, "flops": ..., "skipped": [...]}``."""
     from peft.tuners.lora import LoraLayer
@@ -179,7 +204,7 @@ def inject(peft_model: nn.Module, source: nn.Module, sens: list[dict[str, Tensor
     src_blocks = surgery.decoder_layers(source)
     out = {"offsets": {}, "flops": 0.0, "skipped": []}
     for j, layer in enumerate(surgery.decoder_layers(peft_model), start=1):
-        src_layer = src_blocks[selected[j - 1] - 1]
+        src_layer, src_sens = src_blocks[selected[j - 1] - 1], sens[selected[j - 1] - 1]
         for name, module in layer.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
@@ -188,28 +213,26 @@ def inject(peft_model: nn.Module, source: nn.Module, sens: list[dict[str, Tensor
             except AttributeError:
                 out["skipped"].append(f"{j}.{name}")
                 continue
-            adapter = module.active_adapters[0]
-            base = module.get_base_layer()
-            lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
-            block, offset = extract_block(src_mod.weight, sens[selected[j - 1] - 1][f"{name}.weight"],
-                                          tuple(base.weight.shape))
-            b, a = lora_factors(block, lora_a.weight.shape[0])
-            with torch.no_grad():
-                lora_a.weight.copy_(a)
-                lora_b.weight.copy_(b / module.scaling[adapter])  # peft adds lora_B lora_A · scaling
-                # sensitivities live on the CPU; the delta goes to the weight's device and dtype
-                base.weight.sub_((b @ a).to(device=base.weight.device, dtype=base.weight.dtype))
-            out["offsets"][f"{j}.{name}"] = list(offset)
-            out["flops"] += svd_flops(*block.shape) + 4.0 * src_mod.weight.numel()  # + the table
+            offset, flops = _init_adapter(module, src_mod.weight, src_sens[f"{name}.weight"])
+            out["offsets"][f"{j}.{name}"] = offset
+            out["flops"] += flops
     return out
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def transfer(source: nn.Module, target: nn.Module, train_records: Sequence[dict],
-             attribution_records: Sequence[dict], config: SeekingConfig, tokenizer, resume: bool = False,
-             stop_after_stage: int | None = None, post_train: bool = True) -> TransferResult:
+def transfer(
+    source: nn.Module,
+    target: nn.Module,
+    train_records: Sequence[dict],
+    attribution_records: Sequence[dict],
+    config: SeekingConfig,
+    tokenizer,
+    resume: bool = False,
+    stop_after_stage: int | None = None,
+    post_train: bool = True,
+) -> TransferResult:
     """Seeking from ``source`` into ``target`` (trained in place; see module docstring).
 
     ``attribution_records`` are the seed examples of the sensitivity pass; ``train_records``
@@ -229,30 +252,55 @@ def transfer(source: nn.Module, target: nn.Module, train_records: Sequence[dict]
         t0 = time.perf_counter()
         seed = tokenize(attribution_records, tokenizer, config)
         sb = config.sensitivity_batch_size
-        seed_batches = [collate(seed[i:i + sb], pad) for i in range(0, len(seed), sb)]
+        seed_batches = [collate(seed[i : i + sb], pad) for i in range(0, len(seed), sb)]
         sens = sensitivity(source, seed_batches)
         totals = layer_totals(sens)
         selected = select_layers(totals, n_t)
         all_blocks = costs.TrainableSpec(trained_blocks=frozenset(range(n_s)))
-        stages.append({"stage": "sensitivity", "layer_totals": totals, "selected_source_layers": selected,
-                       "seed_examples": len(seed), "wall_s": time.perf_counter() - t0,
-                       "tokens": sum(b["input_ids"].numel() for b in seed_batches),
-                       "real_tokens": sum(int(b["attention_mask"].sum()) for b in seed_batches),
-                       "flops": sum(train_flops(src_shape, all_blocks, b) for b in seed_batches)})
-        pairing = Pairing({j: s for j, s in enumerate(selected, start=1)}, "seeking-sensitivity", n_s, n_t,
-                          ("top-L_target source layers by total |θ⊙∇θ|, in depth order",))
+        stages.append(
+            {
+                "stage": "sensitivity",
+                "layer_totals": totals,
+                "selected_source_layers": selected,
+                "seed_examples": len(seed),
+                "wall_s": time.perf_counter() - t0,
+                "tokens": sum(b["input_ids"].numel() for b in seed_batches),
+                "real_tokens": sum(int(b["attention_mask"].sum()) for b in seed_batches),
+                "flops": sum(train_flops(src_shape, all_blocks, b) for b in seed_batches),
+            }
+        )
+        pairing = Pairing(
+            {j: s for j, s in enumerate(selected, start=1)},
+            "seeking-sensitivity",
+            n_s,
+            n_t,
+            ("top-L_target source layers by total |θ⊙∇θ|, in depth order",),
+        )
         # 3-4. extraction and LoRA init
         t0 = time.perf_counter()
         peft_model, params = add_lora(target, config.lora_r, config.lora_alpha)
         try:
             injected = inject(peft_model, source, sens, selected)
             del sens
-            stages.append({"stage": "extract", "wall_s": time.perf_counter() - t0, "flops": injected["flops"],
-                           "offsets": injected["offsets"], "skipped": injected["skipped"]})
+            stages.append(
+                {
+                    "stage": "extract",
+                    "wall_s": time.perf_counter() - t0,
+                    "flops": injected["flops"],
+                    "offsets": injected["offsets"],
+                    "skipped": injected["skipped"],
+                }
+            )
             if not post_train:
                 cost = summarize(stages, time.perf_counter() - t_start, peak)
-                return TransferResult(model=peft_model, pairing=pairing, scores=totals, stages=stages, cost=cost,
-                                      config={"method": "seeking", **asdict(config)})
+                return TransferResult(
+                    model=peft_model,
+                    pairing=pairing,
+                    scores=totals,
+                    stages=stages,
+                    cost=cost,
+                    config={"method": "seeking", **asdict(config)},
+                )
             # 5. LoRA post-training
             examples = tokenize(train_records, tokenizer, config)
             schedule = cap_steps(epoch_schedule(len(examples), config), stop_after_stage)
@@ -262,18 +310,46 @@ def transfer(source: nn.Module, target: nn.Module, train_records: Sequence[dict]
                 ce = ce_per_example(peft_model, batch)
                 return ce, {"ce": ce}
 
-            record = train([{"params": params}], schedule, examples, pad, loss, config,
-                           lambda b: train_flops(tgt_shape, spec, b), desc="seeking")
+            record = train(
+                [{"params": params}],
+                schedule,
+                examples,
+                pad,
+                loss,
+                config,
+                lambda b: train_flops(tgt_shape, spec, b),
+                desc="seeking",
+            )
             stages.append(record)
             merge_lora(peft_model)
         finally:
             if post_train:
                 restore_flags(target, flags)
-    cost = summarize(stages, time.perf_counter() - t_start, peak,
-                     train_steps=len(schedule), **costs.parameter_counts(target))
-    return TransferResult(model=target, pairing=pairing, scores=totals, stages=stages, cost=cost,
-                          config={"method": "seeking", **asdict(config)})
+    cost = summarize(
+        stages,
+        time.perf_counter() - t_start,
+        peak,
+        train_steps=len(schedule),
+        **costs.parameter_counts(target),
+    )
+    return TransferResult(
+        model=target,
+        pairing=pairing,
+        scores=totals,
+        stages=stages,
+        cost=cost,
+        config={"method": "seeking", **asdict(config)},
+    )
 
 
-__all__ = ["SeekingConfig", "best_block", "block_sums", "extract_block", "inject", "lora_factors",
-           "select_layers", "sensitivity", "transfer"]
+__all__ = [
+    "SeekingConfig",
+    "best_block",
+    "block_sums",
+    "extract_block",
+    "inject",
+    "lora_factors",
+    "select_layers",
+    "sensitivity",
+    "transfer",
+]

@@ -311,6 +311,7 @@ class _Loop:
             "flops_analytic": tally.flops,
             "flops_full_analytic": tally.full_flops,
             "saving_analytic": costs.saving_rate(tally.flops, tally.full_flops),
+            "flop_model": costs.FLOP_MODEL,  # the key every method's cost dict carries
             "wall_s": wall,
             "epoch_s": epoch_s,
             "step_s": self.stopwatch.steps,

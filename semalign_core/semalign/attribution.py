@@ -98,10 +98,7 @@ def response_loss(
     final = out.hidden_states[-1]
     mask, target = supervised_positions(labels.to(final.device))
     rows, cols = mask.nonzero(as_tuple=True)
-    logits = surgery.unembedding(model)(final[rows, cols])
-    cap = getattr(surgery.unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = surgery.Unembed(model).decode_normed(final[rows, cols])
     per_token = F.cross_entropy(logits.float(), target[rows, cols], reduction="none")
     n = input_ids.shape[0]
     total = per_token.new_zeros(n).index_add(0, rows, per_token)

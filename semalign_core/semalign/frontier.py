@@ -7,59 +7,35 @@ import torch
 from torch import Tensor, nn
 
 from semalign_core.errors import InvalidParameterError
-from semalign_core.lm import surgery
-from semalign_core.lm.nethook import run_to_layers
+from semalign_core.lm.replay import BlockReplay
 from semalign_core.semalign.config import SemAlignConfig
 
 
-def first_output(output) -> Tensor:
-    """The hidden states of a decoder layer's output (HF layers may return tuples)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 class LayerInputs:
-    """For every batch: the residual stream entering layer ``index`` (0-based, no grad) and the
-    arguments the model passes to each decoder layer (masks, rotary embeddings), captured once."""
+    """For every batch: the residual stream entering layer ``index`` (0-based, no grad), and a
+    replay of the decoder layers with the arguments the model passes them (masks, rotary
+    embeddings)::
+
+        inputs = LayerInputs(target, batches, index=0)
+        h_out = inputs.run_layer(0, inputs.hidden[i], i)  # layer 0 on batch i, with grad
+        inputs.advance()  # after layer 0 is trained: inputs.hidden now enter layer 1
+    """
 
     def __init__(self, model: nn.Module, batches: list[dict], index: int):
-        self.model, self.index = model, index
-        self.blocks = surgery.decoder_layers(model)
+        self.index = index
+        self.replays: list[BlockReplay] = []
         self.hidden: list[Tensor] = []
-        self.layer_args: list[list[tuple[tuple, dict]]] = []
         device = next(model.parameters()).device
-        for batch in batches:
-            calls: dict[int, tuple[tuple, dict]] = {}
-            handles = [
-                blk.register_forward_pre_hook(self._recorder(calls, k), with_kwargs=True)
-                for k, blk in enumerate(self.blocks)
-            ]
-            inputs = {
-                "input_ids": batch["input_ids"].to(device),
-                "attention_mask": batch["attention_mask"].to(device),
-            }
-            try:
-                with torch.no_grad():
-                    trace = run_to_layers(
-                        model, inputs, layers=[index, len(self.blocks) - 1], points=("block_in",)
-                    )
-            finally:
-                for h in handles:
-                    h.remove()
-            self.hidden.append(trace["block_in"][index])
-            self.layer_args.append([calls[k] for k in range(len(self.blocks))])
-
-    @staticmethod
-    def _recorder(calls: dict, k: int):
-        def hook(module, args, kwargs):
-            kwargs = {n: v for n, v in kwargs.items() if n != "hidden_states"}
-            calls[k] = (tuple(args[1:]), kwargs)
-
-        return hook
+        with torch.no_grad():
+            for batch in batches:
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                replay = BlockReplay(model, ids, mask)
+                self.replays.append(replay)
+                self.hidden.append(replay.run(replay.embedding_output, stop=index))
 
     def run_layer(self, k0: int, hidden: Tensor, i: int) -> Tensor:
-        """Layer ``k0`` (0-based) on ``hidden`` with batch i's captured arguments."""
-        args, kwargs = self.layer_args[i][k0]
-        return first_output(self.blocks[k0](hidden, *args, **kwargs))
+        """Layer ``k0`` (0-based) on ``hidden`` with batch i's arguments."""
+        return self.replays[i].run_block(k0, hidden)
 
     def advance(self) -> None:
         """After layer ``index`` is trained: its outputs become the inputs of the next layer."""

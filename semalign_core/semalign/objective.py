@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from semalign_core.lm import semantics, surgery
+from semalign_core.lm.nethook import capture_hidden
 from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.config import SemAlignConfig
-from semalign_core.semalign.frontier import LayerInputs, first_output
-from semalign_core.semalign.supervision import EPS, Supervision, logit_softcap
+from semalign_core.semalign.frontier import LayerInputs
+from semalign_core.semalign.supervision import EPS, Supervision, teacher_logits
 
 
 def linear_cka_loss(x: Tensor, y: Tensor, keep: Tensor) -> Tensor:
@@ -39,10 +40,13 @@ def aligned_logits_fit(n_positions: int, vocab: int, config: SemAlignConfig) -> 
 
 
 class StageLoss:
-    """Computes the loss of stage k on batch i (see SemAlignConfig.objective).
+    """The loss of stage k on batch i (see SemAlignConfig.objective)::
 
-    loss_fn = StageLoss(target, sup, inputs, batches, config, bases_src, bases_tgt, head, cap)
-    loss, parts = loss_fn(stage, i)  # parts: {"layer": float, "kl": float (when on)}
+        loss_fn = StageLoss(target, sup, inputs, batches, config, s_src, s_tgt, Unembed(source))
+        loss, parts = loss_fn(stage, i)  # parts: {"layer": float, "kl": float (when on)}
+
+    Layer k runs alone on its cached input (``inputs``); the layers after it run only for the
+    output KL. Target and teacher logits are read through one ``surgery.Unembed`` each.
     """
 
     def __init__(
@@ -54,16 +58,13 @@ class StageLoss:
         config: SemAlignConfig,
         bases_src: Tensor,
         bases_tgt: Tensor,
-        source_head: nn.Module,
-        source_cap: float | None,
+        source_unembed: surgery.Unembed,
     ):
         self.target, self.sup, self.inputs, self.config = target, sup, inputs, config
         self.bases_src, self.bases_tgt = bases_src, bases_tgt
-        self.source_head, self.source_cap = source_head, source_cap
+        self.source_unembed = source_unembed
         self.n_layers = surgery.num_layers(target)
-        self.head = surgery.unembedding(target)
-        self.norm = surgery.final_norm(target)
-        self.cap = logit_softcap(target)
+        self.unembed = surgery.Unembed(target)
         device = next(target.parameters()).device
         self.positions = []
         for b in batches:
@@ -80,10 +81,9 @@ class StageLoss:
         all batches' z~ fit in ``max_cached_logits_bytes`` (else recomputed at each step)."""
         if i in self._aligned:
             return self._aligned[i]
+        u = self.unembed
         with torch.no_grad():
-            z = semantics.aligned_logits(
-                h_tilde, self.norm, self.head.weight, self.cap, self.head.bias
-            ).float()
+            z = semantics.aligned_logits(h_tilde, u.norm, u.head.weight, u.cap, u.head.bias).float()
         if self._cache_aligned:
             self._aligned[i] = z
         return z
@@ -93,8 +93,7 @@ class StageLoss:
         if self.sup.teacher_kind == "logits":
             return t
         with torch.no_grad():
-            z = self.source_head(t.to(self.source_head.weight.dtype)).float()
-            return torch.tanh(z / self.source_cap) * self.source_cap if self.source_cap else z
+            return teacher_logits(self.source_unembed, t)
 
     def __call__(self, stage: int, i: int) -> tuple[Tensor, dict[str, float]]:
         cfg = self.config
@@ -113,17 +112,12 @@ class StageLoss:
             return sum(float(self(stage, i)[0]) for i in batch_ids) / max(1, len(batch_ids))
 
     def _run_layer(self, k0: int, h_in: Tensor, i: int) -> tuple[Tensor, Tensor | None]:
-        """Layer k's output, and for v1 its MLP sublayer output (taken by a hook)."""
+        """Layer k's output, and for v1 its MLP sublayer output (what it adds to the residual)."""
         if self.config.objective != "v1":
             return self.inputs.run_layer(k0, h_in, i), None
-        sub_out = {}
-        hook = lambda mod, args, out: sub_out.__setitem__("h", first_output(out))  # noqa: E731
-        handle = surgery.mlp_residual_module(self.inputs.blocks[k0]).register_forward_hook(hook)
-        try:
+        with capture_hidden(self.target, layers=[k0], points=("mlp_out",), detach=False) as trace:
             h_out = self.inputs.run_layer(k0, h_in, i)
-        finally:
-            handle.remove()
-        return h_out, sub_out["h"]
+        return h_out, trace["mlp_out"][k0]
 
     def _layer_term(
         self, stage: int, i: int, h_in: Tensor, h_out: Tensor, h_sub: Tensor | None
@@ -133,7 +127,7 @@ class StageLoss:
         rows, cols, labels, keep = self.positions[i]
         sup = self.sup.states[stage][i]
         if cfg.objective == "acl" and cfg.reading == "aligned_logits":
-            z = surgery.logit_lens(self.target, h_out[rows, cols]).float()
+            z = self.unembed(h_out[rows, cols]).float()
             z_tilde = self.aligned(stage, i, sup[rows, cols])
             return semantics.fisher_quadratic_surrogate(z, z_tilde, cfg.tau), z
         if cfg.objective == "acl":  # reading "vds": cosine coefficients on both sides
@@ -144,7 +138,7 @@ class StageLoss:
         if cfg.objective == "v2":
             return linear_cka_loss(h_out - h_in, sup, keep), None
         cos_state = F.cosine_similarity(h_sub[rows, cols].float(), sup[rows, cols], dim=-1, eps=EPS)
-        z = surgery.logit_lens(self.target, h_out[rows, cols]).float()
+        z = self.unembed(h_out[rows, cols]).float()
         cos_label = z.gather(1, labels[:, None]).squeeze(1) / z.norm(dim=-1).clamp_min(EPS)
         return (1.0 - cos_state).mean() + (1.0 - cos_label).mean(), z
 
@@ -157,5 +151,5 @@ class StageLoss:
             h = h_out
             for kk in range(stage, self.n_layers):  # frozen layers after k
                 h = self.inputs.run_layer(kk, h, i)
-            z_final = surgery.logit_lens(self.target, h[rows, cols]).float()
+            z_final = self.unembed(h[rows, cols]).float()
         return semantics.output_kl(self.teacher_logits(i), z_final, self.config.tau)

@@ -20,11 +20,6 @@ from semalign_core.semalign.pairing import Pairing
 EPS = 1e-12
 
 
-def logit_softcap(model: nn.Module) -> float | None:
-    """The model's final-logit soft cap (Gemma-2), or None."""
-    return getattr(surgery.unwrap(model).config, "final_logit_softcapping", None) or None
-
-
 class Supervision:
     """Per target layer j and batch i, the supervisory state (B, T, d) and the teacher output.
 
@@ -125,13 +120,11 @@ def _source_state(trace, objective: str, k0: int) -> Tensor:
     return trace["mlp_out"][k0].float()
 
 
-def _teacher_output(source: nn.Module, final: Tensor, kind: str) -> Tensor:
-    """Teacher logits (soft-capped) at the supervised positions, or their final-normed states."""
-    if kind == "hidden":
-        return final
-    head, cap = surgery.unembedding(source), logit_softcap(source)
-    logits = head(final.to(head.weight.dtype)).float()  # bf16 heads need bf16 inputs
-    return torch.tanh(logits / cap) * cap if cap else logits
+def teacher_logits(unembed: surgery.Unembed, final: Tensor) -> Tensor:
+    """Soft-capped fp32 teacher logits of final-normed states (cached or recomputed per step)."""
+    head = unembed.head
+    # Cap after the fp32 cast (not in the head's dtype): the recorded numbers were made this way.
+    return unembed.softcap(head(final.to(head.weight.dtype)).float())
 
 
 def source_supervision(
@@ -150,6 +143,7 @@ def source_supervision(
     states: dict[int, list[Tensor]] = {j: [] for j in plan}
     teacher: list[Tensor] = []
     device = next(source.parameters()).device
+    unembed = surgery.Unembed(source)
     for batch in batches:
         inputs = {
             "input_ids": batch["input_ids"].to(device),
@@ -163,7 +157,7 @@ def source_supervision(
             if need_teacher:
                 mask = supervised_positions(batch["labels"].to(device))[0]
                 final = out.hidden_states[-1][mask.nonzero(as_tuple=True)].float()
-                teacher.append(_teacher_output(source, final, kind))
+                teacher.append(final if kind == "hidden" else teacher_logits(unembed, final))
             for j, mix in plan.items():
                 raw = sum(w * _source_state(trace, config.objective, s - 1) for s, w in mix)
                 states[j].append(

@@ -62,7 +62,6 @@ from semalign_core.semalign.result import TransferResult, check_compatible
 from semalign_core.semalign.supervision import (
     Supervision,
     composite_map,
-    logit_softcap,
     paired_source_layers,
     source_supervision,
 )
@@ -320,8 +319,7 @@ def _run_stage(run: _Run, inputs: LayerInputs, stage: int) -> dict:
         config,
         run.bases_src,
         run.bases_tgt,
-        surgery.unembedding(run.source),
-        logit_softcap(run.source),
+        surgery.Unembed(run.source),
     )
     torch.manual_seed(config.seed + stage)
     freeze_all(target)
