@@ -28,7 +28,7 @@ FORCE ?= false
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup test test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup lint test test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -47,6 +47,10 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 
 models: setup  ## convert the GGUF wheel models to cached safetensors (once)
 	$(PY) -m semalign_core.cli models --profile $(PROFILE)
+
+lint: setup  ## ruff: lint and format check (100 columns; config in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup  ## run the test suite (offline, CPU, well under 15 minutes)
 	$(PY) -m pytest -q

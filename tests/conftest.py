@@ -1,9 +1,20 @@
 """Shared fixtures. The real GGUF models are loaded once per test session (conversion is cached
-in .cache/models, so only the very first session on a machine pays for it)."""
+in .cache/models, so only the very first session on a machine pays for it).
+
+Notebooks: the whole smoke reproduction runs once per session (``smoke_run``) and every test of
+what a notebook wrote reads it; a test that needs its own kernels uses ``notebook_runner``. A test
+that asks for either fixture is marked ``e2e``, so ``pytest -m "not e2e"`` starts no kernel."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -11,6 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from semalign_core.paths import REPO_ROOT  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -63,20 +76,92 @@ def tiny_transfer_pair():
     return make
 
 
-@pytest.fixture
-def run_smoke_notebook(tmp_path):
-    """Run notebooks/<name>.ipynb at smoke through run_notebook with results in ``tmp_path``;
-    returns the CompletedProcess (extra args: ``-p key=value`` pairs)."""
-    import os
-    import subprocess
-    import sys
+# --------------------------------------------------------------------------- notebooks
 
-    from semalign_core.paths import REPO_ROOT
+NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))  # `make reproduce`
+NOTEBOOK_FIXTURES = ("smoke_run", "notebook_runner")
+REPO_OUTPUTS = ("results", "figures")  # tracked folders no test may write
 
-    def run(name: str, *args: str, timeout: int = 300):
-        env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "semalign_core.run_notebook", str(REPO_ROOT / "notebooks" / f"{name}.ipynb"),
-               "--profile", "smoke", "--timeout", str(timeout), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
-    return run
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so `-m "not e2e"` sees the marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if set(NOTEBOOK_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+def tree_snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """(mtime, bytes) of every file under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@dataclass(frozen=True)
+class NotebookRunner:
+    """Runs notebooks as `make` does (``python -m semalign_core.run_notebook``, one subprocess),
+    with results in ``<folder>/results`` and figures in ``<folder>/figures``, offline."""
+
+    cell_timeout_s: int = 600
+
+    def command(self, *notebooks: str, params: Sequence[str] = (),
+                profile: str = "smoke") -> list[str]:
+        """The command line; ``notebooks`` by stem, ``params`` as ``key=value`` strings."""
+        paths = [str(REPO_ROOT / "notebooks" / f"{nb}.ipynb") for nb in notebooks]
+        extra = [arg for param in params for arg in ("-p", param)]
+        return [sys.executable, "-m", "semalign_core.run_notebook", "--profile", profile,
+                "--timeout", str(self.cell_timeout_s), *extra, *paths]
+
+    def env(self, folder: Path) -> dict[str, str]:
+        return {**os.environ, "SEMALIGN_RESULTS_DIR": str(folder / "results"),
+                "SEMALIGN_FIGURES_DIR": str(folder / "figures"), "HF_HUB_OFFLINE": "1",
+                "OMP_NUM_THREADS": "1"}  # one thread per kernel: faster on a shared 2-core box
+
+    def run(self, folder: Path, *notebooks: str, params: Sequence[str] = (),
+            timeout_s: int = 1800) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command(*notebooks, params=params), env=self.env(folder),
+                              capture_output=True, text=True, timeout=timeout_s)
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    """What `make reproduce PROFILE=smoke` wrote: every notebook once, results and figures in a
+    session temp folder (read it; never write into it)."""
+
+    results: Path
+    figures: Path
+    wall_s: float
+    repo_before: dict = field(repr=False)  # tree_snapshot of REPO_OUTPUTS before the run
+
+    def record(self, *parts: str) -> dict:
+        return json.loads(self.results.joinpath(*parts).read_text())
+
+    def records(self, experiment: str) -> list[str]:
+        """File names of the experiment's records, sorted."""
+        return sorted(p.name for p in (self.results / experiment / "smoke").glob("*.json"))
+
+    def executed(self, notebook: str) -> dict:
+        """The executed copy of ``notebooks/<notebook>.ipynb``, as JSON."""
+        return json.loads((self.results / "notebooks" / "smoke" / f"{notebook}.ipynb").read_text())
+
+    def outputs(self, notebook: str) -> list[dict]:
+        """Every output of every code cell of the executed notebook."""
+        cells = self.executed(notebook)["cells"]
+        return [o for c in cells if c["cell_type"] == "code" for o in c["outputs"]]
+
+
+@pytest.fixture(scope="session")
+def notebook_runner() -> NotebookRunner:
+    return NotebookRunner()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, notebook_runner) -> SmokeRun:
+    """Every notebook at smoke, once per session, into a temp folder (see :class:`SmokeRun`)."""
+    folder = tmp_path_factory.mktemp("smoke_run")
+    repo_before = {name: tree_snapshot(REPO_ROOT / name) for name in REPO_OUTPUTS}
+    start = time.perf_counter()
+    proc = notebook_runner.run(folder, *NOTEBOOKS)
+    if proc.returncode != 0:
+        pytest.fail(f"smoke reproduction failed:\n{proc.stderr[-3000:]}", pytrace=False)
+    return SmokeRun(folder / "results", folder / "figures", time.perf_counter() - start,
+                    repo_before)

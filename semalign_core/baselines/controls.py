@@ -620,6 +620,50 @@ def hidden_maps(pairing: Pairing, d_target: int, d_source: int, seed: int) -> nn
     return maps
 
 
+def pair_error(map_: nn.Module, h_t: Tensor, h_s: Tensor, normalize: bool) -> Tensor:
+    """Per-token MSE between the mapped target state and the source state (m,); relative to
+    the source states' mean square when ``normalize``."""
+    err = (map_(h_t) - h_s).square().mean(-1)
+    return err / h_s.square().mean().clamp_min(EPS) if normalize else err
+
+
+def hidden_distill_loss(
+    source: nn.Module, maps: nn.ModuleDict, src_layers0: list[int], config: HiddenDistillConfig
+) -> Callable[[nn.Module], LossFn]:
+    """``make_loss`` of :func:`hidden_distill`: per example, the mean over target layers j of
+    ``pair_error(M_j, h_T^(j), h_S^(src_layers0[j-1]))`` on non-pad tokens, plus the CE term."""
+    n_t = len(src_layers0)
+
+    def make_loss(model):
+        def loss(batch):
+            device = next(model.parameters()).device
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+            rows, cols = inputs["attention_mask"].bool().nonzero(as_tuple=True)
+            with torch.no_grad():
+                layers0 = sorted(set(src_layers0))
+                src = run_to_layers(source, inputs, layers0, ("block_out",), detach=True)
+            with capture_hidden(model, list(range(n_t)), ("block_out",), detach=False) as trace:
+                if config.ce_weight:
+                    ce = ce_per_example(model, batch)
+                else:
+                    model(**inputs, logits_to_keep=1, use_cache=False)
+            terms = []
+            for j in range(1, n_t + 1):
+                h_t = trace["block_out"][j - 1][rows, cols].float()
+                h_s = src["block_out"][src_layers0[j - 1]][rows, cols].float()
+                err = pair_error(maps[str(j)], h_t, h_s, config.normalize)
+                terms.append(per_example_mean(err, rows, batch["input_ids"].shape[0]))
+            hidden = torch.stack(terms).mean(0)
+            if not config.ce_weight:
+                return config.hidden_weight * hidden, {"hidden": hidden}
+            total = config.hidden_weight * hidden + config.ce_weight * ce
+            return total, {"hidden": hidden, "ce": ce}
+
+        return loss
+
+    return make_loss
+
+
 def hidden_distill(
     source: nn.Module,
     target: nn.Module,
@@ -640,71 +684,18 @@ def hidden_distill(
     n_s, n_t = surgery.num_layers(source), surgery.num_layers(target)
     pairing = uniform_pairing(n_s, n_t)
     src_layers0 = [pairing.target_to_source[j] - 1 for j in range(1, n_t + 1)]
-    maps = hidden_maps(
-        pairing, surgery.hidden_size(target), surgery.hidden_size(source), config.seed
-    )
-    src_shape = costs.model_shape(source)
     d_t, d_s = surgery.hidden_size(target), surgery.hidden_size(source)
-
-    def make_loss(model):
-        def loss(batch):
-            device = next(model.parameters()).device
-            keep = batch["attention_mask"].to(device).bool()
-            rows, cols = keep.nonzero(as_tuple=True)
-            n = batch["input_ids"].shape[0]
-            with torch.no_grad():
-                src = run_to_layers(
-                    source,
-                    {
-                        "input_ids": batch["input_ids"].to(device),
-                        "attention_mask": batch["attention_mask"].to(device),
-                    },
-                    layers=sorted(set(src_layers0)),
-                    points=("block_out",),
-                    detach=True,
-                )
-            with capture_hidden(
-                model, layers=list(range(n_t)), points=("block_out",), detach=False
-            ) as trace:
-                if config.ce_weight:
-                    ce = ce_per_example(model, batch)
-                else:
-                    model(
-                        input_ids=batch["input_ids"].to(device),
-                        attention_mask=batch["attention_mask"].to(device),
-                        logits_to_keep=1,
-                        use_cache=False,
-                    )
-            terms = []
-            for j in range(1, n_t + 1):
-                h_t = trace["block_out"][j - 1][rows, cols].float()
-                h_s = src["block_out"][src_layers0[j - 1]][rows, cols].float()
-                err = (maps[str(j)](h_t) - h_s).square().mean(-1)
-                if config.normalize:
-                    err = err / h_s.square().mean().clamp_min(EPS)
-                terms.append(per_example_mean(err, rows, n))
-            hidden = torch.stack(terms).mean(0)
-            parts = {"hidden": hidden}
-            total = config.hidden_weight * hidden
-            if config.ce_weight:
-                parts["ce"] = ce
-                total = total + config.ce_weight * ce
-            return total, parts
-
-        return loss
+    maps = hidden_maps(pairing, d_t, d_s, config.seed)
+    src_shape = costs.model_shape(source)
 
     def extra_flops(batch):
         tokens = int(batch["input_ids"].numel())
-        return (
-            source_forward_flops(src_shape, batch, max(src_layers0) + 1, head=False)
-            + 3 * 2.0 * d_t * d_s * tokens * n_t
-        )  # maps: forward + both backward products
+        source_blocks = source_forward_flops(src_shape, batch, max(src_layers0) + 1, head=False)
+        return source_blocks + 3 * 2.0 * d_t * d_s * tokens * n_t  # maps: forward + 2 backward
 
-    map_group = {
-        "params": list(maps.parameters()),
-        "lr": config.map_lr or config.lr,
-        "weight_decay": 0.0,
-    }
+    lr = config.map_lr or config.lr
+    map_group = {"params": list(maps.parameters()), "lr": lr, "weight_decay": 0.0}
+    make_loss = hidden_distill_loss(source, maps, src_layers0, config)
     result = _fine_tune(
         "hidden_distill",
         source,
