@@ -28,7 +28,7 @@ FORCE ?= false
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup lint test test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup lint test test-unit test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -52,8 +52,11 @@ lint: setup  ## ruff: lint and format check (100 columns; config in pyproject.to
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup  ## run the test suite (offline, CPU, well under 15 minutes)
+test: setup  ## run the test suite (offline, CPU; the smoke notebooks run once, well under 15 min)
 	$(PY) -m pytest -q
+
+test-unit: setup  ## the tests that execute no notebook (a few minutes)
+	$(PY) -m pytest -q -m "not e2e and not slow"
 
 test-slow: setup  ## the slow checks kept out of `make test`
 	$(PY) -m pytest -q -m slow

@@ -9,13 +9,14 @@ import argparse
 import json
 import sys
 
+from semalign_core.data.resolve import data_root
 from semalign_core.errors import ArtifactError
+from semalign_core.experiments.notebook import require_models
+from semalign_core.models.registry import REGISTRY, load_model
+from semalign_core.profiles import get_profile
 
 
 def _models(args) -> None:
-    from semalign_core.models.registry import load_model
-    from semalign_core.profiles import get_profile
-
     names = args.names or get_profile(args.profile).models()
     for name in names:
         loaded = load_model(name, verbose=False)
@@ -23,8 +24,6 @@ def _models(args) -> None:
 
 
 def _list(args) -> None:
-    from semalign_core.models.registry import REGISTRY
-
     for name, spec in sorted(REGISTRY.items()):
         print(f"{name:26s} {spec.kind:8s} {spec.description}")
 
@@ -32,10 +31,6 @@ def _list(args) -> None:
 def _check(args) -> None:
     """Everything the profile needs offline (models, benchmark data), or one line saying what is
     missing and how to get it (exit 2) -- `make reproduce` runs this before any notebook."""
-    from semalign_core.data.resolve import data_root
-    from semalign_core.experiments.notebook import require_models
-    from semalign_core.profiles import get_profile
-
     prof = get_profile(args.profile)
     require_models(prof)
     root = data_root()

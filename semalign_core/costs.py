@@ -49,6 +49,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import psutil
 import torch
 
 from semalign_core.lm import surgery
@@ -257,10 +258,8 @@ def _reset_peak_rss() -> bool:
 
 def current_rss_mb() -> float:
     try:
-        import psutil
-
         return psutil.Process().memory_info().rss / 2**20
-    except Exception:  # psutil missing: fall back to /proc
+    except psutil.Error:  # no access to this process's counters: fall back to /proc
         kb = _read_status_kb("VmRSS")
         return kb / 1024 if kb is not None else float("nan")
 

@@ -13,8 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
+import papermill as pm
+import yaml
+
 from semalign_core.errors import ArtifactError
 from semalign_core.paths import REPO_ROOT, results_dir
+from semalign_core.profiles import get_profile
 
 MACHINE_KEYS = ("input_path", "output_path")
 
@@ -25,8 +30,6 @@ def executed_path(notebook: Path, profile: str) -> Path:
 
 def strip_machine_paths(path: Path) -> None:
     """Drop papermill's absolute paths (and other machine details) from the executed notebook."""
-    import nbformat
-
     nb = nbformat.read(path, as_version=4)
     pm = nb.metadata.get("papermill", {})
     for key in MACHINE_KEYS:
@@ -35,10 +38,6 @@ def strip_machine_paths(path: Path) -> None:
 
 
 def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | None = None) -> Path:
-    import papermill as pm
-
-    from semalign_core.profiles import get_profile
-
     get_profile(profile)  # an unknown profile stops here, before a kernel starts
     if not notebook.exists():
         raise ArtifactError(f"notebook {notebook} does not exist")
@@ -68,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                         help="extra notebook parameter (value parsed as YAML)")
     args = parser.parse_args(argv)
-    import yaml
 
     extra = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.param)}
     try:

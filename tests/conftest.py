@@ -1,9 +1,10 @@
 """Shared fixtures. The real GGUF models are loaded once per test session (conversion is cached
 in .cache/models, so only the very first session on a machine pays for it).
 
-Notebooks: the whole smoke reproduction runs once per session (``smoke_run``) and every test of
-what a notebook wrote reads it; a test that needs its own kernels uses ``notebook_runner``. A test
-that asks for either fixture is marked ``e2e``, so ``pytest -m "not e2e"`` starts no kernel."""
+Notebooks: every notebook runs once per session at smoke (``smoke_reproduction``) and every test
+of what a notebook wrote reads that run; a test that needs kernels of its own uses
+``notebook_runner``. A test that asks for either fixture is marked ``e2e``, so
+``pytest -m "not e2e"`` starts no kernel."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def tiny_transfer_pair():
 # --------------------------------------------------------------------------- notebooks
 
 NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))  # `make reproduce`
-NOTEBOOK_FIXTURES = ("smoke_run", "notebook_runner")
+NOTEBOOK_FIXTURES = ("smoke_reproduction", "notebook_runner")
 REPO_OUTPUTS = ("results", "figures")  # tracked folders no test may write
 
 
@@ -92,8 +93,11 @@ def pytest_collection_modifyitems(items):
 
 def tree_snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
     """(mtime, bytes) of every file under ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @dataclass(frozen=True)
@@ -103,23 +107,43 @@ class NotebookRunner:
 
     cell_timeout_s: int = 600
 
-    def command(self, *notebooks: str, params: Sequence[str] = (),
-                profile: str = "smoke") -> list[str]:
+    def command(
+        self, *notebooks: str, params: Sequence[str] = (), profile: str = "smoke"
+    ) -> list[str]:
         """The command line; ``notebooks`` by stem, ``params`` as ``key=value`` strings."""
         paths = [str(REPO_ROOT / "notebooks" / f"{nb}.ipynb") for nb in notebooks]
         extra = [arg for param in params for arg in ("-p", param)]
-        return [sys.executable, "-m", "semalign_core.run_notebook", "--profile", profile,
-                "--timeout", str(self.cell_timeout_s), *extra, *paths]
+        return [
+            sys.executable,
+            "-m",
+            "semalign_core.run_notebook",
+            "--profile",
+            profile,
+            "--timeout",
+            str(self.cell_timeout_s),
+            *extra,
+            *paths,
+        ]
 
     def env(self, folder: Path) -> dict[str, str]:
-        return {**os.environ, "SEMALIGN_RESULTS_DIR": str(folder / "results"),
-                "SEMALIGN_FIGURES_DIR": str(folder / "figures"), "HF_HUB_OFFLINE": "1",
-                "OMP_NUM_THREADS": "1"}  # one thread per kernel: faster on a shared 2-core box
+        return {
+            **os.environ,
+            "SEMALIGN_RESULTS_DIR": str(folder / "results"),
+            "SEMALIGN_FIGURES_DIR": str(folder / "figures"),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+        }  # one thread per kernel: faster on a shared 2-core box
 
-    def run(self, folder: Path, *notebooks: str, params: Sequence[str] = (),
-            timeout_s: int = 1800) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command(*notebooks, params=params), env=self.env(folder),
-                              capture_output=True, text=True, timeout=timeout_s)
+    def run(
+        self, folder: Path, *notebooks: str, params: Sequence[str] = (), timeout_s: int = 1800
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            self.command(*notebooks, params=params),
+            env=self.env(folder),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,10 +151,15 @@ class SmokeRun:
     """What `make reproduce PROFILE=smoke` wrote: every notebook once, results and figures in a
     session temp folder (read it; never write into it)."""
 
+    notebooks: tuple[str, ...]
     results: Path
     figures: Path
     wall_s: float
     repo_before: dict = field(repr=False)  # tree_snapshot of REPO_OUTPUTS before the run
+
+    def repo_outputs_changed(self) -> list[str]:
+        """Those of the repo's results/ and figures/ that differ from before the run."""
+        return [n for n in REPO_OUTPUTS if tree_snapshot(REPO_ROOT / n) != self.repo_before[n]]
 
     def record(self, *parts: str) -> dict:
         return json.loads(self.results.joinpath(*parts).read_text())
@@ -155,13 +184,13 @@ def notebook_runner() -> NotebookRunner:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory, notebook_runner) -> SmokeRun:
+def smoke_reproduction(tmp_path_factory, notebook_runner) -> SmokeRun:
     """Every notebook at smoke, once per session, into a temp folder (see :class:`SmokeRun`)."""
-    folder = tmp_path_factory.mktemp("smoke_run")
+    folder = tmp_path_factory.mktemp("smoke_reproduction")
     repo_before = {name: tree_snapshot(REPO_ROOT / name) for name in REPO_OUTPUTS}
     start = time.perf_counter()
     proc = notebook_runner.run(folder, *NOTEBOOKS)
     if proc.returncode != 0:
         pytest.fail(f"smoke reproduction failed:\n{proc.stderr[-3000:]}", pytrace=False)
-    return SmokeRun(folder / "results", folder / "figures", time.perf_counter() - start,
-                    repo_before)
+    wall_s = time.perf_counter() - start
+    return SmokeRun(tuple(NOTEBOOKS), folder / "results", folder / "figures", wall_s, repo_before)

@@ -64,3 +64,22 @@ def violations(root: Path, package: str = "semalign_core", layers=LAYERS) -> lis
             if layer_of(there, layers) > layer_of(here, layers):
                 out.append(f"{path.relative_to(root.parent)}:{lineno} {here} imports {there}")
     return out
+
+
+def function_level_imports(root: Path) -> dict[str, set[str]]:
+    """Module (relative path) -> the modules it imports inside functions."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, ast.ImportFrom):
+                    name = node.module or ""
+                elif isinstance(node, ast.Import):
+                    name = node.names[0].name
+                else:
+                    continue
+                found.setdefault(str(path.relative_to(root)), set()).add(name)
+    return found

@@ -105,7 +105,7 @@ def test_table_and_figure_are_deterministic(smoke_run, tmp_path):
 
 
 @pytest.mark.parametrize("axes, seeds, match", [
-    (["pairing", "depth"], None, r"unknown value\(s\) \['depth'\]"),
+    (["pairing", "depth"], None, r"parameter axes has unknown value\(s\) \['depth'\]"),
     ("pairing", None, "non-empty list"),
     (None, [0, -1], "seeds"),
 ])
@@ -115,23 +115,15 @@ def test_invalid_parameters_are_one_line_errors(axes, seeds, match):
     assert "\n" not in str(info.value)
 
 
-def test_notebook_at_smoke(tmp_path, run_smoke_notebook):
-    """notebooks/05 end to end through papermill (one axis): records, no error, the figure shown."""
-    import json
-
-    from semalign_core.paths import REPO_ROOT
-
-    nb = REPO_ROOT / "notebooks" / "05_semalign_ablations.ipynb"
-    proc = run_smoke_notebook(nb.stem, "-p", "axes=[strength]")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "semalign_ablations" / "smoke").glob("*.json")) == [
-        "strength-0__sst2__seed0.json", "strength-2__sst2__seed0.json"]
-    executed = json.loads((tmp_path / "notebooks" / "smoke" / nb.name).read_text())
-    outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-    assert not [o for o in outputs if o["output_type"] == "error"]
+def test_notebook_at_smoke(smoke_reproduction):
+    """notebooks/05 in the session's smoke run (every axis): a record per variant, the figure shown;
+    bad axes: test_invalid_parameters_are_one_line_errors."""
+    names = smoke_reproduction.records(ablations.EXPERIMENT)
+    assert {"strength-0__sst2__seed0.json", "strength-2__sst2__seed0.json"} <= set(names)
+    assert names == sorted(f"{v.axis}-{v.value}__sst2__seed0.json"
+                           for v in ablations.variants(SMOKE)[1:])
+    outputs = smoke_reproduction.outputs("05_semalign_ablations")
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    bad = run_smoke_notebook(nb.stem, "-p", "axes=[depth]")
-    assert bad.returncode == 1 and "parameter axes has unknown value(s) ['depth']" in bad.stderr
 
 
 def test_force_recomputes_the_default_once(smoke_run, monkeypatch):

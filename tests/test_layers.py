@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from layering import LAYERS, violations
+from layering import LAYERS, function_level_imports, violations
 
 import semalign_core
 
@@ -23,6 +23,23 @@ def test_every_module_belongs_to_a_layer():
 
 def test_no_module_imports_a_higher_layer():
     assert violations(PACKAGE) == []
+
+
+# Imports written inside functions, each for a reason; anything else belongs at module top.
+LAZY_IMPORTS = {
+    "baselines/controls.py": {"peft"},  # slow to import; only LoRA runs need it
+    "baselines/seeking.py": {"peft.tuners.lora"},
+    "salf/policies.py": {"peft"},
+    "semalign/frontier.py": {"peft", "peft.tuners.lora"},
+    "semalign/attribution.py": {"captum.attr"},  # only attribution_method="captum"
+    "report/method_info.py": {"semalign_core.transfer.registry"},  # the report imports without torch
+    "report/plots.py": {"IPython.display"},  # only inside a notebook
+    "evaluation/sandbox_child.py": {"ctypes", "_sitebuiltins"},  # inside the sandboxed child
+}
+
+
+def test_imports_inside_functions_are_the_listed_ones():
+    assert function_level_imports(PACKAGE) == LAZY_IMPORTS
 
 
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:

@@ -1,28 +1,24 @@
-"""Notebooks run through papermill: the smoke profile end to end, and parameter errors stop the
-notebook in its first cell with one clear line."""
+"""Notebooks run through papermill: the smoke profile end to end (the session's smoke run), and
+parameter errors stop the notebook in its first cell with one clear line."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import papermill
 import pytest
 
+from semalign_core import run_notebook
 from semalign_core.errors import ArtifactError
 from semalign_core.experiments.notebook import require_models, start
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
+from semalign_core.report import build as report_build
 
 NB00 = REPO_ROOT / "notebooks" / "00_models_and_data.ipynb"
-
-
-def _run(tmp_path, *params):
-    cmd = [sys.executable, "-m", "semalign_core.run_notebook", str(NB00), "--timeout", "600", *params]
-    env = {"SEMALIGN_RESULTS_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    import os
-
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **env})
 
 
 def test_source_notebooks_have_parameters_and_no_outputs():
@@ -33,30 +29,53 @@ def test_source_notebooks_have_parameters_and_no_outputs():
         assert not any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), path.name
 
 
-def test_models_and_data_notebook_at_smoke(tmp_path):
-    proc = _run(tmp_path, "--profile", "smoke")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    stats = json.loads((tmp_path / "models" / "smoke" / "model_stats.json").read_text())
+def test_models_and_data_notebook_at_smoke(smoke_reproduction):
+    stats = smoke_reproduction.record("models", "smoke", "model_stats.json")
     assert stats["metrics"]["models"]["tiny-source"]["layers"] == 6
     assert stats["provenance"]["packages"]["torch"]
-    census = json.loads((tmp_path / "data" / "smoke" / "census.json").read_text())
+    census = smoke_reproduction.record("data", "smoke", "census.json")
     assert census["metrics"]["splits"]["gsm8k/test"]["n"] == 1319
     assert len(census["provenance"]["data_sha256"]) > 10
-    executed = json.loads((tmp_path / "notebooks" / "smoke" / "00_models_and_data.ipynb").read_text())
-    assert "input_path" not in executed["metadata"]["papermill"]  # machine paths stripped
 
 
-def test_invalid_parameter_stops_in_first_cell(tmp_path):
-    proc = _run(tmp_path, "--profile", "smoke", "-p", "seed=-3")
+def test_every_executed_notebook_ran_without_errors_or_machine_paths(smoke_reproduction):
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        errors = [o for o in smoke_reproduction.outputs(path.stem) if o["output_type"] == "error"]
+        assert not errors, path.name
+        assert "input_path" not in smoke_reproduction.executed(path.stem)["metadata"]["papermill"]
+
+
+def test_invalid_parameter_stops_in_first_cell(tmp_path, notebook_runner):
+    """The one notebook-level check (one kernel); each experiment's checks are tested in-process."""
+    proc = notebook_runner.run(tmp_path, NB00.stem, params=["seed=-3"])
     assert proc.returncode == 1
     assert "seed=-3 must be an integer >= 0" in proc.stderr
-    assert not (tmp_path / "models").exists()  # nothing ran after the check
+    assert not (tmp_path / "results" / "models").exists()  # nothing ran after the check
 
 
-def test_unknown_profile_stops_before_a_kernel_starts(tmp_path):
-    proc = _run(tmp_path, "--profile", "huge")
-    assert proc.returncode == 2 and "unknown profile 'huge'" in proc.stderr
+def test_unknown_profile_stops_before_a_kernel_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(
+        papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started")
+    )
+    assert run_notebook.main([str(NB00), "--profile", "huge"]) == 2
+    assert "unknown profile 'huge'" in capsys.readouterr().err
     assert not (tmp_path / "notebooks").exists()
+
+
+def test_every_notebook_checks_its_parameters_in_the_cell_after_them():
+    """What lets the in-process parameter tests stand for the notebooks: each notebook calls
+    ``start`` (and its experiment's ``check_parameters``, if it has one) right after the
+    parameters cell, before any work."""
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        first = next(
+            i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", [])
+        )
+        checks = "".join(cells[first + 1]["source"])
+        assert "start(profile, seed, force" in checks, path.name
+        later = "".join("".join(c["source"]) for c in cells[first + 2 :])
+        assert "check_parameters(" not in later, path.name
 
 
 def test_paper_profile_offline_names_what_it_needs(monkeypatch):
@@ -86,28 +105,32 @@ def test_make_reproduce_runs_every_notebook_and_each_has_a_target():
 
 
 def test_every_figure_group_has_a_builder():
-    from semalign_core.report.build import BUILDERS
-
-    assert _makefile_list("FIGURE_GROUPS") == list(BUILDERS)
+    assert _makefile_list("FIGURE_GROUPS") == list(report_build.BUILDERS)
 
 
-def test_unknown_figure_group_is_one_line_error(tmp_path):
-    from semalign_core.report import build as report
-
-    assert report.main(["tabel1"]) == 2
+def test_unknown_figure_group_is_one_line_error():
+    assert report_build.main(["tabel1"]) == 2
 
 
 def test_source_notebooks_install_the_package_when_missing():
     for path in (REPO_ROOT / "notebooks").glob("*.ipynb"):
-        first_code = next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        first_code = next(
+            c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"
+        )
         assert 'find_spec("semalign_core") is None' in "".join(first_code["source"]), path.name
 
 
 def test_reproduce_preflight_stops_offline_paper_profile_with_what_it_needs():
-    import os
-
-    proc = subprocess.run([sys.executable, "-m", "semalign_core.cli", "check", "--profile", "paper"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "semalign_core.cli", "check", "--profile", "paper"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 2
-    assert "codellama/CodeLlama-13b-Python-hf" in proc.stderr and "huggingface-cli download" in proc.stderr
+    assert (
+        "codellama/CodeLlama-13b-Python-hf" in proc.stderr
+        and "huggingface-cli download" in proc.stderr
+    )
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,47 +1,53 @@
-"""`make reproduce PROFILE=smoke`, twice from scratch: the same results apart from timing and
-machine fields, and figures rebuilt from the same results are byte-identical."""
+"""`make reproduce PROFILE=smoke` twice from scratch (the session's smoke run, then one more): the
+same results apart from timing and machine fields; figures rebuilt from the same results are
+byte-identical to those the report notebook wrote; the repo's results/ and figures/ untouched."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from semalign_core.paths import REPO_ROOT
 from semalign_core.records import without_volatile
+from semalign_core.report.build import build_all
 
-NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))  # what `make reproduce` runs
+
+def _record_paths(results):
+    return sorted(p.relative_to(results) for p in results.rglob("*.json"))
 
 
-def _reproduce(results: Path) -> float:
-    cmd = [sys.executable, "-m", "semalign_core.run_notebook", "--profile", "smoke", "--timeout", "600",
-           *[str(REPO_ROOT / "notebooks" / f"{nb}.ipynb") for nb in NOTEBOOKS]]
-    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def test_smoke_reproduce_twice_gives_the_same_results(
+    smoke_reproduction, notebook_runner, tmp_path
+):
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
+    proc = notebook_runner.run(tmp_path, *smoke_reproduction.notebooks)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return time.perf_counter() - start
-
-
-def _figures(results: Path, out: Path) -> dict[str, bytes]:
-    code = f"from pathlib import Path; from semalign_core.report.build import build_all; build_all(Path({str(out)!r}))"
-    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "MPLBACKEND": "Agg"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
-
-
-def test_smoke_reproduce_twice_gives_the_same_results_and_figures(tmp_path):
-    runs = [tmp_path / "a", tmp_path / "b"]
-    seconds = [_reproduce(run) for run in runs]
-    print(f"smoke reproduce of {len(NOTEBOOKS)} notebooks: {seconds[0]:.0f} s, {seconds[1]:.0f} s")  # timed in the note, not asserted
-    records = [sorted(p.relative_to(run) for p in run.rglob("*.json")) for run in runs]
+    seconds = f"{smoke_reproduction.wall_s:.0f} s, {time.perf_counter() - start:.0f} s"
+    print(
+        f"smoke reproduce of {len(smoke_reproduction.notebooks)} notebooks: {seconds}"
+    )  # not asserted
+    runs = [smoke_reproduction.results, tmp_path / "results"]
+    records = [_record_paths(run) for run in runs]
     assert records[0] == records[1] and len(records[0]) > 30
     for rel in records[0]:
         first, second = (without_volatile(json.loads((run / rel).read_text())) for run in runs)
         assert first == second, rel
-    figures = _figures(runs[0], tmp_path / "fig_a")
-    assert set(figures) >= {"table3_model_statistics.md", "semalign_fig2_fidelity.png", "salf_fig2_deviation_gain.png"}
-    assert _figures(runs[0], tmp_path / "fig_b") == figures  # same results -> byte-identical files
+
+
+def test_figures_rebuilt_from_the_same_results_are_byte_identical(
+    smoke_reproduction, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_reproduction.results))
+    rebuilt = {p.name: p.read_bytes() for p in build_all(tmp_path)}  # here, not in a kernel
+    written = {p.name: p.read_bytes() for p in sorted(smoke_reproduction.figures.iterdir())}
+    assert set(written) >= {
+        "table3_model_statistics.md",
+        "semalign_fig2_fidelity.png",
+        "salf_fig2_deviation_gain.png",
+    }
+    assert rebuilt.keys() == written.keys()
+    for name, content in written.items():
+        assert rebuilt[name] == content, name
+
+
+def test_smoke_run_left_the_repo_results_and_figures_alone(smoke_reproduction):
+    assert smoke_reproduction.repo_outputs_changed() == []

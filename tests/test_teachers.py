@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from semalign_core.models import teachers as teacher_store
 from semalign_core.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+SMOKE = get_profile("smoke")
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +232,8 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
     (lambda: transfer_table.check_parameters(get_profile("cpu"), tasks=["humaneval"],
                                              setting="finetuned"), "no fine-tuned teacher"),
     (lambda: transfer_table.check_parameters(get_profile("smoke"), setting="table9"), "unknown setting"),
+    (lambda: transfer_table.check_parameters(SMOKE, tasks=["gsm"], setting="finetuned"),
+     re.escape("parameter tasks has unknown value(s) ['gsm']")),
     (lambda: transfer_table.run_cell(get_profile("smoke"), "teacher", "sst2"), "unknown method 'teacher'"),
 ])
 def test_invalid_parameters_are_one_line_errors(call, match):
@@ -282,19 +286,12 @@ def test_recipes_import_without_torch():
     assert out.returncode == 0 and out.stdout.startswith("tiny-source-ft-sst2-"), out.stderr[-2000:]
 
 
-def test_notebook_at_smoke(tmp_path, run_smoke_notebook):
-    """notebooks/04 end to end through papermill: records, no error, ours beside the published Table 2."""
-    from semalign_core.paths import REPO_ROOT
-
-    nb = REPO_ROOT / "notebooks" / "04_semalign_finetuned_teacher.ipynb"
-    proc = run_smoke_notebook(nb.stem, "-p", "methods=[sft]")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "semalign_finetuned_teacher" / "smoke").glob("*.json")) == [
-        "ft-source__sft__sst2__seed0.json", "ft-source__target__sst2.json", "ft-source__teacher__sst2.json"]
-    executed = json.loads((tmp_path / "notebooks" / "smoke" / nb.name).read_text())
-    outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-    assert not [o for o in outputs if o["output_type"] == "error"]
+def test_notebook_at_smoke(smoke_reproduction):
+    """notebooks/04 in the session's smoke run: records, ours beside the published Table 2."""
+    names = smoke_reproduction.records("semalign_finetuned_teacher")
+    assert {"ft-source__sft__sst2__seed0.json", "ft-source__target__sst2.json",
+            "ft-source__teacher__sst2.json"} <= set(names)
+    outputs = smoke_reproduction.outputs("04_semalign_finetuned_teacher")
     html = "".join("".join(o.get("data", {}).get("text/html", [])) for o in outputs)
-    assert "Reproduced (ours, profile smoke)" in html and "Published (SemAlign paper, Table 2)" in html
-    bad = run_smoke_notebook(nb.stem, "-p", "tasks=[gsm]")
-    assert bad.returncode == 1 and "parameter tasks has unknown value(s) ['gsm']" in bad.stderr
+    assert "Reproduced (ours, profile smoke)" in html
+    assert "Published (SemAlign paper, Table 2)" in html

@@ -1,31 +1,25 @@
-"""SemAlign Table 1 notebook at the smoke profile: 2 methods × 1 task into a temporary results
-folder; records, reuse on rerun (no retraining), the table, the report, and parameter errors."""
+"""SemAlign Table 1 at the smoke profile, read from the session's smoke run of its notebook (every
+method × task): records, reuse on rerun (no retraining), the table, the report, and parameter
+errors (in-process)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 
 import pytest
 
-from semalign_core.report import semalign_tables
-from semalign_core.experiments import budgets, transfer_tables as transfer_table
 from semalign_core.errors import InvalidParameterError
-from semalign_core.paths import REPO_ROOT
+from semalign_core.experiments import budgets
+from semalign_core.experiments import transfer_tables as transfer_table
 from semalign_core.profiles import get_profile
+from semalign_core.report import semalign_tables
+from semalign_core.transfer.registry import METHODS as ALL_METHODS
 
-NB = REPO_ROOT / "notebooks" / "03_semalign_transfer.ipynb"
-METHODS = ("semalign", "sft")
+NB = "03_semalign_transfer"
+METHODS = ("semalign", "sft")  # the rows the table checks look at
 ROWS = ("source", "target", *METHODS)
-
-
-def _run(results, *params):
-    cmd = [sys.executable, "-m", "semalign_core.run_notebook", str(NB), "--profile", "smoke", "--timeout", "300",
-           *params]
-    env = {**os.environ, "SEMALIGN_RESULTS_DIR": str(results), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+SMOKE = get_profile("smoke")
 
 
 def _folder(results):
@@ -33,65 +27,65 @@ def _folder(results):
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    proc = _run(results, "-p", f"methods=[{', '.join(METHODS)}]", "-p", "tasks=[gsm]")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return results
+def smoke_results(smoke_reproduction):
+    return smoke_reproduction.results
 
 
 def test_records_written_per_method_task_seed(smoke_results):
-    files = sorted(p.name for p in _folder(smoke_results).glob("*.json"))
-    assert files == sorted(f"{m}__gsm__seed0.json" for m in ROWS)
-    for method in ROWS:
+    files = sorted(p.name for p in _folder(smoke_results).glob("*__gsm__*.json"))
+    assert files == sorted(f"{m}__gsm__seed0.json" for m in ("source", "target", *ALL_METHODS))
+    for method in ("source", "target", *ALL_METHODS):
         rec = json.loads((_folder(smoke_results) / f"{method}__gsm__seed0.json").read_text())
         m = rec["metrics"]
         assert m["metric"] == "exact_match" and m["n"] == 4 and 0.0 <= m["value"] <= 1.0
-        assert rec["config"]["eval_task"] == "semalign_gsm8k" and rec["config"]["eval"]["decoding"] == "greedy"
+        assert rec["config"]["eval_task"] == "semalign_gsm8k"
+        assert rec["config"]["eval"]["decoding"] == "greedy"
         assert rec["cost"]["eval_wall_s"] >= 0 and rec["provenance"]["data_sha256"]
-        trained = method in METHODS
-        assert ("transfer" in rec["config"]) == trained and (rec["cost"]["transfer"] is not None) == trained
+        trained = method in ALL_METHODS
+        assert ("transfer" in rec["config"]) == trained
+        assert (rec["cost"]["transfer"] is not None) == trained
         if trained:
             assert rec["config"]["transfer"]["train_split"] == "train"
             assert m["transfer"]["n_train"] == budgets.TRANSFER_BUDGETS["smoke"].n_train
             assert rec["cost"]["transfer"]["wall_s"] > 0
 
 
-def test_notebook_shows_ours_and_published(smoke_results):
-    executed = json.loads((smoke_results / "notebooks" / "smoke" / NB.name).read_text())
-    outputs = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
-    assert not [o for o in outputs if o["output_type"] == "error"]
+def test_notebook_shows_ours_and_published(smoke_reproduction):
+    outputs = smoke_reproduction.outputs(NB)
     html = "".join("".join(o.get("data", {}).get("text/html", [])) for o in outputs)
-    assert "Reproduced (ours, profile smoke)" in html and "Published (SemAlign paper, Table 1)" in html
+    assert "Reproduced (ours, profile smoke)" in html
+    assert "Published (SemAlign paper, Table 1)" in html
 
 
-def test_rerun_reuses_records_without_retraining(smoke_results):
-    paths = sorted(_folder(smoke_results).glob("*.json"))
-    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
-    proc = _run(smoke_results, "-p", f"methods=[{', '.join(METHODS)}]", "-p", "tasks=[gsm]")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(_folder(smoke_results).glob("*.json"))}
-    assert after == before
+def _snapshot(folder):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.glob("*.json"))}
+
+
+def test_rerun_reuses_records_without_retraining(smoke_results, tmp_path, monkeypatch):
+    """In-process on a copy of the records (the kernel-level rerun: test_resume)."""
+    copy = tmp_path / "results"
+    shutil.copytree(_folder(smoke_results), _folder(copy))
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(copy))
+    monkeypatch.setattr(transfer_table, "compute_cell", lambda cell: pytest.fail(f"{cell.run} ran"))
+    before = _snapshot(_folder(copy))
+    records = transfer_table.run_table(SMOKE, METHODS, ["gsm"], [0], verbose=False)
+    assert sorted(r["run"] for r in records) == sorted(f"{m}__gsm__seed0" for m in ROWS)
+    assert _snapshot(_folder(copy)) == before
 
 
 def test_table_and_report(smoke_results, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_results))
-    frame = semalign_tables.table("smoke")
-    assert list(frame.index) == list(ROWS) and list(frame.columns) == ["MMLU", "GSM8K", "HumanEval", "MBPP"]
+    frame = semalign_tables.table("smoke", METHODS, ["gsm"])
+    assert list(frame.index) == list(ROWS)
+    assert list(frame.columns) == ["MMLU", "GSM8K", "HumanEval", "MBPP"]
     assert all("(n=4)" in c for c in frame["GSM8K"]) and set(frame["MMLU"]) == {""}
     assert "MMLU 25%" in frame.attrs["notes"][0]
     paths = semalign_tables.semalign_table1(tmp_path)
     text = paths[0].read_text()
     assert paths[0].name == "semalign_table1_transfer.md"
-    assert "profile `smoke` (seeds [0])" in text and "## Published" in text and "| SemAlign | 50.3 |" in text
+    assert "profile `smoke` (seeds [0])" in text and "## Published" in text
+    assert "| SemAlign | 50.3 |" in text
     assert semalign_tables.semalign_table1(tmp_path)[0].read_text() == text  # deterministic
-
-
-def test_invalid_method_stops_in_first_cell(tmp_path):
-    proc = _run(tmp_path, "-p", "methods=[semalign, bogus]")
-    assert proc.returncode == 1
-    assert "parameter methods has unknown value(s) ['bogus']" in proc.stderr
-    assert not (tmp_path / "semalign_transfer").exists()
 
 
 def test_parameter_checks():
@@ -106,6 +100,9 @@ def test_parameter_checks():
     assert check(cpu, 0, setting="finetuned")[2] == (0, 1, 2) and check(cpu, 5)[2] == (5,)
     with pytest.raises(InvalidParameterError, match="non-empty list"):
         check(smoke, methods="sft")
+    with pytest.raises(InvalidParameterError) as info:
+        check(smoke, methods=["semalign", "bogus"])
+    assert "parameter methods has unknown value(s) ['bogus']" in str(info.value)
     with pytest.raises(InvalidParameterError, match=r"unknown value\(s\) \['gsm8k'\]"):
         check(smoke, tasks=["gsm8k"])
     with pytest.raises(InvalidParameterError, match="seeds"):

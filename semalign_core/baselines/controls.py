@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
+from tqdm.auto import tqdm
 
 from semalign_core import costs
 from semalign_core.costs import summarize  # one cost dict for every method (laten, seeking too)
@@ -324,8 +325,6 @@ def train(
     step-level term once per step (LaTen's delta penalty). ``flops_fn(batch)`` gives the analytic
     FLOPs of one micro-batch. The optimizer (AdamW) is built here, after the trainable set is known.
     """
-    from tqdm.auto import tqdm
-
     params = [p for g in param_groups for p in g["params"]]
     optim = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     record: dict[str, Any] = {

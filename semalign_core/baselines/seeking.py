@@ -199,7 +199,7 @@ def inject(
 ) -> dict:
     """Set every LoRA pair of target layer j from source layer ``selected[j-1]`` and subtract
     ``BA`` from the base weight. Returns ``{"offsets": {...}, "flops": ..., "skipped": [...]}``."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # slow to import; only when adapters are injected
 
     src_blocks = surgery.decoder_layers(source)
     out = {"offsets": {}, "flops": 0.0, "skipped": []}

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.sandbox import (
@@ -145,8 +146,6 @@ def score_programs(programs: Sequence[str], limits: SandboxLimits = DEFAULT_LIMI
     programs = list(programs)
     if progress is None:
         progress = sys.stderr.isatty()
-    from tqdm.auto import tqdm  # ~75 ms to import: only when scoring, not on import
-
     results: list[SandboxResult | None] = [None] * len(programs)
     with tqdm(total=len(programs), desc=desc, disable=not progress, unit="prog") as bar, \
             ThreadPoolExecutor(max_workers=workers) as pool:

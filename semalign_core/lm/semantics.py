@@ -30,8 +30,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from safetensors.torch import load_file, save_file
 
 from semalign_core import paths
+from semalign_core.records import atomic_write
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.lm import surgery
 
@@ -81,8 +83,6 @@ def clear_bases_cache() -> None:
 def _load_disk(path: Path) -> Tensor | None:
     if not path.is_file():
         return None
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))["bases"]
     except Exception:  # a truncated or foreign file: recompute rather than fail
@@ -90,12 +90,6 @@ def _load_disk(path: Path) -> Tensor | None:
 
 
 def _save_disk(path: Path, value: Tensor, key: str) -> None:
-    from safetensors.torch import save_file
-
-    from semalign_core.records import (
-        atomic_write,  # lazy: keeps this module free of records' imports
-    )
-
     atomic_write(
         path,
         lambda tmp: save_file(

@@ -138,7 +138,7 @@ def _grad_x_act_hooks(model: nn.Module, batch: dict) -> list[Tensor]:
 
 
 def _grad_x_act_captum(model: nn.Module, batch: dict) -> list[Tensor]:
-    from captum.attr import LayerGradientXActivation
+    from captum.attr import LayerGradientXActivation  # slow to import; only method='captum' uses it
 
     def forward_func(input_ids, attention_mask, labels):
         return response_loss(model, input_ids, attention_mask, labels)

@@ -87,14 +87,13 @@ class SemAlignFlops:
         eval_ids: list[int],
         lora_params: int = 0,
     ) -> float:
-        """Work of a stage outside its optimizer steps: the prefix cache (stage 1), kept aligned
-        logits, the loss evaluations before and after, and the trained layer's advance pass."""
+        """Work of a stage outside its optimizer steps: kept aligned logits, the loss evaluations
+        before and after, and the trained layer's advance pass. The prefix cache of stage 1 is the
+        embedding output (``BlockReplay`` runs no block), so it costs no matmul."""
         n_layers, flops = self.target.num_layers, 0.0
         advance = costs.TrainableSpec(cached_prefix=stage - 1, run_blocks=stage, readouts=())
         for i, batch in enumerate(batches):
             tokens, seq, n_sup = batch_dims(batch)
-            if stage == 1:
-                flops += costs.prefix_forward_flops(self.target, n_layers, tokens, seq)
             if stage < n_layers:
                 flops += costs.step_flops(self.target, advance, tokens, seq, 0)["forward"]
             if i in used and self._aligned_logits and self._kept_aligned_logits:
