@@ -6,13 +6,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from semalign_core.lm import surgery
-from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.baselines import laten
 from semalign_core.baselines.controls import pad_id, tokenize
 from semalign_core.baselines.laten import Hypernetworks, LatenConfig, LatenObjective
 from semalign_core.data.batching import collate
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
+from semalign_core.lm import surgery
+from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.pairing import uniform_pairing
 
 BASE = LatenConfig(max_length=40, align_per_step=3, progress=False)
@@ -47,19 +47,34 @@ def test_hypernetwork_outputs_have_the_targets_shapes(setup):
     deltas = hyper(plan.inputs)
     block = surgery.decoder_layers(target)[0]
     k_ffn, k_attn = plan.target_neurons["ffn"].shape[1], plan.target_neurons["attn"].shape[1]
-    assert k_ffn == 10 and k_attn == 5  # ceil(0.1 * 96) target FFN neurons; ceil(0.1 * 48) o channels
-    assert deltas["up"].shape == (4, k_ffn, block.mlp.up_proj.weight.shape[1])  # rows of up_proj: width d_T
-    assert deltas["down"].shape == (4, k_ffn, block.mlp.down_proj.weight.shape[0])  # columns of down_proj
+    assert (
+        k_ffn == 10 and k_attn == 5
+    )  # ceil(0.1 * 96) target FFN neurons; ceil(0.1 * 48) o channels
+    assert deltas["up"].shape == (
+        4,
+        k_ffn,
+        block.mlp.up_proj.weight.shape[1],
+    )  # rows of up_proj: width d_T
+    assert deltas["down"].shape == (
+        4,
+        k_ffn,
+        block.mlp.down_proj.weight.shape[0],
+    )  # columns of down_proj
     assert deltas["v"].shape == (4, k_attn, block.self_attn.v_proj.weight.shape[1])
     assert deltas["o"].shape == (4, k_attn, block.self_attn.o_proj.weight.shape[0])
     assert plan.inputs["up"].shape == (4, k_ffn, 64) and plan.inputs["o"].shape == (4, k_attn, 64)
     net = hyper.nets["up"]
-    assert (net[0].in_features, net[0].out_features, net[2].out_features) == (64, 64, 48)  # d_S → d_S → d_T
+    assert (net[0].in_features, net[0].out_features, net[2].out_features) == (
+        64,
+        64,
+        48,
+    )  # d_S → d_S → d_T
     assert float(net[0].weight.detach().std()) < 3e-5 and not net[0].bias.any()
 
 
 def test_scores_equal_the_directional_derivative_of_the_target_logprob(pair):
-    """Brute force per neuron: d/dε log p(y | final_norm(h + ε·a_i·w_i)) at ε = 0 (torch.func.jvp)."""
+    """Brute force per neuron: d/dε log p(y | final_norm(h + ε·a_i·w_i)) at ε = 0
+    (torch.func.jvp)."""
     src, _, tok, _, extract = pair
     batch = collate(tokenize(extract[:1], tok, BASE), pad_id(tok))
     layer = 2
@@ -68,8 +83,12 @@ def test_scores_equal_the_directional_derivative_of_the_target_logprob(pair):
     rows, cols = mask.nonzero(as_tuple=True)
     store = {}
     down = surgery.decoder_layers(src)[layer].mlp.down_proj
-    hs = [down.register_forward_pre_hook(lambda m, a: store.__setitem__("a", a[0][rows, cols])),
-          surgery.final_norm(src).register_forward_pre_hook(lambda m, a: store.__setitem__("h", a[0][rows, cols]))]
+    hs = [
+        down.register_forward_pre_hook(lambda m, a: store.__setitem__("a", a[0][rows, cols])),
+        surgery.final_norm(src).register_forward_pre_hook(
+            lambda m, a: store.__setitem__("h", a[0][rows, cols])
+        ),
+    ]
     with torch.no_grad():
         src(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     for h in hs:
@@ -80,7 +99,7 @@ def test_scores_equal_the_directional_derivative_of_the_target_logprob(pair):
         return torch.log_softmax(surgery.logit_lens(src, h), -1).gather(1, y[:, None]).squeeze(1)
 
     for i in (0, 5, 77, int(scores.argmax())):
-        direction = store["a"][:, i:i + 1] * down.weight[:, i].detach()
+        direction = store["a"][:, i : i + 1] * down.weight[:, i].detach()
         _, jvp = torch.func.jvp(logp, (store["h"],), (direction,))
         torch.testing.assert_close(scores[i], jvp.mean(), rtol=1e-4, atol=1e-6)
 
@@ -104,7 +123,9 @@ def test_penalty_and_lm_terms_both_enter_the_loss(setup):
             p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(1))
 
     def grads(lm_weight, mse_weight):
-        obj = LatenObjective(target, plan, h, replace(BASE, lm_weight=lm_weight, mse_weight=mse_weight))
+        obj = LatenObjective(
+            target, plan, h, replace(BASE, lm_weight=lm_weight, mse_weight=mse_weight)
+        )
         h.zero_grad(set_to_none=True)
         obj.loss(batch).backward()
         return torch.cat([p.grad.reshape(-1) for p in h.parameters()])
@@ -145,7 +166,10 @@ def test_hooked_deltas_equal_baked_weights(setup):
     for n, p in model.named_parameters():  # only the selected rows/columns of up, down, v, o moved
         changed = not torch.equal(before[n], p)
         assert changed == any(k in n for k in ("up_proj", "down_proj", "v_proj", "o_proj")), n
-    up = before["model.layers.0.mlp.up_proj.weight"] != model.get_submodule("model.layers.0.mlp.up_proj").weight
+    up = (
+        before["model.layers.0.mlp.up_proj.weight"]
+        != model.get_submodule("model.layers.0.mlp.up_proj").weight
+    )
     rows = set(up.any(1).nonzero().flatten().tolist())
     assert rows == set(plan.target_neurons["ffn"][0].tolist())
 
@@ -174,7 +198,9 @@ def test_transfer_trains_records_costs_and_is_deterministic(pair):
         assert torch.equal(p, q), n
         changed += not torch.equal(p, r)
     assert changed == 4 * 4  # up, down, v, o of every target layer
-    assert all(p.requires_grad for p in a.model.parameters()) and all(p.requires_grad for p in src.parameters())
+    assert all(p.requires_grad for p in a.model.parameters()) and all(
+        p.requires_grad for p in src.parameters()
+    )
 
 
 def test_incompatible_pairs_and_bad_configs(pair):

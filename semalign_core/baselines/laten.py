@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from semalign_core import costs
-from semalign_core.lm import surgery
-from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.baselines.controls import (
     begin,
     cap_steps,
@@ -54,6 +53,8 @@ from semalign_core.baselines.controls import (
 )
 from semalign_core.data.batching import collate
 from semalign_core.errors import InvalidParameterError
+from semalign_core.lm import surgery
+from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.pairing import Pairing, uniform_pairing
 from semalign_core.semalign.result import TransferResult
 
@@ -106,13 +107,22 @@ class LatenConfig:
         self.groups = tuple(self.groups)
         bad = [g for g in self.groups if g not in GROUPS]
         if bad or not self.groups:
-            raise InvalidParameterError(f"groups must be a non-empty subset of {GROUPS}, got {self.groups}")
+            raise InvalidParameterError(
+                f"groups must be a non-empty subset of {GROUPS}, got {self.groups}"
+            )
         if not 0 < self.top_fraction <= 1:
             raise InvalidParameterError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if self.score not in ("logprob", "logit"):
             raise InvalidParameterError(f"score must be logprob or logit, got {self.score!r}")
-        if self.lr <= 0 or self.micro_batch_size < 1 or self.attribution_batch_size < 1 or self.align_per_step < 0:
-            raise InvalidParameterError("lr must be positive; batch sizes >= 1; align_per_step >= 0")
+        if (
+            self.lr <= 0
+            or self.micro_batch_size < 1
+            or self.attribution_batch_size < 1
+            or self.align_per_step < 0
+        ):
+            raise InvalidParameterError(
+                "lr must be positive; batch sizes >= 1; align_per_step >= 0"
+            )
 
 
 # --------------------------------------------------------------------------- model parts
@@ -143,7 +153,9 @@ def neuron_parts(model: nn.Module, layer0: int, group: str) -> NeuronParts:
         act, row = attn.o_proj, attn.v_proj
     except AttributeError as err:
         raise InvalidParameterError(
-            f"LaTen needs llama-style up/down and v/o projections; {type(block).__name__} has none ({err})") from None
+            "LaTen needs llama-style up/down and v/o projections; "
+            f"{type(block).__name__} has none ({err})"
+        ) from None
     config = surgery.unwrap(model).config
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
@@ -186,8 +198,13 @@ def direct_gradient(model: nn.Module, resid: Tensor, targets: Tensor, score: str
     return grad.float()
 
 
-def neuron_scores(model: nn.Module, batches: Sequence[dict], layers0: Sequence[int], groups: Sequence[str],
-                  score: str = "logprob") -> dict[tuple[str, int], Tensor]:
+def neuron_scores(
+    model: nn.Module,
+    batches: Sequence[dict],
+    layers0: Sequence[int],
+    groups: Sequence[str],
+    score: str = "logprob",
+) -> dict[tuple[str, int], Tensor]:
     """Mean direct-path gain of every neuron: ``{(group, layer0): (n_neurons,)}``.
 
     One no-grad forward per batch captures, at the supervised positions only, the neurons'
@@ -195,7 +212,7 @@ def neuron_scores(model: nn.Module, batches: Sequence[dict], layers0: Sequence[i
     norm; then ``gain = a ⊙ (u W_out)`` per layer with u from :func:`direct_gradient`.
     """
     device = next(model.parameters()).device
-    parts = {(g, l): neuron_parts(model, l, g) for g in groups for l in layers0}
+    parts = {(g, layer): neuron_parts(model, layer, g) for g in groups for layer in layers0}
     totals = {key: torch.zeros(p.act.in_features, dtype=torch.float64) for key, p in parts.items()}
     count = 0
     for batch in batches:
@@ -203,20 +220,7 @@ def neuron_scores(model: nn.Module, batches: Sequence[dict], layers0: Sequence[i
         rows, cols = mask.nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
-        store: dict = {}
-
-        def grab(key):
-            return lambda mod, args: store.__setitem__(key, args[0][rows, cols].detach())
-
-        handles = [p.act.register_forward_pre_hook(grab(key)) for key, p in parts.items()]
-        handles.append(surgery.final_norm(model).register_forward_pre_hook(grab("resid")))
-        try:
-            with torch.no_grad():
-                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                      logits_to_keep=1, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+        store = _captured_inputs(model, parts, batch, rows, cols)
         u = direct_gradient(model, store["resid"], tgt[rows, cols], score)
         with torch.no_grad():
             for key, p in parts.items():
@@ -226,6 +230,33 @@ def neuron_scores(model: nn.Module, batches: Sequence[dict], layers0: Sequence[i
     if count == 0:
         raise InvalidParameterError("no supervised tokens in the attribution records")
     return {key: (t / count).float() for key, t in totals.items()}
+
+
+def _captured_inputs(
+    model: nn.Module, parts: dict, batch: dict, rows: Tensor, cols: Tensor
+) -> dict[object, Tensor]:
+    """One no-grad forward of ``batch``: the input of every ``parts`` act module (the neurons'
+    activations) and of the final norm (key "resid"), at positions (rows, cols) only."""
+    device = next(model.parameters()).device
+    store: dict = {}
+
+    def grab(key):
+        return lambda mod, args: store.__setitem__(key, args[0][rows, cols].detach())
+
+    handles = [p.act.register_forward_pre_hook(grab(key)) for key, p in parts.items()]
+    handles.append(surgery.final_norm(model).register_forward_pre_hook(grab("resid")))
+    try:
+        with torch.no_grad():
+            model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                logits_to_keep=1,
+                use_cache=False,
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    return store
 
 
 def top_neurons(scores: Tensor, fraction: float) -> Tensor:
@@ -239,7 +270,8 @@ def top_neurons(scores: Tensor, fraction: float) -> Tensor:
 
 @dataclass
 class Plan:
-    """Per group: target layers (0-based), source inputs per kind (L, k, d_S), target indices (L, k)."""
+    """Per group: target layers (0-based), source inputs per kind (L, k, d_S), target indices
+    (L, k)."""
 
     target_layers: list[int]
     source_layers: list[int]
@@ -248,8 +280,14 @@ class Plan:
     inputs: dict[str, Tensor]  # kind → (L, k, d_S)
 
 
-def build_plan(source: nn.Module, target: nn.Module, pairing: Pairing, src_scores: dict, tgt_scores: dict,
-               config: LatenConfig) -> Plan:
+def build_plan(
+    source: nn.Module,
+    target: nn.Module,
+    pairing: Pairing,
+    src_scores: dict,
+    tgt_scores: dict,
+    config: LatenConfig,
+) -> Plan:
     t_layers = list(range(pairing.n_target))
     s_layers = [pairing.target_to_source[j + 1] - 1 for j in t_layers]
     tgt_idx, src_idx, inputs = {}, {}, {}
@@ -264,16 +302,27 @@ def build_plan(source: nn.Module, target: nn.Module, pairing: Pairing, src_score
         tgt_idx[g] = torch.stack([t[:k] for t in t_sel])
         src_idx[g] = torch.stack([s[:k] for s in s_sel])
         for kind in KINDS[g]:
-            inputs[kind] = torch.stack([param_vectors(neuron_parts(source, s, g), kind, src_idx[g][i])
-                                        for i, s in enumerate(s_layers)])
+            inputs[kind] = torch.stack(
+                [
+                    param_vectors(neuron_parts(source, s, g), kind, src_idx[g][i])
+                    for i, s in enumerate(s_layers)
+                ]
+            )
     return Plan(t_layers, s_layers, tgt_idx, src_idx, inputs)
 
 
 class Hypernetworks(nn.Module):
     """One ``Linear(d_S, hidden) → ReLU → Linear(hidden, d_T)`` per parameter kind."""
 
-    def __init__(self, kinds: Sequence[str], d_source: int, d_target: int, hidden: int | None, init_std: float,
-                 seed: int):
+    def __init__(
+        self,
+        kinds: Sequence[str],
+        d_source: int,
+        d_target: int,
+        hidden: int | None,
+        init_std: float,
+        seed: int,
+    ):
         super().__init__()
         hidden = hidden or d_source
         gen = torch.Generator().manual_seed(seed)
@@ -290,6 +339,9 @@ class Hypernetworks(nn.Module):
         """Source vectors (L, k, d_S) per kind → deltas (L, k, d_T) per kind."""
         return {kind: net(inputs[kind]) for kind, net in self.nets.items()}
 
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
 
 def _group(kind: str) -> str:
     return "ffn" if kind in KINDS["ffn"] else "attn"
@@ -301,6 +353,7 @@ def _delta_hook(kind: str, index: Tensor, delta: Tensor):
     Rows (up/v): ``W[i] += δ_i`` ⇒ ``out[..., i] += x · δ_i``; columns (down/o): ``W[:, i] += δ_i``
     ⇒ ``out += x[..., index] @ δ``. Repeated indices (GQA v rows) add up, as in the weights.
     """
+
     def hook(module, args, out):
         x = args[0]
         d = delta.to(x.dtype)
@@ -316,7 +369,10 @@ class LatenObjective:
 
     def __init__(self, target: nn.Module, plan: Plan, hyper: Hypernetworks, config: LatenConfig):
         self.target, self.plan, self.hyper, self.config = target, plan, hyper, config
-        self.parts = {g: [neuron_parts(target, l, g) for l in plan.target_layers] for g in config.groups}
+        self.parts = {
+            g: [neuron_parts(target, layer, g) for layer in plan.target_layers]
+            for g in config.groups
+        }
 
     def deltas(self) -> dict[str, Tensor]:
         return self.hyper(self.plan.inputs)
@@ -353,7 +409,10 @@ class LatenObjective:
 
     def loss(self, batch: dict) -> Tensor:
         """A full one-batch objective (tests): ``lm_weight · mean CE + mse_weight · penalty``."""
-        return self.config.lm_weight * self.lm_loss(batch).mean() + self.config.mse_weight * self.penalty()
+        return (
+            self.config.lm_weight * self.lm_loss(batch).mean()
+            + self.config.mse_weight * self.penalty()
+        )
 
     @torch.no_grad()
     def bake(self) -> None:
@@ -373,6 +432,13 @@ class LatenObjective:
             for layer in self.plan.target_layers:
                 n[layer] = n.get(layer, 0) + inp.shape[1] * surgery.hidden_size(self.target)
         return n
+
+    def hypernetwork_flops(self, passes: int = 1) -> float:
+        """Forward + backward FLOPs of ``passes`` runs of the hypernetworks over the source
+        vectors (6 per parameter and row; each kind's network sees only its own rows)."""
+        first = next(iter(self.hyper.nets))
+        rows = self.plan.inputs[first].shape[0] * self.plan.inputs[first].shape[1]
+        return passes * 6.0 * self.hyper.param_count() * rows / len(self.hyper.nets)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -396,9 +462,16 @@ def step_schedule(n_extract: int, n_align: int, config: LatenConfig) -> list[lis
     return steps[: config.max_steps] if config.max_steps else steps
 
 
-def transfer(source: nn.Module, target: nn.Module, train_records: Sequence[dict],
-             attribution_records: Sequence[dict], config: LatenConfig, tokenizer, resume: bool = False,
-             stop_after_stage: int | None = None) -> TransferResult:
+def transfer(
+    source: nn.Module,
+    target: nn.Module,
+    train_records: Sequence[dict],
+    attribution_records: Sequence[dict],
+    config: LatenConfig,
+    tokenizer,
+    resume: bool = False,
+    stop_after_stage: int | None = None,
+) -> TransferResult:
     """LaTen from ``source`` into ``target`` (deltas added into ``target`` in place).
 
     ``attribution_records`` are the extract records (attribution data and one per step);
@@ -406,78 +479,136 @@ def transfer(source: nn.Module, target: nn.Module, train_records: Sequence[dict]
     """
     begin("laten", source, target, config, LatenConfig, resume)
     t_start = time.perf_counter()
-    n_s, n_t = surgery.num_layers(source), surgery.num_layers(target)
-    d_s, d_t = surgery.hidden_size(source), surgery.hidden_size(target)
+    pairing = uniform_pairing(surgery.num_layers(source), surgery.num_layers(target))
     pad = pad_id(tokenizer)
-    pairing = uniform_pairing(n_s, n_t)
-    stages: list[dict] = []
     src_flags, tgt_flags = requires_grad_flags(source), requires_grad_flags(target)
     with costs.PeakMemory() as peak:
         try:
             freeze(source), freeze(target)
-            # 1. locate
-            t0 = time.perf_counter()
+            t_locate = time.perf_counter()
             extract = tokenize(attribution_records, tokenizer, config)
             align = tokenize(train_records, tokenizer, config)
-            ab = config.attribution_batch_size
-            attr_batches = [collate(extract[i:i + ab], pad) for i in range(0, len(extract), ab)]
-            src_layers = sorted(set(s - 1 for s in pairing.source_layers))
-            src_scores = neuron_scores(source, attr_batches, src_layers, config.groups, config.score)
-            tgt_scores = neuron_scores(target, attr_batches, list(range(n_t)), config.groups, config.score)
-            plan = build_plan(source, target, pairing, src_scores, tgt_scores, config)
-            attr_flops = 0.0
-            for model in (source, target):
-                shape = costs.model_shape(model)
-                for b in attr_batches:
-                    n_sup = int(supervised_positions(b["labels"])[0].sum())
-                    attr_flops += costs.prefix_forward_flops(shape, shape.num_layers, b["input_ids"].numel(),
-                                                             b["input_ids"].shape[1])
-                    attr_flops += 3 * 2.0 * shape.hidden * shape.vocab * n_sup  # head pass + its backward
-            stages.append({"stage": "locate", "wall_s": time.perf_counter() - t0, "flops": attr_flops,
-                           "tokens": 2 * sum(b["input_ids"].numel() for b in attr_batches),
-                           "real_tokens": 2 * sum(int(b["attention_mask"].sum()) for b in attr_batches),
-                           "neurons_per_layer": {g: int(plan.target_neurons[g].shape[1]) for g in config.groups},
-                           "target_neurons": {g: t.tolist() for g, t in plan.target_neurons.items()},
-                           "source_neurons": {g: t.tolist() for g, t in plan.source_neurons.items()}})
-            # 2-4. align
-            kinds = [k for g in config.groups for k in KINDS[g]]
-            hyper = Hypernetworks(kinds, d_s, d_t, config.hidden, config.init_std, config.seed).to(
-                next(target.parameters()).device)  # seeded on the CPU, trained where the target is
-            objective = LatenObjective(target, plan, hyper, config)
-            examples = extract + align
+            plan, located = _locate_stage(source, target, pairing, extract, pad, config, t_locate)
+            objective = LatenObjective(target, plan, _hypernetworks(source, target, config), config)
             schedule = cap_steps(step_schedule(len(extract), len(align), config), stop_after_stage)
-            shape = costs.model_shape(target)
-            spec = costs.TrainableSpec(lora_params=objective.delta_params_per_block())
-            hyper_params = sum(p.numel() for p in hyper.parameters())
-            rows_per_kind = plan.inputs[kinds[0]].shape[0] * plan.inputs[kinds[0]].shape[1]
-
-            def loss(batch):
-                ce = objective.lm_loss(batch)
-                return config.lm_weight * ce, {"lm": ce}
-
-            def extra():
-                pen = objective.penalty()
-                return config.mse_weight * pen, {"mse": float(pen.detach())}
-
-            def flops(batch):  # target pass with delta "adapters" + the hypernetworks (recomputed per micro-batch)
-                return train_flops(shape, spec, batch) + 6.0 * hyper_params * rows_per_kind / len(kinds)
-
-            record = train([{"params": list(hyper.parameters())}], schedule, examples, pad, loss, config, flops,
-                           extra_fn=extra, desc="laten")
-            record["flops"] += len(schedule) * 6.0 * hyper_params * rows_per_kind / len(kinds)  # the penalty's pass
-            stages.append(record)
-            objective.bake()
-            with torch.no_grad():
-                final = objective.deltas()
-            record["delta_rms"] = {k: float(d.square().mean().sqrt()) for k, d in final.items()}
+            record = _align_stage(objective, schedule, extract + align, pad)
         finally:
             restore_flags(source, src_flags), restore_flags(target, tgt_flags)
-    cost = summarize(stages, time.perf_counter() - t_start, peak, train_steps=len(schedule),
-                     hypernetwork_params=hyper_params, **costs.parameter_counts(target))
+    stages = [located, record]
+    hyper = objective.hyper
+    cost = summarize(
+        stages,
+        time.perf_counter() - t_start,
+        peak,
+        train_steps=len(schedule),
+        hypernetwork_params=hyper.param_count(),
+        **costs.parameter_counts(target),
+    )
     record["hypernetworks"] = {k: v.detach().clone() for k, v in hyper.state_dict().items()}
-    return TransferResult(model=target, pairing=pairing, scores=None, stages=stages, cost=cost,
-                          config={"method": "laten", **asdict(config)})
+    return TransferResult(
+        model=target,
+        pairing=pairing,
+        scores=None,
+        stages=stages,
+        cost=cost,
+        config={"method": "laten", **asdict(config)},
+    )
 
 
-__all__ = ["Hypernetworks", "LatenConfig", "LatenObjective", "build_plan", "direct_gradient", "neuron_scores",
-           "step_schedule", "top_neurons", "transfer"]
+def _locate_stage(
+    source: nn.Module,
+    target: nn.Module,
+    pairing: Pairing,
+    extract: list[dict],
+    pad: int,
+    config: LatenConfig,
+    t0: float,
+) -> tuple[Plan, dict]:
+    """Step 1: neuron scores of both models on the extract examples and the paired neurons; the
+    plan and the stage record (its wall time counted from ``t0``, before tokenisation)."""
+    ab = config.attribution_batch_size
+    attr_batches = [collate(extract[i : i + ab], pad) for i in range(0, len(extract), ab)]
+    src_layers = sorted(set(s - 1 for s in pairing.source_layers))
+    tgt_layers = list(range(surgery.num_layers(target)))
+    src_scores = neuron_scores(source, attr_batches, src_layers, config.groups, config.score)
+    tgt_scores = neuron_scores(target, attr_batches, tgt_layers, config.groups, config.score)
+    plan = build_plan(source, target, pairing, src_scores, tgt_scores, config)
+    record = {
+        "stage": "locate",
+        "wall_s": time.perf_counter() - t0,
+        "flops": _locate_flops((source, target), attr_batches),
+        "tokens": 2 * sum(b["input_ids"].numel() for b in attr_batches),
+        "real_tokens": 2 * sum(int(b["attention_mask"].sum()) for b in attr_batches),
+        "neurons_per_layer": {g: int(plan.target_neurons[g].shape[1]) for g in config.groups},
+        "target_neurons": {g: t.tolist() for g, t in plan.target_neurons.items()},
+        "source_neurons": {g: t.tolist() for g, t in plan.source_neurons.items()},
+    }
+    return plan, record
+
+
+def _locate_flops(models: Sequence[nn.Module], batches: Sequence[dict]) -> float:
+    """Analytic FLOPs of the attribution: a forward of each model over every batch, plus the
+    LM-head pass and its backward at the supervised positions."""
+    flops = 0.0
+    for model in models:
+        shape = costs.model_shape(model)
+        for b in batches:
+            n_sup = int(supervised_positions(b["labels"])[0].sum())
+            tokens, seq = b["input_ids"].numel(), b["input_ids"].shape[1]
+            flops += costs.prefix_forward_flops(shape, shape.num_layers, tokens, seq)
+            flops += 3 * 2.0 * shape.hidden * shape.vocab * n_sup  # head pass + its backward
+    return flops
+
+
+def _hypernetworks(source: nn.Module, target: nn.Module, config: LatenConfig) -> Hypernetworks:
+    kinds = [k for g in config.groups for k in KINDS[g]]
+    d_s, d_t = surgery.hidden_size(source), surgery.hidden_size(target)
+    hyper = Hypernetworks(kinds, d_s, d_t, config.hidden, config.init_std, config.seed)
+    # seeded on the CPU (same numbers on every device), trained where the target is
+    return hyper.to(next(target.parameters()).device)
+
+
+def _align_stage(
+    objective: LatenObjective, schedule: list[list[int]], examples: list[dict], pad: int
+) -> dict:
+    """Steps 2-4: train the hypernetworks over ``schedule``, then add their final deltas into
+    the target's weights; the stage record of :func:`train` (plus the deltas' RMS per kind)."""
+    config, hyper = objective.config, objective.hyper
+    shape = costs.model_shape(objective.target)
+    spec = costs.TrainableSpec(lora_params=objective.delta_params_per_block())
+    hyper_pass = objective.hypernetwork_flops()
+
+    def loss(batch):
+        ce = objective.lm_loss(batch)
+        return config.lm_weight * ce, {"lm": ce}
+
+    def extra():
+        pen = objective.penalty()
+        return config.mse_weight * pen, {"mse": float(pen.detach())}
+
+    def flops(batch):  # target pass with delta "adapters" + the hypernetworks (per micro-batch)
+        return train_flops(shape, spec, batch) + hyper_pass
+
+    params = [{"params": list(hyper.parameters())}]
+    record = train(
+        params, schedule, examples, pad, loss, config, flops, extra_fn=extra, desc="laten"
+    )
+    record["flops"] += objective.hypernetwork_flops(len(schedule))  # the penalty's pass
+    objective.bake()
+    with torch.no_grad():
+        final = objective.deltas()
+    record["delta_rms"] = {k: float(d.square().mean().sqrt()) for k, d in final.items()}
+    return record
+
+
+__all__ = [
+    "Hypernetworks",
+    "LatenConfig",
+    "LatenObjective",
+    "build_plan",
+    "direct_gradient",
+    "neuron_scores",
+    "step_schedule",
+    "top_neurons",
+    "transfer",
+]

@@ -242,85 +242,23 @@ def transfer(
     """
     begin("seeking", source, target, config, SeekingConfig, resume)
     t_start = time.perf_counter()
-    n_s, n_t = surgery.num_layers(source), surgery.num_layers(target)
-    pad = pad_id(tokenizer)
-    src_shape, tgt_shape = costs.model_shape(source), costs.model_shape(target)
-    stages: list[dict] = []
     flags = requires_grad_flags(target)
     with costs.PeakMemory() as peak:
-        # 1-2. sensitivity and layer selection
-        t0 = time.perf_counter()
-        seed = tokenize(attribution_records, tokenizer, config)
-        sb = config.sensitivity_batch_size
-        seed_batches = [collate(seed[i : i + sb], pad) for i in range(0, len(seed), sb)]
-        sens = sensitivity(source, seed_batches)
-        totals = layer_totals(sens)
-        selected = select_layers(totals, n_t)
-        all_blocks = costs.TrainableSpec(trained_blocks=frozenset(range(n_s)))
-        stages.append(
-            {
-                "stage": "sensitivity",
-                "layer_totals": totals,
-                "selected_source_layers": selected,
-                "seed_examples": len(seed),
-                "wall_s": time.perf_counter() - t0,
-                "tokens": sum(b["input_ids"].numel() for b in seed_batches),
-                "real_tokens": sum(int(b["attention_mask"].sum()) for b in seed_batches),
-                "flops": sum(train_flops(src_shape, all_blocks, b) for b in seed_batches),
-            }
-        )
-        pairing = Pairing(
-            {j: s for j, s in enumerate(selected, start=1)},
-            "seeking-sensitivity",
-            n_s,
-            n_t,
-            ("top-L_target source layers by total |θ⊙∇θ|, in depth order",),
-        )
-        # 3-4. extraction and LoRA init
-        t0 = time.perf_counter()
+        sens, located = _sensitivity_stage(source, target, attribution_records, config, tokenizer)
+        stages = [located]
+        totals, selected = located["layer_totals"], located["selected_source_layers"]
+        pairing = _pairing(source, target, selected)
+        t_extract = time.perf_counter()
         peft_model, params = add_lora(target, config.lora_r, config.lora_alpha)
         try:
-            injected = inject(peft_model, source, sens, selected)
-            del sens
-            stages.append(
-                {
-                    "stage": "extract",
-                    "wall_s": time.perf_counter() - t0,
-                    "flops": injected["flops"],
-                    "offsets": injected["offsets"],
-                    "skipped": injected["skipped"],
-                }
-            )
+            stages.append(_extract_stage(peft_model, source, sens, selected, t_extract))
+            del sens  # a float32 copy of the source blocks; post-training does not need it
             if not post_train:
                 cost = summarize(stages, time.perf_counter() - t_start, peak)
-                return TransferResult(
-                    model=peft_model,
-                    pairing=pairing,
-                    scores=totals,
-                    stages=stages,
-                    cost=cost,
-                    config={"method": "seeking", **asdict(config)},
-                )
-            # 5. LoRA post-training
-            examples = tokenize(train_records, tokenizer, config)
-            schedule = cap_steps(epoch_schedule(len(examples), config), stop_after_stage)
-            spec = spec_for(target, "lora", config.lora_r)
-
-            def loss(batch):
-                ce = ce_per_example(peft_model, batch)
-                return ce, {"ce": ce}
-
-            record = train(
-                [{"params": params}],
-                schedule,
-                examples,
-                pad,
-                loss,
-                config,
-                lambda b: train_flops(tgt_shape, spec, b),
-                desc="seeking",
+                return _result(peft_model, pairing, totals, stages, cost, config)
+            stages.append(
+                _post_train(peft_model, params, train_records, config, tokenizer, stop_after_stage)
             )
-            stages.append(record)
             merge_lora(peft_model)
         finally:
             if post_train:
@@ -329,11 +267,111 @@ def transfer(
         stages,
         time.perf_counter() - t_start,
         peak,
-        train_steps=len(schedule),
+        train_steps=stages[-1]["steps"],
         **costs.parameter_counts(target),
     )
+    return _result(target, pairing, totals, stages, cost, config)
+
+
+def _sensitivity_stage(
+    source: nn.Module,
+    target: nn.Module,
+    seed_records: Sequence[dict],
+    config: SeekingConfig,
+    tokenizer,
+) -> tuple[list[dict[str, Tensor]], dict]:
+    """Steps 1-2: the source's sensitivities on the seed examples, and the stage record with the
+    layer totals and the selected source layers."""
+    t0 = time.perf_counter()
+    seed = tokenize(seed_records, tokenizer, config)
+    sb, pad = config.sensitivity_batch_size, pad_id(tokenizer)
+    seed_batches = [collate(seed[i : i + sb], pad) for i in range(0, len(seed), sb)]
+    sens = sensitivity(source, seed_batches)
+    totals = layer_totals(sens)
+    src_shape = costs.model_shape(source)
+    all_blocks = costs.TrainableSpec(trained_blocks=frozenset(range(surgery.num_layers(source))))
+    record = {
+        "stage": "sensitivity",
+        "layer_totals": totals,
+        "selected_source_layers": select_layers(totals, surgery.num_layers(target)),
+        "seed_examples": len(seed),
+        "wall_s": time.perf_counter() - t0,
+        "tokens": sum(b["input_ids"].numel() for b in seed_batches),
+        "real_tokens": sum(int(b["attention_mask"].sum()) for b in seed_batches),
+        "flops": sum(train_flops(src_shape, all_blocks, b) for b in seed_batches),
+    }
+    return sens, record
+
+
+def _pairing(source: nn.Module, target: nn.Module, selected: list[int]) -> Pairing:
+    return Pairing(
+        {j: s for j, s in enumerate(selected, start=1)},
+        "seeking-sensitivity",
+        surgery.num_layers(source),
+        surgery.num_layers(target),
+        ("top-L_target source layers by total |θ⊙∇θ|, in depth order",),
+    )
+
+
+def _extract_stage(
+    peft_model: nn.Module,
+    source: nn.Module,
+    sens: list[dict[str, Tensor]],
+    selected: list[int],
+    t0: float,
+) -> dict:
+    """Steps 3-4: LoRA adapters initialised from the source blocks; the stage record (its wall
+    time counted from ``t0``, before the adapters were added)."""
+    injected = inject(peft_model, source, sens, selected)
+    return {
+        "stage": "extract",
+        "wall_s": time.perf_counter() - t0,
+        "flops": injected["flops"],
+        "offsets": injected["offsets"],
+        "skipped": injected["skipped"],
+    }
+
+
+def _post_train(
+    peft_model: nn.Module,
+    params: list[nn.Parameter],
+    train_records: Sequence[dict],
+    config: SeekingConfig,
+    tokenizer,
+    stop_after_stage: int | None,
+) -> dict:
+    """Step 5: LoRA post-training on the train records; the stage record of :func:`train`."""
+    target = surgery.unwrap(peft_model)
+    examples = tokenize(train_records, tokenizer, config)
+    schedule = cap_steps(epoch_schedule(len(examples), config), stop_after_stage)
+    shape, spec = costs.model_shape(target), spec_for(target, "lora", config.lora_r)
+
+    def loss(batch):
+        ce = ce_per_example(peft_model, batch)
+        return ce, {"ce": ce}
+
+    return train(
+        [{"params": params}],
+        schedule,
+        examples,
+        pad_id(tokenizer),
+        loss,
+        config,
+        lambda b: train_flops(shape, spec, b),
+        desc="seeking",
+    )
+
+
+def _result(
+    model: nn.Module,
+    pairing: Pairing,
+    totals: list[float],
+    stages: list[dict],
+    cost: dict,
+    config: SeekingConfig,
+) -> TransferResult:
     return TransferResult(
-        model=target,
+        model=model,
         pairing=pairing,
         scores=totals,
         stages=stages,

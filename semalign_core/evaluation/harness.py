@@ -146,8 +146,11 @@ def _check_settings(prompt_style, batch_size, max_new_tokens, num_samples, tempe
         raise InvalidParameterError(
             f"unknown prompt_style {prompt_style!r}; valid: {', '.join(PROMPT_STYLES)}"
         )
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
-                        ("num_samples", num_samples)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_new_tokens", max_new_tokens),
+        ("num_samples", num_samples),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}")
     number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
@@ -213,41 +216,85 @@ def evaluate(
     lm, hf_model, tok, model_name = _model_and_tokenizer(model, tokenizer)
     if prompt_style == "model":
         _check_chat_template(tok, model_name)
-
     with _quiet_lm_eval():
         names, ours = _task_names(tasks, allow_builtin, task_options)
-
         # BOS as the tokenizer does by default, in every style (chat templates that write it
         # themselves lose their copy in the task code), so plain tasks do not change with style.
         add_bos = tok is not None and _tokenizer_adds_bos(tok)
+        settings = dict(
+            model=model_name,
+            batch_size=batch_size,
+            add_bos_token=add_bos,
+            seed=seed,
+            limit=limit,
+            max_new_tokens=max_new_tokens,
+            num_samples=num_samples,
+            temperature=float(temperature),
+            prompt_style=prompt_style,
+            task_options=task_options or {},
+            keep_samples=keep_samples,
+            bootstrap_iters=bootstrap_iters,
+        )
         if lm is None:
-            lm = HFLM(pretrained=hf_model, tokenizer=tok, batch_size=batch_size,
-                      add_bos_token=add_bos, max_length=_max_length(hf_model, tok))
-
-        with chat_tokenizer(tok if prompt_style == "model" else None) as key:
-            runtime = {"prompt_style": prompt_style, "limit": limit, "seed": seed,
-                       "tokenizer_key": key, "add_bos": add_bos,
-                       "options": dict(task_options or {})}
-            manager = TaskManager(include_path=str(TASKS_DIR),
-                                  include_defaults=len(ours) < len(names),
-                                  metadata={"semalign": runtime})
-            task_objs = _build_tasks(manager, names)
-            for name, task in task_objs.items():
-                _configure_task(name, task, ours, prompt_style, max_new_tokens, num_samples,
-                                temperature)
-            start = time.perf_counter()
-            output = _run(lm, task_objs, limit if len(ours) < len(names) else None, seed,
-                          bootstrap_iters)
-            wall = time.perf_counter() - start
-
-    settings = dict(model=model_name, batch_size=batch_size, add_bos_token=add_bos, seed=seed,
-                    limit=limit, max_new_tokens=max_new_tokens, num_samples=num_samples,
-                    temperature=float(temperature), prompt_style=prompt_style,
-                    task_options=task_options or {}, wall_s=wall, keep_samples=keep_samples,
-                    bootstrap_iters=bootstrap_iters)
+            lm = _hflm(hf_model, tok, batch_size, add_bos)
+        task_objs, output, settings["wall_s"] = _run_tasks(lm, tok, names, ours, settings)
     dtype, device = _model_dtype_device(hf_model)
-    return {name: _record(name, task_objs[name], output, settings, dtype, device)
-            for name in names}
+    return {name: _record(name, task_objs[name], output, settings, dtype, device) for name in names}
+
+
+def _hflm(hf_model, tokenizer, batch_size: int, add_bos: bool) -> HFLM:
+    """lm-eval's wrapper of an in-memory HF model, with our batch size and BOS setting."""
+    return HFLM(
+        pretrained=hf_model,
+        tokenizer=tokenizer,
+        batch_size=batch_size,
+        add_bos_token=add_bos,
+        max_length=_max_length(hf_model, tokenizer),
+    )
+
+
+def _run_tasks(lm, tokenizer, names: list[str], ours: list[str], settings: dict):
+    """Build and configure the tasks, then run them through lm-eval: (task objects by name,
+    lm-eval's output, seconds of the run). Our tasks apply ``tokenizer``'s chat template under
+    prompt_style "model" and take their subset from the data layer."""
+    style = settings["prompt_style"]
+    with chat_tokenizer(tokenizer if style == "model" else None) as key:
+        task_objs = _prepared_tasks(names, ours, settings, key)
+        # lm-eval's limit only when built-in tasks run (the data layer has subset ours)
+        limit = settings["limit"] if len(ours) < len(names) else None
+        start = time.perf_counter()
+        output = _run(lm, task_objs, limit, settings["seed"], settings["bootstrap_iters"])
+        return task_objs, output, time.perf_counter() - start
+
+
+def _prepared_tasks(names: list[str], ours: list[str], settings: dict, tokenizer_key) -> dict:
+    """lm-eval task objects by name: ours read the run's settings from the TaskManager's
+    metadata; generation tasks get the decoding settings."""
+    runtime = {
+        "prompt_style": settings["prompt_style"],
+        "limit": settings["limit"],
+        "seed": settings["seed"],
+        "tokenizer_key": tokenizer_key,
+        "add_bos": settings["add_bos_token"],
+        "options": dict(settings["task_options"]),
+    }
+    manager = TaskManager(
+        include_path=str(TASKS_DIR),
+        include_defaults=len(ours) < len(names),
+        metadata={"semalign": runtime},
+    )
+    task_objs = _build_tasks(manager, names)
+    for name, task in task_objs.items():
+        _configure_task(
+            name,
+            task,
+            ours,
+            settings["prompt_style"],
+            settings["max_new_tokens"],
+            settings["num_samples"],
+            settings["temperature"],
+        )
+    return task_objs
 
 
 def _task_names(tasks, allow_builtin: bool, task_options) -> tuple[list[str], list[str]]:
@@ -290,8 +337,10 @@ def _build_tasks(manager, names: list[str]) -> dict:
         raise
     except (ConnectionError, OSError) as err:  # lm-eval built-in tasks fetch hub datasets
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise OfflineError(f"could not load the data of an lm-eval built-in task ({first}); "
-                           "built-in tasks need the Hugging Face hub or its local cache") from None
+        raise OfflineError(
+            f"could not load the data of an lm-eval built-in task ({first}); "
+            "built-in tasks need the Hugging Face hub or its local cache"
+        ) from None
     flat = {}
 
     def walk(d):
@@ -309,8 +358,11 @@ def _configure_task(name, task, ours, style, max_new_tokens, num_samples, temper
     """Apply decoding settings to a generation task (stop strings by prompt style)."""
     if task.get_config("output_type") != "generate_until":
         return
-    gen = {"max_gen_toks": max_new_tokens, "do_sample": temperature > 0,
-           "temperature": float(temperature)}
+    gen = {
+        "max_gen_toks": max_new_tokens,
+        "do_sample": temperature > 0,
+        "temperature": float(temperature),
+    }
     if name in ours:
         gen["until"] = generation_until(task_family(name), style)
     task.set_config("generation_kwargs", gen, update=True)
@@ -333,7 +385,10 @@ def _run(lm, task_objs: dict, limit, seed, bootstrap_iters) -> dict:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=seed_value)
     return lm_eval_evaluate(
-        lm=lm, task_dict=task_objs, limit=limit, log_samples=True,
+        lm=lm,
+        task_dict=task_objs,
+        limit=limit,
+        log_samples=True,
         bootstrap_iters=bootstrap_iters,
         confirm_run_unsafe_code=True,  # generated code runs in semalign_core's sandbox
     )
@@ -415,10 +470,11 @@ def _record(name, task, output, settings, dtype, device) -> dict:
     samples = output.get("samples", {}).get(name, [])
     if "macro_f1" in values and errors.get("macro_f1") is None:
         items = [tuple(s["macro_f1"]) for s in samples if "macro_f1" in s]
-        errors["macro_f1"] = _bootstrap_macro_f1(items, settings["bootstrap_iters"],
-                                                 settings["seed"])
+        errors["macro_f1"] = _bootstrap_macro_f1(
+            items, settings["bootstrap_iters"], settings["seed"]
+        )
     data = getattr(getattr(task, "dataset", None), "semalign_provenance", None)
-    style = (task.eval_docs[0].get("prompt_style") if data and len(task.eval_docs) else None)
+    style = task.eval_docs[0].get("prompt_style") if data and len(task.eval_docs) else None
     n_samples = output.get("n-samples", {}).get(name, {})
     record = {
         "task": name,
@@ -434,12 +490,24 @@ def _record(name, task, output, settings, dtype, device) -> dict:
         "metrics": {k: _finite(v) for k, v in values.items()},
         "stderr": {k: _finite(v) for k, v in errors.items()},
         "data": data or {"benchmark": name, "source": "lm-eval built-in task (hub data)"},
-        "settings": {k: settings[k] for k in ("limit", "seed", "max_new_tokens", "num_samples",
-                                              "temperature", "task_options")},
+        "settings": {
+            k: settings[k]
+            for k in (
+                "limit",
+                "seed",
+                "max_new_tokens",
+                "num_samples",
+                "temperature",
+                "task_options",
+            )
+        },
         "wall_s_all_tasks": round(settings["wall_s"], 3),
-        "provenance": provenance(seed=settings["seed"],
-                                 data_sources=(data or {}).get("sources", {}),
-                                 device=device, dtype=dtype),
+        "provenance": provenance(
+            seed=settings["seed"],
+            data_sources=(data or {}).get("sources", {}),
+            device=device,
+            dtype=dtype,
+        ),
     }
     if settings["keep_samples"]:
         record["samples"] = [_sample_view(s, values) for s in samples]
@@ -468,9 +536,17 @@ def format_table(records: dict[str, dict]) -> str:
     for name, rec in records.items():
         for metric, value in rec["metrics"].items():
             err = rec["stderr"].get(metric)
-            rows.append((name, metric, "-" if value is None else f"{value:.4f}",
-                         "-" if err is None else f"{err:.4f}", str(rec["n"]),
-                         rec["prompt_style"], rec["decoding"]["method"]))
+            rows.append(
+                (
+                    name,
+                    metric,
+                    "-" if value is None else f"{value:.4f}",
+                    "-" if err is None else f"{err:.4f}",
+                    str(rec["n"]),
+                    rec["prompt_style"],
+                    rec["decoding"]["method"],
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -480,11 +556,14 @@ def format_table(records: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m semalign_core.evaluation.harness",
-        description="Evaluate a model on the semalign lm-eval tasks (offline).")
+        description="Evaluate a model on the semalign lm-eval tasks (offline).",
+    )
     parser.add_argument("--model", required=True, help="registry name or local model directory")
-    parser.add_argument("--tasks", required=True,
-                        help=f"comma-separated; tasks: {', '.join(list_tasks())}; "
-                             "groups: semalign_cls, semalign")
+    parser.add_argument(
+        "--tasks",
+        required=True,
+        help=f"comma-separated; tasks: {', '.join(list_tasks())}; groups: semalign_cls, semalign",
+    )
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -498,10 +577,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model = load_model(args.model, dtype=args.dtype, verbose=False)
-        records = evaluate(model, args.tasks, limit=args.limit, seed=args.seed,
-                           batch_size=args.batch_size, prompt_style=args.prompt_style,
-                           max_new_tokens=args.max_new_tokens, num_samples=args.num_samples,
-                           temperature=args.temperature, keep_samples=args.keep_samples)
+        records = evaluate(
+            model,
+            args.tasks,
+            limit=args.limit,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            prompt_style=args.prompt_style,
+            max_new_tokens=args.max_new_tokens,
+            num_samples=args.num_samples,
+            temperature=args.temperature,
+            keep_samples=args.keep_samples,
+        )
     except ArtifactError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

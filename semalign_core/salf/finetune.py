@@ -294,6 +294,24 @@ class _Loop:
             self.switch(step + 1, changed)
         return self.tally.losses[-1]
 
+    def train(
+        self, plans: list[gains.BatchPlan], per_example: bool
+    ) -> tuple[list[float], list[float]]:
+        """Every epoch over ``plans`` (the batch order reshuffled per epoch, seeded); the mean
+        loss and the seconds of each epoch."""
+        rng = random.Random(self.config.seed + 1)
+        epoch_losses, epoch_s, step = [], [], 0
+        for _ in range(self.config.epochs):
+            order = list(range(len(plans)))
+            rng.shuffle(order)
+            t_epoch, epoch_loss = time.perf_counter(), []
+            for batch_index in order:
+                epoch_loss.append(self.step(step, plans[batch_index], batch_index, per_example))
+                step += 1
+            epoch_s.append(time.perf_counter() - t_epoch)
+            epoch_losses.append(float(np.mean(epoch_loss)))
+        return epoch_losses, epoch_s
+
     def _account(self, batch: dict, boundary: int, cached: bool, loss: float) -> None:
         b, t = batch["input_ids"].shape
         positions = b * t if self.config.loss == "lm" else b
@@ -360,10 +378,47 @@ def finetune(
     torch.manual_seed(config.seed)
     if config.device is not None:
         model = model.to(config.device)
-    device = next(model.parameters()).device
     label_tokens = analysis.label_token_ids(
         tokenizer, label_words, config.label_token_mode, config.require_single_token
     )
+    loop = _start_loop(
+        model, tokenizer, train_records, policy, task, label_words, label_tokens, config
+    )
+    plans, per_example = _plans(loop.state, len(loop.enc), config.batch_size, config.seed)
+    t_start = time.perf_counter()
+    with costs.PeakMemory(loop.device) as peak:
+        epoch_losses, epoch_s = loop.train(plans, per_example)
+    wall = time.perf_counter() - t_start
+    model = loop.model
+    metrics = (
+        evaluate(model, tokenizer, eval_records, label_tokens, task, config) if eval_records else {}
+    )
+    return FinetuneResult(
+        policy=policy.describe(),
+        config=asdict(config),
+        metrics=metrics,
+        cost=loop.cost(wall, epoch_s, peak),
+        losses=loop.tally.losses,
+        epoch_losses=epoch_losses,
+        history=loop.history,
+        grad_params=sorted(loop.tally.grad_names),
+        model=model,
+    )
+
+
+def _start_loop(
+    model,
+    tokenizer,
+    train_records: Sequence[dict],
+    policy: Policy,
+    task: str | None,
+    label_words: tuple[str, ...],
+    label_tokens: analysis.LabelTokens,
+    config: FinetuneConfig,
+) -> _Loop:
+    """The loop at step 0: the policy set up (it may analyse the model) and its wrapper applied
+    (LoRA), the train records encoded."""
+    device = next(model.parameters()).device
     ctx = PolicyContext(
         model,
         tokenizer,
@@ -389,38 +444,8 @@ def finetune(
         with_answer=config.loss == "lm",
     )
     label_ids = torch.tensor(label_tokens.first, device=device)
-    loop = _Loop(
-        model, policy, state, enc, analysis.pad_token_id(tokenizer), label_ids, config, device
-    )
-    plans, per_example = _plans(state, len(enc), config.batch_size, config.seed)
-    rng = random.Random(config.seed + 1)
-    epoch_losses, epoch_s, step = [], [], 0
-    t_start = time.perf_counter()
-    with costs.PeakMemory(device) as peak:
-        for _ in range(config.epochs):
-            order = list(range(len(plans)))
-            rng.shuffle(order)
-            t_epoch, epoch_loss = time.perf_counter(), []
-            for batch_index in order:
-                epoch_loss.append(loop.step(step, plans[batch_index], batch_index, per_example))
-                step += 1
-            epoch_s.append(time.perf_counter() - t_epoch)
-            epoch_losses.append(float(np.mean(epoch_loss)))
-    wall = time.perf_counter() - t_start
-    metrics = (
-        evaluate(model, tokenizer, eval_records, label_tokens, task, config) if eval_records else {}
-    )
-    return FinetuneResult(
-        policy=policy.describe(),
-        config=asdict(config),
-        metrics=metrics,
-        cost=loop.cost(wall, epoch_s, peak),
-        losses=loop.tally.losses,
-        epoch_losses=epoch_losses,
-        history=loop.history,
-        grad_params=sorted(loop.tally.grad_names),
-        model=model,
-    )
+    pad = analysis.pad_token_id(tokenizer)
+    return _Loop(model, policy, state, enc, pad, label_ids, config, device)
 
 
 # --------------------------------------------------------------------------- evaluation
