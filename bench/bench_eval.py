@@ -29,17 +29,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from semalign_core.evaluation.harness import evaluate  # noqa: E402
+from semalign_core.evaluation.tasks.utils import build_docs  # noqa: E402
 from semalign_core.models.registry import load_model  # noqa: E402
 from semalign_core.paths import results_dir  # noqa: E402
 from semalign_core.records import provenance, write_json_atomic  # noqa: E402
-from semalign_core.evaluation.tasks.utils import build_docs  # noqa: E402
 
 
 def question_tokens(tokenizer, limit: int, seed: int) -> tuple[list[list[int]], dict]:
     """Token ids HFLM forwards for each question (the prompt; the continuation " A".." D" is
     one token, so input = context), and the data provenance."""
-    split, docs = build_docs("semalign_mmlu", {"limit": limit, "seed": seed,
-                                               "prompt_style": "plain"})
+    split, docs = build_docs(
+        "semalign_mmlu", {"limit": limit, "seed": seed, "prompt_style": "plain"}
+    )
     return [tokenizer(d["prompt"])["input_ids"] for d in docs], split.provenance()
 
 
@@ -49,11 +50,11 @@ def raw_forward(model, sequences: list[list[int]], batch_size: int, pad_id: int)
     ordered = sorted(sequences, key=len, reverse=True)
     start = time.perf_counter()
     for i in range(0, len(ordered), batch_size):
-        batch = ordered[i:i + batch_size]
+        batch = ordered[i : i + batch_size]
         width = len(batch[0])
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         for row, seq in enumerate(batch):
-            ids[row, :len(seq)] = torch.tensor(seq)
+            ids[row, : len(seq)] = torch.tensor(seq)
         model(input_ids=ids).logits.float().log_softmax(-1)
     return time.perf_counter() - start
 
@@ -96,16 +97,20 @@ def main() -> None:
     overhead_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    record = evaluate(loaded, "semalign_mmlu", limit=args.limit, seed=args.seed,
-                      batch_size=args.batch_size)["semalign_mmlu"]
+    record = evaluate(
+        loaded, "semalign_mmlu", limit=args.limit, seed=args.seed, batch_size=args.batch_size
+    )["semalign_mmlu"]
     harness_s = time.perf_counter() - start
 
     raw_forward(loaded.model, sequences[: args.batch_size], args.batch_size, pad_id)  # warm-up
     raw_s = raw_forward(loaded.model, sequences, args.batch_size, pad_id)
 
     def rates(seconds: float) -> dict:
-        return {"wall_s": round(seconds, 3), "examples_per_s": round(n / seconds, 3),
-                "tokens_per_s": round(tokens / seconds, 1)}
+        return {
+            "wall_s": round(seconds, 3),
+            "examples_per_s": round(n / seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1),
+        }
 
     result = {
         "benchmark": "eval_throughput",
@@ -129,14 +134,20 @@ def main() -> None:
     }
     assert math.isclose(overhead_records["semalign_mmlu"]["n"], n)
     path = write_json_atomic(Path(args.output).expanduser().resolve(), result)
-    print(f"{args.model}: {n} MMLU questions, {tokens} tokens, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model}: {n} MMLU questions, {tokens} tokens, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for name in ("harness", "raw_forward"):
         r = result[name]
-        print(f"  {name:12s} {r['wall_s']:8.1f} s  {r['examples_per_s']:7.2f} ex/s  "
-              f"{r['tokens_per_s']:8.1f} tok/s")
-    print(f"  harness without a model: {overhead_s:.1f} s; harness/raw time "
-          f"{result['harness_over_raw_time_ratio']:.2f}x; acc {result['accuracy']:.3f}")
+        print(
+            f"  {name:12s} {r['wall_s']:8.1f} s  {r['examples_per_s']:7.2f} ex/s  "
+            f"{r['tokens_per_s']:8.1f} tok/s"
+        )
+    print(
+        f"  harness without a model: {overhead_s:.1f} s; harness/raw time "
+        f"{result['harness_over_raw_time_ratio']:.2f}x; acc {result['accuracy']:.3f}"
+    )
     print(f"wrote {path}")
 
 

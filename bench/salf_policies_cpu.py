@@ -30,10 +30,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--task", default="mpqa")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=None,
-                        help="n_train (default: the profile's budget)")
-    parser.add_argument("--eval", type=int, default=None,
-                        help="n_eval (default: the profile's budget)")
+    parser.add_argument(
+        "--train", type=int, default=None, help="n_train (default: the profile's budget)"
+    )
+    parser.add_argument(
+        "--eval", type=int, default=None, help="n_eval (default: the profile's budget)"
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -44,12 +46,15 @@ def main() -> None:
     budget = run_budget(prof, n_train=args.train, n_eval=args.eval, epochs=args.epochs, lr=args.lr)
     print(budget, flush=True)
     t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    run_main_table(prof, [args.model], [args.task], seeds=[args.seed], force=args.force,
-                   budget=budget)
+    run_main_table(
+        prof, [args.model], [args.task], seeds=[args.seed], force=args.force, budget=budget
+    )
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    print(f"total: wall {time.perf_counter() - t0:.1f} s, process CPU {cpu:.1f} s "
-          f"({args.threads} thread(s))")
+    print(
+        f"total: wall {time.perf_counter() - t0:.1f} s, process CPU {cpu:.1f} s "
+        f"({args.threads} thread(s))"
+    )
 
 
 if __name__ == "__main__":

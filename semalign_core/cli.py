@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--profile", default="cpu")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_models)
-    check = sub.add_parser("check", help="stop with what is missing unless the profile can run here")
+    check = sub.add_parser(
+        "check", help="stop with what is missing unless the profile can run here"
+    )
     check.add_argument("--profile", default="cpu")
     check.set_defaults(func=_check)
     listing = sub.add_parser("list-models", help="the model registry")

@@ -27,8 +27,8 @@ def results_dir() -> Path:
 
 
 def figures_dir() -> Path:
-    """Where the report writes: ``SEMALIGN_FIGURES_DIR``, else ``figures/`` beside the results in use
-    (the repo's ``figures/`` only when the results are the repo's)."""
+    """Where the report writes: ``SEMALIGN_FIGURES_DIR``, else ``figures/`` beside the results in
+    use (the repo's ``figures/`` only when the results are the repo's)."""
     return Path(os.environ.get("SEMALIGN_FIGURES_DIR", results_dir().parent / "figures"))
 
 

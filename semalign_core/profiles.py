@@ -44,20 +44,40 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
-        Profile("smoke", "tiny-source", "tiny-target", ("tiny-source",),
-                notes="seeded random tiny models; seconds per notebook; numbers are meaningless"),
-        Profile("cpu", "smollm2-135m-instruct", "smollm2-derived-24l",
-                ("smollm2-135m-instruct", "gemma3-270m"),
-                notes="real small models from PyPI wheels, offline, 2 CPU cores"),
-        Profile("gpu-small", "smollm2-1.7b-instruct", "smollm2-360m-instruct",
-                ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"), needs_hub=True,
-                dtype="bfloat16", extra_models=("qwen2.5-1.5b-instruct",),
-                notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models"),
-        Profile("paper", "llama2-13b-chat", "llama2-7b-chat",
-                ("qwen2-7b", "gemma2-9b", "llama3-8b"),
-                needs_hub=True, dtype="bfloat16",
-                extra_models=("codellama-13b-python", "wizardcoder-python-13b"),
-                notes="A100/H100 class, the papers' setting"),
+        Profile(
+            "smoke",
+            "tiny-source",
+            "tiny-target",
+            ("tiny-source",),
+            notes="seeded random tiny models; seconds per notebook; numbers are meaningless",
+        ),
+        Profile(
+            "cpu",
+            "smollm2-135m-instruct",
+            "smollm2-derived-24l",
+            ("smollm2-135m-instruct", "gemma3-270m"),
+            notes="real small models from PyPI wheels, offline, 2 CPU cores",
+        ),
+        Profile(
+            "gpu-small",
+            "smollm2-1.7b-instruct",
+            "smollm2-360m-instruct",
+            ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"),
+            needs_hub=True,
+            dtype="bfloat16",
+            extra_models=("qwen2.5-1.5b-instruct",),
+            notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models",
+        ),
+        Profile(
+            "paper",
+            "llama2-13b-chat",
+            "llama2-7b-chat",
+            ("qwen2-7b", "gemma2-9b", "llama3-8b"),
+            needs_hub=True,
+            dtype="bfloat16",
+            extra_models=("codellama-13b-python", "wizardcoder-python-13b"),
+            notes="A100/H100 class, the papers' setting",
+        ),
     ]
 }
 

@@ -36,11 +36,21 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -56,8 +66,12 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def provenance(seed: int | None = None, data_sources: dict[str, str] | None = None,
-               device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
+def provenance(
+    seed: int | None = None,
+    data_sources: dict[str, str] | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> dict[str, Any]:
     return {
         "git_commit": git_commit(),
         "packages": package_versions(),
@@ -96,17 +110,33 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def write_record(experiment: str, profile: str, run: str, config: dict[str, Any],
-                 metrics: dict[str, Any], cost: dict[str, Any], prov: dict[str, Any],
-                 **extra: Any) -> Path:
-    payload = {"experiment": experiment, "profile": profile, "run": run, "config": config,
-               "config_hash": config_hash(config), "metrics": metrics, "cost": cost,
-               "provenance": prov, **extra}
+def write_record(
+    experiment: str,
+    profile: str,
+    run: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    cost: dict[str, Any],
+    prov: dict[str, Any],
+    **extra: Any,
+) -> Path:
+    payload = {
+        "experiment": experiment,
+        "profile": profile,
+        "run": run,
+        "config": config,
+        "config_hash": config_hash(config),
+        "metrics": metrics,
+        "cost": cost,
+        "provenance": prov,
+        **extra,
+    }
     return write_json_atomic(record_path(experiment, profile, run), payload)
 
 
-def load_valid_record(experiment: str, profile: str, run: str,
-                      config: dict[str, Any]) -> dict | None:
+def load_valid_record(
+    experiment: str, profile: str, run: str, config: dict[str, Any]
+) -> dict | None:
     """The stored record of this run if it exists, parses, and was made with the same config."""
     path = record_path(experiment, profile, run)
     try:
@@ -127,8 +157,14 @@ class RecordParts:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def get_or_compute(experiment: str, profile: str, run: str, config: dict[str, Any],
-                   compute: Callable[[], RecordParts], force: bool = False) -> dict[str, Any]:
+def get_or_compute(
+    experiment: str,
+    profile: str,
+    run: str,
+    config: dict[str, Any],
+    compute: Callable[[], RecordParts],
+    force: bool = False,
+) -> dict[str, Any]:
     """The record of one run: the stored one when it is valid for ``config`` (unless ``force``),
     else ``compute()`` written atomically and read back, so a fresh and a reused record look alike.
 
@@ -137,8 +173,9 @@ def get_or_compute(experiment: str, profile: str, run: str, config: dict[str, An
     if not force and (record := load_valid_record(experiment, profile, run, config)) is not None:
         return record
     parts = compute()
-    write_record(experiment, profile, run, config, parts.metrics, parts.cost, parts.provenance,
-                 **parts.extra)
+    write_record(
+        experiment, profile, run, config, parts.metrics, parts.cost, parts.provenance, **parts.extra
+    )
     return load_valid_record(experiment, profile, run, config)
 
 
@@ -163,8 +200,11 @@ def without_volatile(value):
     """``value`` (a record or part of one) with every measuring key dropped, recursively: what two
     runs of the same config must agree on."""
     if isinstance(value, dict):
-        return {k: without_volatile(v) for k, v in value.items()
-                if not any(t in k.lower() for t in VOLATILE_KEYS)}
+        return {
+            k: without_volatile(v)
+            for k, v in value.items()
+            if not any(t in k.lower() for t in VOLATILE_KEYS)
+        }
     if isinstance(value, list):
         return [without_volatile(v) for v in value]
     return value

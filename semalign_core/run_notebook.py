@@ -48,9 +48,16 @@ def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | Non
     shown = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
     print(f"running {notebook.name} (profile={profile}, seed={seed}) -> {shown}")
     try:
-        pm.execute_notebook(str(notebook), str(out), parameters=params, cwd=str(REPO_ROOT),
-                            kernel_name="python3", execution_timeout=timeout, progress_bar=False,
-                            request_save_on_cell_execute=True)
+        pm.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters=params,
+            cwd=str(REPO_ROOT),
+            kernel_name="python3",
+            execution_timeout=timeout,
+            progress_bar=False,
+            request_save_on_cell_execute=True,
+        )
     finally:
         if out.exists():
             strip_machine_paths(out)
@@ -64,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra notebook parameter (value parsed as YAML)")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra notebook parameter (value parsed as YAML)",
+    )
     args = parser.parse_args(argv)
 
     extra = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.param)}
@@ -78,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
         name = type(err).__name__
         if name == "PapermillExecutionError":
-            print(f"error: {nb.name} failed: {getattr(err, 'ename', '')}: {getattr(err, 'evalue', '')}"
-                  f" (executed copy kept in {executed_path(nb, args.profile)})", file=sys.stderr)
+            print(
+                f"error: {nb.name} failed: "
+                f"{getattr(err, 'ename', '')}: {getattr(err, 'evalue', '')}"
+                f" (executed copy kept in {executed_path(nb, args.profile)})",
+                file=sys.stderr,
+            )
             return 1
         raise
     return 0

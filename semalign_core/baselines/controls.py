@@ -30,8 +30,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
 from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
 
 from semalign_core import costs
 from semalign_core.costs import summarize  # one cost dict for every method (laten, seeking too)

@@ -38,38 +38,87 @@ CLASSIFICATION_TASKS: dict[str, ClassificationTask] = {
     t.name: t
     for t in (
         # sst2/test is the GLUE test set: no gold labels; every row carries the placeholder "0".
-        ClassificationTask("sst2", ("negative", "positive"), _SENTENCE,
-                           ("dev", "dev_subsample", "test"), _BINARY, ("test",)),
-        ClassificationTask("cr", ("negative", "positive"), _SENTENCE,
-                           ("train", "test", "dev_subsample"), _BINARY),
-        ClassificationTask("mr", ("negative", "positive"), _SENTENCE,
-                           ("train", "test", "dev_subsample"), _BINARY),
-        ClassificationTask("mpqa", ("negative", "positive"), _SENTENCE,
-                           ("train", "test", "dev_subsample"), _BINARY),
+        ClassificationTask(
+            "sst2",
+            ("negative", "positive"),
+            _SENTENCE,
+            ("dev", "dev_subsample", "test"),
+            _BINARY,
+            ("test",),
+        ),
+        ClassificationTask(
+            "cr", ("negative", "positive"), _SENTENCE, ("train", "test", "dev_subsample"), _BINARY
+        ),
+        ClassificationTask(
+            "mr", ("negative", "positive"), _SENTENCE, ("train", "test", "dev_subsample"), _BINARY
+        ),
+        ClassificationTask(
+            "mpqa", ("negative", "positive"), _SENTENCE, ("train", "test", "dev_subsample"), _BINARY
+        ),
         # 0 = subjective (review sentences), 1 = objective (plot summaries).
-        ClassificationTask("subj", ("subjective", "objective"), _SENTENCE,
-                           ("train", "test", "dev_subsample"), _BINARY),
-        ClassificationTask("trec",
-                           ("description", "entity", "abbreviation", "human", "location", "number"),
-                           _SENTENCE, ("train", "test", "dev_subsample"),
-                           ("0", "1", "2", "3", "4", "5")),
+        ClassificationTask(
+            "subj",
+            ("subjective", "objective"),
+            _SENTENCE,
+            ("train", "test", "dev_subsample"),
+            _BINARY,
+        ),
+        ClassificationTask(
+            "trec",
+            ("description", "entity", "abbreviation", "human", "location", "number"),
+            _SENTENCE,
+            ("train", "test", "dev_subsample"),
+            ("0", "1", "2", "3", "4", "5"),
+        ),
         # 1-based labels; classes.txt: 1 World, 2 Sports, 3 Business, 4 Science/Tech.
-        ClassificationTask("agnews", ("world", "sports", "business", "technology"), _SENTENCE,
-                           ("test", "dev_subsample"), ("1", "2", "3", "4")),
+        ClassificationTask(
+            "agnews",
+            ("world", "sports", "business", "technology"),
+            _SENTENCE,
+            ("test", "dev_subsample"),
+            ("1", "2", "3", "4"),
+        ),
         # 1-based labels in classes.txt order (Company, EducationalInstitution, Artist, ...).
-        ClassificationTask("dbpedia",
-                           ("company", "school", "artist", "athlete", "politics", "transportation",
-                            "building", "nature", "village", "animal", "plant", "album", "film",
-                            "book"),
-                           _SENTENCE, ("dev_subsample",), tuple(str(i) for i in range(1, 15))),
+        ClassificationTask(
+            "dbpedia",
+            (
+                "company",
+                "school",
+                "artist",
+                "athlete",
+                "politics",
+                "transportation",
+                "building",
+                "nature",
+                "village",
+                "animal",
+                "plant",
+                "album",
+                "film",
+                "book",
+            ),
+            _SENTENCE,
+            ("dev_subsample",),
+            tuple(str(i) for i in range(1, 15)),
+        ),
         # GLUE order: entailment, not_entailment.
-        ClassificationTask("rte", ("yes", "no"), ("sentence_1", "sentence_2"),
-                           ("train", "dev", "dev_subsample", "test"),
-                           ("entailment", "not_entailment"), ("test",)),
+        ClassificationTask(
+            "rte",
+            ("yes", "no"),
+            ("sentence_1", "sentence_2"),
+            ("train", "dev", "dev_subsample", "test"),
+            ("entailment", "not_entailment"),
+            ("test",),
+        ),
         # SuperGLUE order: entailment, contradiction, neutral.
-        ClassificationTask("cb", ("yes", "no", "maybe"), ("premise", "hypothesis"),
-                           ("train", "dev", "dev_subsample", "test"),
-                           ("entailment", "contradiction", "neutral"), ("test",)),
+        ClassificationTask(
+            "cb",
+            ("yes", "no", "maybe"),
+            ("premise", "hypothesis"),
+            ("train", "dev", "dev_subsample", "test"),
+            ("entailment", "contradiction", "neutral"),
+            ("test",),
+        ),
     )
 }
 

@@ -47,14 +47,17 @@ def _pool_spec(task: str) -> tuple[str, str | None]:
         return "train", None
     if task == "sst2":
         return "dev", "dev_subsample"
-    raise InvalidParameterError(f"classification task {task!r} has no labelled training data here; "
-                                f"tasks with one: {', '.join(cls_transfer_tasks())}")
+    raise InvalidParameterError(
+        f"classification task {task!r} has no labelled training data here; "
+        f"tasks with one: {', '.join(cls_transfer_tasks())}"
+    )
 
 
 def cls_transfer_tasks() -> tuple[str, ...]:
     """Classification tasks usable for transfer (a train file, or sst2's dev partition)."""
-    return tuple(t for t, s in CLASSIFICATION_TASKS.items()
-                 if "train" in s.labeled_splits or t == "sst2")
+    return tuple(
+        t for t, s in CLASSIFICATION_TASKS.items() if "train" in s.labeled_splits or t == "sst2"
+    )
 
 
 def eval_split(task: str) -> str:
@@ -77,17 +80,24 @@ def cls_record(task: str, rec: dict) -> dict:
     prompt = format_cls_prompt(rec["text"], task, "harness")  # the evaluation's own prompt
     word = CLASSIFICATION_TASKS[task].label_words[rec["label"]]
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": word}]
-    return {"messages": messages, "prompt": prompt, "completion": word, "label": rec["label"],
-            "text": rec["text"]}
+    return {
+        "messages": messages,
+        "prompt": prompt,
+        "completion": word,
+        "label": rec["label"],
+        "text": rec["text"],
+    }
 
 
-def load_cls_transfer(task: str, part: str, limit: int | None = None,
-                      seed: int | None = None) -> Split:
+def load_cls_transfer(
+    task: str, part: str, limit: int | None = None, seed: int | None = None
+) -> Split:
     """Records of ``part`` ("extract" or "train") of ``task``'s training pool, as transfer
     records."""
     if task not in CLASSIFICATION_TASKS:
-        raise InvalidParameterError(f"unknown classification task {task!r}; choose one of "
-                                    f"{', '.join(cls_transfer_tasks())}")
+        raise InvalidParameterError(
+            f"unknown classification task {task!r}; choose one of {', '.join(cls_transfer_tasks())}"
+        )
     if part not in CLS_PARTS:
         raise InvalidParameterError(f"unknown part {part!r}; choose one of {', '.join(CLS_PARTS)}")
     pool_split, held_out = _pool_spec(task)
@@ -107,5 +117,12 @@ def load_cls_transfer(task: str, part: str, limit: int | None = None,
     return make_split(f"classification-transfer/{task}", part, out, sources, limit, seed)
 
 
-__all__ = ["CLS_PARTS", "N_EXTRACT", "cls_record", "cls_transfer_tasks", "eval_split",
-           "eval_task_options", "load_cls_transfer"]
+__all__ = [
+    "CLS_PARTS",
+    "N_EXTRACT",
+    "cls_record",
+    "cls_transfer_tasks",
+    "eval_split",
+    "eval_task_options",
+    "load_cls_transfer",
+]

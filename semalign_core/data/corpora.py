@@ -30,7 +30,8 @@ HELDOUT_CORPUS = "sherlock_holmes"
 def corpus_path(name: str) -> Path:
     if name not in CORPUS_FILES:
         raise InvalidParameterError(
-            f"unknown corpus {name!r}; choose one of: {', '.join(CORPUS_FILES)}")
+            f"unknown corpus {name!r}; choose one of: {', '.join(CORPUS_FILES)}"
+        )
     env = os.environ.get("SEMALIGN_CORPUS_DIR")
     roots = [Path(env)] if env else []
     roots += [paths.REPO_ROOT / "data" / "corpora", paths.REPO_ROOT.parent / "shared" / "corpora"]
@@ -47,7 +48,7 @@ def corpus_text(name: str) -> str:
     text = corpus_path(name).read_text(encoding="utf-8-sig").replace("\r\n", "\n")
     start, end = text.find("*** START OF"), text.find("*** END OF")
     if start >= 0 and end > start:  # strip the Gutenberg header and licence footer
-        text = text[text.index("\n", start) + 1:end]
+        text = text[text.index("\n", start) + 1 : end]
     return text.strip()
 
 
@@ -69,7 +70,8 @@ def token_blocks(tokenizer, names, seq_len: int, n_blocks: int, seed: int = 0) -
         ids += corpus_ids(tokenizer, name)
     if len(ids) < seq_len + 1:
         raise InvalidParameterError(
-            f"corpora {names} hold {len(ids)} tokens, fewer than seq_len={seq_len}")
+            f"corpora {names} hold {len(ids)} tokens, fewer than seq_len={seq_len}"
+        )
     rng = random.Random(seed)
     starts = [rng.randrange(0, len(ids) - seq_len) for _ in range(n_blocks)]
-    return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)
+    return torch.tensor([ids[s : s + seq_len] for s in starts], dtype=torch.long)

@@ -136,7 +136,8 @@ def build_sft_example(
     """
     if style not in PROMPT_STYLES:
         raise InvalidParameterError(
-            f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
+            f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}"
+        )
     if loss_on not in LOSS_ON:
         raise InvalidParameterError(f"unknown loss_on {loss_on!r}; valid: response, all")
     if not isinstance(max_length, int) or max_length < 2:

@@ -31,8 +31,10 @@ CLS_PROMPTS: dict[str, dict[str, str]] = {
     "cr": {"salf": "{text}\nSentiment:", "harness": "Review: {text}\nSentiment:"},
     "mr": {"salf": "{text}\nSentiment:", "harness": "Review: {text}\nSentiment:"},
     "mpqa": {"salf": "{text}\nSentiment:", "harness": "Phrase: {text}\nSentiment:"},
-    "subj": {"salf": "{text}\nThis sentence is",
-             "harness": "Sentence: {text}\nSubjective or objective:"},
+    "subj": {
+        "salf": "{text}\nThis sentence is",
+        "harness": "Sentence: {text}\nSubjective or objective:",
+    },
     "trec": {"salf": "{text}\nAnswer type:", "harness": "Question: {text}\nAnswer type:"},
     "agnews": {"salf": "{text}\nTopic:", "harness": "Article: {text}\nTopic:"},
     "dbpedia": {"salf": "{text}\nCategory:", "harness": "Article: {text}\nCategory:"},
@@ -46,13 +48,15 @@ def cls_template(task: str | None, style: str) -> str:
     gets :data:`GENERIC_SALF_TEMPLATE`."""
     if style not in CLS_PROMPT_STYLES:
         raise InvalidParameterError(
-            f"unknown classification prompt style {style!r}; valid: {', '.join(CLS_PROMPT_STYLES)}")
+            f"unknown classification prompt style {style!r}; valid: {', '.join(CLS_PROMPT_STYLES)}"
+        )
     if task in CLS_PROMPTS:
         return CLS_PROMPTS[task][style]
     if style == "salf":
         return GENERIC_SALF_TEMPLATE
     raise InvalidParameterError(
-        f"no {style} prompt for task {task!r}; tasks: {', '.join(CLS_PROMPTS)}")
+        f"no {style} prompt for task {task!r}; tasks: {', '.join(CLS_PROMPTS)}"
+    )
 
 
 def format_cls_prompt(text: str, task: str | None, style: str, template: str | None = None) -> str:

@@ -30,8 +30,13 @@ from semalign_core.evaluation.sandbox import (
 )
 
 __all__ = [
-    "STOP_SEQUENCES", "humaneval_program", "mbpp_program", "extract_code", "score_programs",
-    "pass_at_k", "aggregate_pass_at_k",
+    "STOP_SEQUENCES",
+    "humaneval_program",
+    "mbpp_program",
+    "extract_code",
+    "score_programs",
+    "pass_at_k",
+    "aggregate_pass_at_k",
 ]
 
 #: Stop sequences of the Codex paper's HumanEval evaluation, applied to body continuations.
@@ -57,8 +62,10 @@ def humaneval_program(problem: dict, completion: str) -> str:
     prompt = problem["prompt"]
     if completion and not prompt.endswith("\n") and not _is_continuation(completion):
         prompt += "\n"
-    return (f"{prompt}{completion}\n\n{TEST_SEPARATOR}\n{problem['test']}"
-            f"\n\ncheck({problem['entry_point']})\n")
+    return (
+        f"{prompt}{completion}\n\n{TEST_SEPARATOR}\n{problem['test']}"
+        f"\n\ncheck({problem['entry_point']})\n"
+    )
 
 
 def mbpp_program(problem: dict, completion: str, *, include_challenge: bool = False) -> str:
@@ -126,7 +133,7 @@ def extract_code(generation: str, style: str = "humaneval") -> str:
         text = text.split("[DONE]", 1)[0]
         stripped = text.lstrip()
         if stripped.startswith("[BEGIN]"):
-            text = stripped[len("[BEGIN]"):].lstrip("\n")
+            text = stripped[len("[BEGIN]") :].lstrip("\n")
     block = _first_fenced_block(text)
     code = block if block is not None else text
     if style == "humaneval":
@@ -134,9 +141,14 @@ def extract_code(generation: str, style: str = "humaneval") -> str:
     return code
 
 
-def score_programs(programs: Sequence[str], limits: SandboxLimits = DEFAULT_LIMITS,
-                   workers: int = 2, *, progress: bool | None = None,
-                   desc: str = "sandbox") -> list[SandboxResult]:
+def score_programs(
+    programs: Sequence[str],
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    workers: int = 2,
+    *,
+    progress: bool | None = None,
+    desc: str = "sandbox",
+) -> list[SandboxResult]:
     """Run every program in the sandbox (``workers`` at a time); results in input order.
 
     ``progress``: tqdm bar on stderr; None = only when stderr is a terminal.
@@ -147,8 +159,10 @@ def score_programs(programs: Sequence[str], limits: SandboxLimits = DEFAULT_LIMI
     if progress is None:
         progress = sys.stderr.isatty()
     results: list[SandboxResult | None] = [None] * len(programs)
-    with tqdm(total=len(programs), desc=desc, disable=not progress, unit="prog") as bar, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        tqdm(total=len(programs), desc=desc, disable=not progress, unit="prog") as bar,
+        ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
         futures = {pool.submit(run_sandboxed, p, limits): i for i, p in enumerate(programs)}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()
@@ -159,19 +173,24 @@ def score_programs(programs: Sequence[str], limits: SandboxLimits = DEFAULT_LIMI
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k estimate for one task: ``1 - C(n-c, k) / C(n, k)`` (Chen et al., 2021),
     computed as the numerically stable product of the reference ``human-eval`` code."""
-    if not (isinstance(n, (int, np.integer)) and isinstance(c, (int, np.integer))
-            and isinstance(k, (int, np.integer))):
+    if not (
+        isinstance(n, (int, np.integer))
+        and isinstance(c, (int, np.integer))
+        and isinstance(k, (int, np.integer))
+    ):
         raise InvalidParameterError(f"n, c, k must be integers, got {n!r}, {c!r}, {k!r}")
     if n < 1 or not 0 <= c <= n or not 1 <= k <= n:
         raise InvalidParameterError(
-            f"pass@k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+            f"pass@k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}"
+        )
     if n - c < k:
         return 1.0
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def aggregate_pass_at_k(results_per_task: Sequence[Sequence[bool]],
-                        ks: Iterable[int] = (1,)) -> dict:
+def aggregate_pass_at_k(
+    results_per_task: Sequence[Sequence[bool]], ks: Iterable[int] = (1,)
+) -> dict:
     """Mean pass@k over tasks and its standard error (sample std over tasks / sqrt(#tasks)).
 
     ``results_per_task[i]`` holds the pass/fail of each sample of task i (tasks may have
@@ -191,9 +210,11 @@ def aggregate_pass_at_k(results_per_task: Sequence[Sequence[bool]],
         if k > min(ns):
             bad = ns.index(min(ns))
             raise InvalidParameterError(
-                f"pass@{k} needs at least {k} samples per task; task {bad} has {ns[bad]}")
+                f"pass@{k} needs at least {k} samples per task; task {bad} has {ns[bad]}"
+            )
         est = np.array([pass_at_k(n, c, k) for n, c in zip(ns, cs)], dtype=float)
         out[f"pass@{k}"] = float(est.mean())
-        out[f"pass@{k}_stderr"] = (float(est.std(ddof=1) / np.sqrt(len(est)))
-                                   if len(est) > 1 else float("nan"))
+        out[f"pass@{k}_stderr"] = (
+            float(est.std(ddof=1) / np.sqrt(len(est))) if len(est) > 1 else float("nan")
+        )
     return out

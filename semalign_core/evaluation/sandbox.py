@@ -115,8 +115,15 @@ from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.evaluation import sandbox_child
 from semalign_core.evaluation.sandbox_child import encode_request, parse_report
 
-__all__ = ["SandboxLimits", "SandboxResult", "run_sandboxed", "split_tests", "TEST_SEPARATOR",
-           "STATUSES", "DEFAULT_LIMITS"]
+__all__ = [
+    "SandboxLimits",
+    "SandboxResult",
+    "run_sandboxed",
+    "split_tests",
+    "TEST_SEPARATOR",
+    "STATUSES",
+    "DEFAULT_LIMITS",
+]
 
 STATUSES = ("passed", "failed", "timeout", "memory", "crashed", "output_limit")
 
@@ -158,11 +165,13 @@ class SandboxLimits:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise InvalidParameterError(
-                    f"SandboxLimits.{name} must be a positive number, got {value!r}")
+                    f"SandboxLimits.{name} must be a positive number, got {value!r}"
+                )
         if self.memory_mb < 64:
             raise InvalidParameterError(
                 f"SandboxLimits.memory_mb={self.memory_mb} is too small for a Python interpreter "
-                "(use at least 64)")
+                "(use at least 64)"
+            )
 
 
 #: The limits HumanEval/MBPP scoring uses unless told otherwise.
@@ -221,12 +230,13 @@ def split_tests(program: str) -> tuple[str, str | None]:
     lines = program.splitlines(keepends=True)
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].rstrip("\r\n") == TEST_SEPARATOR:
-            return "".join(lines[:i]), "".join(lines[i + 1:])
+            return "".join(lines[:i]), "".join(lines[i + 1 :])
     return program, None
 
 
-def run_sandboxed(program: str, limits: SandboxLimits = DEFAULT_LIMITS, *,
-                  test: str | None = None) -> SandboxResult:
+def run_sandboxed(
+    program: str, limits: SandboxLimits = DEFAULT_LIMITS, *, test: str | None = None
+) -> SandboxResult:
     """Run ``program`` (then ``test``) in a fresh, limited process; see the module docstring.
 
     If ``test`` is None and ``program`` contains a :data:`TEST_SEPARATOR` line, the part after
@@ -256,7 +266,8 @@ def _check_can_run(program: object) -> None:
     if not sys.platform.startswith("linux"):
         raise ArtifactError(
             "the code sandbox needs Linux (/proc, prctl, rlimits); score HumanEval/MBPP "
-            "inside a Linux machine or container")
+            "inside a Linux machine or container"
+        )
 
 
 def _sandbox_identity(limits: SandboxLimits) -> tuple[int | None, int | None]:
@@ -274,14 +285,18 @@ def _sandbox_identity(limits: SandboxLimits) -> tuple[int | None, int | None]:
         ) from None
 
 
-def _request_header(limits: SandboxLimits, nonce: str, uid: int | None,
-                    gid: int | None) -> dict:
+def _request_header(limits: SandboxLimits, nonce: str, uid: int | None, gid: int | None) -> dict:
     """The header fields of the harness request, pipe fds excepted (see sandbox_child)."""
     return {
-        "nonce": nonce, "uid": uid, "gid": gid, "site": _site_dirs(),
-        "wall_s": float(limits.wall_s), "cpu_s": int(math.ceil(limits.cpu_s)),
+        "nonce": nonce,
+        "uid": uid,
+        "gid": gid,
+        "site": _site_dirs(),
+        "wall_s": float(limits.wall_s),
+        "cpu_s": int(math.ceil(limits.cpu_s)),
         "as_bytes": int(limits.memory_mb) * 1024 * 1024,
-        "fsize": int(limits.max_output_bytes) + 1, "nproc": int(limits.max_processes),
+        "fsize": int(limits.max_output_bytes) + 1,
+        "nproc": int(limits.max_processes),
     }
 
 
@@ -308,14 +323,27 @@ def _make_run_dirs(top: str, uid: int | None, gid: int | None) -> tuple[str, Pat
 
 def _harness_env(work: str, run_id: str) -> dict:
     return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work,
-        "TMPDIR": work, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1", _MARKER_VAR: run_id,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": work,
+        "TMPDIR": work,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+        _MARKER_VAR: run_id,
     }
 
 
-def _run_harness(header: dict, prog_b: bytes, test_b: bytes | None, work: str, out_f, err_f,
-                 limits: SandboxLimits) -> _HarnessRun:
+def _run_harness(
+    header: dict,
+    prog_b: bytes,
+    test_b: bytes | None,
+    work: str,
+    out_f,
+    err_f,
+    limits: SandboxLimits,
+) -> _HarnessRun:
     """Start A, feed it the request, wait, and kill everything it or B left behind."""
     run_id = secrets.token_hex(8)
     marker = f"{_MARKER_VAR}={run_id}".encode()
@@ -327,9 +355,15 @@ def _run_harness(header: dict, prog_b: bytes, test_b: bytes | None, work: str, o
             payload = _encode(dict(header, result_fd=res_w, report_fd=rep_w), prog_b, test_b)
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)],
-                stdin=subprocess.PIPE, stdout=out_f, stderr=err_f, cwd=work,
-                env=_harness_env(work, run_id), pass_fds=(res_w, rep_w),
-                start_new_session=True, close_fds=True)
+                stdin=subprocess.PIPE,
+                stdout=out_f,
+                stderr=err_f,
+                cwd=work,
+                env=_harness_env(work, run_id),
+                pass_fds=(res_w, rep_w),
+                start_new_session=True,
+                close_fds=True,
+            )
         finally:
             os.close(res_w)
             os.close(rep_w)
@@ -461,17 +495,23 @@ def _capture(out_f, err_f, cap: int) -> _Captured:
     return _Captured(texts[0], texts[1], over_cap)
 
 
-def _classify(limits: SandboxLimits, nonce: str, run: _HarnessRun, captured: _Captured,
-              wall: float) -> SandboxResult:
+def _classify(
+    limits: SandboxLimits, nonce: str, run: _HarnessRun, captured: _Captured, wall: float
+) -> SandboxResult:
     lines = run.result.decode("utf-8", "replace").splitlines()
     fails = [ln[5:].strip() for ln in lines if ln.startswith("FAIL ")]
     error = fails[-1] if fails else None
     passed_line = sandbox_child.pass_line(nonce).decode().rstrip("\n") in lines
     status = _status(limits, run, captured, error, passed_line)
     return SandboxResult(
-        passed=status == "passed", status=status, returncode=_returncode(run),
+        passed=status == "passed",
+        status=status,
+        returncode=_returncode(run),
         stdout=captured.stdout.decode("utf-8", "replace"),
-        stderr=captured.stderr.decode("utf-8", "replace"), wall_s=wall, error=error)
+        stderr=captured.stderr.decode("utf-8", "replace"),
+        wall_s=wall,
+        error=error,
+    )
 
 
 def _returncode(run: _HarnessRun) -> int | None:
@@ -486,8 +526,13 @@ def _returncode(run: _HarnessRun) -> int | None:
     return run.returncode
 
 
-def _status(limits: SandboxLimits, run: _HarnessRun, captured: _Captured, error: str | None,
-            passed_line: bool) -> str:
+def _status(
+    limits: SandboxLimits,
+    run: _HarnessRun,
+    captured: _Captured,
+    error: str | None,
+    passed_line: bool,
+) -> str:
     """One of :data:`STATUSES`; the order of the checks is the precedence."""
     kind, code = run.report.get("kind"), run.report.get("code")
     killed = kind == "signal" and code == signal.SIGKILL

@@ -82,7 +82,7 @@ def decode_request(raw: bytes) -> tuple[dict, str, str | None]:
     cfg["site"] = [p for p in cfg["site"].split(_PATH_SEP) if p]
     n_prog, n_test = cfg["prog_len"], cfg["test_len"]
     prog = body[:n_prog].decode("utf-8", "surrogatepass")
-    test = None if n_test < 0 else body[n_prog:n_prog + n_test].decode("utf-8", "surrogatepass")
+    test = None if n_test < 0 else body[n_prog : n_prog + n_test].decode("utf-8", "surrogatepass")
     return cfg, prog, test
 
 
@@ -145,8 +145,10 @@ def main() -> None:
     del prog, test
     what, rusage = _wait_for_candidate(pid, cfg["wall_s"])
     clean = _reap_all(time.monotonic() + _REAP_S)
-    os.write(cfg["report_fd"], format_report(what, rusage.ru_utime + rusage.ru_stime,
-                                             rusage.ru_maxrss, clean))
+    os.write(
+        cfg["report_fd"],
+        format_report(what, rusage.ru_utime + rusage.ru_stime, rusage.ru_maxrss, clean),
+    )
     os._exit(0)
 
 
@@ -245,7 +247,7 @@ def _children(parent: int) -> list:
         try:
             with open("/proc/" + name + "/stat", "rb") as f:
                 data = f.read()
-            if int(data[data.rfind(b")") + 2:].split()[1]) == parent:
+            if int(data[data.rfind(b")") + 2 :].split()[1]) == parent:
                 kids.append(int(name))
         except (OSError, ValueError, IndexError):
             continue
@@ -328,8 +330,7 @@ def _move_to_random_high_fd(fd: int) -> int:
 
 def _hold_path_dirs() -> dict:
     """``O_PATH`` handles to every ``sys.path`` directory, opened before dropping privileges."""
-    return {p: os.open(p, os.O_PATH | os.O_DIRECTORY)
-            for p in sys.path if p and os.path.isdir(p)}
+    return {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in sys.path if p and os.path.isdir(p)}
 
 
 def _drop_privileges(uid: int, gid: int) -> None:
@@ -355,7 +356,7 @@ def _import_through_held(held: dict) -> None:
     def moved(path):
         for old, new in remap.items():
             if path == old or path.startswith(old + "/"):
-                return new + path[len(old):]
+                return new + path[len(old) :]
         return path
 
     sys.path[:] = [moved(p) for p in sys.path]
@@ -383,7 +384,7 @@ def _count_tasks(uid: int) -> int:
             continue
         if want in data:
             i = data.find(b"\nThreads:")
-            n += int(data[i + 9:data.find(b"\n", i + 1)]) if i >= 0 else 1
+            n += int(data[i + 9 : data.find(b"\n", i + 1)]) if i >= 0 else 1
     return n
 
 
@@ -404,9 +405,20 @@ def _candidate_namespace():
     return pristine, ns
 
 
-def _run_untrusted(prog, test, ns, pristine, res_fd, nonce_line,
-                   _exit=os._exit, _write=os.write, _BaseException=BaseException,
-                   _compile=compile, _exec=exec, _dict=dict):
+def _run_untrusted(
+    prog,
+    test,
+    ns,
+    pristine,
+    res_fd,
+    nonce_line,
+    _exit=os._exit,
+    _write=os.write,
+    _BaseException=BaseException,
+    _compile=compile,
+    _exec=exec,
+    _dict=dict,
+):
     """Run the candidate, then the tests; write the pass line only if both returned. Never
     returns. Everything it calls is bound as a default argument, before the candidate could
     patch ``os``, ``builtins`` or this module."""
@@ -428,8 +440,9 @@ def _run_untrusted(prog, test, ns, pristine, res_fd, nonce_line,
     _exit(0)
 
 
-def _report_failure(exc, prog, test, ns, tns, res_fd,
-                    _write=os.write, _BaseException=BaseException):
+def _report_failure(
+    exc, prog, test, ns, tns, res_fd, _write=os.write, _BaseException=BaseException
+):
     """``FAIL <class>`` on the result pipe first, then a traceback on stderr (best effort)."""
     try:
         name = exc.__class__.__name__

@@ -18,8 +18,13 @@ from semalign_core.semalign.config import SemAlignConfig
 
 # Fields that change only which source layers are chosen: a variant whose plan equals the
 # default's trains identically, so it is not retrained.
-PAIRING_ONLY = ("pairing", "attribution_granularity", "attribution_aggregate",
-                "attribution_method", "window")
+PAIRING_ONLY = (
+    "pairing",
+    "attribution_granularity",
+    "attribution_aggregate",
+    "attribution_method",
+    "window",
+)
 
 
 @dataclass(frozen=True)

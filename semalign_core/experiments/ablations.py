@@ -67,8 +67,13 @@ from semalign_core.transfer.registry import make_config
 EXPERIMENT, TASK, SETTING = SEMALIGN_ABLATIONS, ABLATION_TASK, ABLATION_SETTING
 
 
-def check_parameters(prof: Profile, seed: int = 0, seeds: Sequence[int] | None = None, *,
-                     axes: Sequence[str] | None = None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def check_parameters(
+    prof: Profile,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    *,
+    axes: Sequence[str] | None = None,
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(axes, seeds), checked (one-line InvalidParameterError); None means every axis and the
     profile's default seeds counted from ``seed``."""
     axes = check_list("axes", axes, AXES)
@@ -87,12 +92,14 @@ def _target_layers(prof: Profile) -> int:
         return int(spec.derive["num_layers"])
     if spec.kind == "wheel":
         return int(AutoConfig.from_pretrained(cached_dir(spec.name)).num_hidden_layers)
-    return int(AutoConfig.from_pretrained(spec.hub_id,
-                                          local_files_only=hub_offline()).num_hidden_layers)
+    return int(
+        AutoConfig.from_pretrained(spec.hub_id, local_files_only=hub_offline()).num_hidden_layers
+    )
 
 
-def preview_plan(prof: Profile, overrides: dict[str, Any],
-                 seed: int) -> dict[str, list[list[float]]]:
+def preview_plan(
+    prof: Profile, overrides: dict[str, Any], seed: int
+) -> dict[str, list[list[float]]]:
     """The interpolation plan a variant would train with (attribution only, no training)."""
     cfg = make_config("semalign", default_config(prof, seed), **overrides)
     budget = transfer_budget(prof, TASK)
@@ -101,13 +108,24 @@ def preview_plan(prof: Profile, overrides: dict[str, Any],
     if cfg.pairing == "attributed":
         _, extract = transfer_table.transfer_data(TASK, budget, seed)
         tok = load_tokenizer(prof.semalign_target)
-        batches = sft_batches(extract.records, tok, cfg.batch_size, cfg.max_length,
-                              cfg.prompt_style, cfg.loss_on)
+        batches = sft_batches(
+            extract.records, tok, cfg.batch_size, cfg.max_length, cfg.prompt_style, cfg.loss_on
+        )
         torch.manual_seed(cfg.seed)
-        scores = layer_attribution(source.model, batches, cfg.attribution_aggregate,
-                                   cfg.attribution_method, cfg.attribution_granularity).tolist()
-    pairing = pair_layers(scores, _target_layers(prof), cfg.pairing, cfg.window,
-                          n_source=surgery.num_layers(source.model))
+        scores = layer_attribution(
+            source.model,
+            batches,
+            cfg.attribution_aggregate,
+            cfg.attribution_method,
+            cfg.attribution_granularity,
+        ).tolist()
+    pairing = pair_layers(
+        scores,
+        _target_layers(prof),
+        cfg.pairing,
+        cfg.window,
+        n_source=surgery.num_layers(source.model),
+    )
     return transfer_table.plan_json(interpolation_plan(pairing))
 
 
@@ -117,27 +135,48 @@ def preview_plan(prof: Profile, overrides: dict[str, Any],
 def _same_plan_parts(prof: Profile, variant: Variant, seed: int, default: dict) -> RecordParts:
     """The default's result, recorded for a variant that trains with the same plan (identical
     training): not retrained."""
-    metrics = {**default["metrics"], "same_plan": True,
-               "reused_from": f"{default['experiment']}/{default['run']}"}
+    metrics = {
+        **default["metrics"],
+        "same_plan": True,
+        "reused_from": f"{default['experiment']}/{default['run']}",
+    }
     cost = {"transfer": None, "eval_wall_s": 0.0, "note": "same plan as the default: not retrained"}
-    prov = provenance(seed=seed, data_sources=default["provenance"].get("data_sha256", {}),
-                      dtype=prof.dtype)
-    return RecordParts(metrics, cost, prov, {
-        "method": "semalign", "task": TASK, "seed": seed, "setting": SETTING,
-        "teacher": default.get("teacher"), "ablation": variant.label()})
+    prov = provenance(
+        seed=seed, data_sources=default["provenance"].get("data_sha256", {}), dtype=prof.dtype
+    )
+    return RecordParts(
+        metrics,
+        cost,
+        prov,
+        {
+            "method": "semalign",
+            "task": TASK,
+            "seed": seed,
+            "setting": SETTING,
+            "teacher": default.get("teacher"),
+            "ablation": variant.label(),
+        },
+    )
 
 
-def run_variant(prof: Profile, variant: Variant, seed: int, force: bool = False,
-                default: dict | None = None) -> dict:
+def run_variant(
+    prof: Profile, variant: Variant, seed: int, force: bool = False, default: dict | None = None
+) -> dict:
     """The record of one variant and seed. The default is Table 2's ``semalign`` cell
     (``default``: its record, when the caller already has it)."""
     if default is None:
         default = transfer_table.run_cell(prof, "semalign", TASK, seed, force, setting=SETTING)
     if variant.is_default:
         return default
-    cell = transfer_table.make_cell(prof, "semalign", TASK, seed, setting=SETTING,
-                                    teacher=default.get("teacher"),
-                                    method_config=variant.overrides)
+    cell = transfer_table.make_cell(
+        prof,
+        "semalign",
+        TASK,
+        seed,
+        setting=SETTING,
+        teacher=default.get("teacher"),
+        method_config=variant.overrides,
+    )
     config = {**transfer_table.cell_config(cell), "ablation": variant.label()}
 
     def compute() -> RecordParts:
@@ -152,14 +191,20 @@ def run_variant(prof: Profile, variant: Variant, seed: int, force: bool = False,
     return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, compute, force)
 
 
-def run_ablations(prof: Profile, axes: Sequence[str] | None = None,
-                  seeds: Sequence[int] | None = None, force: bool = False,
-                  verbose: bool = True) -> list[dict]:
+def run_ablations(
+    prof: Profile,
+    axes: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    force: bool = False,
+    verbose: bool = True,
+) -> list[dict]:
     """Every variant × seed (records reused when valid), plus Table 2's teacher and target rows;
     ``axes``/``seeds`` None: see :func:`check_parameters`."""
     axes, seeds = check_parameters(prof, 0, seeds, axes=axes)
-    out = [transfer_table.run_cell(prof, row, TASK, seeds[0], force, setting=SETTING)
-           for row in get_setting(SETTING).reference_rows]
+    out = [
+        transfer_table.run_cell(prof, row, TASK, seeds[0], force, setting=SETTING)
+        for row in get_setting(SETTING).reference_rows
+    ]
     defaults: dict[int, dict] = {}
     for variant in variants(prof, axes):  # the default comes first: computed once per seed
         for seed in seeds:
@@ -169,14 +214,27 @@ def run_ablations(prof: Profile, axes: Sequence[str] | None = None,
             if verbose:
                 m = record["metrics"]
                 same = " (same plan as default: not retrained)" if m.get("same_plan") else ""
-                print(f"{variant.axis:>11} {variant.value:>11} seed {seed}: acc = "
-                      f"{100 * m['value']:.1f} (n={m['n']}){same} "
-                      f"[{time.perf_counter() - t0:.1f} s]", flush=True)
+                print(
+                    f"{variant.axis:>11} {variant.value:>11} seed {seed}: acc = "
+                    f"{100 * m['value']:.1f} (n={m['n']}){same} "
+                    f"[{time.perf_counter() - t0:.1f} s]",
+                    flush=True,
+                )
             out.append(record)
     return out
 
 
 __all__ = [
-    "AXES", "EXPERIMENT", "SETTING", "TASK", "Variant", "check_parameters", "default_config",
-    "preview_plan", "run_ablations", "run_variant", "value_label", "variants",
+    "AXES",
+    "EXPERIMENT",
+    "SETTING",
+    "TASK",
+    "Variant",
+    "check_parameters",
+    "default_config",
+    "preview_plan",
+    "run_ablations",
+    "run_variant",
+    "value_label",
+    "variants",
 ]

@@ -28,8 +28,12 @@ from semalign_core.profiles import Profile
 DEFAULT_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {
     # Greedy generation dominates Table 1 (887 s per seed at cpu): one seed by default.
     SEMALIGN_TRANSFER: {"smoke": (0,), "cpu": (0,), "gpu-small": (0,), "paper": (0,)},
-    FINETUNED_TEACHER: {"smoke": (0,), "cpu": (0, 1, 2), "gpu-small": (0, 1, 2),
-                        "paper": (0, 1, 2)},
+    FINETUNED_TEACHER: {
+        "smoke": (0,),
+        "cpu": (0, 1, 2),
+        "gpu-small": (0, 1, 2),
+        "paper": (0, 1, 2),
+    },
     # Fewer seeds at cpu keep the notebook near 5 minutes on 2 cores (the caption says so).
     SEMALIGN_ABLATIONS: {"smoke": (0,), "cpu": (0,), "gpu-small": (0, 1, 2), "paper": (0, 1, 2)},
     SALF_MAIN: {"smoke": (0, 1), "cpu": (0, 1, 2), "gpu-small": (0, 1, 2), "paper": (0, 1, 2)},
@@ -99,8 +103,12 @@ SEMALIGN_ANALYSIS_BUDGETS: dict[str, SemAlignAnalysisBudget] = {
 }
 
 # SALF traces the training data (spec, Method 2): examples per task; None = the whole split.
-SALF_ANALYSIS_EXAMPLES: dict[str, int | None] = {"smoke": 8, "cpu": 64, "gpu-small": 1000,
-                                                 "paper": None}
+SALF_ANALYSIS_EXAMPLES: dict[str, int | None] = {
+    "smoke": 8,
+    "cpu": 64,
+    "gpu-small": 1000,
+    "paper": None,
+}
 
 # --------------------------------------------------------------------------- SemAlign Tables 1-2
 
@@ -145,31 +153,78 @@ class TransferBudget:
 
     def method_overrides(self, method: str, seed: int, config_class: type) -> dict[str, Any]:
         """The budget as fields of ``method``'s config (only those ``config_class`` has)."""
-        wanted = {"max_length": self.max_length, "batch_size": self.batch_size,
-                  "micro_batch_size": self.micro_batch_size, "epochs": self.epochs,
-                  "max_steps": self.max_steps, "steps_per_stage": self.steps_per_stage,
-                  "attribution_batch_size": self.micro_batch_size,
-                  "prompt_style": self.prompt_style, "seed": seed, "progress": False,
-                  **self.method_config.get(method, {})}
+        wanted = {
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "micro_batch_size": self.micro_batch_size,
+            "epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "steps_per_stage": self.steps_per_stage,
+            "attribution_batch_size": self.micro_batch_size,
+            "prompt_style": self.prompt_style,
+            "seed": seed,
+            "progress": False,
+            **self.method_config.get(method, {}),
+        }
         known = {f.name for f in fields(config_class)}
         return {k: v for k, v in wanted.items() if k in known}
 
 
 TRANSFER_BUDGETS: dict[str, TransferBudget] = {
-    "smoke": TransferBudget(n_train=4, n_extract=2, max_length=48, batch_size=2, micro_batch_size=2,
-                            epochs=1, max_steps=2, steps_per_stage=1, eval_limit=4,
-                            max_new_tokens=32, eval_batch_size=4),
+    "smoke": TransferBudget(
+        n_train=4,
+        n_extract=2,
+        max_length=48,
+        batch_size=2,
+        micro_batch_size=2,
+        epochs=1,
+        max_steps=2,
+        steps_per_stage=1,
+        eval_limit=4,
+        max_new_tokens=32,
+        eval_batch_size=4,
+    ),
     # cpu: sized so that all four tasks at one seed take ~15 min on 2 cores (measured: a GSM8K
     # evaluation of n=20 at 128 new tokens takes 30 s on the derived target, 60 s on the source).
-    "cpu": TransferBudget(n_train=8, n_extract=4, max_length=192, batch_size=4, micro_batch_size=4,
-                          epochs=1, max_steps=None, steps_per_stage=1, eval_limit=20,
-                          max_new_tokens=96, eval_batch_size=10),
-    "gpu-small": TransferBudget(n_train=1000, n_extract=64, max_length=512, batch_size=16,
-                                micro_batch_size=4, epochs=1, max_steps=None, steps_per_stage=16,
-                                eval_limit=None, max_new_tokens=512, eval_batch_size=16),
-    "paper": TransferBudget(n_train=None, n_extract=64, max_length=512, batch_size=64,
-                            micro_batch_size=4, epochs=3, max_steps=None, steps_per_stage=32,
-                            eval_limit=None, max_new_tokens=512, eval_batch_size=16),
+    "cpu": TransferBudget(
+        n_train=8,
+        n_extract=4,
+        max_length=192,
+        batch_size=4,
+        micro_batch_size=4,
+        epochs=1,
+        max_steps=None,
+        steps_per_stage=1,
+        eval_limit=20,
+        max_new_tokens=96,
+        eval_batch_size=10,
+    ),
+    "gpu-small": TransferBudget(
+        n_train=1000,
+        n_extract=64,
+        max_length=512,
+        batch_size=16,
+        micro_batch_size=4,
+        epochs=1,
+        max_steps=None,
+        steps_per_stage=16,
+        eval_limit=None,
+        max_new_tokens=512,
+        eval_batch_size=16,
+    ),
+    "paper": TransferBudget(
+        n_train=None,
+        n_extract=64,
+        max_length=512,
+        batch_size=64,
+        micro_batch_size=4,
+        epochs=3,
+        max_steps=None,
+        steps_per_stage=32,
+        eval_limit=None,
+        max_new_tokens=512,
+        eval_batch_size=16,
+    ),
 }
 
 # Classification transfer (sst2): short texts (median 31 tokens, max 67 with the template), one
@@ -180,23 +235,69 @@ TRANSFER_BUDGETS: dict[str, TransferBudget] = {
 _FULL_WEIGHT = ("semalign", "sft", "output_kl", "hidden_distill")
 _CLS_LR = {m: {"lr": 3e-4} for m in _FULL_WEIGHT}
 CLS_BUDGETS: dict[str, TransferBudget] = {
-    "smoke": TransferBudget(n_train=8, n_extract=4, max_length=64, batch_size=4, micro_batch_size=4,
-                            epochs=1, max_steps=2, steps_per_stage=1, eval_limit=8,
-                            max_new_tokens=1, eval_batch_size=8, prompt_style="plain", eval_seed=0,
-                            method_config={m: {"lr": 1e-3} for m in _CLS_LR}),
-    "cpu": TransferBudget(n_train=64, n_extract=4, max_length=64, batch_size=4, micro_batch_size=4,
-                          epochs=1, max_steps=None, steps_per_stage=4, eval_limit=200,
-                          max_new_tokens=1, eval_batch_size=32, prompt_style="plain", eval_seed=0,
-                          method_config=_CLS_LR),
-    "gpu-small": TransferBudget(n_train=None, n_extract=64, max_length=96, batch_size=16,
-                                micro_batch_size=16, epochs=2, max_steps=None, steps_per_stage=8,
-                                eval_limit=None, max_new_tokens=1, eval_batch_size=32,
-                                prompt_style="plain", eval_seed=0,
-                                method_config={m: {"lr": 1e-4} for m in _FULL_WEIGHT}),
-    "paper": TransferBudget(n_train=None, n_extract=64, max_length=96, batch_size=64,
-                            micro_batch_size=8, epochs=3, max_steps=None, steps_per_stage=16,
-                            eval_limit=None, max_new_tokens=1, eval_batch_size=32,
-                            prompt_style="plain", eval_seed=0),
+    "smoke": TransferBudget(
+        n_train=8,
+        n_extract=4,
+        max_length=64,
+        batch_size=4,
+        micro_batch_size=4,
+        epochs=1,
+        max_steps=2,
+        steps_per_stage=1,
+        eval_limit=8,
+        max_new_tokens=1,
+        eval_batch_size=8,
+        prompt_style="plain",
+        eval_seed=0,
+        method_config={m: {"lr": 1e-3} for m in _CLS_LR},
+    ),
+    "cpu": TransferBudget(
+        n_train=64,
+        n_extract=4,
+        max_length=64,
+        batch_size=4,
+        micro_batch_size=4,
+        epochs=1,
+        max_steps=None,
+        steps_per_stage=4,
+        eval_limit=200,
+        max_new_tokens=1,
+        eval_batch_size=32,
+        prompt_style="plain",
+        eval_seed=0,
+        method_config=_CLS_LR,
+    ),
+    "gpu-small": TransferBudget(
+        n_train=None,
+        n_extract=64,
+        max_length=96,
+        batch_size=16,
+        micro_batch_size=16,
+        epochs=2,
+        max_steps=None,
+        steps_per_stage=8,
+        eval_limit=None,
+        max_new_tokens=1,
+        eval_batch_size=32,
+        prompt_style="plain",
+        eval_seed=0,
+        method_config={m: {"lr": 1e-4} for m in _FULL_WEIGHT},
+    ),
+    "paper": TransferBudget(
+        n_train=None,
+        n_extract=64,
+        max_length=96,
+        batch_size=64,
+        micro_batch_size=8,
+        epochs=3,
+        max_steps=None,
+        steps_per_stage=16,
+        eval_limit=None,
+        max_new_tokens=1,
+        eval_batch_size=32,
+        prompt_style="plain",
+        eval_seed=0,
+    ),
 }
 
 # The paper's per-task settings (SemAlign Tables 4-5) at `paper`: alignment steps per stage and
@@ -205,11 +306,19 @@ CLS_BUDGETS: dict[str, TransferBudget] = {
 # 300, 3e-4/3e-4/3e-5/3e-4). "align size" is read as the examples attribution/alignment sees.
 _TABLE5_LR_METHODS = ("seeking", "sft", "output_kl", "hidden_distill")
 PAPER_TASK_BUDGETS: dict[str, dict[str, Any]] = {
-    task: {"steps_per_stage": steps, "n_extract": align, "epochs": epochs, "n_train": n_train,
-           "method_config": {m: {"lr": lr} for m in _TABLE5_LR_METHODS}}
+    task: {
+        "steps_per_stage": steps,
+        "n_extract": align,
+        "epochs": epochs,
+        "n_train": n_train,
+        "method_config": {m: {"lr": lr} for m in _TABLE5_LR_METHODS},
+    }
     for task, steps, align, epochs, n_train, lr in (
-        ("mmlu", 2, 32, 5, 1000, 3e-4), ("gsm", 4, 64, 5, 1000, 3e-4),
-        ("humaneval", 3, 48, 3, 1000, 3e-5), ("mbpp", 8, 128, 5, 300, 3e-4))
+        ("mmlu", 2, 32, 5, 1000, 3e-4),
+        ("gsm", 4, 64, 5, 1000, 3e-4),
+        ("humaneval", 3, 48, 3, 1000, 3e-5),
+        ("mbpp", 8, 128, 5, 300, 3e-4),
+    )
 }
 TASK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {"paper": PAPER_TASK_BUDGETS}
 
@@ -234,19 +343,29 @@ MIN_GAP = 10.0  # points the teacher must lead the target by for Table 2 to tell
 # (TEACHERS). The evaluation settings equal the profile's CLS_BUDGETS, so Table 2's teacher row
 # reuses the evaluation made with the teacher instead of repeating it.
 TEACHER_RECIPES: dict[str, TeacherRecipe] = {
-    "smoke": TeacherRecipe("tiny-source", n_train=16, batch_size=8, micro_batch_size=8, lr=1e-3,
-                           eval_limit=8, eval_batch_size=8),
+    "smoke": TeacherRecipe(
+        "tiny-source",
+        n_train=16,
+        batch_size=8,
+        micro_batch_size=8,
+        lr=1e-3,
+        eval_limit=8,
+        eval_batch_size=8,
+    ),
     "cpu": TeacherRecipe("smollm2-135m-instruct", n_train=128, batch_size=8, micro_batch_size=8),
-    "gpu-small": TeacherRecipe("smollm2-1.7b-instruct", n_train=None, epochs=2, lr=2e-5,
-                               eval_limit=None, dtype="bfloat16"),
+    "gpu-small": TeacherRecipe(
+        "smollm2-1.7b-instruct", n_train=None, epochs=2, lr=2e-5, eval_limit=None, dtype="bfloat16"
+    ),
 }
 # profile → task → teachers: FINETUNED (made from TEACHER_RECIPES) or registry names of hub models
 TEACHERS: dict[str, dict[str, tuple[str, ...]]] = {
     "smoke": {"sst2": (FINETUNED,)},
     "cpu": {"sst2": (FINETUNED,)},
     "gpu-small": {"sst2": (FINETUNED,)},
-    "paper": {"humaneval": ("codellama-13b-python", "wizardcoder-python-13b"),
-              "mbpp": ("codellama-13b-python", "wizardcoder-python-13b")},
+    "paper": {
+        "humaneval": ("codellama-13b-python", "wizardcoder-python-13b"),
+        "mbpp": ("codellama-13b-python", "wizardcoder-python-13b"),
+    },
 }
 
 # --------------------------------------------------------------------------- SALF runs
@@ -298,14 +417,17 @@ SALF_DEFAULTS: dict[str, SalfDefaults] = {
     # MPQA: ~9 tokens per prompt, the cheapest sentiment task that fine-tuning moves; sized to
     # ≈ 6–7 min on 2 cores for 3 seeds × 12 policies (README: timings). Gemma-3-270M is a
     # parameter, not a default.
-    "cpu": SalfDefaults(("smollm2-135m-instruct",), ("mpqa",),
-                        SalfRunBudget(40, 96, 2, 8, 2e-5, 64)),
+    "cpu": SalfDefaults(
+        ("smollm2-135m-instruct",), ("mpqa",), SalfRunBudget(40, 96, 2, 8, 2e-5, 64)
+    ),
     # Not run here (no GPU): sized to the splits (SST-2 carves 500 + 300 of its 872 dev examples;
     # CR has 1775 training examples, TREC 500 test examples).
-    "gpu-small": SalfDefaults(None, ("sst2", "cr", "mpqa"),
-                              SalfRunBudget(500, 300, 2, 16, 3e-5, 128, 32)),
-    "paper": SalfDefaults(None, ("cr", "mr", "mpqa", "subj", "trec"),
-                          SalfRunBudget(1500, 500, 3, 16, 2e-5, 256, 32)),
+    "gpu-small": SalfDefaults(
+        None, ("sst2", "cr", "mpqa"), SalfRunBudget(500, 300, 2, 16, 3e-5, 128, 32)
+    ),
+    "paper": SalfDefaults(
+        None, ("cr", "mr", "mpqa", "subj", "trec"), SalfRunBudget(1500, 500, 3, 16, 2e-5, 256, 32)
+    ),
 }
 
 # Settings of the main table's baselines (the same at every profile).
@@ -319,8 +441,9 @@ def salf_run_budget(prof: Profile, **overrides) -> SalfRunBudget:
     ignored); a one-line error for a count below 1 or a learning rate that is not positive."""
     for name in ("n_train", "n_eval", "epochs", "batch_size", "max_length", "eval_batch_size"):
         value = overrides.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
             raise InvalidParameterError(f"parameter {name}={value!r} must be an integer >= 1")
     lr = overrides.get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
@@ -329,9 +452,30 @@ def salf_run_budget(prof: Profile, **overrides) -> SalfRunBudget:
 
 
 __all__ = [
-    "AUTOFREEZE", "CLS_BUDGETS", "DEFAULT_SEEDS", "FINETUNED", "FULL_SEEDS", "LISA", "LORA",
-    "MIN_GAP", "PAPER_TASK_BUDGETS", "REPRODUCE_TIERS", "SALF_ANALYSIS_EXAMPLES", "SALF_DEFAULTS",
-    "SEMALIGN_ANALYSIS_BUDGETS", "SalfDefaults", "SalfRunBudget", "SemAlignAnalysisBudget",
-    "TASK_BUDGETS", "TEACHERS", "TEACHER_RECIPES", "TEACHER_VERSION", "TRANSFER_BUDGETS",
-    "TeacherRecipe", "TransferBudget", "default_seeds", "salf_run_budget", "transfer_budget",
+    "AUTOFREEZE",
+    "CLS_BUDGETS",
+    "DEFAULT_SEEDS",
+    "FINETUNED",
+    "FULL_SEEDS",
+    "LISA",
+    "LORA",
+    "MIN_GAP",
+    "PAPER_TASK_BUDGETS",
+    "REPRODUCE_TIERS",
+    "SALF_ANALYSIS_EXAMPLES",
+    "SALF_DEFAULTS",
+    "SEMALIGN_ANALYSIS_BUDGETS",
+    "SalfDefaults",
+    "SalfRunBudget",
+    "SemAlignAnalysisBudget",
+    "TASK_BUDGETS",
+    "TEACHERS",
+    "TEACHER_RECIPES",
+    "TEACHER_VERSION",
+    "TRANSFER_BUDGETS",
+    "TeacherRecipe",
+    "TransferBudget",
+    "default_seeds",
+    "salf_run_budget",
+    "transfer_budget",
 ]

@@ -35,14 +35,26 @@ NOTEBOOKS: dict[str, str] = {
 
 # --------------------------------------------------------------------------- SemAlign Tables 1-2
 
-EVAL_TASKS: dict[str, str] = {"gsm": "semalign_gsm8k", "mmlu": "semalign_mmlu",
-                              "humaneval": "semalign_humaneval", "mbpp": "semalign_mbpp"}
-COLUMNS: dict[str, str] = {"mmlu": "MMLU", "gsm": "GSM8K", "humaneval": "HumanEval",
-                           "mbpp": "MBPP"}  # Table 1 order
+EVAL_TASKS: dict[str, str] = {
+    "gsm": "semalign_gsm8k",
+    "mmlu": "semalign_mmlu",
+    "humaneval": "semalign_humaneval",
+    "mbpp": "semalign_mbpp",
+}
+COLUMNS: dict[str, str] = {
+    "mmlu": "MMLU",
+    "gsm": "GSM8K",
+    "humaneval": "HumanEval",
+    "mbpp": "MBPP",
+}  # Table 1 order
 CLS_TASKS: dict[str, str] = {"sst2": "semalign_cls_sst2"}  # classification transfer (plain format)
-METRICS: dict[str, str] = {"semalign_gsm8k": "exact_match", "semalign_mmlu": "acc",
-                           "semalign_humaneval": "pass@1", "semalign_mbpp": "pass@1",
-                           "semalign_cls_sst2": "acc"}
+METRICS: dict[str, str] = {
+    "semalign_gsm8k": "exact_match",
+    "semalign_mmlu": "acc",
+    "semalign_humaneval": "pass@1",
+    "semalign_mbpp": "pass@1",
+    "semalign_cls_sst2": "acc",
+}
 CHANCE = {"mmlu": 25.0}  # % (4-way multiple choice); the others have no chance level above 0
 
 
@@ -80,23 +92,39 @@ class TransferSetting:
 
 SETTINGS: dict[str, TransferSetting] = {
     "table1": TransferSetting(
-        name="table1", experiment=SEMALIGN_TRANSFER, tasks=EVAL_TASKS, columns=COLUMNS,
-        source_row="source", target_row="target", chance=CHANCE, published="table1_transfer",
-        title="Table 1"),
+        name="table1",
+        experiment=SEMALIGN_TRANSFER,
+        tasks=EVAL_TASKS,
+        columns=COLUMNS,
+        source_row="source",
+        target_row="target",
+        chance=CHANCE,
+        published="table1_transfer",
+        title="Table 1",
+    ),
     "finetuned": TransferSetting(
-        name="finetuned", experiment=FINETUNED_TEACHER,
-        tasks={"sst2": CLS_TASKS["sst2"], "humaneval": EVAL_TASKS["humaneval"],
-               "mbpp": EVAL_TASKS["mbpp"]},
+        name="finetuned",
+        experiment=FINETUNED_TEACHER,
+        tasks={
+            "sst2": CLS_TASKS["sst2"],
+            "humaneval": EVAL_TASKS["humaneval"],
+            "mbpp": EVAL_TASKS["mbpp"],
+        },
         columns={"sst2": "SST-2", "humaneval": "HumanEval", "mbpp": "MBPP"},
-        source_row="teacher", target_row="target", chance={"sst2": 50.0},
-        published="table2_finetuned_teachers", title="Table 2"),
+        source_row="teacher",
+        target_row="target",
+        chance={"sst2": 50.0},
+        published="table2_finetuned_teachers",
+        title="Table 2",
+    ),
 }
 
 
 def get_setting(name: str) -> TransferSetting:
     if name not in SETTINGS:
-        raise InvalidParameterError(f"unknown setting {name!r}; choose one of "
-                                    f"{', '.join(SETTINGS)}")
+        raise InvalidParameterError(
+            f"unknown setting {name!r}; choose one of {', '.join(SETTINGS)}"
+        )
     return SETTINGS[name]
 
 
@@ -115,15 +143,45 @@ AXES: dict[str, tuple[str, tuple[Any, ...]]] = {
 # --------------------------------------------------------------------------- SALF
 
 ZERO_SHOT = "zero_shot"  # the untrained model, scored once per model × task
-MAIN_POLICIES = ("full", "salf", "freeze_1_4", "freeze_1_2", "freeze_3_4", "random_matched",
-                 "logit_lens_ce", "block_influence", "autofreeze", "lisa", "lora_all",
-                 "lora_salf_suffix")
+MAIN_POLICIES = (
+    "full",
+    "salf",
+    "freeze_1_4",
+    "freeze_1_2",
+    "freeze_3_4",
+    "random_matched",
+    "logit_lens_ce",
+    "block_influence",
+    "autofreeze",
+    "lisa",
+    "lora_all",
+    "lora_salf_suffix",
+)
 SWEEP_GROUPS = ("depth", "budget", "padding", "cache", "lora")  # the cost–benefit questions
 
 __all__ = [
-    "ABLATION_SETTING", "ABLATION_TASK", "AXES", "CHANCE", "CLS_TASKS", "COLUMNS", "DATA",
-    "EVAL_TASKS", "FINETUNED_TEACHER", "MAIN_POLICIES", "METRICS", "MODELS", "NOTEBOOKS",
-    "SALF_ANALYSIS", "SALF_COST_BENEFIT", "SALF_MAIN", "SEMALIGN_ABLATIONS",
-    "SEMALIGN_ANALYSES", "SEMALIGN_TRANSFER", "SETTINGS", "SWEEP_GROUPS", "TransferSetting",
-    "ZERO_SHOT", "get_setting",
+    "ABLATION_SETTING",
+    "ABLATION_TASK",
+    "AXES",
+    "CHANCE",
+    "CLS_TASKS",
+    "COLUMNS",
+    "DATA",
+    "EVAL_TASKS",
+    "FINETUNED_TEACHER",
+    "MAIN_POLICIES",
+    "METRICS",
+    "MODELS",
+    "NOTEBOOKS",
+    "SALF_ANALYSIS",
+    "SALF_COST_BENEFIT",
+    "SALF_MAIN",
+    "SEMALIGN_ABLATIONS",
+    "SEMALIGN_ANALYSES",
+    "SEMALIGN_TRANSFER",
+    "SETTINGS",
+    "SWEEP_GROUPS",
+    "TransferSetting",
+    "ZERO_SHOT",
+    "get_setting",
 ]

@@ -23,8 +23,8 @@ def load_for(prof: Profile, name: str) -> LoadedModel:
 class ModelPool:
     """Each model loaded at most once (and only when a run needs computing); runs train copies.
 
-        pool = ModelPool(prof)
-        model, tokenizer = pool.fresh("smollm2-135m-instruct")  # a copy to train
+    pool = ModelPool(prof)
+    model, tokenizer = pool.fresh("smollm2-135m-instruct")  # a copy to train
     """
 
     def __init__(self, prof: Profile):

@@ -16,8 +16,16 @@ from semalign_core.models.registry import REGISTRY, load_model
 from semalign_core.profiles import Profile
 from semalign_core.records import RecordParts, get_or_compute, provenance
 
-STAT_COLUMNS = ("architecture", "layers", "heads", "kv_heads", "hidden", "intermediate", "vocab",
-                "parameters")
+STAT_COLUMNS = (
+    "architecture",
+    "layers",
+    "heads",
+    "kv_heads",
+    "hidden",
+    "intermediate",
+    "vocab",
+    "parameters",
+)
 
 
 def model_statistics(prof: Profile, seed: int = 0, force: bool = False) -> dict[str, Any]:
@@ -30,8 +38,11 @@ def model_statistics(prof: Profile, seed: int = 0, force: bool = False) -> dict[
             start = time.perf_counter()
             loaded = load_model(name, dtype="float32")
             cost[name] = {"load_wall_s": round(time.perf_counter() - start, 2)}
-            rows[name] = {**{k: loaded.stats[k] for k in STAT_COLUMNS}, "origin": loaded.origin,
-                          "description": REGISTRY[name].description}
+            rows[name] = {
+                **{k: loaded.stats[k] for k in STAT_COLUMNS},
+                "origin": loaded.origin,
+                "description": REGISTRY[name].description,
+            }
             del loaded  # one model in memory at a time
         return RecordParts({"models": rows}, cost, provenance(seed=seed))
 
@@ -40,11 +51,20 @@ def model_statistics(prof: Profile, seed: int = 0, force: bool = False) -> dict[
 
 def census_splits() -> list:
     """Every benchmark split the experiments read."""
-    splits = [data.load_gsm8k("train"), data.load_gsm8k("test"), data.load_mmlu("test"),
-              data.load_humaneval(), data.load_mbpp("test"), data.load_mbpp("train")]
+    splits = [
+        data.load_gsm8k("train"),
+        data.load_gsm8k("test"),
+        data.load_mmlu("test"),
+        data.load_humaneval(),
+        data.load_mbpp("test"),
+        data.load_mbpp("train"),
+    ]
     splits += [data.load_transfer(t, s) for t in data.TRANSFER_TASKS for s in data.TRANSFER_SPLITS]
-    splits += [data.load_classification(t, s) for t in data.CLASSIFICATION_TASKS
-               for s in data.CLASSIFICATION_TASKS[t].labeled_splits]
+    splits += [
+        data.load_classification(t, s)
+        for t in data.CLASSIFICATION_TASKS
+        for s in data.CLASSIFICATION_TASKS[t].labeled_splits
+    ]
     return splits
 
 

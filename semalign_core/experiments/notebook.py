@@ -39,8 +39,9 @@ def short_errors() -> None:
 
 def check_choice(name: str, value: Any, choices) -> None:
     if value not in choices:
-        raise InvalidParameterError(f"parameter {name}={value!r} is invalid; choose one of: "
-                                    f"{', '.join(map(str, choices))}")
+        raise InvalidParameterError(
+            f"parameter {name}={value!r} is invalid; choose one of: {', '.join(map(str, choices))}"
+        )
 
 
 def check_int(name: str, value: Any, minimum: int = 0) -> None:
@@ -53,26 +54,38 @@ def check_optional_int(name: str, value: Any, minimum: int = 1) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidParameterError(f"parameter {name}={value!r} must be None (profile default) "
-                                    f"or an integer >= {minimum}")
+        raise InvalidParameterError(
+            f"parameter {name}={value!r} must be None (profile default) or an integer >= {minimum}"
+        )
 
 
-def check_seeds(seeds: Sequence[int] | None, seed: int, experiment: str,
-                profile: str) -> tuple[int, ...]:
+def check_seeds(
+    seeds: Sequence[int] | None, seed: int, experiment: str, profile: str
+) -> tuple[int, ...]:
     """``seeds`` checked (a non-empty list of integers >= 0, duplicates dropped); None: the
     profile's default seeds of ``experiment`` counted from ``seed``
     (:func:`~semalign_core.experiments.budgets.default_seeds`)."""
     check_int("seed", seed)
     seeds = default_seeds(experiment, profile, seed) if seeds is None else seeds
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-        raise InvalidParameterError(f"parameter seeds={seeds!r} must be None or a non-empty list "
-                                    "of integers >= 0")
+    if (
+        isinstance(seeds, (str, bytes))
+        or not isinstance(seeds, (list, tuple))
+        or not seeds
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+    ):
+        raise InvalidParameterError(
+            f"parameter seeds={seeds!r} must be None or a non-empty list of integers >= 0"
+        )
     return tuple(dict.fromkeys(seeds))
 
 
-def start(profile: str, seed: int, force: bool = False, need_models: bool = True,
-          **choices: tuple[Any, tuple]) -> Profile:
+def start(
+    profile: str,
+    seed: int,
+    force: bool = False,
+    need_models: bool = True,
+    **choices: tuple[Any, tuple],
+) -> Profile:
     """Validate the common parameters (and ``name=(value, allowed)`` pairs); return the profile.
 
     ``need_models``: stop here when the profile's models cannot be had (False for notebooks that
@@ -107,17 +120,22 @@ def _in_hub_cache(hub_id: str) -> bool:
     return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
-def check_list(name: str, value: Any, allowed, none_means_all: bool = True,
-               what: str = "value(s)") -> tuple:
+def check_list(
+    name: str, value: Any, allowed, none_means_all: bool = True, what: str = "value(s)"
+) -> tuple:
     """A non-empty list whose every element is allowed, duplicates dropped (None: all of them)."""
     allowed = tuple(allowed)
     if value is None and none_means_all:
         return allowed
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise InvalidParameterError(f"parameter {name}={value!r} must be a non-empty list; "
-                                    f"choose from: {', '.join(map(str, allowed))}")
+        raise InvalidParameterError(
+            f"parameter {name}={value!r} must be a non-empty list; "
+            f"choose from: {', '.join(map(str, allowed))}"
+        )
     unknown = [v for v in value if v not in allowed]
     if unknown:
-        raise InvalidParameterError(f"parameter {name} has unknown {what} {unknown}; "
-                                    f"choose from: {', '.join(map(str, allowed))}")
+        raise InvalidParameterError(
+            f"parameter {name} has unknown {what} {unknown}; "
+            f"choose from: {', '.join(map(str, allowed))}"
+        )
     return tuple(dict.fromkeys(value))

@@ -30,13 +30,15 @@ from semalign_core.records import RecordParts, get_or_compute, json_rounded, pro
 DEFAULT_TASKS = ("sst2", "agnews", "trec")
 
 
-def check_parameters(tasks: Sequence[str], n_examples: int | None = None,
-                     max_length: int = 128) -> tuple[str, ...]:
+def check_parameters(
+    tasks: Sequence[str], n_examples: int | None = None, max_length: int = 128
+) -> tuple[str, ...]:
     """One-line InvalidParameterError unless ``tasks`` is a non-empty list of known tasks (and
     ``n_examples``, ``max_length`` are valid); returns the tasks, duplicates dropped. (One seed:
     the analysis has no ``seeds``.)"""
-    tasks = check_list("tasks", tasks, CLASSIFICATION_TASKS, none_means_all=False,
-                       what="classification task(s)")
+    tasks = check_list(
+        "tasks", tasks, CLASSIFICATION_TASKS, none_means_all=False, what="classification task(s)"
+    )
     check_optional_int("n_examples", n_examples)
     check_optional_int("max_length", max_length, minimum=2)
     if max_length is None:
@@ -55,11 +57,29 @@ def run_name(model: str, task: str) -> str:
     return f"{model}__{task}"
 
 
-def _config(prof: Profile, model: str, task: str, n: int | None, seed: int, deviation: str,
-            gain: str, max_length: int) -> dict:
-    return {"profile": prof.name, "model": model, "task": task, "split": salf_split(task),
-            "n_examples": n, "seed": seed, "deviation": deviation, "gain": gain,
-            "max_length": max_length, "dtype": prof.dtype, "version": 1}
+def _config(
+    prof: Profile,
+    model: str,
+    task: str,
+    n: int | None,
+    seed: int,
+    deviation: str,
+    gain: str,
+    max_length: int,
+) -> dict:
+    return {
+        "profile": prof.name,
+        "model": model,
+        "task": task,
+        "split": salf_split(task),
+        "n_examples": n,
+        "seed": seed,
+        "deviation": deviation,
+        "gain": gain,
+        "max_length": max_length,
+        "dtype": prof.dtype,
+        "version": 1,
+    }
 
 
 def _metrics(model, out: dict) -> dict:
@@ -69,27 +89,40 @@ def _metrics(model, out: dict) -> dict:
     mean = np.asarray(out["deviation"], dtype=np.float64)
     by_formula = {g: salf.compute_gains(mean, params, g) for g in sorted(salf.GAINS)}
     return {
-        "layers": len(params), "deviation_kind": out["deviation_kind"],
-        "gain_kind": out["gain_kind"], "deviation": json_rounded(mean),
-        "deviation_std": json_rounded(per_example.std(0)), "gains": json_rounded(out["gains"]),
+        "layers": len(params),
+        "deviation_kind": out["deviation_kind"],
+        "gain_kind": out["gain_kind"],
+        "deviation": json_rounded(mean),
+        "deviation_std": json_rounded(per_example.std(0)),
+        "gains": json_rounded(out["gains"]),
         "eof": int(out["eof"]),
         "eof_by_gain": {g: salf.choose_eof(v) for g, v in by_formula.items()},
         "gains_by_formula": {g: json_rounded(v) for g, v in by_formula.items()},
         "example_eof_counts": {str(k): v for k, v in sorted(Counter(out["example_eofs"]).items())},
-        "block_params": params, "n": int(out["n"]), "prompt": out["meta"],
+        "block_params": params,
+        "n": int(out["n"]),
+        "prompt": out["meta"],
     }
 
 
 def _check_formulas(deviation: str, gain: str) -> None:
     if deviation not in salf.DEVIATIONS:
-        raise InvalidParameterError(f"deviation must be one of {', '.join(salf.DEVIATIONS)}, "
-                                    f"got {deviation!r}")
+        raise InvalidParameterError(
+            f"deviation must be one of {', '.join(salf.DEVIATIONS)}, got {deviation!r}"
+        )
     if gain not in salf.GAINS:
         raise InvalidParameterError(f"gain must be one of {', '.join(salf.GAINS)}, got {gain!r}")
 
 
-def _analysis_parts(prof: Profile, pool: ModelPool, name: str, task: str, n: int | None,
-                    seed: int, analyse_kw: dict[str, Any]) -> RecordParts:
+def _analysis_parts(
+    prof: Profile,
+    pool: ModelPool,
+    name: str,
+    task: str,
+    n: int | None,
+    seed: int,
+    analyse_kw: dict[str, Any],
+) -> RecordParts:
     """Trace model ``name`` on ``n`` examples of ``task``'s SALF split: the record's parts."""
     full = load_classification(task, salf_split(task))
     limit = None if n is None else min(n, len(full))
@@ -98,15 +131,23 @@ def _analysis_parts(prof: Profile, pool: ModelPool, name: str, task: str, n: int
     t0 = time.perf_counter()
     res = salf.analyse(loaded.model, loaded.tokenizer, records, task, **analyse_kw)
     cost = {"wall_s": round(time.perf_counter() - t0, 2)}
-    prov = provenance(seed=seed, data_sources=full.sources, device=default_device(),
-                      dtype=prof.dtype)
+    prov = provenance(
+        seed=seed, data_sources=full.sources, device=default_device(), dtype=prof.dtype
+    )
     return RecordParts(_metrics(loaded.model, res), cost, prov, {"model": name, "task": task})
 
 
-def salf_deviation_gain(prof: Profile, tasks: Sequence[str] = DEFAULT_TASKS, seed: int = 0,
-                        force: bool = False, n_examples: int | None = None,
-                        deviation: str = "cos_normed", gain: str = "drop", max_length: int = 128,
-                        batch_size: int = 16) -> list[dict[str, Any]]:
+def salf_deviation_gain(
+    prof: Profile,
+    tasks: Sequence[str] = DEFAULT_TASKS,
+    seed: int = 0,
+    force: bool = False,
+    n_examples: int | None = None,
+    deviation: str = "cos_normed",
+    gain: str = "drop",
+    max_length: int = 128,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
     """SALF's analysis for every model of ``prof.salf_models`` × ``tasks``: one record each.
 
     ``n_examples`` (None: the profile's, :data:`~semalign_core.experiments.budgets.
@@ -116,16 +157,23 @@ def salf_deviation_gain(prof: Profile, tasks: Sequence[str] = DEFAULT_TASKS, see
     tasks = check_parameters(tasks, n_examples, max_length)
     _check_formulas(deviation, gain)
     n = n_examples if n_examples is not None else SALF_ANALYSIS_EXAMPLES[prof.name]
-    analyse_kw = {"deviation": deviation, "gain": gain, "max_length": max_length,
-                  "batch_size": batch_size}
+    analyse_kw = {
+        "deviation": deviation,
+        "gain": gain,
+        "max_length": max_length,
+        "batch_size": batch_size,
+    }
     out: list[dict] = []
     for name in prof.salf_models:
         pool = ModelPool(prof)  # one per model: it is freed before the next one loads
         for task in tasks:
             config = _config(prof, name, task, n, seed, deviation, gain, max_length)
             compute = partial(_analysis_parts, prof, pool, name, task, n, seed, analyse_kw)
-            out.append(get_or_compute(SALF_ANALYSIS, prof.name, run_name(name, task), config,
-                                      compute, force))
+            out.append(
+                get_or_compute(
+                    SALF_ANALYSIS, prof.name, run_name(name, task), config, compute, force
+                )
+            )
     return out
 
 

@@ -68,11 +68,26 @@ EVAL_SEED = 1234  # one held-out subset for every seed and policy: seeds vary th
 FRACTIONS = {"freeze_1_4": 0.25, "freeze_1_2": 0.5, "freeze_3_4": 0.75}
 NEEDS_SALF = ("random_matched", "lora_salf_suffix")  # their spec holds SALF's eof (from its record)
 SALF_OPTIONS = {"deviation": "cos_normed", "gain": "drop"}  # SALF's analysis, unless told otherwise
-PATTERNS = ("eof_<k>", "salf_max<b>", "salf_frac<p>", "salf_flops<p>", "salf_per_example_min",
-            "salf_per_example_bucket", "salf_nocache")
+PATTERNS = (
+    "eof_<k>",
+    "salf_max<b>",
+    "salf_frac<p>",
+    "salf_flops<p>",
+    "salf_per_example_min",
+    "salf_per_example_bucket",
+    "salf_nocache",
+)
 # the record keys that identify a run (the rest of a copied record is kept as it is)
-_IDENTITY_KEYS = ("experiment", "profile", "run", "config", "config_hash", "metrics", "cost",
-                  "provenance")
+_IDENTITY_KEYS = (
+    "experiment",
+    "profile",
+    "run",
+    "config",
+    "config_hash",
+    "metrics",
+    "cost",
+    "provenance",
+)
 
 
 # --------------------------------------------------------------------------- parameters
@@ -80,14 +95,22 @@ _IDENTITY_KEYS = ("experiment", "profile", "run", "config", "config_hash", "metr
 
 def check_label(label: str) -> str:
     """``label`` itself, or a one-line InvalidParameterError naming the valid labels."""
-    fixed = (ZERO_SHOT, *MAIN_POLICIES, "salf_per_example_min", "salf_per_example_bucket",
-             "salf_nocache")
-    if isinstance(label, str) and (label in fixed
-                                   or re.fullmatch(r"eof_\d+|salf_(max|frac|flops)\d+", label)):
+    fixed = (
+        ZERO_SHOT,
+        *MAIN_POLICIES,
+        "salf_per_example_min",
+        "salf_per_example_bucket",
+        "salf_nocache",
+    )
+    if isinstance(label, str) and (
+        label in fixed or re.fullmatch(r"eof_\d+|salf_(max|frac|flops)\d+", label)
+    ):
         return label
-    raise InvalidParameterError(f"unknown policy {label!r}; choose from "
-                                f"{', '.join(MAIN_POLICIES)}, {ZERO_SHOT} or a pattern "
-                                f"{', '.join(PATTERNS)}")
+    raise InvalidParameterError(
+        f"unknown policy {label!r}; choose from "
+        f"{', '.join(MAIN_POLICIES)}, {ZERO_SHOT} or a pattern "
+        f"{', '.join(PATTERNS)}"
+    )
 
 
 def check_salf_kw(salf_kw: dict | None) -> dict:
@@ -95,20 +118,23 @@ def check_salf_kw(salf_kw: dict | None) -> dict:
     kw = {**SALF_OPTIONS, **(salf_kw or {})}
     unknown = sorted(set(kw) - set(SALF_OPTIONS))
     if unknown:
-        raise InvalidParameterError(f"SALF options are {', '.join(SALF_OPTIONS)}; "
-                                    f"got {', '.join(unknown)}")
+        raise InvalidParameterError(
+            f"SALF options are {', '.join(SALF_OPTIONS)}; got {', '.join(unknown)}"
+        )
     if kw["deviation"] not in salf.DEVIATIONS:
-        raise InvalidParameterError(f"deviation must be one of {', '.join(salf.DEVIATIONS)}, "
-                                    f"got {kw['deviation']!r}")
+        raise InvalidParameterError(
+            f"deviation must be one of {', '.join(salf.DEVIATIONS)}, got {kw['deviation']!r}"
+        )
     if kw["gain"] not in salf.GAINS:
-        raise InvalidParameterError(f"gain must be one of {', '.join(salf.GAINS)}, "
-                                    f"got {kw['gain']!r}")
+        raise InvalidParameterError(
+            f"gain must be one of {', '.join(salf.GAINS)}, got {kw['gain']!r}"
+        )
     return kw
 
 
-def check_models_tasks(prof: Profile, models: Sequence[str] | None,
-                       tasks: Sequence[str] | None,
-                       salf_kw: dict | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def check_models_tasks(
+    prof: Profile, models: Sequence[str] | None, tasks: Sequence[str] | None, salf_kw: dict | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(models, tasks) of a SALF notebook, checked with its SALF options; None: the profile's
     defaults (:data:`~semalign_core.experiments.budgets.SALF_DEFAULTS`)."""
     defaults = SALF_DEFAULTS[prof.name]
@@ -127,8 +153,13 @@ def check_models_tasks(prof: Profile, models: Sequence[str] | None,
 # --------------------------------------------------------------------------- policies
 
 
-def policy_spec(label: str, num_layers: int | None = None, seed: int = 0,
-                salf_eof: int | None = None, salf_kw: dict | None = None) -> dict[str, Any]:
+def policy_spec(
+    label: str,
+    num_layers: int | None = None,
+    seed: int = 0,
+    salf_eof: int | None = None,
+    salf_kw: dict | None = None,
+) -> dict[str, Any]:
     """The JSON description of policy ``label`` (what the run's config holds and its hash covers).
 
     ``random_matched`` and ``lora_salf_suffix`` need ``num_layers`` and SALF's eof of the same
@@ -139,8 +170,11 @@ def policy_spec(label: str, num_layers: int | None = None, seed: int = 0,
     if label in NEEDS_SALF and (salf_eof is None or num_layers is None):
         raise InvalidParameterError(f"policy {label!r} needs SALF's eof and the number of layers")
     simple = {
-        ZERO_SHOT: {"kind": "none"}, "full": {"kind": "full"}, "salf": salf_spec,
-        "logit_lens_ce": {"kind": "logit_lens_ce"}, "block_influence": {"kind": "block_influence"},
+        ZERO_SHOT: {"kind": "none"},
+        "full": {"kind": "full"},
+        "salf": salf_spec,
+        "logit_lens_ce": {"kind": "logit_lens_ce"},
+        "block_influence": {"kind": "block_influence"},
         "autofreeze": {"kind": "autofreeze", **AUTOFREEZE},
         "lisa": {"kind": "lisa", **LISA, "seed": seed},
         "lora_all": {"kind": "lora", "eof": 0, **LORA},
@@ -159,9 +193,11 @@ def policy_spec(label: str, num_layers: int | None = None, seed: int = 0,
     kind, value = re.fullmatch(r"(eof|salf_max|salf_frac|salf_flops)_?(\d+)", label).groups()
     if kind == "eof":
         return {"kind": "fixed", "eof": int(value)}
-    budget = {"salf_max": {"max_trainable": int(value)},
-              "salf_frac": {"fraction": int(value) / 100},
-              "salf_flops": {"flops_fraction": int(value) / 100}}[kind]
+    budget = {
+        "salf_max": {"max_trainable": int(value)},
+        "salf_frac": {"fraction": int(value) / 100},
+        "salf_flops": {"flops_fraction": int(value) / 100},
+    }[kind]
     return {**salf_spec, "budget": budget}
 
 
@@ -217,16 +253,19 @@ def _splits(task: str) -> tuple[str | None, str]:
     return ("train" if "train" in labeled else None), evaluation
 
 
-def task_data(task: str, n_train: int, n_eval: int,
-              seed: int) -> tuple[list[dict], list[dict], dict, dict]:
+def task_data(
+    task: str, n_train: int, n_eval: int, seed: int
+) -> tuple[list[dict], list[dict], dict, dict]:
     """(train records, eval records sorted by length, data sources, description)."""
     train_split, eval_split = _splits(task)
     full_eval = load_classification(task, eval_split)
     if n_eval > len(full_eval):
-        raise InvalidParameterError(f"n_eval={n_eval} exceeds the {len(full_eval)} examples of "
-                                    f"{task}/{eval_split}")
-    keep = set(select_subset(list(range(len(full_eval))), n_eval, EVAL_SEED,
-                             f"{task}/{eval_split}"))
+        raise InvalidParameterError(
+            f"n_eval={n_eval} exceeds the {len(full_eval)} examples of {task}/{eval_split}"
+        )
+    keep = set(
+        select_subset(list(range(len(full_eval))), n_eval, EVAL_SEED, f"{task}/{eval_split}")
+    )
     evaluation = [r for i, r in enumerate(full_eval.records) if i in keep]
     sources = dict(full_eval.sources)
     if train_split is None:
@@ -237,12 +276,18 @@ def task_data(task: str, n_train: int, n_eval: int,
         pool, where = split.records, f"{task}/{train_split}"
         sources.update(split.sources)
     if n_train > len(pool):
-        raise InvalidParameterError(f"n_train={n_train} exceeds the {len(pool)} examples of "
-                                    f"{where}")
+        raise InvalidParameterError(
+            f"n_train={n_train} exceeds the {len(pool)} examples of {where}"
+        )
     train = select_subset(pool, n_train, seed, where)
     evaluation.sort(key=lambda r: (len(r["text"]), r["text"]))
-    info = {"train_split": train_split or f"{eval_split} (carved, disjoint from eval)",
-            "eval_split": eval_split, "n_train": n_train, "n_eval": n_eval, "eval_seed": EVAL_SEED}
+    info = {
+        "train_split": train_split or f"{eval_split} (carved, disjoint from eval)",
+        "eval_split": eval_split,
+        "n_train": n_train,
+        "n_eval": n_eval,
+        "eval_seed": EVAL_SEED,
+    }
     return train, evaluation, sources, info
 
 
@@ -256,21 +301,47 @@ def run_name(model: str, task: str, label: str, seed: int | None) -> str:
 
 
 def finetune_config(budget: SalfRunBudget, seed: int, spec: dict):
-    return salf.FinetuneConfig(epochs=budget.epochs, batch_size=budget.batch_size,
-                               lr=budget.lr * spec.get("lr_scale", 1), max_length=budget.max_length,
-                               eval_batch_size=budget.eval_batch_size, seed=seed, loss=budget.loss,
-                               cache_prefix=spec.get("cache_prefix", True))
+    return salf.FinetuneConfig(
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        lr=budget.lr * spec.get("lr_scale", 1),
+        max_length=budget.max_length,
+        eval_batch_size=budget.eval_batch_size,
+        seed=seed,
+        loss=budget.loss,
+        cache_prefix=spec.get("cache_prefix", True),
+    )
 
 
-def run_config(prof: Profile, model: str, task: str, label: str, seed: int | None, spec: dict,
-               budget: SalfRunBudget) -> dict[str, Any]:
+def run_config(
+    prof: Profile,
+    model: str,
+    task: str,
+    label: str,
+    seed: int | None,
+    spec: dict,
+    budget: SalfRunBudget,
+) -> dict[str, Any]:
     """What determines a run's numbers and timings (its hash decides whether a record is reused)."""
     _, eval_split = _splits(task)
-    config = {"profile": prof.name, "model": model, "task": task, "policy": label, "spec": spec,
-              "seed": seed, "data": {"n_train": budget.n_train, "n_eval": budget.n_eval,
-                                     "eval_seed": EVAL_SEED, "eval_split": eval_split},
-              "dtype": prof.dtype, "device": default_device(), "threads": torch.get_num_threads(),
-              "version": VERSION}
+    config = {
+        "profile": prof.name,
+        "model": model,
+        "task": task,
+        "policy": label,
+        "spec": spec,
+        "seed": seed,
+        "data": {
+            "n_train": budget.n_train,
+            "n_eval": budget.n_eval,
+            "eval_seed": EVAL_SEED,
+            "eval_split": eval_split,
+        },
+        "dtype": prof.dtype,
+        "device": default_device(),
+        "threads": torch.get_num_threads(),
+        "version": VERSION,
+    }
     if label == ZERO_SHOT:
         config["eval"] = {"max_length": budget.max_length, "batch_size": budget.eval_batch_size}
     else:
@@ -286,8 +357,16 @@ def _zero_shot(net, tokenizer, evaluation: list[dict], task: str, config):
     return metrics, {"eval_s": time.perf_counter() - t0}, {}
 
 
-def _finetuned(label: str, spec: dict, net, tokenizer, train: list[dict], evaluation: list[dict],
-               task: str, config):
+def _finetuned(
+    label: str,
+    spec: dict,
+    net,
+    tokenizer,
+    train: list[dict],
+    evaluation: list[dict],
+    task: str,
+    config,
+):
     """(metrics, cost, extra record keys) of one fine-tuning run under the policy of ``spec``."""
     t0 = time.perf_counter()
     policy = build_policy(label, spec, net, config.max_length)
@@ -295,10 +374,18 @@ def _finetuned(label: str, spec: dict, net, tokenizer, train: list[dict], evalua
     result = salf.run_finetune(net, tokenizer, train, evaluation, policy, config, task=task)
     call_s = time.perf_counter() - t0
     record = result.as_record()
-    cost = {**record["cost"], "setup_s": policy.setup_s, "call_s": call_s,
-            "eval_s": call_s - policy.setup_s - record["cost"]["wall_s"]}
-    extra = {"policy": record["policy"], "losses": record["losses"],
-             "epoch_losses": record["epoch_losses"], "history": record["history"]}
+    cost = {
+        **record["cost"],
+        "setup_s": policy.setup_s,
+        "call_s": call_s,
+        "eval_s": call_s - policy.setup_s - record["cost"]["wall_s"],
+    }
+    extra = {
+        "policy": record["policy"],
+        "losses": record["losses"],
+        "epoch_losses": record["epoch_losses"],
+        "history": record["history"],
+    }
     return record["metrics"], cost, extra
 
 
@@ -334,8 +421,9 @@ class SalfGrid:
         self.budget = self.budget or run_budget(self.prof)
         self.pool = self.pool or ModelPool(self.prof)
 
-    def run(self, model: str, task: str, label: str, seed: int | None = 0,
-            force: bool | None = None) -> dict[str, Any]:
+    def run(
+        self, model: str, task: str, label: str, seed: int | None = 0, force: bool | None = None
+    ) -> dict[str, Any]:
         """One run's record: reused when valid (here, or identical in ``reuse_from``), else
         computed. ``random_matched`` and ``lora_salf_suffix`` first get (or compute) SALF's
         record of the same model, task and seed, whose eof they use."""
@@ -363,45 +451,74 @@ class SalfGrid:
             record = load_valid_record(other, self.prof.name, run, config)
             if record is not None:
                 keep = {k: v for k, v in record.items() if k not in _IDENTITY_KEYS}
-                return RecordParts(record["metrics"], record["cost"], record["provenance"],
-                                   {**keep, "reused_from": f"{other}/{self.prof.name}/{run}.json"})
+                return RecordParts(
+                    record["metrics"],
+                    record["cost"],
+                    record["provenance"],
+                    {**keep, "reused_from": f"{other}/{self.prof.name}/{run}.json"},
+                )
         return None
 
-    def _computed(self, model: str, task: str, label: str, seed: int | None,
-                  spec: dict) -> RecordParts:
+    def _computed(
+        self, model: str, task: str, label: str, seed: int | None, spec: dict
+    ) -> RecordParts:
         """Train (unless zero-shot) a fresh copy of ``model`` and evaluate it."""
         budget = self.budget
-        train, evaluation, sources, data_info = task_data(task, budget.n_train, budget.n_eval,
-                                                          seed or 0)
+        train, evaluation, sources, data_info = task_data(
+            task, budget.n_train, budget.n_eval, seed or 0
+        )
         net, tokenizer = self.pool.fresh(model)
         step, full = flops_of_eof(net, budget.max_length)
         n_layers = self.pool.num_layers(model)
-        info = {"layers": n_layers, "data": data_info,
-                "flops_fraction_of_eof": [step(e) / full for e in range(n_layers + 1)]}
+        info = {
+            "layers": n_layers,
+            "data": data_info,
+            "flops_fraction_of_eof": [step(e) / full for e in range(n_layers + 1)],
+        }
         config = finetune_config(budget, seed or 0, spec)
         if spec["kind"] == "none":
             metrics, cost, extra = _zero_shot(net, tokenizer, evaluation, task, config)
         else:
-            metrics, cost, extra = _finetuned(label, spec, net, tokenizer, train, evaluation,
-                                              task, config)
+            metrics, cost, extra = _finetuned(
+                label, spec, net, tokenizer, train, evaluation, task, config
+            )
             del net
             gc.collect()  # the trained copy goes before the next run copies the model again
-        prov = provenance(seed=seed, data_sources=sources, device=default_device(),
-                          dtype=self.prof.dtype)
-        return RecordParts(metrics, cost, prov, {"model": model, "task": task,
-                                                 "policy_label": label, "seed": seed,
-                                                 "model_info": info, **extra})
+        prov = provenance(
+            seed=seed, data_sources=sources, device=default_device(), dtype=self.prof.dtype
+        )
+        return RecordParts(
+            metrics,
+            cost,
+            prov,
+            {
+                "model": model,
+                "task": task,
+                "policy_label": label,
+                "seed": seed,
+                "model_info": info,
+                **extra,
+            },
+        )
 
     def _logged(self, model: str, task: str, label: str, seed: int | None) -> dict:
         t0 = time.perf_counter()
         record = self.run(model, task, label, seed)
         if self.verbose:
-            print(f"{model} {task} seed {seed} {label:>24}: {summary(record)} "
-                  f"[{time.perf_counter() - t0:.1f} s]", flush=True)
+            print(
+                f"{model} {task} seed {seed} {label:>24}: {summary(record)} "
+                f"[{time.perf_counter() - t0:.1f} s]",
+                flush=True,
+            )
         return record
 
-    def run_all(self, labels_for: Callable[[dict], Sequence[str]], models: Sequence[str],
-                tasks: Sequence[str], seeds: Sequence[int]) -> list[dict]:
+    def run_all(
+        self,
+        labels_for: Callable[[dict], Sequence[str]],
+        models: Sequence[str],
+        tasks: Sequence[str],
+        seeds: Sequence[int],
+    ) -> list[dict]:
         """Every (model, task, seed, label) run, in order: zero-shot once per model × task, then per
         seed ``full``, ``salf`` and ``labels_for(salf_record)`` (sweeps depend on SALF's eof).
         """
@@ -429,7 +546,22 @@ def summary(record: dict) -> str:
 
 
 __all__ = [
-    "EVAL_SEED", "FRACTIONS", "NEEDS_SALF", "PATTERNS", "SALF_OPTIONS", "SalfGrid",
-    "build_policy", "check_label", "check_models_tasks", "check_salf_kw", "finetune_config",
-    "flops_of_eof", "policy_spec", "run_budget", "run_config", "run_name", "summary", "task_data",
+    "EVAL_SEED",
+    "FRACTIONS",
+    "NEEDS_SALF",
+    "PATTERNS",
+    "SALF_OPTIONS",
+    "SalfGrid",
+    "build_policy",
+    "check_label",
+    "check_models_tasks",
+    "check_salf_kw",
+    "finetune_config",
+    "flops_of_eof",
+    "policy_spec",
+    "run_budget",
+    "run_config",
+    "run_name",
+    "summary",
+    "task_data",
 ]

@@ -17,10 +17,16 @@ from semalign_core.experiments.salf_cells import SalfGrid, check_models_tasks
 from semalign_core.profiles import Profile
 
 
-def check_parameters(prof: Profile, seed: int = 0, seeds: Sequence[int] | None = None, *,
-                     models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-                     groups: Sequence[str] | None = None, salf_kw: dict | None = None
-                     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+def check_parameters(
+    prof: Profile,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    *,
+    models: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    salf_kw: dict | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
     """(models, tasks, groups, seeds), checked (one-line InvalidParameterError; ``salf_kw`` too).
     None means the profile's models and tasks, every group of
     :data:`~semalign_core.experiments.catalog.SWEEP_GROUPS`, and the profile's default seeds
@@ -45,35 +51,61 @@ def sweep_labels(salf_record: dict) -> dict[str, list[str]]:
     """
     info = salf_record["model_info"]
     n, eof = info["layers"], salf_record["policy"]["eof"]
-    depth = ["full", "eof_0", "freeze_1_4", "freeze_1_2", "freeze_3_4", f"eof_{round(7 * n / 8)}",
-             f"eof_{n - 1}", "salf"]
+    depth = [
+        "full",
+        "eof_0",
+        "freeze_1_4",
+        "freeze_1_2",
+        "freeze_3_4",
+        f"eof_{round(7 * n / 8)}",
+        f"eof_{n - 1}",
+        "salf",
+    ]
     d = n - eof
     budget = [f"salf_max{b}" for b in sorted({1, max(1, d // 2)}) if b < d]
     curve = info["flops_fraction_of_eof"]
     pct = math.ceil(50 * (curve[eof] + curve[n - 1]))
     if curve[n - 1] <= pct / 100 < curve[eof]:
         budget.append(f"salf_flops{pct}")
-    return {"depth": list(dict.fromkeys(depth)), "budget": budget,
-            "padding": ["salf_per_example_min", "salf_per_example_bucket"],
-            "cache": ["salf_nocache"], "lora": ["lora_all", "lora_salf_suffix"]}
+    return {
+        "depth": list(dict.fromkeys(depth)),
+        "budget": budget,
+        "padding": ["salf_per_example_min", "salf_per_example_bucket"],
+        "cache": ["salf_nocache"],
+        "lora": ["lora_all", "lora_salf_suffix"],
+    }
 
 
-def run_cost_benefit(prof: Profile, models: Sequence[str] | None = None,
-                     tasks: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-                     groups: Sequence[str] | None = None, force: bool = False,
-                     budget: SalfRunBudget | None = None, salf_kw: dict | None = None,
-                     verbose: bool = True) -> list[dict]:
+def run_cost_benefit(
+    prof: Profile,
+    models: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    groups: Sequence[str] | None = None,
+    force: bool = False,
+    budget: SalfRunBudget | None = None,
+    salf_kw: dict | None = None,
+    verbose: bool = True,
+) -> list[dict]:
     """The sweeps of ``groups`` per model × task × seed (reused when valid, or copied from an
     identical main-table run; None: see :func:`check_parameters`)."""
-    models, tasks, groups, seeds = check_parameters(prof, 0, seeds, models=models, tasks=tasks,
-                                                    groups=groups, salf_kw=salf_kw)
+    models, tasks, groups, seeds = check_parameters(
+        prof, 0, seeds, models=models, tasks=tasks, groups=groups, salf_kw=salf_kw
+    )
 
     def labels_for(salf_record: dict) -> list[str]:
         labels = sweep_labels(salf_record)
         return list(dict.fromkeys(label for g in groups for label in labels[g]))
 
-    grid = SalfGrid(prof, budget, SALF_COST_BENEFIT, salf_kw, reuse_from=(SALF_MAIN,),
-                    force=force, verbose=verbose)
+    grid = SalfGrid(
+        prof,
+        budget,
+        SALF_COST_BENEFIT,
+        salf_kw,
+        reuse_from=(SALF_MAIN,),
+        force=force,
+        verbose=verbose,
+    )
     return grid.run_all(labels_for, models, tasks, seeds)
 
 

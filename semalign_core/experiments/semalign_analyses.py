@@ -44,13 +44,15 @@ from semalign_core.semalign.transfer import transfer
 MEASURE_SPLIT = "train"  # transfer split whose texts are measured (not seen by the alignment)
 
 
-def semalign_budget(prof: Profile, n_examples: int | None = None,
-                    max_length: int | None = None) -> SemAlignAnalysisBudget:
+def semalign_budget(
+    prof: Profile, n_examples: int | None = None, max_length: int | None = None
+) -> SemAlignAnalysisBudget:
     """The profile's budget with the notebook's overrides (None keeps the profile's value)."""
     check_optional_int("n_examples", n_examples)
     check_optional_int("max_length", max_length, minimum=2)
-    changes = {k: v for k, v in (("n_examples", n_examples), ("max_length", max_length))
-               if v is not None}
+    changes = {
+        k: v for k, v in (("n_examples", n_examples), ("max_length", max_length)) if v is not None
+    }
     return replace(SEMALIGN_ANALYSIS_BUDGETS[prof.name], **changes)
 
 
@@ -61,8 +63,9 @@ def measured_batches(tokenizer, task: str, budget: SemAlignAnalysisBudget, seed:
     """SFT batches (whole conversations) of the measured texts, and the data split."""
     full = load_transfer(task, MEASURE_SPLIT)
     split = load_transfer(task, MEASURE_SPLIT, limit=min(budget.n_examples, len(full)), seed=seed)
-    batches = sft_batches(split.records, tokenizer, budget.batch_size, budget.max_length,
-                          "transfer", loss_on="all")
+    batches = sft_batches(
+        split.records, tokenizer, budget.batch_size, budget.max_length, "transfer", loss_on="all"
+    )
     return batches, split
 
 
@@ -80,14 +83,15 @@ def token_positions(batches: Sequence[dict], max_tokens: int, seed: int) -> list
     keep[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_tokens]] = True
     out, start = [], 0
     for p in all_pos:
-        out.append(p[keep[start:start + len(p)]])
+        out.append(p[keep[start : start + len(p)]])
         start += len(p)
     return out
 
 
 @torch.no_grad()
-def token_states(model, batches: Sequence[dict],
-                 positions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def token_states(
+    model, batches: Sequence[dict], positions: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
     """``block_out`` of every layer at the chosen positions: L (n_tokens, d) fp32 CPU tensors."""
     device = next(model.parameters()).device
     backbone = surgery._backbone(model)  # the LM head over every position is not needed
@@ -96,8 +100,11 @@ def token_states(model, batches: Sequence[dict],
         if len(pos) == 0:
             continue
         with capture_hidden(model, None, ("block_out",)) as trace:
-            backbone(input_ids=batch["input_ids"].to(device),
-                     attention_mask=batch["attention_mask"].to(device), use_cache=False)
+            backbone(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            )
         rows, cols = pos[:, 0].to(device), pos[:, 1].to(device)
         for k in range(len(per_layer)):
             per_layer[k].append(trace["block_out"][k][rows, cols].float().cpu())
@@ -114,8 +121,9 @@ def measured_states(model, tokenizer, task: str, budget: SemAlignAnalysisBudget,
 # --------------------------------------------------------------------------- Fig. 2
 
 
-def layer_fidelity(states: Sequence[torch.Tensor],
-                   bases: torch.Tensor) -> tuple[list[float], list[float]]:
+def layer_fidelity(
+    states: Sequence[torch.Tensor], bases: torch.Tensor
+) -> tuple[list[float], list[float]]:
     """Per layer, mean and std over tokens of the decompose→recompose cosine with ``bases``.
 
     Equal to :func:`semantics.decomposition_fidelity` (tested), computed through the d × d map
@@ -133,31 +141,56 @@ def layer_fidelity(states: Sequence[torch.Tensor],
 
 
 def _tied(model) -> bool:
-    return (surgery.unembedding(model).weight.data_ptr()
-            == surgery.input_embeddings(model).weight.data_ptr())
+    return (
+        surgery.unembedding(model).weight.data_ptr()
+        == surgery.input_embeddings(model).weight.data_ptr()
+    )
 
 
-def _semalign_config(prof: Profile, budget: SemAlignAnalysisBudget, task: str, seed: int,
-                     kind: str) -> dict:
-    return {"profile": prof.name, "analysis": kind, "source": prof.semalign_source,
-            "target": prof.semalign_target, "task": task, "measure_split": MEASURE_SPLIT,
-            "budget": asdict(budget), "seed": seed, "dtype": prof.dtype, "version": 1}
+def _semalign_config(
+    prof: Profile, budget: SemAlignAnalysisBudget, task: str, seed: int, kind: str
+) -> dict:
+    return {
+        "profile": prof.name,
+        "analysis": kind,
+        "source": prof.semalign_source,
+        "target": prof.semalign_target,
+        "task": task,
+        "measure_split": MEASURE_SPLIT,
+        "budget": asdict(budget),
+        "seed": seed,
+        "dtype": prof.dtype,
+        "version": 1,
+    }
 
 
 def model_fidelity(model, name: str, states: Sequence[torch.Tensor]) -> dict[str, Any]:
     """One model's entry of the Fig. 2 record: fidelity per layer with both kinds of bases."""
     out_mean, out_std = layer_fidelity(
-        states, semantics.semantic_bases(surgery.unembedding(model).weight))
+        states, semantics.semantic_bases(surgery.unembedding(model).weight)
+    )
     in_mean, in_std = layer_fidelity(
-        states, semantics.input_side_bases(surgery.input_embeddings(model).weight))
-    return {"model": name, "layers": len(states), "tied_embeddings": _tied(model),
-            "output_side": json_rounded(out_mean), "output_side_std": json_rounded(out_std),
-            "input_side": json_rounded(in_mean), "input_side_std": json_rounded(in_std)}
+        states, semantics.input_side_bases(surgery.input_embeddings(model).weight)
+    )
+    return {
+        "model": name,
+        "layers": len(states),
+        "tied_embeddings": _tied(model),
+        "output_side": json_rounded(out_mean),
+        "output_side_std": json_rounded(out_std),
+        "input_side": json_rounded(in_mean),
+        "input_side_std": json_rounded(in_std),
+    }
 
 
-def decomposition_fidelity_record(prof: Profile, seed: int = 0, force: bool = False,
-                                  n_examples: int | None = None, max_length: int | None = None,
-                                  task: str = "gsm") -> dict[str, Any]:
+def decomposition_fidelity_record(
+    prof: Profile,
+    seed: int = 0,
+    force: bool = False,
+    n_examples: int | None = None,
+    max_length: int | None = None,
+    task: str = "gsm",
+) -> dict[str, Any]:
     """Fig. 2: per-layer decomposition fidelity of source and target, output- vs input-side bases.
 
     Record ``results/semalign_analyses/<profile>/fidelity.json``; ``metrics.models[role]`` holds
@@ -176,11 +209,18 @@ def decomposition_fidelity_record(prof: Profile, seed: int = 0, force: bool = Fa
             n_tokens = int(states[0].shape[0])
             sources.update(split.sources)
             del loaded, states  # one model in memory at a time
-        metrics = {"models": models, "n_tokens": n_tokens, "n_examples": len(split),
-                   "point": "block_out", "final_norm_applied": False}
-        return RecordParts(metrics, {"wall_s": round(time.perf_counter() - t0, 2)},
-                           provenance(seed=seed, data_sources=sources, device=default_device(),
-                                      dtype=prof.dtype))
+        metrics = {
+            "models": models,
+            "n_tokens": n_tokens,
+            "n_examples": len(split),
+            "point": "block_out",
+            "final_norm_applied": False,
+        }
+        return RecordParts(
+            metrics,
+            {"wall_s": round(time.perf_counter() - t0, 2)},
+            provenance(seed=seed, data_sources=sources, device=default_device(), dtype=prof.dtype),
+        )
 
     return get_or_compute(SEMALIGN_ANALYSES, prof.name, "fidelity", config, compute, force)
 
@@ -188,26 +228,41 @@ def decomposition_fidelity_record(prof: Profile, seed: int = 0, force: bool = Fa
 # --------------------------------------------------------------------------- Figs. 4-6
 
 
-def short_alignment(source, target, tokenizer, task: str, budget: SemAlignAnalysisBudget,
-                    seed: int):
+def short_alignment(
+    source, target, tokenizer, task: str, budget: SemAlignAnalysisBudget, seed: int
+):
     """``target`` after a short SemAlign run (trained in place: align split; attribution on
     extract); returns (the aligned model, a summary for the record, the data sources)."""
     align = load_transfer(task, "align", limit=budget.n_align, seed=seed)
     extract_all = load_transfer(task, "extract")
     extract = load_transfer(task, "extract", limit=min(budget.n_align, len(extract_all)), seed=seed)
-    config = SemAlignConfig(steps_per_stage=budget.steps_per_stage, batch_size=budget.batch_size,
-                            max_length=budget.max_length, lr=budget.lr, seed=seed, progress=False)
+    config = SemAlignConfig(
+        steps_per_stage=budget.steps_per_stage,
+        batch_size=budget.batch_size,
+        max_length=budget.max_length,
+        lr=budget.lr,
+        seed=seed,
+        progress=False,
+    )
     result = transfer(source, target, align.records, extract.records, config, tokenizer)
-    summary = {"config": config.identity(),
-               "pairing": [r["source_layer"] for r in result.pairing.as_table()],  # layer 1..L
-               "stage_loss_before": json_rounded([s["loss_before"] for s in result.stages]),
-               "stage_loss_after": json_rounded([s["loss_after"] for s in result.stages]),
-               "wall_s": round(result.cost["wall_s"], 2)}
+    summary = {
+        "config": config.identity(),
+        "pairing": [r["source_layer"] for r in result.pairing.as_table()],  # layer 1..L
+        "stage_loss_before": json_rounded([s["loss_before"] for s in result.stages]),
+        "stage_loss_after": json_rounded([s["loss_after"] for s in result.stages]),
+        "wall_s": round(result.cost["wall_s"], 2),
+    }
     return result.model, summary, {**align.sources, **extract.sources}
 
 
-def cka_record(prof: Profile, seed: int = 0, force: bool = False, n_examples: int | None = None,
-               max_length: int | None = None, task: str = "gsm") -> dict[str, Any]:
+def cka_record(
+    prof: Profile,
+    seed: int = 0,
+    force: bool = False,
+    n_examples: int | None = None,
+    max_length: int | None = None,
+    task: str = "gsm",
+) -> dict[str, Any]:
     """Figs. 4-6: linear CKA of target×target and source×target, before and after alignment.
 
     Record ``results/semalign_analyses/<profile>/cka.json``; ``metrics.matrices`` holds
@@ -225,28 +280,53 @@ def cka_record(prof: Profile, seed: int = 0, force: bool = False, n_examples: in
         positions = token_positions(batches, budget.max_tokens, seed)
         src = token_states(source.model, batches, positions)
         before = token_states(target.model, batches, positions)  # the alignment trains in place
-        aligned, alignment, align_sources = short_alignment(source.model, target.model,
-                                                            target.tokenizer, task, budget, seed)
+        aligned, alignment, align_sources = short_alignment(
+            source.model, target.model, target.tokenizer, task, budget, seed
+        )
         after = token_states(aligned, batches, positions)
-        matrices = {"target_target_before": cka_matrix(before, before),
-                    "target_target_after": cka_matrix(after, after),
-                    "source_target_before": cka_matrix(src, before),
-                    "source_target_after": cka_matrix(src, after)}
-        metrics = {"matrices": {k: json_rounded(v) for k, v in matrices.items()},
-                   "n_tokens": int(src[0].shape[0]), "n_examples": len(split),
-                   "source_layers": len(src), "target_layers": len(before), "point": "block_out",
-                   "alignment": alignment}
-        cost = {"wall_s": round(time.perf_counter() - t0, 2),
-                "alignment_wall_s": alignment["wall_s"]}
-        return RecordParts(metrics, cost, provenance(
-            seed=seed, data_sources={**split.sources, **align_sources}, device=default_device(),
-            dtype=prof.dtype))
+        matrices = {
+            "target_target_before": cka_matrix(before, before),
+            "target_target_after": cka_matrix(after, after),
+            "source_target_before": cka_matrix(src, before),
+            "source_target_after": cka_matrix(src, after),
+        }
+        metrics = {
+            "matrices": {k: json_rounded(v) for k, v in matrices.items()},
+            "n_tokens": int(src[0].shape[0]),
+            "n_examples": len(split),
+            "source_layers": len(src),
+            "target_layers": len(before),
+            "point": "block_out",
+            "alignment": alignment,
+        }
+        cost = {
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "alignment_wall_s": alignment["wall_s"],
+        }
+        return RecordParts(
+            metrics,
+            cost,
+            provenance(
+                seed=seed,
+                data_sources={**split.sources, **align_sources},
+                device=default_device(),
+                dtype=prof.dtype,
+            ),
+        )
 
     return get_or_compute(SEMALIGN_ANALYSES, prof.name, "cka", config, compute, force)
 
 
 __all__ = [
-    "MEASURE_SPLIT", "cka_record", "decomposition_fidelity_record", "layer_fidelity",
-    "measured_batches", "measured_states", "model_fidelity", "semalign_budget", "short_alignment",
-    "token_positions", "token_states",
+    "MEASURE_SPLIT",
+    "cka_record",
+    "decomposition_fidelity_record",
+    "layer_fidelity",
+    "measured_batches",
+    "measured_states",
+    "model_fidelity",
+    "semalign_budget",
+    "short_alignment",
+    "token_positions",
+    "token_states",
 ]

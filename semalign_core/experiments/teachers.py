@@ -41,16 +41,20 @@ def teacher_names(profile: str, task: str) -> tuple[str, ...]:
     names = TEACHERS.get(profile, {}).get(task)
     if not names:
         known = ", ".join(f"{t}: {', '.join(v)}" for t, v in TEACHERS.get(profile, {}).items())
-        raise InvalidParameterError(f"profile {profile!r} has no fine-tuned teacher for task "
-                                    f"{task!r}; it has {known or 'none'}")
+        raise InvalidParameterError(
+            f"profile {profile!r} has no fine-tuned teacher for task "
+            f"{task!r}; it has {known or 'none'}"
+        )
     return names
 
 
 def teacher_recipe(profile: str, task: str, **overrides) -> TeacherRecipe:
     """The profile's recipe for ``task`` with ``overrides`` (fields of :class:`TeacherRecipe`)."""
     if profile not in TEACHER_RECIPES:
-        raise InvalidParameterError(f"profile {profile!r} makes no teachers (it uses hub "
-                                    f"teachers); profiles that do: {', '.join(TEACHER_RECIPES)}")
+        raise InvalidParameterError(
+            f"profile {profile!r} makes no teachers (it uses hub "
+            f"teachers); profiles that do: {', '.join(TEACHER_RECIPES)}"
+        )
     unknown = sorted(set(overrides) - set(asdict(TEACHER_RECIPES[profile])))
     if unknown:
         raise InvalidParameterError(f"TeacherRecipe has no field(s) {', '.join(unknown)}")
@@ -67,21 +71,29 @@ def check_teacher(profile: str, task: str, name: str) -> None:
     """One-line error unless ``name`` is a teacher of ``task`` at ``profile``."""
     names = teacher_names(profile, task)
     if name not in names:
-        raise InvalidParameterError(f"teacher {name!r} is not a teacher of {task!r} at profile "
-                                    f"{profile!r}; choose one of {', '.join(names)}")
+        raise InvalidParameterError(
+            f"teacher {name!r} is not a teacher of {task!r} at profile "
+            f"{profile!r}; choose one of {', '.join(names)}"
+        )
 
 
-def load_profile_teacher(profile: str, task: str, name: str = FINETUNED, dtype: str = "float32",
-                         target_vocab: int | None = None,
-                         verbose: bool = False) -> tuple[LoadedModel, dict | None]:
+def load_profile_teacher(
+    profile: str,
+    task: str,
+    name: str = FINETUNED,
+    dtype: str = "float32",
+    target_vocab: int | None = None,
+    verbose: bool = False,
+) -> tuple[LoadedModel, dict | None]:
     """(LoadedModel, marker info or None) of a profile's teacher, made first if it must be
     (``target_vocab``: see :func:`~semalign_core.models.teachers.load_teacher`)."""
     check_teacher(profile, task, name)
     teacher = resolve_teacher(profile, task, name)
     if isinstance(teacher, TeacherRecipe):
         ensure_teacher(teacher, verbose=verbose)
-    return load_teacher(teacher, dtype=dtype, device=default_device(), target_vocab=target_vocab,
-                        verbose=verbose)
+    return load_teacher(
+        teacher, dtype=dtype, device=default_device(), target_vocab=target_vocab, verbose=verbose
+    )
 
 
 # --------------------------------------------------------------------------- making a teacher
@@ -91,23 +103,52 @@ def evaluate_cls(model, tokenizer, task: str, limit: int | None, batch_size: int
     """Accuracy on the task's held-out split (fixed subset: seed 0), as the tables evaluate it."""
     name = f"semalign_cls_{task}"
     t0 = time.perf_counter()
-    out = evaluate(model, [name], limit=limit, seed=0, batch_size=batch_size, prompt_style="plain",
-                   tokenizer=tokenizer, task_options=eval_task_options(task))[name]
-    return {"acc": out["metrics"].get("acc"), "macro_f1": out["metrics"].get("macro_f1"),
-            "stderr": out["stderr"].get("acc"), "n": out["n"], "split": out["data"].get("split"),
-            "sources": out["data"].get("sources", {}),
-            "wall_s": round(time.perf_counter() - t0, 3)}
+    out = evaluate(
+        model,
+        [name],
+        limit=limit,
+        seed=0,
+        batch_size=batch_size,
+        prompt_style="plain",
+        tokenizer=tokenizer,
+        task_options=eval_task_options(task),
+    )[name]
+    return {
+        "acc": out["metrics"].get("acc"),
+        "macro_f1": out["metrics"].get("macro_f1"),
+        "stderr": out["stderr"].get("acc"),
+        "n": out["n"],
+        "split": out["data"].get("split"),
+        "sources": out["data"].get("sources", {}),
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
 
 
 def finetune(model, tokenizer, recipe: TeacherRecipe):
     """Plain SFT of ``model`` (in place) on the recipe's records; returns (Split, result)."""
-    train = load_cls_transfer(recipe.task, "train", limit=recipe.n_train,
-                              seed=None if recipe.n_train is None else recipe.seed)
-    result = run_method("sft", model, model, train.records, [], tokenizer=tokenizer,
-                        epochs=recipe.epochs, batch_size=recipe.batch_size,
-                        micro_batch_size=recipe.micro_batch_size, lr=recipe.lr,
-                        max_length=recipe.max_length, prompt_style="plain",
-                        trainable=recipe.trainable, seed=recipe.seed, progress=False)
+    train = load_cls_transfer(
+        recipe.task,
+        "train",
+        limit=recipe.n_train,
+        seed=None if recipe.n_train is None else recipe.seed,
+    )
+    result = run_method(
+        "sft",
+        model,
+        model,
+        train.records,
+        [],
+        tokenizer=tokenizer,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        micro_batch_size=recipe.micro_batch_size,
+        lr=recipe.lr,
+        max_length=recipe.max_length,
+        prompt_style="plain",
+        trainable=recipe.trainable,
+        seed=recipe.seed,
+        progress=False,
+    )
     return train, result
 
 
@@ -117,8 +158,10 @@ def ensure_teacher(recipe: TeacherRecipe, verbose: bool = True) -> Path:
     if cached is not None:
         return cached
     if verbose:
-        print(f"fine-tuning {recipe.base} on {recipe.task} (once; cached as "
-              f"{recipe.cache_name()})", flush=True)
+        print(
+            f"fine-tuning {recipe.base} on {recipe.task} (once; cached as {recipe.cache_name()})",
+            flush=True,
+        )
     t0 = time.perf_counter()
     base = load_model(recipe.base, dtype=recipe.dtype, device=default_device(), verbose=False)
     evaluation = (recipe.task, recipe.eval_limit, recipe.eval_batch_size)
@@ -129,21 +172,46 @@ def ensure_teacher(recipe: TeacherRecipe, verbose: bool = True) -> Path:
     report = _making_report(train, result.stages[0], before, after, time.perf_counter() - t0)
     path = save_teacher(base.model, base.tokenizer, recipe, report)
     if verbose:
-        print(f"teacher {recipe.cache_name()}: acc {before['acc']:.3f} -> {after['acc']:.3f} "
-              f"(n={after['n']}) in {report['wall_s']:.0f} s", flush=True)
+        print(
+            f"teacher {recipe.cache_name()}: acc {before['acc']:.3f} -> {after['acc']:.3f} "
+            f"(n={after['n']}) in {report['wall_s']:.0f} s",
+            flush=True,
+        )
     return path
 
 
 def _making_report(train, stage: dict, before: dict, after: dict, wall_s: float) -> dict:
     """What the teacher's marker says about its making: data, losses, cost, before/after scores."""
-    gain = None if before["acc"] is None or after["acc"] is None else round(
-        100 * (after["acc"] - before["acc"]), 2)
-    return {"steps": stage["steps"], "n_train": len(train), "data": train.provenance(),
-            "loss_first": stage["losses"][0], "loss_last": stage["losses"][-1],
-            "losses": [round(x, 5) for x in stage["losses"]],
-            "train_wall_s": round(stage["wall_s"], 3), "tokens": stage["tokens"],
-            "before": before, "after": after, "gain_points": gain, "wall_s": round(wall_s, 3)}
+    gain = (
+        None
+        if before["acc"] is None or after["acc"] is None
+        else round(100 * (after["acc"] - before["acc"]), 2)
+    )
+    return {
+        "steps": stage["steps"],
+        "n_train": len(train),
+        "data": train.provenance(),
+        "loss_first": stage["losses"][0],
+        "loss_last": stage["losses"][-1],
+        "losses": [round(x, 5) for x in stage["losses"]],
+        "train_wall_s": round(stage["wall_s"], 3),
+        "tokens": stage["tokens"],
+        "before": before,
+        "after": after,
+        "gain_points": gain,
+        "wall_s": round(wall_s, 3),
+    }
 
 
-__all__ = ["TEACHERS", "TEACHER_RECIPES", "check_teacher", "ensure_teacher", "evaluate_cls",
-           "finetune", "load_profile_teacher", "resolve_teacher", "teacher_names", "teacher_recipe"]
+__all__ = [
+    "TEACHERS",
+    "TEACHER_RECIPES",
+    "check_teacher",
+    "ensure_teacher",
+    "evaluate_cls",
+    "finetune",
+    "load_profile_teacher",
+    "resolve_teacher",
+    "teacher_names",
+    "teacher_recipe",
+]

@@ -57,10 +57,15 @@ VERSION = 1
 # --------------------------------------------------------------------------- parameters
 
 
-def check_parameters(prof: Profile, seed: int = 0, seeds: Sequence[int] | None = None, *,
-                     methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-                     setting: str = "table1") -> tuple[tuple[str, ...], tuple[str, ...],
-                                                       tuple[int, ...]]:
+def check_parameters(
+    prof: Profile,
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    setting: str = "table1",
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
     """(methods, tasks, seeds) of one table, checked (one-line InvalidParameterError).
 
     None means: every method of :data:`METHODS`; every task of the setting (Table 2: those the
@@ -75,7 +80,8 @@ def check_parameters(prof: Profile, seed: int = 0, seeds: Sequence[int] | None =
         if stray:
             raise InvalidParameterError(
                 f"parameter tasks: profile {prof.name!r} has no fine-tuned teacher for {stray}; "
-                f"tasks with teachers: {', '.join(allowed) or 'none'}")
+                f"tasks with teachers: {', '.join(allowed) or 'none'}"
+            )
     tasks = check_list("tasks", tasks, allowed)
     return methods, tasks, check_seeds(seeds, seed, s.experiment, prof.name)
 
@@ -122,24 +128,41 @@ class Cell:
         return {**overrides, **self.method_config}
 
 
-def make_cell(prof: Profile, method: str, task: str, seed: int = 0,
-              budget: TransferBudget | None = None, setting: str = "table1",
-              teacher: str | None = None, method_config: dict[str, Any] | None = None) -> Cell:
+def make_cell(
+    prof: Profile,
+    method: str,
+    task: str,
+    seed: int = 0,
+    budget: TransferBudget | None = None,
+    setting: str = "table1",
+    teacher: str | None = None,
+    method_config: dict[str, Any] | None = None,
+) -> Cell:
     """A checked :class:`Cell`; ``budget`` None: the profile's for ``task``; ``teacher`` None in
     Table 2: the profile's first teacher of ``task``."""
     s = get_setting(setting)
     if method not in (*s.reference_rows, *METHODS):
-        raise InvalidParameterError(f"unknown method {method!r}; choose one of "
-                                    f"{', '.join((*s.reference_rows, *METHODS))}")
+        raise InvalidParameterError(
+            f"unknown method {method!r}; choose one of {', '.join((*s.reference_rows, *METHODS))}"
+        )
     if task not in s.tasks:
-        raise InvalidParameterError(f"unknown transfer task {task!r}; choose one of "
-                                    f"{', '.join(s.tasks)}")
+        raise InvalidParameterError(
+            f"unknown transfer task {task!r}; choose one of {', '.join(s.tasks)}"
+        )
     if setting == "table1" and teacher is not None:
         raise InvalidParameterError("teacher is a parameter of setting='finetuned' only")
     if setting == "finetuned":
         teacher = teacher or teacher_names(prof.name, task)[0]
-    return Cell(prof, s, method, task, seed, budget or transfer_budget(prof, task), teacher,
-                dict(method_config or {}))
+    return Cell(
+        prof,
+        s,
+        method,
+        task,
+        seed,
+        budget or transfer_budget(prof, task),
+        teacher,
+        dict(method_config or {}),
+    )
 
 
 def run_name(method: str, task: str, seed: int | None, teacher: str | None = None) -> str:
@@ -159,12 +182,21 @@ def row_seed(setting: str, method: str, seed: int, budget: TransferBudget) -> in
 
 def _eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
     if task in CLS_TASKS:
-        return {"limit": budget.eval_limit, "seed": budget.eval_seed, "split": eval_split(task),
-                "decoding": "loglikelihood", "prompt_style": "plain",
-                "batch_size": budget.eval_batch_size}
-    config = {"limit": budget.eval_limit, "max_new_tokens": budget.max_new_tokens,
-              "decoding": "greedy", "prompt_style": "transfer",
-              "batch_size": budget.eval_batch_size}
+        return {
+            "limit": budget.eval_limit,
+            "seed": budget.eval_seed,
+            "split": eval_split(task),
+            "decoding": "loglikelihood",
+            "prompt_style": "plain",
+            "batch_size": budget.eval_batch_size,
+        }
+    config = {
+        "limit": budget.eval_limit,
+        "max_new_tokens": budget.max_new_tokens,
+        "decoding": "greedy",
+        "prompt_style": "transfer",
+        "batch_size": budget.eval_batch_size,
+    }
     if budget.eval_seed is not None:
         config["seed"] = budget.eval_seed
     return config
@@ -175,20 +207,35 @@ def _transfer_config(cell: Cell) -> dict[str, Any]:
     cfg = make_config(cell.method, None, **cell.method_kwargs())
     identity = cfg.identity() if hasattr(cfg, "identity") else asdict(cfg)
     identity = {k: v for k, v in identity.items() if k not in ("progress", "checkpoint_dir")}
-    train_split, attr_split = ((TRAIN_SPLIT, ATTRIBUTION_SPLIT) if cell.task not in CLS_TASKS
-                               else (f"{cell.task}-pool/train", f"{cell.task}-pool/extract"))
-    return {"train_split": train_split, "n_train": cell.budget.n_train,
-            "attribution_split": attr_split, "n_extract": cell.budget.n_extract,
-            "method_config": _jsonable(identity)}
+    train_split, attr_split = (
+        (TRAIN_SPLIT, ATTRIBUTION_SPLIT)
+        if cell.task not in CLS_TASKS
+        else (f"{cell.task}-pool/train", f"{cell.task}-pool/extract")
+    )
+    return {
+        "train_split": train_split,
+        "n_train": cell.budget.n_train,
+        "attribution_split": attr_split,
+        "n_extract": cell.budget.n_extract,
+        "method_config": _jsonable(identity),
+    }
 
 
 def cell_config(cell: Cell) -> dict[str, Any]:
     """What determines a cell's numbers (its hash decides whether a stored record is reused)."""
     prof = cell.prof
-    config = {"profile": prof.name, "method": cell.method, "task": cell.task,
-              "eval_task": cell.setting.tasks[cell.task], "seed": cell.record_seed,
-              "source": prof.semalign_source, "target": prof.semalign_target, "dtype": prof.dtype,
-              "eval": _eval_config(cell.task, cell.budget), "version": VERSION}
+    config = {
+        "profile": prof.name,
+        "method": cell.method,
+        "task": cell.task,
+        "eval_task": cell.setting.tasks[cell.task],
+        "seed": cell.record_seed,
+        "source": prof.semalign_source,
+        "target": prof.semalign_target,
+        "dtype": prof.dtype,
+        "eval": _eval_config(cell.task, cell.budget),
+        "version": VERSION,
+    }
     if cell.setting.name != "table1":
         config["setting"] = cell.setting.name
         config["teacher"] = teacher_identity(resolve_teacher(prof.name, cell.task, cell.teacher))
@@ -216,8 +263,9 @@ def transfer_data(task: str, budget: TransferBudget, seed: int):
 
 def plan_json(plan: dict[int, list[tuple[int, float]]]) -> dict[str, list[list[float]]]:
     """An interpolation plan (target layer → [(source layer, weight)]) as JSON-able data."""
-    return {str(j): [[int(s), round(float(w), 6)] for s, w in mix]
-            for j, mix in sorted(plan.items())}
+    return {
+        str(j): [[int(s), round(float(w), 6)] for s, w in mix] for j, mix in sorted(plan.items())
+    }
 
 
 # --------------------------------------------------------------------------- computing a cell
@@ -232,8 +280,9 @@ def _load_models(cell: Cell):
     if cell.method != cell.setting.target_row:
         if cell.teacher is not None:
             vocab = surgery.vocab_size(target.model) if target is not None else None
-            source, report = load_profile_teacher(cell.prof.name, cell.task, cell.teacher,
-                                                  cell.prof.dtype, target_vocab=vocab)
+            source, report = load_profile_teacher(
+                cell.prof.name, cell.task, cell.teacher, cell.prof.dtype, target_vocab=vocab
+            )
         else:
             source = load_for(cell.prof, cell.prof.semalign_source)
     return source, target, report
@@ -245,44 +294,79 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
     sources.update(train.sources)
     sources.update(extract.sources)
     t0 = time.perf_counter()
-    result = run_method(cell.method, source.model, target.model, train.records, extract.records,
-                        tokenizer=target.tokenizer, **cell.method_kwargs())
+    result = run_method(
+        cell.method,
+        source.model,
+        target.model,
+        train.records,
+        extract.records,
+        tokenizer=target.tokenizer,
+        **cell.method_kwargs(),
+    )
     cost = {**_jsonable(result.cost), "wall_s_total": round(time.perf_counter() - t0, 3)}
-    summary = {"n_train": len(train), "n_extract": len(extract), "notes": list(result.notes),
-               "stages": len(result.stages)}
+    summary = {
+        "n_train": len(train),
+        "n_extract": len(extract),
+        "notes": list(result.notes),
+        "stages": len(result.stages),
+    }
     if cell.method == "semalign":  # the source states each target layer was aligned to
         summary["plan"] = plan_json(interpolation_plan(result.pairing))
     return result.model, cost, summary
 
 
-def _evaluate(model, tokenizer, task: str, eval_task: str, budget: TransferBudget,
-              seed: int) -> dict:
+def _evaluate(
+    model, tokenizer, task: str, eval_task: str, budget: TransferBudget, seed: int
+) -> dict:
     eval_seed = seed if budget.eval_seed is None else budget.eval_seed
     if task in CLS_TASKS:
-        return evaluate(model, [eval_task], limit=budget.eval_limit, seed=eval_seed,
-                        batch_size=budget.eval_batch_size, prompt_style="plain",
-                        tokenizer=tokenizer, task_options=eval_task_options(task))[eval_task]
-    return evaluate(model, [eval_task], limit=budget.eval_limit, seed=eval_seed,
-                    batch_size=budget.eval_batch_size, prompt_style="transfer",
-                    max_new_tokens=budget.max_new_tokens, temperature=0.0,
-                    tokenizer=tokenizer)[eval_task]
+        return evaluate(
+            model,
+            [eval_task],
+            limit=budget.eval_limit,
+            seed=eval_seed,
+            batch_size=budget.eval_batch_size,
+            prompt_style="plain",
+            tokenizer=tokenizer,
+            task_options=eval_task_options(task),
+        )[eval_task]
+    return evaluate(
+        model,
+        [eval_task],
+        limit=budget.eval_limit,
+        seed=eval_seed,
+        batch_size=budget.eval_batch_size,
+        prompt_style="transfer",
+        max_new_tokens=budget.max_new_tokens,
+        temperature=0.0,
+        tokenizer=tokenizer,
+    )[eval_task]
 
 
 def _percent(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 4)
 
 
-def _evaluation_metrics(cell: Cell, model, tokenizer, summary: dict | None,
-                        sources: dict[str, str]) -> dict[str, Any]:
+def _evaluation_metrics(
+    cell: Cell, model, tokenizer, summary: dict | None, sources: dict[str, str]
+) -> dict[str, Any]:
     """Evaluate ``model`` on the cell's benchmark: the record's metrics."""
     eval_task = cell.setting.tasks[cell.task]
     out = _evaluate(model, tokenizer, cell.task, eval_task, cell.budget, cell.seed)
     sources.update(out.get("data", {}).get("sources", {}))
     metric = METRICS[eval_task]
     value = out["metrics"].get(metric)
-    return {"metric": metric, "value": value, "percent": _percent(value),
-            "stderr": out["stderr"].get(metric), "n": out["n"], "all": out["metrics"],
-            "prompt_style": out["prompt_style"], "decoding": out["decoding"], "transfer": summary}
+    return {
+        "metric": metric,
+        "value": value,
+        "percent": _percent(value),
+        "stderr": out["stderr"].get(metric),
+        "n": out["n"],
+        "all": out["metrics"],
+        "prompt_style": out["prompt_style"],
+        "decoding": out["decoding"],
+        "transfer": summary,
+    }
 
 
 def _teacher_eval(report: dict | None, budget: TransferBudget) -> dict | None:
@@ -290,25 +374,40 @@ def _teacher_eval(report: dict | None, budget: TransferBudget) -> dict | None:
     if not report:
         return None
     recipe, after = report["recipe"], report["report"]["after"]
-    same = (recipe["eval_limit"] == budget.eval_limit
-            and recipe["eval_batch_size"] == budget.eval_batch_size and budget.eval_seed == 0)
+    same = (
+        recipe["eval_limit"] == budget.eval_limit
+        and recipe["eval_batch_size"] == budget.eval_batch_size
+        and budget.eval_seed == 0
+    )
     return after if same else None
 
 
 def _reused_teacher_metrics(after: dict, sources: dict[str, str]) -> dict[str, Any]:
     """The metrics of the teacher row from the evaluation made with the teacher (same protocol)."""
     sources.update(after.get("sources", {}))
-    return {"metric": "acc", "value": after["acc"], "percent": _percent(after["acc"]),
-            "stderr": after["stderr"], "n": after["n"],
-            "all": {"acc": after["acc"], "macro_f1": after["macro_f1"]}, "prompt_style": "plain",
-            "decoding": {"method": "loglikelihood"}, "transfer": None,
-            "reused": "evaluation made with the teacher (semalign_teacher.json, same protocol)"}
+    return {
+        "metric": "acc",
+        "value": after["acc"],
+        "percent": _percent(after["acc"]),
+        "stderr": after["stderr"],
+        "n": after["n"],
+        "all": {"acc": after["acc"], "macro_f1": after["macro_f1"]},
+        "prompt_style": "plain",
+        "decoding": {"method": "loglikelihood"},
+        "transfer": None,
+        "reused": "evaluation made with the teacher (semalign_teacher.json, same protocol)",
+    }
 
 
 def _teacher_summary(report: dict) -> dict[str, Any]:
     rep = report["report"]
-    return {"before": rep["before"], "steps": rep["steps"], "n_train": rep["n_train"],
-            "train_wall_s": rep["train_wall_s"], "key": report["key"]}
+    return {
+        "before": rep["before"],
+        "steps": rep["steps"],
+        "n_train": rep["n_train"],
+        "train_wall_s": rep["train_wall_s"],
+        "key": report["key"],
+    }
 
 
 def compute_cell(cell: Cell) -> RecordParts:
@@ -337,20 +436,37 @@ def compute_cell(cell: Cell) -> RecordParts:
     extra = {"method": cell.method, "task": cell.task, "seed": seed}
     if cell.setting.name != "table1":
         extra.update(setting=cell.setting.name, teacher=cell.teacher)
-    return RecordParts(_jsonable(metrics), cost, provenance(
-        seed=seed, data_sources=sources, device=default_device(), dtype=cell.prof.dtype), extra)
+    return RecordParts(
+        _jsonable(metrics),
+        cost,
+        provenance(seed=seed, data_sources=sources, device=default_device(), dtype=cell.prof.dtype),
+        extra,
+    )
 
 
 def cell_record(cell: Cell, force: bool = False) -> dict[str, Any]:
     """The cell's record: reused when valid, else computed and written to
     ``results/<setting's experiment>/<profile>/<run>.json``."""
-    return get_or_compute(cell.setting.experiment, cell.prof.name, cell.run, cell_config(cell),
-                          lambda: compute_cell(cell), force)
+    return get_or_compute(
+        cell.setting.experiment,
+        cell.prof.name,
+        cell.run,
+        cell_config(cell),
+        lambda: compute_cell(cell),
+        force,
+    )
 
 
-def run_cell(prof: Profile, method: str, task: str, seed: int = 0, force: bool = False,
-             budget: TransferBudget | None = None, setting: str = "table1",
-             teacher: str | None = None) -> dict[str, Any]:
+def run_cell(
+    prof: Profile,
+    method: str,
+    task: str,
+    seed: int = 0,
+    force: bool = False,
+    budget: TransferBudget | None = None,
+    setting: str = "table1",
+    teacher: str | None = None,
+) -> dict[str, Any]:
     """One cell's record (arguments: :func:`make_cell`; reuse: :func:`cell_record`)."""
     return cell_record(make_cell(prof, method, task, seed, budget, setting, teacher), force)
 
@@ -362,9 +478,15 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def table_cells(prof: Profile, methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int],
-                budget: TransferBudget | None, setting: str,
-                teachers: Sequence[str] | None) -> list[Cell]:
+def table_cells(
+    prof: Profile,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    budget: TransferBudget | None,
+    setting: str,
+    teachers: Sequence[str] | None,
+) -> list[Cell]:
     """Every cell of a table in run order: per task, teacher and seed the reference rows, then
     ``methods``; a seed-independent row only once."""
     s = get_setting(setting)
@@ -385,16 +507,24 @@ def table_cells(prof: Profile, methods: Sequence[str], tasks: Sequence[str], see
     return cells
 
 
-def run_table(prof: Profile, methods: Sequence[str] | None = None,
-              tasks: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-              force: bool = False, budget: TransferBudget | None = None, verbose: bool = True,
-              setting: str = "table1", teachers: Sequence[str] | None = None) -> list[dict]:
+def run_table(
+    prof: Profile,
+    methods: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    force: bool = False,
+    budget: TransferBudget | None = None,
+    verbose: bool = True,
+    setting: str = "table1",
+    teachers: Sequence[str] | None = None,
+) -> list[dict]:
     """Every cell of the reference rows and ``methods`` × ``tasks`` × ``seeds`` (reused when
     valid; None: see :func:`check_parameters`); with ``setting="finetuned"`` also × ``teachers``
     (None: all of the profile's for each task). ``budget`` None: the profile's budget of each
     task."""
-    methods, tasks, seeds = check_parameters(prof, 0, seeds, methods=methods, tasks=tasks,
-                                             setting=setting)
+    methods, tasks, seeds = check_parameters(
+        prof, 0, seeds, methods=methods, tasks=tasks, setting=setting
+    )
     out = []
     for cell in table_cells(prof, methods, tasks, seeds, budget, setting, teachers):
         t0 = time.perf_counter()
@@ -402,16 +532,29 @@ def run_table(prof: Profile, methods: Sequence[str] | None = None,
         if verbose:
             m = record["metrics"]
             seed_text = "all seeds" if record["seed"] is None else f"seed {cell.seed}"
-            print(f"{cell.method:>14} {cell.task:>9} {seed_text}: {m['metric']} = "
-                  f"{_pct(m['value'])} (n={m['n']}) [{time.perf_counter() - t0:.1f} s]",
-                  flush=True)
+            print(
+                f"{cell.method:>14} {cell.task:>9} {seed_text}: {m['metric']} = "
+                f"{_pct(m['value'])} (n={m['n']}) [{time.perf_counter() - t0:.1f} s]",
+                flush=True,
+            )
         out.append(record)
     return out
 
 
 __all__ = [
-    "ATTRIBUTION_SPLIT", "Cell", "TRAIN_SPLIT", "cell_config", "cell_record", "check_parameters",
+    "ATTRIBUTION_SPLIT",
+    "Cell",
+    "TRAIN_SPLIT",
+    "cell_config",
+    "cell_record",
+    "check_parameters",
     "compute_cell",
-    "make_cell", "plan_json", "row_seed", "run_cell", "run_name", "run_table", "table_cells",
+    "make_cell",
+    "plan_json",
+    "row_seed",
+    "run_cell",
+    "run_name",
+    "run_table",
+    "table_cells",
     "transfer_data",
 ]

@@ -9,7 +9,7 @@ in fp64. Equivalently, with centred Gram matrices K = XXᵀ, L = YYᵀ (n x n):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -19,14 +19,18 @@ from semalign_core.errors import InvalidParameterError
 
 def _centred(x: Tensor) -> Tensor:
     if x.dim() != 2:
-        raise InvalidParameterError(f"CKA takes 2-D (n examples x d features) states, got shape {tuple(x.shape)}")
+        raise InvalidParameterError(
+            f"CKA takes 2-D (n examples x d features) states, got shape {tuple(x.shape)}"
+        )
     x = x.detach().to(device="cpu", dtype=torch.float64)
     return x - x.mean(dim=0, keepdim=True)
 
 
 def _check_rows(n_a: int, n_b: int) -> None:
     if n_a != n_b:
-        raise InvalidParameterError(f"CKA needs the same examples on both sides, got {n_a} and {n_b} rows")
+        raise InvalidParameterError(
+            f"CKA needs the same examples on both sides, got {n_a} and {n_b} rows"
+        )
 
 
 def linear_cka(X: Tensor, Y: Tensor) -> float:
@@ -34,8 +38,8 @@ def linear_cka(X: Tensor, Y: Tensor) -> float:
     _check_rows(X.shape[0], Y.shape[0])
     x, y = _centred(X), _centred(Y)
     if x.shape[0] < min(x.shape[1], y.shape[1]):
-        k, l = x @ x.T, y @ y.T
-        num, den = (k * l).sum(), k.norm() * l.norm()
+        kx, ky = x @ x.T, y @ y.T
+        num, den = (kx * ky).sum(), kx.norm() * ky.norm()
     else:
         num = (y.T @ x).square().sum()
         den = (x.T @ x).norm() * (y.T @ y).norm()

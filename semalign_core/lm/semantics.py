@@ -29,13 +29,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from semalign_core import paths
-from semalign_core.records import atomic_write
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 from semalign_core.lm import surgery
+from semalign_core.records import atomic_write
 
 EPS = 1e-12
 DEFAULT_CHUNK = 8192

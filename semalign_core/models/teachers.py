@@ -55,9 +55,13 @@ def save_teacher(model, tokenizer, recipe: TeacherRecipe, report: dict[str, Any]
     return atomic_write_dir(teacher_dir(recipe), write)
 
 
-def load_teacher(teacher: Teacher, dtype: str = "float32", device: str = "cpu",
-                 target_vocab: int | None = None,
-                 verbose: bool = False) -> tuple[LoadedModel, dict | None]:
+def load_teacher(
+    teacher: Teacher,
+    dtype: str = "float32",
+    device: str = "cpu",
+    target_vocab: int | None = None,
+    verbose: bool = False,
+) -> tuple[LoadedModel, dict | None]:
     """(LoadedModel, marker info or None) of a made teacher (it must exist) or a hub teacher.
 
     ``target_vocab``: a teacher whose vocabulary is larger than the target's (CodeLlama-Python has
@@ -68,7 +72,8 @@ def load_teacher(teacher: Teacher, dtype: str = "float32", device: str = "cpu",
         if info is None:
             raise ArtifactError(
                 f"teacher {teacher.cache_name()} was never made; make it with "
-                "semalign_core.experiments.teachers.ensure_teacher(recipe)")
+                "semalign_core.experiments.teachers.ensure_teacher(recipe)"
+            )
         loaded = load_model(str(teacher_dir(teacher)), dtype=dtype, device=device, verbose=False)
         loaded.name, loaded.origin = f"{teacher.base}+ft-{teacher.task}", "finetuned"
     else:
@@ -81,8 +86,12 @@ def load_teacher(teacher: Teacher, dtype: str = "float32", device: str = "cpu",
 def teacher_identity(teacher: Teacher) -> dict[str, Any]:
     """What identifies a teacher in a result's config: the recipe and its key, or the hub model."""
     if isinstance(teacher, TeacherRecipe):
-        return {"teacher": FINETUNED, "base": teacher.base, "recipe": asdict(teacher),
-                "recipe_key": teacher.key()}
+        return {
+            "teacher": FINETUNED,
+            "base": teacher.base,
+            "recipe": asdict(teacher),
+            "recipe_key": teacher.key(),
+        }
     return {"teacher": teacher, "model": teacher}
 
 

@@ -43,22 +43,34 @@ def tiny_config(
     head_dim = hidden_size // num_heads
     if arch == "gpt2":
         fields = dict(
-            vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
-            n_inner=intermediate_size, n_positions=MAX_POSITIONS,
+            vocab_size=vocab_size,
+            n_embd=hidden_size,
+            n_layer=num_layers,
+            n_head=num_heads,
+            n_inner=intermediate_size,
+            n_positions=MAX_POSITIONS,
             # GPT-2's defaults (50256) would point outside a tiny vocabulary.
-            bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
+            bos_token_id=vocab_size - 1,
+            eos_token_id=vocab_size - 1,
         )
     elif arch == "gpt_neox":
         fields = dict(
-            vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=num_heads, intermediate_size=intermediate_size,
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
             max_position_embeddings=MAX_POSITIONS,
         )
     else:
         fields = dict(
-            vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-            num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-            intermediate_size=intermediate_size, max_position_embeddings=MAX_POSITIONS,
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=MAX_POSITIONS,
             head_dim=head_dim,
         )
         if arch in ("mistral", "gemma2", "gemma3"):

@@ -2,7 +2,8 @@
 
 analysis  label prompts, labels' semantic bases, transition traces, deviations
 gains     gain formulas (registry), eof choice, budgets, padding strategies
-policies  freezing policies (full, SALF, fixed fractions, random, layer signals, AutoFreeze, LISA, LoRA)
+policies  freezing policies (full, SALF, fixed fractions, random, layer signals, AutoFreeze,
+          LISA, LoRA)
 finetune  the training loop: block replay, prefix cache, cost accounting, evaluation
 """
 
@@ -57,27 +58,87 @@ from semalign_core.salf.policies import (
 )
 
 
-def analyse(model, tokenizer, records, task=None, label_words=None, deviation="cos_normed", gain="drop",
-            template=None, max_length=128, batch_size=16) -> dict:
+def analyse(
+    model,
+    tokenizer,
+    records,
+    task=None,
+    label_words=None,
+    deviation="cos_normed",
+    gain="drop",
+    template=None,
+    max_length=128,
+    batch_size=16,
+) -> dict:
     """Deviation per space (mean and per example), gains per block and eof, in one call."""
-    trace = transition_trace(model, tokenizer, records, task, label_words, template,
-                             batch_size=batch_size, max_length=max_length)
+    trace = transition_trace(
+        model,
+        tokenizer,
+        records,
+        task,
+        label_words,
+        template,
+        batch_size=batch_size,
+        max_length=max_length,
+    )
     dev = deviations(model, trace, deviation)
     params = block_params(model)
     mean = dev.mean(0).numpy()
     g = compute_gains(mean, params, gain)
-    return {"deviation_kind": deviation, "gain_kind": gain, "deviation": mean.tolist(), "gains": g.tolist(),
-            "eof": choose_eof(g), "example_eofs": eof_per_example(dev.numpy(), params, gain).tolist(),
-            "per_example_deviation": dev.tolist(), "n": len(records), "meta": trace.meta}
+    return {
+        "deviation_kind": deviation,
+        "gain_kind": gain,
+        "deviation": mean.tolist(),
+        "gains": g.tolist(),
+        "eof": choose_eof(g),
+        "example_eofs": eof_per_example(dev.numpy(), params, gain).tolist(),
+        "per_example_deviation": dev.tolist(),
+        "n": len(records),
+        "meta": trace.meta,
+    }
 
 
 __all__ = [
-    "AutoFreeze", "Budget", "DEVIATIONS", "FinetuneConfig", "FinetuneResult", "FixedEof", "FullFinetune", "GAINS",
-    "LabelTokenError", "LabelTokens", "Lisa", "Lora", "POLICIES", "Policy", "RandomEof",
-    "SignalEof", "Trainable", "TransitionTrace", "analyse", "apply_budget", "block_influence",
-    "block_influence_policy", "block_params", "check_eof", "choose_eof", "compute_gains", "deviations",
-    "eof_per_example", "evaluate", "format_prompt", "label_bases", "label_token_ids",
-    "logit_lens_policy", "macro_f1", "make_policy", "measured_saving", "plan_batches", "predict",
-    "register_gain", "run_finetune", "salf_policy",
+    "AutoFreeze",
+    "Budget",
+    "DEVIATIONS",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "FixedEof",
+    "FullFinetune",
+    "GAINS",
+    "LabelTokenError",
+    "LabelTokens",
+    "Lisa",
+    "Lora",
+    "POLICIES",
+    "Policy",
+    "RandomEof",
+    "SignalEof",
+    "Trainable",
+    "TransitionTrace",
+    "analyse",
+    "apply_budget",
+    "block_influence",
+    "block_influence_policy",
+    "block_params",
+    "check_eof",
+    "choose_eof",
+    "compute_gains",
+    "deviations",
+    "eof_per_example",
+    "evaluate",
+    "format_prompt",
+    "label_bases",
+    "label_token_ids",
+    "logit_lens_policy",
+    "macro_f1",
+    "make_policy",
+    "measured_saving",
+    "plan_batches",
+    "predict",
+    "register_gain",
+    "run_finetune",
+    "salf_policy",
     "transition_trace",
 ]

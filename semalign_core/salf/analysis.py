@@ -62,13 +62,15 @@ class LabelTokens:
         return all(len(t) == 1 for t in self.ids)
 
 
-def label_token_ids(tokenizer, label_words: Sequence[str], mode: str = "first",
-                    require_single_token: bool = False) -> LabelTokens:
+def label_token_ids(
+    tokenizer, label_words: Sequence[str], mode: str = "first", require_single_token: bool = False
+) -> LabelTokens:
     """Tokenise ``" " + word`` for each label; a split word is an error when single tokens are
     required."""
     if mode not in LABEL_TOKEN_MODES:
         raise InvalidParameterError(
-            f"label token mode must be one of {', '.join(LABEL_TOKEN_MODES)}, got {mode!r}")
+            f"label token mode must be one of {', '.join(LABEL_TOKEN_MODES)}, got {mode!r}"
+        )
     ids = []
     for word in label_words:
         toks = tuple(tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"])
@@ -84,12 +86,14 @@ def label_token_ids(tokenizer, label_words: Sequence[str], mode: str = "first",
     firsts = [t[0] for t in ids]
     if len(set(firsts)) < len(firsts):
         raise LabelTokenError(
-            f"label words {list(label_words)} share a first token; they cannot be told apart")
+            f"label words {list(label_words)} share a first token; they cannot be told apart"
+        )
     return LabelTokens(words=tuple(label_words), ids=tuple(ids), mode=mode)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str],
-                   max_length: int | None = None) -> list[list[int]]:
+def encode_prompts(
+    tokenizer, prompts: Sequence[str], max_length: int | None = None
+) -> list[list[int]]:
     """Token ids per prompt; a prompt longer than ``max_length`` loses tokens from the left
     (after a leading BOS), so the cue before the label word is always kept."""
     out = []
@@ -97,13 +101,14 @@ def encode_prompts(tokenizer, prompts: Sequence[str],
     for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]:
         if max_length is not None and len(ids) > max_length:
             head = [ids[0]] if bos is not None and ids[0] == bos else []
-            ids = head + ids[len(ids) - (max_length - len(head)):]
+            ids = head + ids[len(ids) - (max_length - len(head)) :]
         out.append(list(ids))
     return out
 
 
-def pad_right(batch: Sequence[Sequence[int]], pad_id: int = 0,
-              device=None) -> dict[str, torch.Tensor]:
+def pad_right(
+    batch: Sequence[Sequence[int]], pad_id: int = 0, device=None
+) -> dict[str, torch.Tensor]:
     """``input_ids``, ``attention_mask`` (right padding) and ``last_index`` (last real position)."""
     width = max(len(x) for x in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -112,8 +117,11 @@ def pad_right(batch: Sequence[Sequence[int]], pad_id: int = 0,
         ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
         mask[i, : len(x)] = 1
     last = mask.sum(1) - 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "last_index": last.to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "last_index": last.to(device),
+    }
 
 
 def pad_token_id(tokenizer) -> int:
@@ -165,16 +173,25 @@ class TransitionTrace:
 
 
 @torch.no_grad()
-def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None = None,
-                     label_words: Sequence[str] | None = None, template: str | None = None,
-                     label_token_mode: str = "first", require_single_token: bool = False,
-                     batch_size: int = 16, max_length: int | None = 128) -> TransitionTrace:
+def transition_trace(
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    task: str | None = None,
+    label_words: Sequence[str] | None = None,
+    template: str | None = None,
+    label_token_mode: str = "first",
+    require_single_token: bool = False,
+    batch_size: int = 16,
+    max_length: int | None = 128,
+) -> TransitionTrace:
     """One no-grad forward over ``records`` ({"text", "label"}), batched and right-padded,
     keeping the last real token's state in all L+1 latent spaces."""
     if label_words is None:
         if task not in CLASSIFICATION_TASKS:
             raise InvalidParameterError(
-                "transition_trace needs label_words or a known classification task")
+                "transition_trace needs label_words or a known classification task"
+            )
         label_words = CLASSIFICATION_TASKS[task].label_words
     if not records:
         raise InvalidParameterError("transition_trace got no records")
@@ -186,11 +203,14 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
     backbone = surgery._backbone(model)  # not .base_model: Gemma3ForCausalLM returns itself
     chunks = []
     for start in range(0, len(encoded), batch_size):
-        batch = pad_right(encoded[start:start + batch_size], pad, device)
+        batch = pad_right(encoded[start : start + batch_size], pad, device)
         with capture_hidden(model, None, ("block_in", "block_out")) as trace:
             # The backbone only: the LM head over every position would cost |V| x T per example.
-            backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     use_cache=False)
+            backbone(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            )
         states = trace.latent_states()  # (L+1, b, T, d)
         chunks.append(gather_last(states, batch["last_index"]).transpose(0, 1).float().cpu())
     return TransitionTrace(
@@ -198,8 +218,13 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
         labels=torch.tensor([int(r["label"]) for r in records]),
         label_tokens=labels,
         lengths=torch.tensor([len(x) for x in encoded]),
-        meta={"task": task, "template": template or cls_template(task, "salf"),
-              "max_length": max_length, "label_token_mode": label_token_mode, "padding": "right"},
+        meta={
+            "task": task,
+            "template": template or cls_template(task, "salf"),
+            "max_length": max_length,
+            "label_token_mode": label_token_mode,
+            "padding": "right",
+        },
     )
 
 
@@ -207,8 +232,9 @@ def transition_trace(model, tokenizer, records: Sequence[dict], task: str | None
 
 
 @torch.no_grad()
-def deviations(model, trace: TransitionTrace, kind: str = "cos_normed",
-               chunk: int = 64) -> torch.Tensor:
+def deviations(
+    model, trace: TransitionTrace, kind: str = "cos_normed", chunk: int = 64
+) -> torch.Tensor:
     """Per-example deviations (n, L+1) of the trace from each example's label, in every space.
 
     ``cos``: 1 − cos(h_k, s_y); ``cos_normed``: 1 − cos(final_norm(h_k), s_y) (the head reads
@@ -217,7 +243,8 @@ def deviations(model, trace: TransitionTrace, kind: str = "cos_normed",
     """
     if kind not in DEVIATIONS:
         raise InvalidParameterError(
-            f"deviation must be one of {', '.join(DEVIATIONS)}, got {kind!r}")
+            f"deviation must be one of {', '.join(DEVIATIONS)}, got {kind!r}"
+        )
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     states = trace.states
@@ -227,8 +254,12 @@ def deviations(model, trace: TransitionTrace, kind: str = "cos_normed",
         h = states
         if kind == "cos_normed":
             norm = surgery.final_norm(model)
-            h = torch.cat([norm(states[i:i + chunk].to(device, dtype)).float().cpu()
-                           for i in range(0, n, chunk)])
+            h = torch.cat(
+                [
+                    norm(states[i : i + chunk].to(device, dtype)).float().cpu()
+                    for i in range(0, n, chunk)
+                ]
+            )
         return 1.0 - F.cosine_similarity(h, bases[:, None, :], dim=-1, eps=EPS)
     out = torch.empty(n, k1)
     # at most 64M logits at once
@@ -236,7 +267,7 @@ def deviations(model, trace: TransitionTrace, kind: str = "cos_normed",
     ids = trace.label_tokens.ids
     use = [t[:1] if trace.label_tokens.mode == "first" else t for t in ids]
     for i in range(0, n, chunk):
-        h = states[i:i + chunk].to(device, dtype)
+        h = states[i : i + chunk].to(device, dtype)
         logp = torch.log_softmax(surgery.logit_lens(model, h).float(), dim=-1)  # (b, L+1, V)
         for j in range(h.shape[0]):
             toks = list(use[int(trace.labels[i + j])])
@@ -253,5 +284,7 @@ def block_influence(trace: TransitionTrace) -> torch.Tensor:
 
 def block_params(model) -> list[int]:
     """Parameter count of each decoder block (LoRA adapters excluded)."""
-    return [sum(p.numel() for name, p in layer.named_parameters() if "lora_" not in name)
-            for layer in surgery.decoder_layers(model)]
+    return [
+        sum(p.numel() for name, p in layer.named_parameters() if "lora_" not in name)
+        for layer in surgery.decoder_layers(model)
+    ]

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -44,6 +44,7 @@ def register_gain(name: str):
     def deco(fn: GainFn) -> GainFn:
         GAINS[name] = fn
         return fn
+
     return deco
 
 
@@ -51,7 +52,9 @@ def _as_arrays(dev, params) -> tuple[np.ndarray, np.ndarray]:
     d = np.asarray(dev, dtype=np.float64).reshape(-1)
     n = np.asarray(params, dtype=np.float64).reshape(-1)
     if d.shape[0] != n.shape[0] + 1:
-        raise InvalidParameterError(f"a trace of {d.shape[0]} spaces needs {d.shape[0] - 1} block sizes, got {n.shape[0]}")
+        raise InvalidParameterError(
+            f"a trace of {d.shape[0]} spaces needs {d.shape[0] - 1} block sizes, got {n.shape[0]}"
+        )
     if d.shape[0] < 2:
         raise InvalidParameterError("a deviation trace needs at least 2 spaces (1 block)")
     if np.any(n <= 0):
@@ -104,7 +107,9 @@ def gain_scaling_kaplan(dev, params) -> np.ndarray:
 @register_gain("scaling_kaplan_ratio")
 def gain_scaling_kaplan_ratio(dev, params) -> np.ndarray:
     d, _, predicted_drop = _kaplan(dev, params)
-    denom = np.where(np.abs(predicted_drop) < EPS, np.copysign(EPS, predicted_drop + 0.0), predicted_drop)
+    denom = np.where(
+        np.abs(predicted_drop) < EPS, np.copysign(EPS, predicted_drop + 0.0), predicted_drop
+    )
     return (d[:-1] - d[1:]) / denom
 
 
@@ -162,14 +167,20 @@ def choose_eof(gains: Sequence[float], allow_full_freeze: bool = False) -> int:
 
 def check_eof(eof: int, num_layers: int) -> int:
     if not isinstance(eof, (int, np.integer)) or not 0 <= int(eof) <= num_layers:
-        raise InvalidParameterError(f"eof must be an integer in 0..{num_layers} (0 = only embeddings frozen), got {eof!r}")
+        raise InvalidParameterError(
+            f"eof must be an integer in 0..{num_layers} (0 = only embeddings frozen), got {eof!r}"
+        )
     return int(eof)
 
 
-def eof_per_example(dev_matrix, params, gain: str = "drop", allow_full_freeze: bool = False) -> np.ndarray:
+def eof_per_example(
+    dev_matrix, params, gain: str = "drop", allow_full_freeze: bool = False
+) -> np.ndarray:
     """eof of each example from its own trace (rows of an (n, L+1) deviation matrix)."""
     m = np.asarray(dev_matrix, dtype=np.float64)
-    return np.array([choose_eof(compute_gains(row, params, gain), allow_full_freeze) for row in m], dtype=int)
+    return np.array(
+        [choose_eof(compute_gains(row, params, gain), allow_full_freeze) for row in m], dtype=int
+    )
 
 
 # --------------------------------------------------------------------------- budgets
@@ -191,9 +202,13 @@ class Budget:
         return self.max_trainable is None and self.fraction is None and self.flops_fraction is None
 
 
-def apply_budget(eof: int, num_layers: int, budget: Budget | None,
-                 flops_of_eof: Callable[[int], float] | None = None,
-                 full_flops: float | None = None) -> int:
+def apply_budget(
+    eof: int,
+    num_layers: int,
+    budget: Budget | None,
+    flops_of_eof: Callable[[int], float] | None = None,
+    full_flops: float | None = None,
+) -> int:
     """Raise eof until every budget holds; a budget that leaves no block trainable is an error."""
     eof = check_eof(eof, num_layers)
     if budget is None or budget.is_empty():
@@ -201,13 +216,17 @@ def apply_budget(eof: int, num_layers: int, budget: Budget | None,
     L = num_layers
     if budget.max_trainable is not None:
         if budget.max_trainable < 1:
-            raise InvalidParameterError(f"max_trainable={budget.max_trainable} leaves no layer to train (need ≥ 1)")
+            raise InvalidParameterError(
+                f"max_trainable={budget.max_trainable} leaves no layer to train (need ≥ 1)"
+            )
         eof = max(eof, L - int(budget.max_trainable))
     if budget.fraction is not None:
         allowed = int(math.floor(budget.fraction * L + 1e-9))
         if not 0 < budget.fraction <= 1 or allowed < 1:
             raise InvalidParameterError(
-                f"budget fraction {budget.fraction} of {L} layers leaves no layer to train (need ≥ {1 / L:.3g})")
+                f"budget fraction {budget.fraction} of {L} layers leaves no layer to train "
+                f"(need ≥ {1 / L:.3g})"
+            )
         eof = max(eof, L - allowed)
     if budget.flops_fraction is not None:
         if flops_of_eof is None or full_flops is None:
@@ -215,8 +234,10 @@ def apply_budget(eof: int, num_layers: int, budget: Budget | None,
         target = budget.flops_fraction * full_flops
         if not 0 < budget.flops_fraction or flops_of_eof(L - 1) > target:
             raise InvalidParameterError(
-                f"FLOPs budget {budget.flops_fraction} of full fine-tuning is below the cost of training "
-                f"one layer ({flops_of_eof(L - 1) / full_flops:.3f})")
+                f"FLOPs budget {budget.flops_fraction} of full fine-tuning is below the cost of "
+                f"training "
+                f"one layer ({flops_of_eof(L - 1) / full_flops:.3f})"
+            )
         while eof < L - 1 and flops_of_eof(eof) > target:
             eof += 1
     return eof
@@ -233,7 +254,9 @@ class BatchPlan:
     eof: int
 
 
-def plan_batches(eofs: Sequence[int], batch_size: int, strategy: str = "min", seed: int = 0) -> list[BatchPlan]:
+def plan_batches(
+    eofs: Sequence[int], batch_size: int, strategy: str = "min", seed: int = 0
+) -> list[BatchPlan]:
     """Group examples into batches with one eof each.
 
     ``min``: shuffle, chunk, batch eof = min of its examples' eof (safe: trains more).
@@ -241,7 +264,9 @@ def plan_batches(eofs: Sequence[int], batch_size: int, strategy: str = "min", se
     trains exactly from its own eof (the last batch of a bucket may be smaller).
     """
     if strategy not in PADDING_STRATEGIES:
-        raise InvalidParameterError(f"padding strategy must be one of {', '.join(PADDING_STRATEGIES)}, got {strategy!r}")
+        raise InvalidParameterError(
+            f"padding strategy must be one of {', '.join(PADDING_STRATEGIES)}, got {strategy!r}"
+        )
     if batch_size < 1:
         raise InvalidParameterError(f"batch_size must be ≥ 1, got {batch_size}")
     order = list(range(len(eofs)))
@@ -249,7 +274,7 @@ def plan_batches(eofs: Sequence[int], batch_size: int, strategy: str = "min", se
     plans = []
     if strategy == "min":
         for s in range(0, len(order), batch_size):
-            idx = tuple(order[s:s + batch_size])
+            idx = tuple(order[s : s + batch_size])
             plans.append(BatchPlan(idx, int(min(eofs[i] for i in idx))))
         return plans
     buckets: dict[int, list[int]] = {}
@@ -257,12 +282,23 @@ def plan_batches(eofs: Sequence[int], batch_size: int, strategy: str = "min", se
         buckets.setdefault(int(eofs[i]), []).append(i)
     for e in sorted(buckets):
         b = buckets[e]
-        plans += [BatchPlan(tuple(b[s:s + batch_size]), e) for s in range(0, len(b), batch_size)]
+        plans += [BatchPlan(tuple(b[s : s + batch_size]), e) for s in range(0, len(b), batch_size)]
     return plans
 
 
 __all__ = [
-    "BatchPlan", "Budget", "GAINS", "PADDING_STRATEGIES", "PowerLawFit", "apply_budget", "check_eof",
-    "choose_eof", "compute_gains", "eof_per_example", "fit_power_law", "fit_zhang", "plan_batches",
+    "BatchPlan",
+    "Budget",
+    "GAINS",
+    "PADDING_STRATEGIES",
+    "PowerLawFit",
+    "apply_budget",
+    "check_eof",
+    "choose_eof",
+    "compute_gains",
+    "eof_per_example",
+    "fit_power_law",
+    "fit_zhang",
+    "plan_batches",
     "register_gain",
 ]

@@ -22,8 +22,9 @@ hidden_distill     baselines.controls.hidden_distill    HiddenDistillConfig
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from semalign_core.baselines import controls, laten, seeking
 from semalign_core.errors import InvalidParameterError
@@ -71,12 +72,22 @@ def make_config(name: str, config: Any = None, **overrides) -> Any:
             raise InvalidParameterError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
         return cls(**config)
     if not (is_dataclass(config) and isinstance(config, cls)):
-        raise InvalidParameterError(f"method {name!r} needs a {cls.__name__}, got {type(config).__name__}")
+        raise InvalidParameterError(
+            f"method {name!r} needs a {cls.__name__}, got {type(config).__name__}"
+        )
     return replace(config, **overrides) if overrides else config
 
 
-def run_method(name: str, source, target, train_records: Sequence[dict], attribution_records: Sequence[dict],
-               config: Any = None, tokenizer=None, **kwargs) -> TransferResult:
+def run_method(
+    name: str,
+    source,
+    target,
+    train_records: Sequence[dict],
+    attribution_records: Sequence[dict],
+    config: Any = None,
+    tokenizer=None,
+    **kwargs,
+) -> TransferResult:
     """Run method ``name``. ``kwargs`` that are fields of its config override them; the rest
     (``resume``, ``stop_after_stage``, method-specific keywords) go to the entry point."""
     _check_name(name)

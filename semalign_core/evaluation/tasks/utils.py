@@ -76,8 +76,15 @@ PLAIN_UNTIL = {
     "humaneval": ["\nclass", "\ndef", "\n#", "\nif", "\nprint"],
     "mbpp": ["[DONE]"],
 }
-CHAT_UNTIL = ["<|user|>", "<|assistant|>", "<|system|>",  # the transfer (Tulu) tags
-              "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>"]  # common end-of-turn marks
+CHAT_UNTIL = [
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",  # the transfer (Tulu) tags
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<end_of_turn>",
+    "</s>",
+]  # common end-of-turn marks
 
 # Options a caller may set per task (evaluate(..., task_options={task: {...}})).
 TASK_OPTIONS = {
@@ -109,8 +116,9 @@ def generation_until(family: str, style: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def render_user_turn(content: str, style: str, tokenizer_key: str | None,
-                     lm_adds_bos: bool = False) -> str:
+def render_user_turn(
+    content: str, style: str, tokenizer_key: str | None, lm_adds_bos: bool = False
+) -> str:
     """The model input for one user message and an open assistant turn.
 
     ``lm_adds_bos``: the evaluator puts the tokenizer's BOS in front of every input; a chat
@@ -129,10 +137,11 @@ def render_user_turn(content: str, style: str, tokenizer_key: str | None,
         text = render_model_chat(tokenizer, messages, add_generation_prompt=True)
         bos = getattr(tokenizer, "bos_token", None)
         if lm_adds_bos and bos and text.startswith(bos):
-            text = text[len(bos):]
+            text = text[len(bos) :]
         return text
     raise InvalidParameterError(
-        f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
+        f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}"
+    )
 
 
 def mmlu_question(record: dict) -> str:
@@ -201,8 +210,17 @@ def _mmlu_docs(name, style, chat, opts, limit, seed):
         prompt = question
         if style != "plain":
             prompt = render_user_turn(question, style, *chat) + MMLU_CHAT_RESPONSE_PREFIX
-        docs.append(_doc(f"{rec['subject']}/{i}", prompt, "mmlu", style, rec,
-                         choices=list(MMLU_LETTERS), gold=MMLU_LETTERS.index(rec["answer"])))
+        docs.append(
+            _doc(
+                f"{rec['subject']}/{i}",
+                prompt,
+                "mmlu",
+                style,
+                rec,
+                choices=list(MMLU_LETTERS),
+                gold=MMLU_LETTERS.index(rec["answer"]),
+            )
+        )
     return split, docs
 
 
@@ -213,8 +231,17 @@ def _gsm8k_docs(name, style, chat, opts, limit, seed):
     for i, rec in enumerate(split.records):
         user = GSM8K_INSTRUCTION + rec["question"].strip()
         prompt = user + "\nAnswer:" if style == "plain" else render_user_turn(user, style, *chat)
-        docs.append(_doc(f"gsm8k/{i}", prompt, "gsm8k", style, rec,
-                         target=normalise_number(rec["target"]), answer_order=order))
+        docs.append(
+            _doc(
+                f"gsm8k/{i}",
+                prompt,
+                "gsm8k",
+                style,
+                rec,
+                target=normalise_number(rec["target"]),
+                answer_order=order,
+            )
+        )
     return split, docs
 
 
@@ -226,14 +253,19 @@ def _humaneval_docs(name, style, chat, opts, limit, seed):
             prompt = rec["prompt"]
         else:
             prompt = render_user_turn(CODE_INSTRUCTION + rec["prompt"], style, *chat)
-        docs.append(_doc(rec["task_id"], prompt, "humaneval", style, rec,
-                         target=rec["canonical_solution"]))
+        docs.append(
+            _doc(rec["task_id"], prompt, "humaneval", style, rec, target=rec["canonical_solution"])
+        )
     return split, docs
 
 
 def _mbpp_docs(name, style, chat, opts, limit, seed):
-    split = load_mbpp(opts.get("split", "test"), sanitized=bool(opts.get("sanitized", False)),
-                      limit=limit, seed=seed)
+    split = load_mbpp(
+        opts.get("split", "test"),
+        sanitized=bool(opts.get("sanitized", False)),
+        limit=limit,
+        seed=seed,
+    )
     docs = []
     for rec in split.records:
         if style == "plain":
@@ -241,21 +273,39 @@ def _mbpp_docs(name, style, chat, opts, limit, seed):
         else:
             user = f"{CODE_INSTRUCTION}{rec['text'].strip()}\n{mbpp_signature(rec)}"
             prompt = render_user_turn(user, style, *chat)
-        docs.append(_doc(f"mbpp/{rec['task_id']}", prompt, "mbpp", style, rec,
-                         target=rec["code"].replace("\r\n", "\n")))
+        docs.append(
+            _doc(
+                f"mbpp/{rec['task_id']}",
+                prompt,
+                "mbpp",
+                style,
+                rec,
+                target=rec["code"].replace("\r\n", "\n"),
+            )
+        )
     return split, docs
 
 
 def _cls_docs(name, style, chat, opts, limit, seed):
     task = name.removeprefix("semalign_cls_")
     spec = CLASSIFICATION_TASKS[task]
-    split = load_classification(task, opts.get("split", CLS_EVAL_SPLIT[task]), limit=limit,
-                                seed=seed)
+    split = load_classification(
+        task, opts.get("split", CLS_EVAL_SPLIT[task]), limit=limit, seed=seed
+    )
     docs = []
     for i, rec in enumerate(split.records):
         prompt = format_cls_prompt(rec["text"], task, "harness")
-        docs.append(_doc(f"{task}/{i}", prompt, "cls", "plain", rec,
-                         choices=list(spec.label_words), gold=rec["label"]))
+        docs.append(
+            _doc(
+                f"{task}/{i}",
+                prompt,
+                "cls",
+                "plain",
+                rec,
+                choices=list(spec.label_words),
+                gold=rec["label"],
+            )
+        )
     return split, docs
 
 
@@ -285,7 +335,8 @@ def build_docs(name: str, semalign: dict | None = None):
     style = ctx.get("prompt_style", "transfer")
     if style not in PROMPT_STYLES:
         raise InvalidParameterError(
-            f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}")
+            f"unknown prompt style {style!r}; valid: {', '.join(PROMPT_STYLES)}"
+        )
     family = task_family(name)
     opts = dict((ctx.get("options") or {}).get(name) or {})
     _check_options(name, family, opts)
@@ -311,6 +362,7 @@ def load_docs(name: str, semalign: dict | None = None, **_unused):
 # Filters and metrics
 # ---------------------------------------------------------------------------------------------
 
+
 class GSM8KAnswerFilter(Filter):
     """Replace each generation by its normalised final number (or "[invalid]")."""
 
@@ -333,8 +385,9 @@ class CodeExtractFilter(Filter):
         out = []
         for responses, doc in zip(resps, docs):
             chat = doc["prompt_style"] != "plain"
-            out.append([extract_code(strip_preamble(r) if chat else r, doc["family"])
-                        for r in responses])
+            out.append(
+                [extract_code(strip_preamble(r) if chat else r, doc["family"]) for r in responses]
+            )
         return out
 
 
@@ -362,8 +415,9 @@ def code_program(doc: dict, completion: str) -> str:
 def process_code_results(doc: dict, results: list[str]) -> dict:
     """pass@k (k <= n samples) of one problem, by running every completion in the sandbox."""
     completions = results[0]  # one request per problem; its filtered responses are the n samples
-    outcomes = score_programs([code_program(doc, c) for c in completions], workers=2,
-                              progress=False)
+    outcomes = score_programs(
+        [code_program(doc, c) for c in completions], workers=2, progress=False
+    )
     n, c = len(outcomes), sum(bool(o.passed) for o in outcomes)
     return {f"pass@{k}": float(pass_at_k(n, c, k)) for k in PASS_KS if k <= n}
 
