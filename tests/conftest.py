@@ -131,8 +131,8 @@ class NotebookRunner:
             "SEMALIGN_RESULTS_DIR": str(folder / "results"),
             "SEMALIGN_FIGURES_DIR": str(folder / "figures"),
             "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-        }  # one thread per kernel: faster on a shared 2-core box
+            "OMP_NUM_THREADS": "1",  # tiny models: one thread is faster on a shared 2-core box
+        }
 
     def run(
         self, folder: Path, *notebooks: str, params: Sequence[str] = (), timeout_s: int = 1800
@@ -147,7 +147,7 @@ class NotebookRunner:
 
 
 @dataclass(frozen=True)
-class SmokeRun:
+class SmokeReproduction:
     """What `make reproduce PROFILE=smoke` wrote: every notebook once, results and figures in a
     session temp folder (read it; never write into it)."""
 
@@ -184,8 +184,8 @@ def notebook_runner() -> NotebookRunner:
 
 
 @pytest.fixture(scope="session")
-def smoke_reproduction(tmp_path_factory, notebook_runner) -> SmokeRun:
-    """Every notebook at smoke, once per session, into a temp folder (see :class:`SmokeRun`)."""
+def smoke_reproduction(tmp_path_factory, notebook_runner) -> SmokeReproduction:
+    """Every notebook at smoke, once per session, into a temp folder."""
     folder = tmp_path_factory.mktemp("smoke_reproduction")
     repo_before = {name: tree_snapshot(REPO_ROOT / name) for name in REPO_OUTPUTS}
     start = time.perf_counter()
@@ -193,4 +193,6 @@ def smoke_reproduction(tmp_path_factory, notebook_runner) -> SmokeRun:
     if proc.returncode != 0:
         pytest.fail(f"smoke reproduction failed:\n{proc.stderr[-3000:]}", pytrace=False)
     wall_s = time.perf_counter() - start
-    return SmokeRun(tuple(NOTEBOOKS), folder / "results", folder / "figures", wall_s, repo_before)
+    return SmokeReproduction(
+        tuple(NOTEBOOKS), folder / "results", folder / "figures", wall_s, repo_before
+    )

@@ -46,8 +46,9 @@ def _imported(tree: ast.AST, package: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             base = node.module
             # `from pkg import sub` imports the subpackage `pkg.sub`
-            found += [(node.lineno, f"{base}.{a.name}" if base == package else base)
-                      for a in node.names]
+            found += [
+                (node.lineno, f"{base}.{a.name}" if base == package else base) for a in node.names
+            ]
     return found
 
 

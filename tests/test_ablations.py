@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from semalign_core.experiments import ablations, budgets, transfer_tables as transfer_table
 from semalign_core.errors import ArtifactError
+from semalign_core.experiments import ablations, budgets
+from semalign_core.experiments import transfer_tables as transfer_table
 from semalign_core.models import teachers as teacher_store
 from semalign_core.profiles import get_profile
-from semalign_core.report import ablations as ablation_report
 from semalign_core.records import config_hash
+from semalign_core.report import ablations as ablation_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SMOKE = get_profile("smoke")
@@ -42,17 +43,28 @@ def test_variants_are_distinct_valid_configs():
         cfg = make_config("semalign", base, **v.overrides)  # a valid SemAlignConfig
         for name, value in v.overrides.items():
             assert getattr(cfg, name) == value != getattr(base, name)
-        cell = transfer_table.make_cell(SMOKE, "semalign", "sst2", 0, setting="finetuned",
-                                        method_config=v.overrides)
+        cell = transfer_table.make_cell(
+            SMOKE, "semalign", "sst2", 0, setting="finetuned", method_config=v.overrides
+        )
         hashes.add(config_hash(transfer_table.cell_config(cell)))
     assert len(hashes) == len(variants)
-    assert [v.value for v in ablations.variants(SMOKE, ["frontier"])[1:]] == [str(2 * base.steps_per_stage)]
+    assert [v.value for v in ablations.variants(SMOKE, ["frontier"])[1:]] == [
+        str(2 * base.steps_per_stage)
+    ]
     assert len({v.run(0) for v in variants}) == len(variants)
 
 
 def test_pairing_variants_change_the_layer_plan(isolated):
-    plans = {s: ablations.preview_plan(SMOKE, {"pairing": s}, 0) for s in ("floor", "uniform", "interpolate")}
-    assert plans["floor"] == {"1": [[1, 1.0]], "2": [[3, 1.0]], "3": [[4, 1.0]], "4": [[6, 1.0]]}  # 6 -> 4 layers
+    plans = {
+        s: ablations.preview_plan(SMOKE, {"pairing": s}, 0)
+        for s in ("floor", "uniform", "interpolate")
+    }
+    assert plans["floor"] == {
+        "1": [[1, 1.0]],
+        "2": [[3, 1.0]],
+        "3": [[4, 1.0]],
+        "4": [[6, 1.0]],
+    }  # 6 -> 4 layers
     assert plans["uniform"] == {"1": [[2, 1.0]], "2": [[3, 1.0]], "3": [[5, 1.0]], "4": [[6, 1.0]]}
     assert plans["interpolate"]["1"] == [[1, 0.5], [2, 0.5]]
     attributed = ablations.preview_plan(SMOKE, {}, 0)
@@ -69,21 +81,30 @@ def smoke_run(isolated):
 def test_records_and_plan_reuse(smoke_run, isolated):
     folder = isolated / ablations.EXPERIMENT / "smoke"
     names = sorted(p.name for p in folder.glob("*.json"))
-    assert names == sorted(f"{v.axis}-{v.value}__sst2__seed0.json"
-                           for v in ablations.variants(SMOKE, ["pairing", "granularity", "strength"])[1:])
+    assert names == sorted(
+        f"{v.axis}-{v.value}__sst2__seed0.json"
+        for v in ablations.variants(SMOKE, ["pairing", "granularity", "strength"])[1:]
+    )
     by_value = {(r.get("ablation") or {}).get("value", r["method"]): r for r in smoke_run}
     default = by_value["semalign"]
-    assert default["experiment"] == "semalign_finetuned_teacher"  # the default is Table 2's own cell
+    assert (
+        default["experiment"] == "semalign_finetuned_teacher"
+    )  # the default is Table 2's own cell
     assert by_value["teacher"]["method"] == "teacher" and by_value["target"]["method"] == "target"
     for value in ("floor", "uniform", "interpolate", "token", "example"):
         rec = by_value[value]
         same = rec["metrics"].get("same_plan", False)
         if same:  # not retrained: the default's numbers, and the default's plan
-            assert rec["metrics"]["value"] == default["metrics"]["value"] and rec["cost"]["transfer"] is None
+            assert (
+                rec["metrics"]["value"] == default["metrics"]["value"]
+                and rec["cost"]["transfer"] is None
+            )
         else:
             assert rec["metrics"]["transfer"]["plan"] != default["metrics"]["transfer"]["plan"]
     assert not by_value["uniform"]["metrics"].get("same_plan")
-    assert any(by_value[v]["metrics"].get("same_plan") for v in ("token", "example"))  # seeded smoke models
+    assert any(
+        by_value[v]["metrics"].get("same_plan") for v in ("token", "example")
+    )  # seeded smoke models
     assert by_value["0"]["config"]["transfer"]["method_config"]["layer_weight"] == 0.0
 
 
@@ -104,11 +125,14 @@ def test_table_and_figure_are_deterministic(smoke_run, tmp_path):
     assert b"Software" not in first[1] and b"| pairing | uniform |" in first[0]
 
 
-@pytest.mark.parametrize("axes, seeds, match", [
-    (["pairing", "depth"], None, r"parameter axes has unknown value\(s\) \['depth'\]"),
-    ("pairing", None, "non-empty list"),
-    (None, [0, -1], "seeds"),
-])
+@pytest.mark.parametrize(
+    "axes, seeds, match",
+    [
+        (["pairing", "depth"], None, r"parameter axes has unknown value\(s\) \['depth'\]"),
+        ("pairing", None, "non-empty list"),
+        (None, [0, -1], "seeds"),
+    ],
+)
 def test_invalid_parameters_are_one_line_errors(axes, seeds, match):
     with pytest.raises(ArtifactError, match=match) as info:
         ablations.check_parameters(SMOKE, 0, seeds, axes=axes)
@@ -120,8 +144,9 @@ def test_notebook_at_smoke(smoke_reproduction):
     bad axes: test_invalid_parameters_are_one_line_errors."""
     names = smoke_reproduction.records(ablations.EXPERIMENT)
     assert {"strength-0__sst2__seed0.json", "strength-2__sst2__seed0.json"} <= set(names)
-    assert names == sorted(f"{v.axis}-{v.value}__sst2__seed0.json"
-                           for v in ablations.variants(SMOKE)[1:])
+    assert names == sorted(
+        f"{v.axis}-{v.value}__sst2__seed0.json" for v in ablations.variants(SMOKE)[1:]
+    )
     outputs = smoke_reproduction.outputs("05_semalign_ablations")
     assert any("image/png" in o.get("data", {}) for o in outputs)
 
@@ -137,6 +162,8 @@ def test_force_recomputes_the_default_once(smoke_run, monkeypatch):
     monkeypatch.setattr(transfer_table, "compute_cell", counting)
     ablations.run_ablations(SMOKE, ["strength"], force=True, verbose=False)
     assert calls.count(("semalign", {})) == 1  # Table 2's semalign cell, once for all variants
-    assert [c for c in calls if c[1]] == [("semalign", {"layer_weight": 0.0}),
-                                          ("semalign", {"layer_weight": 2.0})]  # retrained
+    assert [c for c in calls if c[1]] == [
+        ("semalign", {"layer_weight": 0.0}),
+        ("semalign", {"layer_weight": 2.0}),
+    ]  # retrained
     assert calls.count(("teacher", {})) == calls.count(("target", {})) == 1

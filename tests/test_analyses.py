@@ -65,7 +65,9 @@ def test_cka_record_shapes_and_diagonal(smoke_results):
         assert torch.allclose(tt, tt.T, atol=1e-6)
         assert ((st >= -1e-6) & (st <= 1 + 1e-6)).all()
     assert m["n_tokens"] > 0 and len(m["alignment"]["pairing"]) == 4
-    assert not torch.equal(mats["target_target_before"], mats["target_target_after"])  # alignment moved it
+    assert not torch.equal(
+        mats["target_target_before"], mats["target_target_after"]
+    )  # alignment moved it
 
 
 def test_salf_records_shapes_and_eof(smoke_results):
@@ -73,7 +75,11 @@ def test_salf_records_shapes_and_eof(smoke_results):
         rec = _read(smoke_results, "salf_analysis", "smoke", f"tiny-source__{task}.json")
         m = rec["metrics"]
         L = m["layers"]
-        assert L == 6 and len(m["deviation"]) == len(m["deviation_std"]) == L + 1 and len(m["gains"]) == L
+        assert (
+            L == 6
+            and len(m["deviation"]) == len(m["deviation_std"]) == L + 1
+            and len(m["gains"]) == L
+        )
         assert 1 <= m["eof"] <= L - 1
         assert set(m["eof_by_gain"]) == set(salf.GAINS)
         assert all(1 <= e <= L - 1 for e in m["eof_by_gain"].values())
@@ -97,8 +103,12 @@ def test_figures_are_byte_identical_when_rebuilt(smoke_results, tmp_path, monkey
         out = tmp_path / name
         paths = report.semalign_analysis_figures(out) + report.salf_analysis_figures(out)
         builds.append({p.name: p.read_bytes() for p in paths})
-    assert set(builds[0]) == {"semalign_fig2_fidelity.png", "semalign_fig4-6_cka.png",
-                              "salf_fig2_deviation_gain.png", "salf_eof_table.md"}
+    assert set(builds[0]) == {
+        "semalign_fig2_fidelity.png",
+        "semalign_fig4-6_cka.png",
+        "salf_fig2_deviation_gain.png",
+        "salf_eof_table.md",
+    }
     assert builds[0] == builds[1]
     assert all(builds[0][n].startswith(b"\x89PNG") for n in builds[0] if n.endswith(".png"))
     table = builds[0]["salf_eof_table.md"].decode()
@@ -123,8 +133,10 @@ def test_parameter_checks():
 def test_layer_fidelity_equals_decomposition_fidelity():
     model = tiny_model("llama", seed=3, vocab_size=96, hidden_size=32)
     states = [torch.randn(20, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
-    for bases in (semantics.semantic_bases(model.lm_head.weight, disk_cache=False),
-                  semantics.input_side_bases(model.model.embed_tokens.weight)):
+    for bases in (
+        semantics.semantic_bases(model.lm_head.weight, disk_cache=False),
+        semantics.input_side_bases(model.model.embed_tokens.weight),
+    ):
         means, _ = semalign_analyses.layer_fidelity(states, bases)
         expected = [float(semantics.decomposition_fidelity(h, bases).mean()) for h in states]
         assert means == pytest.approx(expected, abs=1e-5)

@@ -86,8 +86,9 @@ def _cases() -> list[tuple[str, str, str]]:
         cases.append((f"official-{i}", r["answer"], r["target"]))
     for i, r in enumerate(train[12:20]):  # the LaTen transfer format: "So the answer is N."
         steps = _without_calculator(r["answer"].split("####")[0]).replace("\n", " ").strip()
-        cases.append((f"transfer-{i}", f"Answer: {steps} So the answer is {r['target']}.",
-                      r["target"]))
+        cases.append(
+            (f"transfer-{i}", f"Answer: {steps} So the answer is {r['target']}.", r["target"])
+        )
     cases += [
         ("dollars", "She pays 4 * $250 = $1,000 in total. So the answer is $1,000.", "1000"),
         ("hash-thousands", "3 * 400 = 1,200\n#### 1,200", "1200"),
@@ -137,14 +138,18 @@ def test_default_order_prefers_the_transfer_phrase():
     for case_id, output, reference in _cases():
         if case_id.startswith(("official", "transfer")) or case_id == "answer-then-chatter":
             assert gsm8k_correct(output, reference), case_id
-    assert not gsm8k_correct("So the answer is 42. That took 2 steps.", "42",
-                             order=("last_number",))
+    assert not gsm8k_correct(
+        "So the answer is 42. That took 2 steps.", "42", order=("last_number",)
+    )
 
 
 def test_hashes_rule_recovers_every_official_train_answer():
     records = load_gsm8k("train").records
-    misses = [r for r in records
-              if extract_gsm8k_answer(r["answer"], ("hashes",)) != normalise_number(r["target"])]
+    misses = [
+        r
+        for r in records
+        if extract_gsm8k_answer(r["answer"], ("hashes",)) != normalise_number(r["target"])
+    ]
     assert misses == []
 
 
@@ -153,18 +158,34 @@ def test_default_order_on_official_answers_has_one_known_exception():
     final answer is 15 gallons * 8 pints ..." before "#### 120". Put "hashes" first for the
     official format."""
     records = load_gsm8k("train").records
-    misses = [r["target"] for r in records
-              if extract_gsm8k_answer(r["answer"]) != normalise_number(r["target"])]
+    misses = [
+        r["target"]
+        for r in records
+        if extract_gsm8k_answer(r["answer"]) != normalise_number(r["target"])
+    ]
     assert misses == ["120"]
     (odd,) = [r for r in records if "the final answer is 15 gallons" in r["answer"]]
     assert extract_gsm8k_answer(odd["answer"], ("hashes", "so_the_answer_is")) == "120"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("1,000", "1000"), ("$5.50", "5.5"), ("18.00", "18"), ("-0", "0"), ("7.", "7"),
-    ("50%", "50"), (" 42 ", "42"), ("-3.250", "-3.25"), ("abc", None), ("", None), (None, None),
-    ("1e3", "1000"), ("nan", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1,000", "1000"),
+        ("$5.50", "5.5"),
+        ("18.00", "18"),
+        ("-0", "0"),
+        ("7.", "7"),
+        ("50%", "50"),
+        (" 42 ", "42"),
+        ("-3.250", "-3.25"),
+        ("abc", None),
+        ("", None),
+        (None, None),
+        ("1e3", "1000"),
+        ("nan", None),
+    ],
+)
 def test_normalise_number(text, expected):
     assert normalise_number(text) == expected
 

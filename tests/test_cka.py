@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from semalign_core.lm.cka import cka_matrix, linear_cka
 from semalign_core.errors import InvalidParameterError
+from semalign_core.lm.cka import cka_matrix, linear_cka
 
 
 def randn(*shape, seed=0):
@@ -14,7 +14,7 @@ def randn(*shape, seed=0):
 
 
 def reference_cka(X, Y):
-    """Kernel form with an explicit centring matrix H (Kornblith et al. 2019, eq. for linear HSIC)."""
+    """Kernel form with an explicit centring matrix H (Kornblith et al. 2019, linear HSIC)."""
     n = X.shape[0]
     H = torch.eye(n, dtype=torch.float64) - 1.0 / n
     K, L = H @ X @ X.T @ H, H @ Y @ Y.T @ H
@@ -44,7 +44,9 @@ def test_invariant_to_orthogonal_transform_isotropic_scaling_and_shift():
     assert linear_cka(3.7 * X, 0.2 * Y) == pytest.approx(base, abs=1e-12)
     assert linear_cka(X + 5.0, Y) == pytest.approx(base, abs=1e-12)  # centring
     # not invariant to a non-isotropic scaling
-    assert linear_cka(X * torch.linspace(0.1, 10, 12, dtype=torch.float64), Y) != pytest.approx(base, abs=1e-6)
+    assert linear_cka(X * torch.linspace(0.1, 10, 12, dtype=torch.float64), Y) != pytest.approx(
+        base, abs=1e-6
+    )
 
 
 def test_low_precision_inputs_are_handled_in_fp64():
@@ -55,7 +57,9 @@ def test_low_precision_inputs_are_handled_in_fp64():
 @pytest.mark.parametrize("n", [6, 40])  # kernel path (n ≤ widths) and feature path
 def test_cka_matrix_matches_pairwise(n):
     a = [randn(n, 10, seed=10 + i) for i in range(3)]
-    b = [randn(n, 12, seed=20 + i) for i in range(2)] + [a[1] @ torch.linalg.qr(randn(10, 10, seed=30))[0]]
+    b = [randn(n, 12, seed=20 + i) for i in range(2)] + [
+        a[1] @ torch.linalg.qr(randn(10, 10, seed=30))[0]
+    ]
     M = cka_matrix(a, b)
     assert M.shape == (3, 3) and M.dtype == torch.float64
     for i in range(3):

@@ -87,16 +87,18 @@ def test_pass_at_k_known_values():
     assert pass_at_k(200, 13, 10) == pytest.approx(1 - math.comb(187, 10) / math.comb(200, 10))
 
 
-@pytest.mark.parametrize("args", [(0, 0, 1), (5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6),
-                                  (5.0, 2, 1)])
+@pytest.mark.parametrize(
+    "args", [(0, 0, 1), (5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6), (5.0, 2, 1)]
+)
 def test_pass_at_k_rejects_bad_arguments(args):
     with pytest.raises(InvalidParameterError):
         pass_at_k(*args)
 
 
 def test_aggregate_pass_at_k():
-    res = aggregate_pass_at_k([[True, False], [False, False], [True, True], [True, False]],
-                              ks=(1, 2))
+    res = aggregate_pass_at_k(
+        [[True, False], [False, False], [True, True], [True, False]], ks=(1, 2)
+    )
     assert res["n_tasks"] == 4 and res["n_samples_min"] == 2
     assert res["pass@1"] == pytest.approx((0.5 + 0 + 1 + 0.5) / 4)
     assert res["pass@2"] == pytest.approx(3 / 4)
@@ -122,10 +124,14 @@ def test_extract_code_humaneval_continuation_is_cut_at_stop_sequences():
 
 
 def test_extract_code_humaneval_whole_function_keeps_helpers():
-    gen = ("Here is the solution:\n```python\nimport math\n\ndef helper(x):\n    return x\n\n"
-           "# comment\ndef f(x):\n    return helper(x)\n\nprint(f(1))\n```\nDone.")
-    assert extract_code(gen) == ("import math\n\ndef helper(x):\n    return x\n\n# comment\n"
-                                 "def f(x):\n    return helper(x)\n")
+    gen = (
+        "Here is the solution:\n```python\nimport math\n\ndef helper(x):\n    return x\n\n"
+        "# comment\ndef f(x):\n    return helper(x)\n\nprint(f(1))\n```\nDone."
+    )
+    assert extract_code(gen) == (
+        "import math\n\ndef helper(x):\n    return x\n\n# comment\n"
+        "def f(x):\n    return helper(x)\n"
+    )
 
 
 def test_extract_code_fences():
@@ -163,10 +169,15 @@ def test_mbpp_program_layout():
     _, tests = split_tests(prog)
     assert tests.splitlines()[-3:] == problem["test_list"]
     assert "root = Node(1)" in tests
-    sanitized = {"code": "def f():\n    return 1\n", "test_imports": ["import math"],
-                 "test_list": ["assert math.isclose(f(), 1)"]}
-    assert split_tests(mbpp_program(sanitized, sanitized["code"]))[1] == \
-        "import math\n\nassert math.isclose(f(), 1)\n"
+    sanitized = {
+        "code": "def f():\n    return 1\n",
+        "test_imports": ["import math"],
+        "test_list": ["assert math.isclose(f(), 1)"],
+    }
+    assert (
+        split_tests(mbpp_program(sanitized, sanitized["code"]))[1]
+        == "import math\n\nassert math.isclose(f(), 1)\n"
+    )
 
 
 FAST_IDS = (0, 10, 32, 38, 53, 162)  # helpers in the prompt, math/poly, hashlib
@@ -178,9 +189,10 @@ def test_some_humaneval_canonical_solutions_pass_and_wrong_ones_fail():
     good = [humaneval_program(p, p["canonical_solution"]) for p in chosen]
     bad = [humaneval_program(p, _he_wrong(p)) for p in chosen]
     res = score_programs(good + bad, SandboxLimits(), workers=2, progress=False)
-    assert [r.status for r in res[:len(good)]] == ["passed"] * len(good), \
-        [(r.status, r.stderr[-300:]) for r in res if not r.passed][:3]
-    assert not any(r.passed for r in res[len(good):])
+    assert [r.status for r in res[: len(good)]] == ["passed"] * len(good), [
+        (r.status, r.stderr[-300:]) for r in res if not r.passed
+    ][:3]
+    assert not any(r.passed for r in res[len(good) :])
 
 
 def test_some_mbpp_reference_solutions_pass_and_wrong_ones_fail():
@@ -212,23 +224,27 @@ def _timed(programs: list[str]):
 def _all_right_and_all_wrong(name, problems, program, right, wrong):
     """Every reference solution passes and every broken one fails; prints the wall times."""
     good, wall = _timed([program(p, right(p)) for p in problems])
-    failures = [(p["task_id"], r.status, r.stderr[-300:])
-                for p, r in zip(problems, good) if not r.passed]
+    failures = [
+        (p["task_id"], r.status, r.stderr[-300:]) for p, r in zip(problems, good) if not r.passed
+    ]
     assert not failures, failures
     bad, wall_bad = _timed([program(p, wrong(p)) for p in problems])
     passed_bad = [p["task_id"] for p, r in zip(problems, bad) if r.passed]
     assert not passed_bad, passed_bad
     mean_prog = sum(r.wall_s for r in good) / len(good)
-    print(f"\n{name}: {len(problems)} reference in {wall:.1f}s, {len(problems)} wrong in "
-          f"{wall_bad:.1f}s (2 workers); mean per-program wall {1000 * mean_prog:.0f} ms")
+    print(
+        f"\n{name}: {len(problems)} reference in {wall:.1f}s, {len(problems)} wrong in "
+        f"{wall_bad:.1f}s (2 workers); mean per-program wall {1000 * mean_prog:.0f} ms"
+    )
 
 
 @pytest.mark.slow
 def test_all_humaneval_canonical_solutions_pass_and_stubs_fail():
     problems = _humaneval()
     assert len(problems) == 164
-    _all_right_and_all_wrong("HumanEval", problems, humaneval_program,
-                             lambda p: p["canonical_solution"], _he_wrong)
+    _all_right_and_all_wrong(
+        "HumanEval", problems, humaneval_program, lambda p: p["canonical_solution"], _he_wrong
+    )
 
 
 @pytest.mark.slow

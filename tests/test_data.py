@@ -86,8 +86,15 @@ def test_mmlu_records_and_checksums():
 def test_humaneval_and_mbpp_schemas():
     he = load_humaneval(limit=2).records[0]
     assert set(he) == {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
-    keys = {"task_id", "text", "code", "test_list", "test_setup_code", "test_imports",
-            "challenge_test_list"}
+    keys = {
+        "task_id",
+        "text",
+        "code",
+        "test_list",
+        "test_setup_code",
+        "test_imports",
+        "challenge_test_list",
+    }
     full, san = load_mbpp("test").records, load_mbpp("test", sanitized=True).records
     assert set(full[0]) == set(san[0]) == keys
     assert full[0]["task_id"] == 11 and full[-1]["task_id"] == 510
@@ -122,8 +129,10 @@ def test_verbalizer_orders_match_the_data():
     by_label = {}
     for r in load_classification("trec", "train"):
         by_label.setdefault(r["label"], []).append(r["text"].lower())
-    rate = {k: sum("stand for" in t or "abbreviat" in t for t in v) / len(v)
-            for k, v in by_label.items()}
+    rate = {
+        k: sum("stand for" in t or "abbreviat" in t for t in v) / len(v)
+        for k, v in by_label.items()
+    }
     assert rate[2] > 0.5 and all(v < 0.05 for k, v in rate.items() if k != 2)
     # agnews/dbpedia class files have as many classes as the verbalizers.
     for task in ("agnews", "dbpedia"):
@@ -146,8 +155,13 @@ def test_seeded_subsets_are_reproducible_and_in_order():
 def test_provenance_sha_matches_readme():
     prov = load_gsm8k(limit=5, seed=0).provenance()
     assert prov == {
-        "benchmark": "gsm8k", "split": "test", "n": 5, "n_available": 1319, "seed": 0,
-        "limit": 5, "sources": {"gsm8k/test.jsonl": GSM8K_TEST_SHA},
+        "benchmark": "gsm8k",
+        "split": "test",
+        "n": 5,
+        "n_available": 1319,
+        "seed": 0,
+        "limit": 5,
+        "sources": {"gsm8k/test.jsonl": GSM8K_TEST_SHA},
     }
     json.dumps(prov)
 
@@ -279,7 +293,7 @@ def test_sft_truncation_keeps_the_response(tokenizer, conversation):
     assert cut["input_ids"][0] == tokenizer.bos_token_id  # BOS survives left truncation
     assert cut["labels"][:keep] == [IGNORE_INDEX] * keep
     assert cut["labels"][keep:] == full["labels"][-n_resp:]  # whole response kept
-    assert cut["input_ids"][1:] == full["input_ids"][-(n_resp + keep - 1):]
+    assert cut["input_ids"][1:] == full["input_ids"][-(n_resp + keep - 1) :]
     tiny = build_sft_example(tokenizer, conversation, max_length=8)
     assert len(tiny["input_ids"]) == 8
     assert 0 < sum(label != IGNORE_INDEX for label in tiny["labels"]) < 8
@@ -321,19 +335,22 @@ def test_every_classification_task_has_both_prompt_styles():
     assert all("{text}" in t for styles in CLS_PROMPTS.values() for t in styles.values())
 
 
-@pytest.mark.parametrize("task, style, expected", [
-    # the committed numbers were made with exactly these strings
-    ("sst2", "harness", "Review: a fine film\nSentiment:"),
-    ("mpqa", "harness", "Phrase: a fine film\nSentiment:"),
-    ("subj", "harness", "Sentence: a fine film\nSubjective or objective:"),
-    ("cb", "harness", "a fine film Yes, no, or maybe?\nAnswer:"),
-    ("sst2", "salf", "a fine film\nSentiment:"),
-    ("subj", "salf", "a fine film\nThis sentence is"),
-    ("trec", "salf", "a fine film\nAnswer type:"),
-    ("rte", "salf", "a fine film\nAnswer:"),
-    (None, "salf", "a fine film\nAnswer:"),  # SALF's generic cue
-    ("no-such-task", "salf", "a fine film\nAnswer:"),
-])
+@pytest.mark.parametrize(
+    "task, style, expected",
+    [
+        # the committed numbers were made with exactly these strings
+        ("sst2", "harness", "Review: a fine film\nSentiment:"),
+        ("mpqa", "harness", "Phrase: a fine film\nSentiment:"),
+        ("subj", "harness", "Sentence: a fine film\nSubjective or objective:"),
+        ("cb", "harness", "a fine film Yes, no, or maybe?\nAnswer:"),
+        ("sst2", "salf", "a fine film\nSentiment:"),
+        ("subj", "salf", "a fine film\nThis sentence is"),
+        ("trec", "salf", "a fine film\nAnswer type:"),
+        ("rte", "salf", "a fine film\nAnswer:"),
+        (None, "salf", "a fine film\nAnswer:"),  # SALF's generic cue
+        ("no-such-task", "salf", "a fine film\nAnswer:"),
+    ],
+)
 def test_classification_prompts_are_the_recorded_strings(task, style, expected):
     assert format_cls_prompt("  a fine film ", task, style) == expected
 
@@ -350,6 +367,15 @@ def test_classification_prompt_errors():
 
 def test_classification_eval_splits():
     """Scored on test when it has labels, else dev, else the dev subsample."""
-    assert CLS_EVAL_SPLIT == {"sst2": "dev", "cr": "test", "mr": "test", "mpqa": "test",
-                              "subj": "test", "trec": "test", "agnews": "test",
-                              "dbpedia": "dev_subsample", "rte": "dev", "cb": "dev"}
+    assert CLS_EVAL_SPLIT == {
+        "sst2": "dev",
+        "cr": "test",
+        "mr": "test",
+        "mpqa": "test",
+        "subj": "test",
+        "trec": "test",
+        "agnews": "test",
+        "dbpedia": "dev_subsample",
+        "rte": "dev",
+        "cb": "dev",
+    }

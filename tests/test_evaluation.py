@@ -71,8 +71,12 @@ class OracleLM(LM):
         if doc["family"] == "humaneval":
             if not chat:  # a continuation of the prompt, as a completion model writes it
                 return record["canonical_solution"]
-            return ("Here is the completed function:\n\n\n```python\n" + record["prompt"]
-                    + record["canonical_solution"] + "```")
+            return (
+                "Here is the completed function:\n\n\n```python\n"
+                + record["prompt"]
+                + record["canonical_solution"]
+                + "```"
+            )
         code = record["code"].replace("\r\n", "\n")
         if not chat:
             return code + "\n[DONE]"
@@ -94,8 +98,13 @@ def test_tasks_are_registered_through_the_include_path():
 
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     names = list_tasks()
-    expected = {"semalign_mmlu", "semalign_mmlu_chat", "semalign_gsm8k", "semalign_humaneval",
-                "semalign_mbpp"} | {f"semalign_cls_{t}" for t in CLASSIFICATION_TASKS}
+    expected = {
+        "semalign_mmlu",
+        "semalign_mmlu_chat",
+        "semalign_gsm8k",
+        "semalign_humaneval",
+        "semalign_mbpp",
+    } | {f"semalign_cls_{t}" for t in CLASSIFICATION_TASKS}
     assert set(names) == expected
     assert set(names) <= set(manager.all_subtasks)
     assert "semalign_cls" in manager.all_tags
@@ -120,7 +129,8 @@ def test_mmlu_prompt_is_lm_eval_standard_and_the_transfer_user_turn():
     record = load_mmlu("test", "anatomy", limit=1).records[0]
     doc = {"question": record["question"], "choices": record["choices"]}
     assert task_utils.mmlu_question(record) == description + apply_template(
-        template["doc_to_text"], doc)
+        template["doc_to_text"], doc
+    )
 
     transfer = load_transfer("mmlu", "train", limit=1).records[0]
     subject, _ = transfer["id"].rsplit("_", 1)
@@ -145,14 +155,26 @@ def test_mbpp_chat_prompt_matches_the_transfer_split_shape():
 # --- the oracle and the "always A" model ------------------------------------------------------
 
 
-ALL_FAMILIES = ["semalign_mmlu", "semalign_mmlu_chat", "semalign_cls_sst2", "semalign_cls_trec",
-                "semalign_cls_cb", "semalign_gsm8k", "semalign_humaneval", "semalign_mbpp"]
+ALL_FAMILIES = [
+    "semalign_mmlu",
+    "semalign_mmlu_chat",
+    "semalign_cls_sst2",
+    "semalign_cls_trec",
+    "semalign_cls_cb",
+    "semalign_gsm8k",
+    "semalign_humaneval",
+    "semalign_mbpp",
+]
 
 
 @pytest.mark.parametrize("style", ["transfer", "plain", "model"])
 def test_oracle_scores_one_everywhere(style, smollm2_tokenizer):
     records = evaluate(
-        OracleLM(), ALL_FAMILIES, limit=6, prompt_style=style, tokenizer=smollm2_tokenizer,
+        OracleLM(),
+        ALL_FAMILIES,
+        limit=6,
+        prompt_style=style,
+        tokenizer=smollm2_tokenizer,
         task_options={"semalign_mmlu": MMLU_OPTIONS, "semalign_mmlu_chat": MMLU_OPTIONS},
     )
     assert list(records) == ALL_FAMILIES
@@ -175,21 +197,28 @@ def test_chat_prompts_by_style(smollm2_tokenizer):
     assert transfer["prompt"].startswith("<|user|>\nAnswer the following question.\n\nQuestion: ")
     assert transfer["prompt"].endswith("\n\n<|assistant|>\n")
     _, (plain,) = task_utils.build_docs("semalign_gsm8k", {**ctx, "prompt_style": "plain"})
-    assert plain["prompt"].startswith("Answer the following question.") and plain["prompt"].endswith("\nAnswer:")
+    assert plain["prompt"].startswith("Answer the following question.") and plain[
+        "prompt"
+    ].endswith("\nAnswer:")
     from semalign_core.evaluation.tasks import chat_tokenizer
 
     with chat_tokenizer(smollm2_tokenizer) as key:
         _, (chat,) = task_utils.build_docs(
-            "semalign_mmlu_chat", {**ctx, "prompt_style": "model", "tokenizer_key": key})
+            "semalign_mmlu_chat", {**ctx, "prompt_style": "model", "tokenizer_key": key}
+        )
     assert "<|im_start|>assistant\n" in chat["prompt"]
     assert chat["prompt"].endswith("<|im_start|>assistant\nThe answer is:")
     # When the evaluator adds the tokenizer's BOS, the template's own leading copy goes, so
     # the tokens are the template's exactly (SmolLM2's BOS is <|im_start|>).
     with chat_tokenizer(smollm2_tokenizer) as key:
-        _, (bos,) = task_utils.build_docs("semalign_mmlu_chat", {
-            **ctx, "prompt_style": "model", "tokenizer_key": key, "add_bos": True})
-    assert smollm2_tokenizer(bos["prompt"])["input_ids"] == smollm2_tokenizer(
-        chat["prompt"], add_special_tokens=False)["input_ids"]
+        _, (bos,) = task_utils.build_docs(
+            "semalign_mmlu_chat",
+            {**ctx, "prompt_style": "model", "tokenizer_key": key, "add_bos": True},
+        )
+    assert (
+        smollm2_tokenizer(bos["prompt"])["input_ids"]
+        == smollm2_tokenizer(chat["prompt"], add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_always_a_scores_the_share_of_a_answers():
@@ -197,23 +226,42 @@ def test_always_a_scores_the_share_of_a_answers():
     chosen = load_mmlu("test", SUBJECTS, limit=limit, seed=seed).records
     share = sum(r["answer"] == "A" for r in chosen) / limit
     assert 0 < share < 1  # the subset is a real test of the scorer
-    rec = evaluate(OracleLM(always="A"), "semalign_mmlu", limit=limit, seed=seed,
-                   task_options={"semalign_mmlu": MMLU_OPTIONS})["semalign_mmlu"]
+    rec = evaluate(
+        OracleLM(always="A"),
+        "semalign_mmlu",
+        limit=limit,
+        seed=seed,
+        task_options={"semalign_mmlu": MMLU_OPTIONS},
+    )["semalign_mmlu"]
     assert rec["metrics"]["acc"] == pytest.approx(share)
     assert rec["stderr"]["acc"] == pytest.approx(math.sqrt(share * (1 - share) / (limit - 1)))
 
 
 def test_record_fields_and_provenance():
-    rec = evaluate(OracleLM(), "semalign_cls_rte", limit=5, seed=1, batch_size=4,
-                   keep_samples=True)["semalign_cls_rte"]
-    for key in ("task", "version", "n", "shots", "prompt_style", "decoding", "batch_size",
-                "padding_side", "metrics", "stderr", "data", "provenance", "samples"):
+    rec = evaluate(
+        OracleLM(), "semalign_cls_rte", limit=5, seed=1, batch_size=4, keep_samples=True
+    )["semalign_cls_rte"]
+    for key in (
+        "task",
+        "version",
+        "n",
+        "shots",
+        "prompt_style",
+        "decoding",
+        "batch_size",
+        "padding_side",
+        "metrics",
+        "stderr",
+        "data",
+        "provenance",
+        "samples",
+    ):
         assert key in rec, key
     assert (rec["shots"], rec["batch_size"], rec["padding_side"]) == (0, 4, "right")
     assert rec["decoding"] == {"method": "loglikelihood"}
     assert rec["data"]["split"] == "dev" and rec["data"]["n"] == 5 and rec["data"]["seed"] == 1
     assert rec["provenance"]["seed"] == 1
-    (relpath, sha), = rec["provenance"]["data_sha256"].items()
+    ((relpath, sha),) = rec["provenance"]["data_sha256"].items()
     assert relpath == "classification/rte/dev.jsonl" and len(sha) == 64
     assert len(rec["samples"]) == 5
     sample = rec["samples"][0]
@@ -224,8 +272,15 @@ def test_record_fields_and_provenance():
 
 def test_sampling_for_pass_at_k_is_lm_eval_repeats():
     oracle = OracleLM()
-    rec = evaluate(oracle, "semalign_humaneval", limit=2, num_samples=5, temperature=0.8,
-                   max_new_tokens=64, keep_samples=True)["semalign_humaneval"]
+    rec = evaluate(
+        oracle,
+        "semalign_humaneval",
+        limit=2,
+        num_samples=5,
+        temperature=0.8,
+        max_new_tokens=64,
+        keep_samples=True,
+    )["semalign_humaneval"]
     assert oracle.generate_calls == 10
     assert rec["decoding"]["method"] == "sampling"
     assert rec["decoding"]["num_samples"] == 5 and rec["decoding"]["temperature"] == 0.8
@@ -243,8 +298,9 @@ def test_gsm8k_answer_order_is_a_task_option():
 
     options = {"semalign_gsm8k": {"answer_order": ["hashes", "last_number"]}}
     default = evaluate(HashesThenChatter(), "semalign_gsm8k", limit=3)["semalign_gsm8k"]
-    hashes = evaluate(HashesThenChatter(), "semalign_gsm8k", limit=3,
-                      task_options=options)["semalign_gsm8k"]
+    hashes = evaluate(HashesThenChatter(), "semalign_gsm8k", limit=3, task_options=options)[
+        "semalign_gsm8k"
+    ]
     assert default["metrics"]["exact_match"] == 0.0
     assert hashes["metrics"]["exact_match"] == 1.0
 
@@ -300,13 +356,16 @@ def test_model_prompt_style_needs_a_chat_template(smollm2_tokenizer):
         evaluate(OracleLM(), "semalign_gsm8k", limit=1, prompt_style="model", tokenizer=bare)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(prompt_style="fancy"), "unknown prompt_style"),
-    (dict(num_samples=4), "temperature > 0"),
-    (dict(batch_size=0), "batch_size must be a positive integer"),
-    (dict(task_options={"semalign_gsm8k": {"subjects": ["x"]}}), "unknown option"),
-    (dict(task_options={"semalign_mbpp": {}}), "not being evaluated"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prompt_style="fancy"), "unknown prompt_style"),
+        (dict(num_samples=4), "temperature > 0"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(task_options={"semalign_gsm8k": {"subjects": ["x"]}}), "unknown option"),
+        (dict(task_options={"semalign_mbpp": {}}), "not being evaluated"),
+    ],
+)
 def test_bad_settings(kwargs, match):
     with pytest.raises(InvalidParameterError, match=match):
         evaluate(OracleLM(), "semalign_gsm8k", limit=1, **kwargs)
@@ -343,10 +402,13 @@ def test_tiny_model_end_to_end_on_every_task(tiny):
 
 
 def test_in_memory_hf_model_and_cli(tiny, capsys):
-    rec = evaluate(tiny.model, "semalign_cls_sst2", limit=2, tokenizer=tiny.tokenizer,
-                   batch_size=1)["semalign_cls_sst2"]
+    rec = evaluate(
+        tiny.model, "semalign_cls_sst2", limit=2, tokenizer=tiny.tokenizer, batch_size=1
+    )["semalign_cls_sst2"]
     assert rec["n"] == 2 and rec["batch_size"] == 1
-    assert harness.main(["--model", "tiny-source", "--tasks", "semalign_cls_mr", "--limit", "2"]) == 0
+    assert (
+        harness.main(["--model", "tiny-source", "--tasks", "semalign_cls_mr", "--limit", "2"]) == 0
+    )
     out = capsys.readouterr().out
     assert "semalign_cls_mr" in out and "macro_f1" in out
     assert harness.main(["--model", "tiny-source", "--tasks", "nope"]) == 2
@@ -359,8 +421,13 @@ def test_smollm2_on_small_subsets():
     from semalign_core.models.registry import load_model
 
     model = load_model("smollm2-135m-instruct", verbose=False)
-    records = evaluate(model, ["semalign_mmlu", "semalign_cls_sst2", "semalign_gsm8k"],
-                       limit=20, prompt_style="model", max_new_tokens=128)
+    records = evaluate(
+        model,
+        ["semalign_mmlu", "semalign_cls_sst2", "semalign_gsm8k"],
+        limit=20,
+        prompt_style="model",
+        max_new_tokens=128,
+    )
     for rec in records.values():
         assert rec["n"] == 20
         assert all(0.0 <= v <= 1.0 for v in rec["metrics"].values())

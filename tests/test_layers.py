@@ -16,8 +16,11 @@ PACKAGE = Path(semalign_core.__file__).parent
 
 def test_every_module_belongs_to_a_layer():
     units = {u for layer in LAYERS for u in layer}
-    tops = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-            if (p.suffix == ".py" or (p / "__init__.py").exists())}
+    tops = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").exists())
+    }
     assert tops <= units, f"not in any layer: {sorted(tops - units)}"
 
 
@@ -32,7 +35,9 @@ LAZY_IMPORTS = {
     "salf/policies.py": {"peft"},
     "semalign/frontier.py": {"peft", "peft.tuners.lora"},
     "semalign/attribution.py": {"captum.attr"},  # only attribution_method="captum"
-    "report/method_info.py": {"semalign_core.transfer.registry"},  # the report imports without torch
+    "report/method_info.py": {
+        "semalign_core.transfer.registry"
+    },  # the report imports without torch
     "report/plots.py": {"IPython.display"},  # only inside a notebook
     "evaluation/sandbox_child.py": {"ctypes", "_sitebuiltins"},  # inside the sandboxed child
 }
@@ -52,14 +57,18 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_catches_an_upward_import(tmp_path):
-    root = _package(tmp_path, {
-        "__init__.py": "",
-        "lm/__init__.py": "",
-        "lm/surgery.py": "from semalign_core.report import plots\n",  # lm -> report: upward
-        "report/__init__.py": "",
-        "report/plots.py": "from semalign_core.lm import surgery\n",  # downward: fine
-        "experiments/x.py": "def f():\n    import semalign_core.report.plots\n",  # inside a function
-    })
+    root = _package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "lm/__init__.py": "",
+            "lm/surgery.py": "from semalign_core.report import plots\n",  # lm -> report: upward
+            "report/__init__.py": "",
+            "report/plots.py": "from semalign_core.lm import surgery\n",  # downward: fine
+            # an upward import written inside a function counts too
+            "experiments/x.py": "def f():\n    import semalign_core.report.plots\n",
+        },
+    )
     found = violations(root)
     assert len(found) == 2
     assert any("lm/surgery.py:1 lm imports report" in v for v in found)

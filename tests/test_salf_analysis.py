@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def power_trace(alpha=0.5, c=4.0, bump_block=None, bump=0.0):
     cum = np.cumsum(PARAMS).astype(float)
-    d = c * cum ** -alpha
+    d = c * cum**-alpha
     d0 = 2 * d[0]
     dev = np.concatenate([[d0], d])
     if bump_block is not None:  # block k removes an extra `bump` of deviation
@@ -56,14 +56,16 @@ def test_scaling_kaplan_finds_the_block_beating_the_law():
 def test_scaling_fit_is_the_smoothed_predicted_drop():
     dev = power_trace(alpha=0.5)
     g = gains.compute_gains(dev, PARAMS, "scaling_fit")
-    np.testing.assert_allclose(g, dev[:-1] - dev[1:], atol=1e-12)  # exact law → predicted == observed
+    np.testing.assert_allclose(
+        g, dev[:-1] - dev[1:], atol=1e-12
+    )  # exact law → predicted == observed
     assert np.all(np.diff(g[1:]) < 0)  # monotone for equal-size blocks (documented degeneracy)
 
 
 def test_zhang_gain_uses_the_irreducible_offset():
     cum = np.cumsum(PARAMS).astype(float)
     e = 0.3
-    dev = np.concatenate([[2.0], e + 3.0 * cum ** -0.8])
+    dev = np.concatenate([[2.0], e + 3.0 * cum**-0.8])
     fit = gains.fit_zhang(dev, PARAMS)
     assert fit.offset == pytest.approx(e, abs=1e-3)
     g = gains.compute_gains(dev, PARAMS, "zhang_finetune")
@@ -98,8 +100,10 @@ def test_budgets_raise_eof():
     assert gains.apply_budget(0, L, gains.Budget(flops_fraction=0.5), flops, float(L)) == 3
 
 
-@pytest.mark.parametrize("budget", [gains.Budget(max_trainable=0), gains.Budget(fraction=0.1),
-                                    gains.Budget(flops_fraction=0.01)])
+@pytest.mark.parametrize(
+    "budget",
+    [gains.Budget(max_trainable=0), gains.Budget(fraction=0.1), gains.Budget(flops_fraction=0.01)],
+)
 def test_budget_that_leaves_nothing_trainable_is_one_clear_line(budget):
     with pytest.raises(InvalidParameterError) as err:
         gains.apply_budget(1, L, budget, lambda e: float(L - e), float(L))
@@ -194,7 +198,9 @@ def test_deviation_kinds(tiny):
     ce = analysis.deviations(model, trace, "logit_lens_ce")
     with torch.no_grad():
         logp = torch.log_softmax(surgery.logit_lens(model, trace.states[:, -1]), -1)
-    expected = -logp[torch.arange(5), torch.tensor([trace.label_tokens.first[y] for y in trace.labels])]
+    expected = -logp[
+        torch.arange(5), torch.tensor([trace.label_tokens.first[y] for y in trace.labels])
+    ]
     torch.testing.assert_close(ce[:, -1], expected, atol=1e-4, rtol=1e-4)
     # cos against the label's basis: s_y is row y of the unit semantic bases
     bases = analysis.label_bases(model, trace.label_tokens)

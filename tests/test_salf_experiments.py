@@ -11,12 +11,12 @@ import pytest
 
 from semalign_core import salf
 from semalign_core.errors import InvalidParameterError
-from semalign_core.profiles import get_profile
 from semalign_core.experiments import salf_cells as ex
 from semalign_core.experiments.catalog import SALF_COST_BENEFIT, SALF_MAIN
 from semalign_core.experiments.model_pool import ModelPool
 from semalign_core.experiments.salf_cost_benefit import run_cost_benefit, sweep_labels
 from semalign_core.experiments.salf_main import check_parameters, run_main_table
+from semalign_core.profiles import get_profile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,10 +33,11 @@ def results(tmp_path_factory):
         mp.setenv("SEMALIGN_RESULTS_DIR", str(root))
         pool = ModelPool(PROF)
         main = ex.SalfGrid(PROF, pool=pool, verbose=False).run_all(
-            lambda _: POLICIES, [MODEL], [TASK], [0, 1])
-        cost = ex.SalfGrid(PROF, experiment=SALF_COST_BENEFIT, reuse_from=(SALF_MAIN,), pool=pool,
-                           verbose=False).run_all(
-            lambda s: sweep_labels(s)["depth"], [MODEL], [TASK], [0])
+            lambda _: POLICIES, [MODEL], [TASK], [0, 1]
+        )
+        cost = ex.SalfGrid(
+            PROF, experiment=SALF_COST_BENEFIT, reuse_from=(SALF_MAIN,), pool=pool, verbose=False
+        ).run_all(lambda s: sweep_labels(s)["depth"], [MODEL], [TASK], [0])
         yield root, main, cost
 
 
@@ -57,8 +58,12 @@ def test_records_written_one_per_run(in_results):
     assert f"{MODEL}__{TASK}__zero_shot.json" in files
     assert f"{MODEL}__{TASK}__random_matched__seed1.json" in files
     rec = by_policy(main)["salf"]
-    assert rec["metrics"]["n"] == ex.run_budget(PROF).n_eval and 0 <= rec["metrics"]["accuracy"] <= 1
-    assert {"wall_s", "setup_s", "flops_analytic", "saving_analytic", "peak_rss_mb"} <= set(rec["cost"])
+    assert (
+        rec["metrics"]["n"] == ex.run_budget(PROF).n_eval and 0 <= rec["metrics"]["accuracy"] <= 1
+    )
+    assert {"wall_s", "setup_s", "flops_analytic", "saving_analytic", "peak_rss_mb"} <= set(
+        rec["cost"]
+    )
     assert rec["config"]["spec"] == {"kind": "salf", "deviation": "cos_normed", "gain": "drop"}
 
 
@@ -79,7 +84,9 @@ def test_cost_benefit_copies_identical_main_runs(in_results):
     _, main, cost = in_results
     got = by_policy(cost)
     for label in ("full", "salf", "freeze_1_2"):
-        assert got[label]["reused_from"] == f"{SALF_MAIN}/smoke/{MODEL}__{TASK}__{label}__seed0.json"
+        assert (
+            got[label]["reused_from"] == f"{SALF_MAIN}/smoke/{MODEL}__{TASK}__{label}__seed0.json"
+        )
         assert got[label]["metrics"] == by_policy(main)[label]["metrics"]
     assert "reused_from" not in got["eof_0"]
 
@@ -101,7 +108,8 @@ def test_force_recomputes_each_run_once(tmp_path, monkeypatch):
     grid.run_all(lambda _: labels, [MODEL], [TASK], [0])
     assert calls == labels  # the second grid reused all
     forced = ex.SalfGrid(PROF, force=True, pool=pool, verbose=False).run_all(
-        lambda _: labels, [MODEL], [TASK], [0])
+        lambda _: labels, [MODEL], [TASK], [0]
+    )
     assert calls == labels * 2  # forced: each once (random_matched does not recompute SALF again)
     assert [r["config_hash"] for r in forced] == [r["config_hash"] for r in first]
 
@@ -124,9 +132,15 @@ def test_saving_fields_consistent(in_results):
     rows = {(r["policy"], r["seed"]): r for r in with_savings(main)}
     for seed in (0, 1):
         full = rows[("full", seed)]
-        assert full["saving_analytic"] == 0.0 and full["saving_wall"] == 0.0 and full["saving_memory"] == 0.0
+        assert (
+            full["saving_analytic"] == 0.0
+            and full["saving_wall"] == 0.0
+            and full["saving_memory"] == 0.0
+        )
         half = by_policy(main, seed)["freeze_1_2"]["cost"]
-        assert half["saving_analytic"] == pytest.approx(1 - half["flops_analytic"] / half["flops_full_analytic"])
+        assert half["saving_analytic"] == pytest.approx(
+            1 - half["flops_analytic"] / half["flops_full_analytic"]
+        )
         assert 0 < half["saving_analytic"] < 2 / 3
 
 
@@ -139,9 +153,19 @@ def test_freeze_half_saves_a_third_with_equal_blocks(tmp_path, monkeypatch):
     class WideBlocks(ModelPool):
         def get(self, name):
             if name not in self.loaded:
-                model = tiny_model("llama", seed=0, num_layers=4, hidden_size=64, intermediate_size=4096,
-                                   vocab_size=49152, num_heads=4, num_kv_heads=2)
-                self.loaded[name] = LoadedModel(model, load_tokenizer(MODEL), name, "tiny", {"layers": 4})
+                model = tiny_model(
+                    "llama",
+                    seed=0,
+                    num_layers=4,
+                    hidden_size=64,
+                    intermediate_size=4096,
+                    vocab_size=49152,
+                    num_heads=4,
+                    num_kv_heads=2,
+                )
+                self.loaded[name] = LoadedModel(
+                    model, load_tokenizer(MODEL), name, "tiny", {"layers": 4}
+                )
             return self.loaded[name]
 
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
@@ -152,19 +176,22 @@ def test_freeze_half_saves_a_third_with_equal_blocks(tmp_path, monkeypatch):
     assert half["cost"]["saving_analytic"] == pytest.approx((2 / 3) * (1 / 2), abs=0.02)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: check_parameters(PROF, policies=["freeze_half"]), "unknown policy 'freeze_half'"),
-    (lambda: check_parameters(PROF, policies="salf"), "must be None or a non-empty list"),
-    (lambda: check_parameters(PROF, models=["gpt5"]), "unknown model(s) ['gpt5']"),
-    (lambda: check_parameters(PROF, tasks=["imdb"]), "unknown task(s) ['imdb']"),
-    (lambda: check_parameters(PROF, seeds=[-1]), "seeds=[-1]"),
-    (lambda: check_parameters(PROF, salf_kw={"gain": "magic"}), "gain must be one of"),
-    (lambda: ex.run_budget(PROF, n_train=0), "n_train=0 must be an integer >= 1"),
-    (lambda: ex.run_budget(PROF, lr=-1.0), "lr=-1.0 must be a number > 0"),
-    (lambda: ex.run_budget(PROF, steps=3), "SalfRunBudget has no field(s) steps"),
-    (lambda: ex.task_data(TASK, 10**6, 8, 0), "n_train=1000000 exceeds"),
-    (lambda: run_cost_benefit(PROF, groups=["speed"]), "unknown group(s) ['speed']"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: check_parameters(PROF, policies=["freeze_half"]), "unknown policy 'freeze_half'"),
+        (lambda: check_parameters(PROF, policies="salf"), "must be None or a non-empty list"),
+        (lambda: check_parameters(PROF, models=["gpt5"]), "unknown model(s) ['gpt5']"),
+        (lambda: check_parameters(PROF, tasks=["imdb"]), "unknown task(s) ['imdb']"),
+        (lambda: check_parameters(PROF, seeds=[-1]), "seeds=[-1]"),
+        (lambda: check_parameters(PROF, salf_kw={"gain": "magic"}), "gain must be one of"),
+        (lambda: ex.run_budget(PROF, n_train=0), "n_train=0 must be an integer >= 1"),
+        (lambda: ex.run_budget(PROF, lr=-1.0), "lr=-1.0 must be a number > 0"),
+        (lambda: ex.run_budget(PROF, steps=3), "SalfRunBudget has no field(s) steps"),
+        (lambda: ex.task_data(TASK, 10**6, 8, 0), "n_train=1000000 exceeds"),
+        (lambda: run_cost_benefit(PROF, groups=["speed"]), "unknown group(s) ['speed']"),
+    ],
+)
 def test_invalid_parameters_one_line(call, message):
     with pytest.raises(InvalidParameterError) as info:
         call()
@@ -176,15 +203,28 @@ def test_sst2_train_carved_disjoint_from_eval():
     assert not {r["text"] for r in train} & {r["text"] for r in evaluation}
     assert info["eval_split"] == "dev" and "carved" in info["train_split"]
     again = ex.task_data("sst2", 16, 32, 4)[1]
-    assert [r["text"] for r in again] == [r["text"] for r in evaluation]  # eval subset is seed-independent
+    assert [r["text"] for r in again] == [
+        r["text"] for r in evaluation
+    ]  # eval subset is seed-independent
 
 
 def _record(policy, seed, acc, wall, flops=1.0, rss=100.0):
-    return {"config": {"model": "m", "task": "t", "policy": policy, "seed": seed},
-            "metrics": {"accuracy": acc, "macro_f1": acc / 2, "n": 50}, "model_info": {"layers": 4},
-            "policy": {"eof": 2}, "history": [{"blocks": [2, 3]}],
-            "cost": {"wall_s": wall, "setup_s": 0.0, "flops_analytic": flops, "saving_analytic": 1 - flops,
-                     "peak_rss_mb": rss, "trainable_params": 1, "total_params": 4}}
+    return {
+        "config": {"model": "m", "task": "t", "policy": policy, "seed": seed},
+        "metrics": {"accuracy": acc, "macro_f1": acc / 2, "n": 50},
+        "model_info": {"layers": 4},
+        "policy": {"eof": 2},
+        "history": [{"blocks": [2, 3]}],
+        "cost": {
+            "wall_s": wall,
+            "setup_s": 0.0,
+            "flops_analytic": flops,
+            "saving_analytic": 1 - flops,
+            "peak_rss_mb": rss,
+            "trainable_params": 1,
+            "total_params": 4,
+        },
+    }
 
 
 def test_aggregate_over_seeds():
@@ -195,12 +235,21 @@ def test_aggregate_over_seeds():
     records += [_record("salf", s, a, w, flops=0.4) for s, a, w in zip(range(3), accs, walls)]
     rows = {r["policy"]: r for r in aggregate(with_savings(records))}
     mean, std, count = rows["salf"]["accuracy"]
-    assert (mean, count) == (pytest.approx(np.mean(accs)), 3) and std == pytest.approx(np.std(accs, ddof=1))
+    assert (mean, count) == (pytest.approx(np.mean(accs)), 3) and std == pytest.approx(
+        np.std(accs, ddof=1)
+    )
     assert rows["salf"]["saving_wall"][0] == pytest.approx(np.mean([1 - w / 10 for w in walls]))
-    assert rows["salf"]["seeds"] == [0, 1, 2] and rows["salf"]["n"] == [50] and rows["salf"]["runs"] == 3
+    assert (
+        rows["salf"]["seeds"] == [0, 1, 2]
+        and rows["salf"]["n"] == [50]
+        and rows["salf"]["runs"] == 3
+    )
     assert cell(rows["salf"]["accuracy"], 100, 1) == "70.0 ± 10.0"
     assert cell(rows["full"]["saving_wall"], 100, 1) == "0.0 ± 0.0"
-    assert cell((0.5, float("nan"), 1), 100, 1) == "50.0" and cell((float("nan"), float("nan"), 0)) == "–"
+    assert (
+        cell((0.5, float("nan"), 1), 100, 1) == "50.0"
+        and cell((float("nan"), float("nan"), 0)) == "–"
+    )
     assert list(rows) == ["full", "salf"]  # table order: MAIN_POLICIES
 
 
@@ -213,8 +262,11 @@ def test_render_functions_identical_bytes(in_results, tmp_path):
     assert "cost savings of up to 62%" in text  # the stored published claim, labelled as such
     first = salf_report.salf_cost_benefit_figures(tmp_path / "a")
     second = salf_report.salf_cost_benefit_figures(tmp_path / "b")
-    assert [p.name for p in first] == ["salf_cost_benefit_depth.png", "salf_cost_benefit_costs.png",
-                                      "salf_cost_benefit_ablations.png"]
+    assert [p.name for p in first] == [
+        "salf_cost_benefit_depth.png",
+        "salf_cost_benefit_costs.png",
+        "salf_cost_benefit_ablations.png",
+    ]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, second))
     assert salf_report.salf_main_table(tmp_path / "a")[0].read_text() == text
 
@@ -224,14 +276,36 @@ def test_nothing_to_render_without_records(tmp_path, monkeypatch):
 
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
     assert salf_report.salf_main_table_markdown() is None
-    assert salf_report.salf_main_table(tmp_path) == [] and salf_report.salf_cost_benefit_figures(tmp_path) == []
+    assert (
+        salf_report.salf_main_table(tmp_path) == []
+        and salf_report.salf_cost_benefit_figures(tmp_path) == []
+    )
 
 
 def test_sweep_labels_follow_salf():
-    rec = {"model_info": {"layers": 30, "flops_fraction_of_eof": list(np.linspace(0.9, 0.34, 31))},
-           "policy": {"eof": 22}}
+    rec = {
+        "model_info": {"layers": 30, "flops_fraction_of_eof": list(np.linspace(0.9, 0.34, 31))},
+        "policy": {"eof": 22},
+    }
     labels = sweep_labels(rec)
-    assert labels["depth"] == ["full", "eof_0", "freeze_1_4", "freeze_1_2", "freeze_3_4", "eof_26", "eof_29", "salf"]
-    assert labels["budget"][:2] == ["salf_max1", "salf_max4"] and labels["budget"][2].startswith("salf_flops")
+    assert labels["depth"] == [
+        "full",
+        "eof_0",
+        "freeze_1_4",
+        "freeze_1_2",
+        "freeze_3_4",
+        "eof_26",
+        "eof_29",
+        "salf",
+    ]
+    assert labels["budget"][:2] == ["salf_max1", "salf_max4"] and labels["budget"][2].startswith(
+        "salf_flops"
+    )
     assert json.dumps(ex.policy_spec("salf_flops45")) == json.dumps(
-        {"kind": "salf", "deviation": "cos_normed", "gain": "drop", "budget": {"flops_fraction": 0.45}})
+        {
+            "kind": "salf",
+            "deviation": "cos_normed",
+            "gain": "drop",
+            "budget": {"flops_fraction": 0.45},
+        }
+    )

@@ -36,8 +36,10 @@ from semalign_core.evaluation.sandbox_child import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 IS_ROOT = os.geteuid() == 0
-root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root: the sandbox switches to 'nobody' "
-                               "only when the evaluator runs as root")
+root_only = pytest.mark.skipif(
+    not IS_ROOT,
+    reason="needs root: the sandbox switches to 'nobody' only when the evaluator runs as root",
+)
 FAST = SandboxLimits(wall_s=3, cpu_s=3, memory_mb=512)
 
 GOOD = "def add(a, b):\n    return a + b\n"
@@ -53,7 +55,7 @@ def _sandbox_process_alive(pid: int) -> bool:
     """True if `pid` is a live (non-zombie) process started by a sandbox run."""
     try:
         state = Path(f"/proc/{pid}/stat").read_bytes()
-        state = state[state.rfind(b")") + 2:].split()[0]
+        state = state[state.rfind(b")") + 2 :].split()[0]
         env = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
@@ -122,8 +124,10 @@ def test_environment_and_working_directory():
     assert home_is_cwd == "True" and pyvars == "[]" and name_line == "__candidate__ True"
     assert not os.path.exists(cwd), "the temporary working directory must be removed"
     if IS_ROOT:
-        assert run_sandboxed("import os; print(os.getuid(), os.getgroups())", FAST).stdout \
+        assert (
+            run_sandboxed("import os; print(os.getuid(), os.getgroups())", FAST).stdout
             == "65534 []\n"
+        )
 
 
 # --------------------------------------------------------------------------- time and memory
@@ -204,8 +208,7 @@ def test_daemonised_child_is_killed_even_when_the_program_passes():
         "    if os.fork() == 0:\n"
         "        os.write(w, str(os.getpid()).encode()); time.sleep(120); os._exit(0)\n"
         "    os._exit(0)\n"
-        "print('PID', int(os.read(r, 32)), flush=True)\n"
-        + GOOD
+        "print('PID', int(os.read(r, 32)), flush=True)\n" + GOOD
     )
     res = run_sandboxed(prog(code), FAST)
     assert res.passed, res
@@ -274,8 +277,10 @@ for attempt in (lambda: open(path, "w").write("pwned"),
         assert "SUCCEEDED" not in res.stdout, res.stdout
         assert target.read_text() == "original\n"
         after = target.stat()
-        assert (after.st_mtime_ns, stat.S_IMODE(after.st_mode)) == \
-            (before.st_mtime_ns, stat.S_IMODE(before.st_mode))
+        assert (after.st_mtime_ns, stat.S_IMODE(after.st_mode)) == (
+            before.st_mtime_ns,
+            stat.S_IMODE(before.st_mode),
+        )
         assert sorted(os.listdir(target_dir)) == ["precious.txt"]
     finally:
         shutil.rmtree(target_dir, ignore_errors=True)
@@ -290,8 +295,15 @@ def test_file_writes_in_the_sandbox_are_capped():
 # --------------------------------------------------------------------------- exits and cheats
 
 
-@pytest.mark.parametrize("exit_stmt", ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
-                                       "raise SystemExit(0)\n", "raise KeyboardInterrupt\n"])
+@pytest.mark.parametrize(
+    "exit_stmt",
+    [
+        "import sys\nsys.exit(0)\n",
+        "import os\nos._exit(0)\n",
+        "raise SystemExit(0)\n",
+        "raise KeyboardInterrupt\n",
+    ],
+)
 def test_exiting_before_the_asserts_fails(exit_stmt):
     res = run_sandboxed(prog(WRONG + exit_stmt), FAST)
     assert not res.passed and res.status == "failed", res
@@ -305,9 +317,11 @@ def test_system_exit_inside_the_tests_fails():
 
 def test_exit_code_zero_without_the_nonce_fails():
     # tries to forge a pass line on every possible fd, then exits "successfully"
-    code = ("import os\nfor fd in range(3, 1024):\n    try:\n"
-            "        os.write(fd, b'PASS 00000000000000000000000000000000\\n')\n"
-            "    except OSError:\n        pass\nos._exit(0)\n")
+    code = (
+        "import os\nfor fd in range(3, 1024):\n    try:\n"
+        "        os.write(fd, b'PASS 00000000000000000000000000000000\\n')\n"
+        "    except OSError:\n        pass\nos._exit(0)\n"
+    )
     res = run_sandboxed(prog(WRONG + code), FAST)
     assert not res.passed and res.status == "failed", res
 
@@ -330,8 +344,10 @@ os.write = lambda *a: 0
 def add(a, b):
     return a - b
 """
-    tests = ("import math\nassert abs(add(1, 2) - 3) < 1e-9\n"
-             "assert math.isclose(add(1, 2), 3)\nassert add(1, 2) == 3\n")
+    tests = (
+        "import math\nassert abs(add(1, 2) - 3) < 1e-9\n"
+        "assert math.isclose(add(1, 2), 3)\nassert add(1, 2) == 3\n"
+    )
     res = run_sandboxed(prog(cheat, tests), FAST)
     assert not res.passed and res.status == "failed" and res.error == "AssertionError", res
 
@@ -344,8 +360,9 @@ def test_unterminated_string_cannot_swallow_the_tests():
 
 
 def test_stdin_is_empty_and_threads_do_not_block_exit():
-    code = ("import threading, time\n"
-            "threading.Thread(target=time.sleep, args=(600,)).start()\n" + GOOD)
+    code = (
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,)).start()\n" + GOOD
+    )
     res = run_sandboxed(prog(code), SandboxLimits(wall_s=5, cpu_s=5))
     assert res.passed and res.wall_s < 4, res
     res = run_sandboxed(prog("x = input()\n" + GOOD), FAST)
@@ -363,8 +380,10 @@ def test_huge_output_hits_the_output_limit():
 
 
 def test_huge_stderr_output_hits_the_output_limit_even_if_errors_are_swallowed():
-    code = ("import sys\nfor _ in range(10**6):\n    try:\n"
-            "        sys.stderr.write('y' * 1000)\n    except OSError:\n        pass\n" + GOOD)
+    code = (
+        "import sys\nfor _ in range(10**6):\n    try:\n"
+        "        sys.stderr.write('y' * 1000)\n    except OSError:\n        pass\n" + GOOD
+    )
     res = run_sandboxed(prog(code), FAST)
     assert res.status == "output_limit" and not res.passed, res
     assert len(res.stderr) <= FAST.max_output_bytes
@@ -377,12 +396,20 @@ def test_request_wire_format_and_round_trip():
     header = {"nonce": "ab12", "uid": None, "site": ["/a b", "/ü"], "wall_s": 1.5, "cpu_s": 2}
     raw = encode_request(header, "x = 'é'\n".encode(), b"assert x\n")
     # by hand: NUL-separated key=value, byte lengths appended, one newline, then the bodies
-    expected_head = ("nonce=ab12\0uid=\0site=/a b\x1f/ü\0wall_s=1.5\0cpu_s=2\0prog_len=9"
-                     "\0test_len=9\n").encode()
+    expected_head = (
+        "nonce=ab12\0uid=\0site=/a b\x1f/ü\0wall_s=1.5\0cpu_s=2\0prog_len=9\0test_len=9\n"
+    ).encode()
     assert raw == expected_head + "x = 'é'\n".encode() + b"assert x\n"
     cfg, prog, tests = decode_request(raw)
-    assert cfg == {"nonce": "ab12", "uid": None, "site": ["/a b", "/ü"], "wall_s": 1.5,
-                   "cpu_s": 2, "prog_len": 9, "test_len": 9}
+    assert cfg == {
+        "nonce": "ab12",
+        "uid": None,
+        "site": ["/a b", "/ü"],
+        "wall_s": 1.5,
+        "cpu_s": 2,
+        "prog_len": 9,
+        "test_len": 9,
+    }
     assert (prog, tests) == ("x = 'é'\n", "assert x\n")
     no_tests = decode_request(encode_request({"site": []}, b"pass\n", None))
     assert no_tests == ({"site": [], "prog_len": 5, "test_len": -1}, "pass\n", None)
@@ -391,12 +418,23 @@ def test_request_wire_format_and_round_trip():
 
 
 def test_report_line_format_and_parse():
-    assert format_report("signal 9", 1.25, 2048, True) == \
-        b"CHILD signal 9 cpu 1.250 maxrss_kb 2048 clean 1\n"
-    assert parse_report(b"noise\nCHILD signal 9 cpu 1.250 maxrss_kb 2048 clean 1\n") == \
-        {"kind": "signal", "code": 9, "cpu": 1.25, "maxrss_kb": 2048.0, "clean": 1.0}
-    assert parse_report(b"CHILD timeout cpu 0.010 maxrss_kb 10 clean 0\n") == \
-        {"kind": "timeout", "cpu": 0.01, "maxrss_kb": 10.0, "clean": 0.0}
+    assert (
+        format_report("signal 9", 1.25, 2048, True)
+        == b"CHILD signal 9 cpu 1.250 maxrss_kb 2048 clean 1\n"
+    )
+    assert parse_report(b"noise\nCHILD signal 9 cpu 1.250 maxrss_kb 2048 clean 1\n") == {
+        "kind": "signal",
+        "code": 9,
+        "cpu": 1.25,
+        "maxrss_kb": 2048.0,
+        "clean": 1.0,
+    }
+    assert parse_report(b"CHILD timeout cpu 0.010 maxrss_kb 10 clean 0\n") == {
+        "kind": "timeout",
+        "cpu": 0.01,
+        "maxrss_kb": 10.0,
+        "clean": 0.0,
+    }
     assert parse_report(b"") == {} and parse_report(b"PASS 1234\n") == {}
 
 
@@ -405,14 +443,30 @@ def _run_harness_by_hand(program: str, tests: str | None, nonce: str, cwd: Path)
     returns (result pipe bytes, report pipe bytes, completed process)."""
     res_r, res_w = os.pipe()
     rep_r, rep_w = os.pipe()
-    header = {"nonce": nonce, "result_fd": res_w, "report_fd": rep_w, "uid": None, "gid": None,
-              "site": [], "wall_s": 5.0, "cpu_s": 5, "as_bytes": 512 * 2**20, "fsize": 10**6,
-              "nproc": 64}
+    header = {
+        "nonce": nonce,
+        "result_fd": res_w,
+        "report_fd": rep_w,
+        "uid": None,
+        "gid": None,
+        "site": [],
+        "wall_s": 5.0,
+        "cpu_s": 5,
+        "as_bytes": 512 * 2**20,
+        "fsize": 10**6,
+        "nproc": 64,
+    }
     request = encode_request(header, program.encode(), None if tests is None else tests.encode())
     try:
-        done = subprocess.run([sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)],
-                              input=request, capture_output=True, pass_fds=(res_w, rep_w),
-                              cwd=cwd, env={"LANG": "C.UTF-8"}, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)],
+            input=request,
+            capture_output=True,
+            pass_fds=(res_w, rep_w),
+            cwd=cwd,
+            env={"LANG": "C.UTF-8"},
+            timeout=30,
+        )
     finally:
         os.close(res_w)
         os.close(rep_w)
@@ -438,10 +492,15 @@ def test_harness_program_result_protocol(tmp_path):
 
 def test_harness_program_imports_only_the_standard_library():
     tree = ast.parse(CHILD_PROGRAM.read_text())
-    tops = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-            for alias in node.names}
-    tops |= {node.module.split(".")[0] for node in ast.walk(tree)
-             if isinstance(node, ast.ImportFrom)}
+    tops = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    tops |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    }
     assert tops and tops <= set(sys.stdlib_module_names), tops - set(sys.stdlib_module_names)
     assert CHILD_PROGRAM == Path(sandbox_child.__file__).resolve()
     assert sandbox_child._SIGKILL == signal.SIGKILL

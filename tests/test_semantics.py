@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semalign_core.lm import semantics as sem
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
+from semalign_core.lm import semantics as sem
 
 
 def gen(seed=0):
@@ -80,7 +80,9 @@ def test_recompose_with_identical_heads_returns_direction_tight_frame():
     S = sem.semantic_bases(W, disk_cache=False).double()
     h = randn(5, 16, seed=9)
     h_tilde = sem.transfer_state(h, S, S)
-    torch.testing.assert_close(F.cosine_similarity(h_tilde, h, dim=-1), torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(
+        F.cosine_similarity(h_tilde, h, dim=-1), torch.ones(5, dtype=torch.float64)
+    )
     torch.testing.assert_close(h_tilde, 4 * h / h.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-5)
 
 
@@ -115,11 +117,21 @@ def test_transfer_state_rescale_and_zero_state():
     raw = sem.transfer_state(h, Ss, St)
     src = sem.transfer_state(h, Ss, St, rescale="source_norm")
     torch.testing.assert_close(src.norm(dim=-1), h.norm(dim=-1))
-    torch.testing.assert_close(F.cosine_similarity(src, raw, dim=-1), torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(
+        F.cosine_similarity(src, raw, dim=-1), torch.ones(4, dtype=torch.float64)
+    )
     norms = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
-    torch.testing.assert_close(sem.transfer_state(h, Ss, St, rescale="target_norm", target_norm=norms).norm(dim=-1), norms)
-    torch.testing.assert_close(sem.transfer_state(h, Ss, St, rescale="target_norm", target_norm=2.5).norm(dim=-1), torch.full((4,), 2.5, dtype=torch.float64))
-    assert torch.equal(sem.transfer_state(torch.zeros(1, 8, dtype=torch.float64), Ss, St), torch.zeros(1, 6, dtype=torch.float64))
+    torch.testing.assert_close(
+        sem.transfer_state(h, Ss, St, rescale="target_norm", target_norm=norms).norm(dim=-1), norms
+    )
+    torch.testing.assert_close(
+        sem.transfer_state(h, Ss, St, rescale="target_norm", target_norm=2.5).norm(dim=-1),
+        torch.full((4,), 2.5, dtype=torch.float64),
+    )
+    assert torch.equal(
+        sem.transfer_state(torch.zeros(1, 8, dtype=torch.float64), Ss, St),
+        torch.zeros(1, 6, dtype=torch.float64),
+    )
     with pytest.raises(InvalidParameterError):
         sem.transfer_state(h, Ss, St, rescale="target_norm")
     with pytest.raises(InvalidParameterError):
@@ -150,7 +162,9 @@ def test_fidelity_output_side_high_input_side_low():
     mu = mu / mu.norm()
     W = 5 * mu + 0.3 * randn(V, d, seed=17) / math.sqrt(d)
     h = randn(32, d, seed=18)
-    out_side = sem.decomposition_fidelity(h, sem.semantic_bases(W, disk_cache=False).double()).mean()
+    out_side = sem.decomposition_fidelity(
+        h, sem.semantic_bases(W, disk_cache=False).double()
+    ).mean()
     in_side = sem.decomposition_fidelity(h, sem.input_side_bases(W).double()).mean()
     assert out_side > 0.95
     assert in_side < 0.3
@@ -200,7 +214,9 @@ def test_surrogate_is_second_order_expansion_of_kl(tau):
     # the spec's literal formula (δ = z − z~ unscaled) is the τ²-scaled variant
     lit = sem.fisher_quadratic_surrogate(z_tilde + delta, z_tilde, tau=tau, tau_squared=True)
     dp = (p_tilde * delta).sum()
-    torch.testing.assert_close(lit, 0.5 * ((p_tilde * delta**2).sum() - dp**2), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        lit, 0.5 * ((p_tilde * delta**2).sum() - dp**2), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_surrogate_approaches_kl_for_small_delta():
@@ -219,12 +235,16 @@ def test_surrogate_mask_grad_and_shape_invariance():
     z = randn(2, 3, 11, seed=28).requires_grad_()
     mask = torch.tensor([[1, 1, 0], [0, 1, 0]])
     loss = sem.fisher_quadratic_surrogate(z, z_tilde, mask=mask)
-    per = [sem.fisher_quadratic_surrogate(z[b, t], z_tilde[b, t]) for b, t in [(0, 0), (0, 1), (1, 1)]]
+    per = [
+        sem.fisher_quadratic_surrogate(z[b, t], z_tilde[b, t]) for b, t in [(0, 0), (0, 1), (1, 1)]
+    ]
     torch.testing.assert_close(loss, torch.stack(per).mean())
     loss.backward()
     assert z.grad[0, 2].abs().max() == 0 and z.grad[0, 0].abs().max() > 0
     # invariant to adding a constant to all logits of a position (softmax shift invariance)
-    torch.testing.assert_close(sem.fisher_quadratic_surrogate(z + 3.0, z_tilde), sem.fisher_quadratic_surrogate(z, z_tilde))
+    torch.testing.assert_close(
+        sem.fisher_quadratic_surrogate(z + 3.0, z_tilde), sem.fisher_quadratic_surrogate(z, z_tilde)
+    )
     assert sem.fisher_quadratic_surrogate(z_tilde, z_tilde) == 0
 
 
@@ -232,15 +252,21 @@ def test_surrogate_mask_grad_and_shape_invariance():
 def test_output_kl_matches_torch_kl_div(tau):
     t, s = randn(2, 4, 9, seed=29), randn(2, 4, 9, seed=30)
     ref = F.kl_div(
-        torch.log_softmax(s / tau, -1).reshape(-1, 9), torch.log_softmax(t / tau, -1).reshape(-1, 9),
-        log_target=True, reduction="batchmean",
+        torch.log_softmax(s / tau, -1).reshape(-1, 9),
+        torch.log_softmax(t / tau, -1).reshape(-1, 9),
+        log_target=True,
+        reduction="batchmean",
     )
     torch.testing.assert_close(sem.output_kl(t, s, tau=tau), ref * tau**2)
     torch.testing.assert_close(sem.output_kl(t, s, tau=tau, tau_squared=False), ref)
     mask = torch.zeros(2, 4)
     mask[0, 1] = mask[1, 3] = 1
-    ref_m = F.kl_div(torch.log_softmax(s[mask.bool()] / tau, -1), torch.log_softmax(t[mask.bool()] / tau, -1),
-                     log_target=True, reduction="batchmean")
+    ref_m = F.kl_div(
+        torch.log_softmax(s[mask.bool()] / tau, -1),
+        torch.log_softmax(t[mask.bool()] / tau, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
     torch.testing.assert_close(sem.output_kl(t, s, tau=tau, mask=mask, tau_squared=False), ref_m)
 
 

@@ -56,8 +56,10 @@ def test_training_pool_is_disjoint_from_the_evaluation_split():
     pool = {_norm(r["text"]) for r in train.records} | {_norm(r["text"]) for r in extract.records}
     assert not pool & {_norm(r["text"]) for r in held_out.records}
     assert not {r["text"] for r in train.records} & {r["text"] for r in extract.records}
-    assert load_cls_transfer("sst2", "train", limit=8, seed=3).records == load_cls_transfer(
-        "sst2", "train", limit=8, seed=3).records
+    assert (
+        load_cls_transfer("sst2", "train", limit=8, seed=3).records
+        == load_cls_transfer("sst2", "train", limit=8, seed=3).records
+    )
 
 
 def test_classification_records_are_the_evaluation_text_and_tokens(tokenizer):
@@ -67,9 +69,13 @@ def test_classification_records_are_the_evaluation_text_and_tokens(tokenizer):
     from semalign_core.evaluation.harness import _tokenizer_adds_bos
     from semalign_core.evaluation.tasks.utils import build_docs
 
-    split, docs = build_docs("semalign_cls_sst2", {"options": {"semalign_cls_sst2": {"split": "dev_subsample"}},
-                                                   "limit": 6, "seed": 0})
-    assert _tokenizer_adds_bos(tokenizer) == (tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id)
+    split, docs = build_docs(
+        "semalign_cls_sst2",
+        {"options": {"semalign_cls_sst2": {"split": "dev_subsample"}}, "limit": 6, "seed": 0},
+    )
+    assert _tokenizer_adds_bos(tokenizer) == (
+        tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+    )
     for rec, doc in zip(split.records, docs):
         train_rec = cls_record("sst2", rec)
         assert train_rec["prompt"] == doc["prompt"]
@@ -80,12 +86,19 @@ def test_classification_records_are_the_evaluation_text_and_tokens(tokenizer):
         context = tokenizer(doc["prompt"])["input_ids"]
         assert ex["input_ids"] == whole
         supervised = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100]
-        assert supervised == whole[len(context):] and ex["labels"][:len(context)] == [-100] * len(context)
+        assert supervised == whole[len(context) :] and ex["labels"][: len(context)] == [-100] * len(
+            context
+        )
 
 
 def test_plain_style_is_one_of_the_prompt_styles(tokenizer):
-    msgs = [{"role": "user", "content": "Review: good\nSentiment:"}, {"role": "assistant", "content": "positive"}]
-    assert build_sft_example(tokenizer, msgs, style="plain")["input_ids"][-1] != tokenizer.eos_token_id
+    msgs = [
+        {"role": "user", "content": "Review: good\nSentiment:"},
+        {"role": "assistant", "content": "positive"},
+    ]
+    assert (
+        build_sft_example(tokenizer, msgs, style="plain")["input_ids"][-1] != tokenizer.eos_token_id
+    )
     with pytest.raises(InvalidParameterError, match="valid: transfer, model, plain"):
         build_sft_example(tokenizer, msgs, style="chat")
 
@@ -95,21 +108,32 @@ def test_plain_style_is_one_of_the_prompt_styles(tokenizer):
 
 def test_recipe_key_changes_with_every_field():
     base = teachers.teacher_recipe("smoke", "sst2")
-    assert base.base == "tiny-source" and teachers.teacher_recipe("cpu", "sst2").base == "smollm2-135m-instruct"
-    keys = {base.key()} | {teachers.teacher_recipe("smoke", "sst2", **{f: v}).key()
-                           for f, v in (("lr", 3e-3), ("n_train", 8), ("seed", 1), ("epochs", 2), ("eval_limit", 4))}
+    assert (
+        base.base == "tiny-source"
+        and teachers.teacher_recipe("cpu", "sst2").base == "smollm2-135m-instruct"
+    )
+    keys = {base.key()} | {
+        teachers.teacher_recipe("smoke", "sst2", **{f: v}).key()
+        for f, v in (("lr", 3e-3), ("n_train", 8), ("seed", 1), ("epochs", 2), ("eval_limit", 4))
+    }
     assert len(keys) == 6
     assert base.key() == teachers.teacher_recipe("smoke", "sst2").key()  # stable
 
 
 @pytest.mark.parametrize("profile", sorted(teachers.TEACHER_RECIPES))
 def test_recipe_evaluates_like_the_table(profile):
-    """Same evaluation protocol as Table 2's cells, so the teacher row reuses the teacher's evaluation."""
+    """Same evaluation protocol as Table 2's cells: the teacher row reuses its evaluation."""
     recipe = teachers.teacher_recipe(profile, "sst2")
     budget = transfer_table.transfer_budget(get_profile(profile), "sst2")
-    assert (recipe.eval_limit, recipe.eval_batch_size, 0) == (budget.eval_limit, budget.eval_batch_size,
-                                                              budget.eval_seed)
-    assert recipe.base == get_profile(profile).semalign_source and recipe.dtype == get_profile(profile).dtype
+    assert (recipe.eval_limit, recipe.eval_batch_size, 0) == (
+        budget.eval_limit,
+        budget.eval_batch_size,
+        budget.eval_seed,
+    )
+    assert (
+        recipe.base == get_profile(profile).semalign_source
+        and recipe.dtype == get_profile(profile).dtype
+    )
 
 
 def test_teacher_is_made_once_and_keyed_by_recipe(teacher_cache, monkeypatch):
@@ -117,9 +141,16 @@ def test_teacher_is_made_once_and_keyed_by_recipe(teacher_cache, monkeypatch):
     path = teachers.ensure_teacher(recipe, verbose=False)
     info = json.loads((path / teacher_store.MARKER).read_text())
     rep = info["report"]
-    assert path.parent == teacher_cache and info["key"] == recipe.key() and info["recipe"]["lr"] == recipe.lr
+    assert (
+        path.parent == teacher_cache
+        and info["key"] == recipe.key()
+        and info["recipe"]["lr"] == recipe.lr
+    )
     assert rep["steps"] == recipe.n_train // recipe.batch_size and rep["n_train"] == recipe.n_train
-    assert rep["before"]["n"] == rep["after"]["n"] == recipe.eval_limit and rep["after"]["split"] == "dev_subsample"
+    assert (
+        rep["before"]["n"] == rep["after"]["n"] == recipe.eval_limit
+        and rep["after"]["split"] == "dev_subsample"
+    )
     assert rep["data"]["benchmark"] == "classification-transfer/sst2" and rep["data"]["sources"]
     assert (path / "model.safetensors").is_file()
 
@@ -147,7 +178,9 @@ def test_fine_tuning_changes_the_weights(teacher_cache):
     blocks = lambda m: {n: p for n, p in m.named_parameters() if ".layers." in n}  # noqa: E731
     assert any(not torch.equal(p, blocks(tuned.model)[n]) for n, p in blocks(base).items())
     emb = "model.embed_tokens.weight"  # trainable="layers": embeddings (and the tied head) stay
-    assert torch.equal(dict(base.named_parameters())[emb], dict(tuned.model.named_parameters())[emb])
+    assert torch.equal(
+        dict(base.named_parameters())[emb], dict(tuned.model.named_parameters())[emb]
+    )
 
 
 def test_truncate_vocab_keeps_the_first_rows():
@@ -158,7 +191,11 @@ def test_truncate_vocab_keeps_the_first_rows():
     model = load_model("tiny-target", verbose=False).model
     before = model.get_input_embeddings().weight[:100].clone()
     teacher_store.truncate_vocab(model, 49000)
-    assert model.get_input_embeddings().weight.shape[0] == 49000 == model.get_output_embeddings().weight.shape[0]
+    assert (
+        model.get_input_embeddings().weight.shape[0]
+        == 49000
+        == model.get_output_embeddings().weight.shape[0]
+    )
     assert torch.equal(model.get_input_embeddings().weight[:100], before)
 
 
@@ -170,8 +207,14 @@ def table2(teacher_cache, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEMALIGN_RESULTS_DIR", str(results))
-        records = transfer_table.run_table(get_profile("smoke"), ["semalign", "sft"], None, [0, 1],
-                                           setting="finetuned", verbose=False)
+        records = transfer_table.run_table(
+            get_profile("smoke"),
+            ["semalign", "sft"],
+            None,
+            [0, 1],
+            setting="finetuned",
+            verbose=False,
+        )
         yield results, records
 
 
@@ -180,15 +223,24 @@ def test_table2_records(table2):
     folder = results / "semalign_finetuned_teacher" / "smoke"
     assert sorted(p.name for p in folder.glob("*.json")) == sorted(
         ["ft-source__teacher__sst2.json", "ft-source__target__sst2.json"]
-        + [f"ft-source__{m}__sst2__seed{s}.json" for m in ("semalign", "sft") for s in (0, 1)])
+        + [f"ft-source__{m}__sst2__seed{s}.json" for m in ("semalign", "sft") for s in (0, 1)]
+    )
     by_run = {r["run"]: r for r in records}
     teacher = by_run["ft-source__teacher__sst2"]
     assert teacher["seed"] is None and teacher["metrics"]["reused"]  # the teacher's own evaluation
-    assert teacher["config"]["teacher"]["recipe_key"] == teachers.teacher_recipe("smoke", "sst2").key()
+    assert (
+        teacher["config"]["teacher"]["recipe_key"] == teachers.teacher_recipe("smoke", "sst2").key()
+    )
     assert teacher["metrics"]["teacher"]["before"]["n"] == 8
     cell = by_run["ft-source__semalign__sst2__seed1"]
-    assert cell["config"]["eval"] == {"limit": 8, "seed": 0, "split": "dev_subsample", "decoding": "loglikelihood",
-                                      "prompt_style": "plain", "batch_size": 8}
+    assert cell["config"]["eval"] == {
+        "limit": 8,
+        "seed": 0,
+        "split": "dev_subsample",
+        "decoding": "loglikelihood",
+        "prompt_style": "plain",
+        "batch_size": 8,
+    }
     assert cell["config"]["transfer"]["method_config"]["prompt_style"] == "plain"
     assert cell["metrics"]["metric"] == "acc" and cell["metrics"]["n"] == 8
     assert len(cell["metrics"]["transfer"]["plan"]) == 4  # one source mix per target layer
@@ -203,11 +255,14 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(results))
     folder = results / "semalign_finetuned_teacher" / "smoke"
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
-    transfer_table.run_table(get_profile("smoke"), ["semalign", "sft"], None, [0, 1], setting="finetuned",
-                             verbose=False)
+    transfer_table.run_table(
+        get_profile("smoke"), ["semalign", "sft"], None, [0, 1], setting="finetuned", verbose=False
+    )
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} == before
     frame = teacher_table.table("smoke")
-    assert list(frame.index) == ["teacher", "target", "semalign", "sft"] and list(frame.columns) == ["SST-2"]
+    assert list(frame.index) == ["teacher", "target", "semalign", "sft"] and list(
+        frame.columns
+    ) == ["SST-2"]
     assert "2 seeds" in frame.loc["sft", "SST-2"] and "seeds" not in frame.loc["teacher", "SST-2"]
     notes = frame.attrs["notes"]
     assert any("SST-2 50%" in n for n in notes) and any("leads the target" in n for n in notes)
@@ -222,20 +277,38 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: teachers.teacher_names("cpu", "gsm"), "no fine-tuned teacher for task 'gsm'"),
-    (lambda: teachers.teacher_recipe("paper", "sst2"), "uses hub teachers"),
-    (lambda: teachers.teacher_recipe("cpu", "sst2", lr_=1.0), "no field"),
-    (lambda: teachers.load_profile_teacher("smoke", "sst2", "llama2-13b-chat"), "not a teacher of"),
-    (lambda: load_cls_transfer("agnews", "train"), "no labelled training data"),
-    (lambda: load_cls_transfer("sst2", "test"), "unknown part"),
-    (lambda: transfer_table.check_parameters(get_profile("cpu"), tasks=["humaneval"],
-                                             setting="finetuned"), "no fine-tuned teacher"),
-    (lambda: transfer_table.check_parameters(get_profile("smoke"), setting="table9"), "unknown setting"),
-    (lambda: transfer_table.check_parameters(SMOKE, tasks=["gsm"], setting="finetuned"),
-     re.escape("parameter tasks has unknown value(s) ['gsm']")),
-    (lambda: transfer_table.run_cell(get_profile("smoke"), "teacher", "sst2"), "unknown method 'teacher'"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: teachers.teacher_names("cpu", "gsm"), "no fine-tuned teacher for task 'gsm'"),
+        (lambda: teachers.teacher_recipe("paper", "sst2"), "uses hub teachers"),
+        (lambda: teachers.teacher_recipe("cpu", "sst2", lr_=1.0), "no field"),
+        (
+            lambda: teachers.load_profile_teacher("smoke", "sst2", "llama2-13b-chat"),
+            "not a teacher of",
+        ),
+        (lambda: load_cls_transfer("agnews", "train"), "no labelled training data"),
+        (lambda: load_cls_transfer("sst2", "test"), "unknown part"),
+        (
+            lambda: transfer_table.check_parameters(
+                get_profile("cpu"), tasks=["humaneval"], setting="finetuned"
+            ),
+            "no fine-tuned teacher",
+        ),
+        (
+            lambda: transfer_table.check_parameters(get_profile("smoke"), setting="table9"),
+            "unknown setting",
+        ),
+        (
+            lambda: transfer_table.check_parameters(SMOKE, tasks=["gsm"], setting="finetuned"),
+            re.escape("parameter tasks has unknown value(s) ['gsm']"),
+        ),
+        (
+            lambda: transfer_table.run_cell(get_profile("smoke"), "teacher", "sst2"),
+            "unknown method 'teacher'",
+        ),
+    ],
+)
 def test_invalid_parameters_are_one_line_errors(call, match):
     with pytest.raises(ArtifactError, match=match) as info:
         call()
@@ -251,15 +324,20 @@ def test_paper_teachers_are_the_hub_code_teachers():
         assert REGISTRY[name].kind == "hub"
     hub_teacher = teachers.resolve_teacher("paper", "mbpp", "codellama-13b-python")
     assert teacher_store.teacher_identity(hub_teacher) == {
-        "teacher": "codellama-13b-python", "model": "codellama-13b-python"}
+        "teacher": "codellama-13b-python",
+        "model": "codellama-13b-python",
+    }
 
 
 def test_a_made_teacher_is_identified_by_its_recipe():
     recipe = teachers.resolve_teacher("smoke", "sst2")
     assert recipe == teachers.teacher_recipe("smoke", "sst2")
     assert teacher_store.teacher_identity(recipe) == {
-        "teacher": "ft-source", "base": "tiny-source", "recipe": dataclasses.asdict(recipe),
-        "recipe_key": recipe.key()}
+        "teacher": "ft-source",
+        "base": "tiny-source",
+        "recipe": dataclasses.asdict(recipe),
+        "recipe_key": recipe.key(),
+    }
 
 
 def test_loading_a_teacher_never_made_is_one_line(tmp_path, monkeypatch):
@@ -271,7 +349,8 @@ def test_loading_a_teacher_never_made_is_one_line(tmp_path, monkeypatch):
 
 
 def test_recipes_import_without_torch():
-    """The budgets table (read by the torch-free report) holds recipes: their module needs no torch."""
+    """The budgets table (read by the torch-free report) holds recipes: their module needs no
+    torch."""
     code = textwrap.dedent("""
         import sys
         class NoTorch:
@@ -289,8 +368,11 @@ def test_recipes_import_without_torch():
 def test_notebook_at_smoke(smoke_reproduction):
     """notebooks/04 in the session's smoke run: records, ours beside the published Table 2."""
     names = smoke_reproduction.records("semalign_finetuned_teacher")
-    assert {"ft-source__sft__sst2__seed0.json", "ft-source__target__sst2.json",
-            "ft-source__teacher__sst2.json"} <= set(names)
+    assert {
+        "ft-source__sft__sst2__seed0.json",
+        "ft-source__target__sst2.json",
+        "ft-source__teacher__sst2.json",
+    } <= set(names)
     outputs = smoke_reproduction.outputs("04_semalign_finetuned_teacher")
     html = "".join("".join(o.get("data", {}).get("text/html", [])) for o in outputs)
     assert "Reproduced (ours, profile smoke)" in html

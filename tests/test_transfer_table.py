@@ -113,11 +113,13 @@ def test_parameter_checks():
 
 def test_default_seeds_match_what_make_reproduce_ran():
     """`seeds=None` in every notebook: the cells `make reproduce` ran before the budgets table."""
-    expected = {"semalign_transfer": {"smoke": (0,), "cpu": (0,)},
-                "semalign_finetuned_teacher": {"smoke": (0,), "cpu": (0, 1, 2)},
-                "semalign_ablations": {"smoke": (0,), "cpu": (0,)},
-                "salf_main": {"smoke": (0, 1), "cpu": (0, 1, 2)},
-                "salf_cost_benefit": {"smoke": (0,), "cpu": (0,)}}
+    expected = {
+        "semalign_transfer": {"smoke": (0,), "cpu": (0,)},
+        "semalign_finetuned_teacher": {"smoke": (0,), "cpu": (0, 1, 2)},
+        "semalign_ablations": {"smoke": (0,), "cpu": (0,)},
+        "salf_main": {"smoke": (0, 1), "cpu": (0, 1, 2)},
+        "salf_cost_benefit": {"smoke": (0,), "cpu": (0,)},
+    }
     for experiment, by_profile in expected.items():
         for profile, seeds in by_profile.items():
             assert budgets.default_seeds(experiment, profile) == seeds, (experiment, profile)
@@ -128,9 +130,15 @@ def test_every_budget_table_covers_every_profile():
     from semalign_core.profiles import PROFILE_PREFERENCE, PROFILES
 
     assert sorted(PROFILE_PREFERENCE) == sorted(PROFILES)
-    for table in (budgets.TRANSFER_BUDGETS, budgets.CLS_BUDGETS, budgets.SEMALIGN_ANALYSIS_BUDGETS,
-                  budgets.SALF_ANALYSIS_EXAMPLES, budgets.SALF_DEFAULTS, budgets.TEACHERS,
-                  *budgets.DEFAULT_SEEDS.values()):
+    for table in (
+        budgets.TRANSFER_BUDGETS,
+        budgets.CLS_BUDGETS,
+        budgets.SEMALIGN_ANALYSIS_BUDGETS,
+        budgets.SALF_ANALYSIS_EXAMPLES,
+        budgets.SALF_DEFAULTS,
+        budgets.TEACHERS,
+        *budgets.DEFAULT_SEEDS.values(),
+    ):
         assert set(table) == set(PROFILES)
 
 
@@ -138,15 +146,26 @@ def test_paper_profile_uses_the_published_per_task_budgets_of_tables_4_and_5():
     from semalign_core.report.published import published_spec
 
     paper = get_profile("paper")
-    t4, t5 = published_spec("semalign")["table4_alignment"], published_spec("semalign")["table5_training"]
+    t4, t5 = (
+        published_spec("semalign")["table4_alignment"],
+        published_spec("semalign")["table5_training"],
+    )
     for col, task in zip(t4["columns"], ("mmlu", "gsm", "humaneval", "mbpp")):
         i = t4["columns"].index(col)
         budget = budgets.transfer_budget(paper, task)
         assert budget.steps_per_stage == t4["rows"]["steps"][i]
         assert budget.n_extract == t4["rows"]["align size"][i]
-        assert budget.epochs == t5["rows"]["epochs"][i] and budget.n_train == t5["rows"]["train size"][i]
+        assert (
+            budget.epochs == t5["rows"]["epochs"][i]
+            and budget.n_train == t5["rows"]["train size"][i]
+        )
         assert budget.method_config["sft"]["lr"] == t5["rows"]["learning rate"][i]
     cpu = get_profile("cpu")
     assert budgets.transfer_budget(cpu, "mbpp") == budgets.transfer_budget(cpu)
     table = semalign_tables.hyperparameter_table(paper)
-    assert list(table.loc["training: train examples (T5 train size)"]) == ["1000", "1000", "1000", "300"]
+    assert list(table.loc["training: train examples (T5 train size)"]) == [
+        "1000",
+        "1000",
+        "1000",
+        "300",
+    ]
