@@ -28,7 +28,7 @@ FORCE ?= false
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup lint test test-unit test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup lint test test-unit test-scale test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -52,14 +52,16 @@ lint: setup  ## ruff: lint and format check (100 columns; config in pyproject.to
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup  ## run the test suite (offline, CPU; the smoke notebooks run once, well under 15 min)
+test: setup  ## the test suite: unit tests + the smoke notebooks (offline, CPU; budget 10 min)
 	$(PY) -m pytest -q
 
 test-unit: setup  ## the tests that execute no notebook (a few minutes)
 	$(PY) -m pytest -q -m "not e2e and not slow"
 
-test-slow: setup  ## the slow checks kept out of `make test`
+test-scale: setup  ## the heavier end-to-end checks kept out of `make test` (CI runs it after make test)
 	$(PY) -m pytest -q -m slow
+
+test-slow: test-scale  ## the former name of test-scale
 
 00_models_and_data: setup  ## models and data overview (SemAlign Table 3, data census)
 	$(RUN_NB) notebooks/$@.ipynb

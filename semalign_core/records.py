@@ -1,9 +1,10 @@
 """Result records: one JSON per run, written atomically, with provenance.
 
 A record holds experiment, profile, method, task, metrics (with the n behind each), cost, the full
-config and provenance (git commit, package versions, data sha256, seed, device, dtype). A run whose
-config hash matches a valid existing record is reused unless forced (:func:`get_or_compute`),
-which is what lets an interrupted notebook resume.
+config and provenance (git commit, package versions, data sha256, seed, device, dtype, the code's
+identity and the identity of every model it was computed with). A run whose config hash and model
+identities match a stored record is reused unless forced (:func:`get_or_compute`), which is what
+lets an interrupted notebook resume.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -35,23 +36,33 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def git_commit() -> str | None:
+    """HEAD's commit, with ``-dirty`` when tracked files differ from it; None outside git."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return commit.decode().strip() + ("-dirty" if dirty and dirty.strip() else "")
+
+
+def code_identity() -> dict[str, Any]:
+    """The code a record was computed with: HEAD's commit and, for a dirty tree, the sha256 of
+    ``git diff HEAD`` (tracked files only: a new file counts once it is added)."""
+    commit = _git("rev-parse", "HEAD")
+    diff = _git("diff", "HEAD", "--binary", "--no-color", "--no-ext-diff")
+    dirty = None if diff is None else bool(diff)
+    return {
+        "git_commit": None if commit is None else commit.decode().strip(),
+        "dirty": dirty,
+        "diff_sha256": hashlib.sha256(diff).hexdigest() if dirty else None,
+    }
+
+
+def _git(*args: str) -> bytes | None:
+    """stdout of a read-only git command in the repo; None outside a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return out + ("-dirty" if dirty else "")
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, timeout=30, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -134,16 +145,37 @@ def write_record(
     return write_json_atomic(record_path(experiment, profile, run), payload)
 
 
+# role -> model identity ({"weights_sha256", "tokenizer_sha256", "origin"}), read from the files
+ModelIdentities = Mapping[str, Mapping[str, Any]]
+
+
 def load_valid_record(
-    experiment: str, profile: str, run: str, config: dict[str, Any]
+    experiment: str,
+    profile: str,
+    run: str,
+    config: dict[str, Any],
+    identities: ModelIdentities | None = None,
 ) -> dict | None:
-    """The stored record of this run if it exists, parses, and was made with the same config."""
+    """The stored record of this run if it exists, parses, was made with the same config and,
+    when ``identities`` are given, with the same models (:func:`same_models`)."""
     path = record_path(experiment, profile, run)
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return record if record.get("config_hash") == config_hash(config) else None
+    if record.get("config_hash") != config_hash(config):
+        return None
+    if identities is not None and not same_models(record, identities):
+        return None
+    return record
+
+
+def same_models(record: dict[str, Any], identities: ModelIdentities) -> bool:
+    """Whether ``record`` was computed with exactly these models. A record that stores none, or a
+    model whose files are missing (a None hash), cannot be vouched for."""
+    stored = record.get("provenance", {}).get("models")
+    hashes = [v for ident in identities.values() for k, v in ident.items() if k.endswith("sha256")]
+    return stored == json.loads(json.dumps(identities)) and None not in hashes
 
 
 @dataclass
@@ -164,19 +196,30 @@ def get_or_compute(
     config: dict[str, Any],
     compute: Callable[[], RecordParts],
     force: bool = False,
+    models: Callable[[], ModelIdentities] | None = None,
 ) -> dict[str, Any]:
-    """The record of one run: the stored one when it is valid for ``config`` (unless ``force``),
-    else ``compute()`` written atomically and read back, so a fresh and a reused record look alike.
+    """The record of one run: the stored one when it is valid (unless ``force``), else
+    ``compute()`` written atomically and read back, so a fresh and a reused record look alike.
+
+    Valid: the same config hash and, when ``models`` is given (a callable returning
+    ``{role: identity}`` from the model files, e.g. ``model_pool.record_models``), the same model
+    identities. A fresh record stores them (read after ``compute``, which may have made a model's
+    cache) in ``provenance["models"]``, and the code's identity in ``provenance["code"]``
+    (recorded, not checked: a code change does not invalidate records).
 
     This is how every notebook resumes: a killed run recomputes only what has no valid record.
     """
-    if not force and (record := load_valid_record(experiment, profile, run, config)) is not None:
-        return record
+    if not force:
+        current = models() if models is not None else None
+        record = load_valid_record(experiment, profile, run, config, current)
+        if record is not None:
+            return record
     parts = compute()
-    write_record(
-        experiment, profile, run, config, parts.metrics, parts.cost, parts.provenance, **parts.extra
-    )
-    return load_valid_record(experiment, profile, run, config)
+    prov = {**parts.provenance, "code": parts.provenance.get("code") or code_identity()}
+    if models is not None:
+        prov["models"] = dict(models())
+    write_record(experiment, profile, run, config, parts.metrics, parts.cost, prov, **parts.extra)
+    return load_valid_record(experiment, profile, run, config)  # as written, whatever it holds
 
 
 def json_rounded(values, decimals: int = 6) -> list:
@@ -192,8 +235,20 @@ def json_rounded(values, decimals: int = 6) -> list:
     return clean(out)
 
 
-# Keys whose values measure a run (time, memory, machine, commit) rather than define its result.
-VOLATILE_KEYS = ("wall", "time", "created", "_s", "peak", "rss", "load", "git_commit", "_mb")
+# Keys whose values measure a run (time, memory, machine, code state) rather than define its
+# result.
+VOLATILE_KEYS = (
+    "wall",
+    "time",
+    "created",
+    "_s",
+    "peak",
+    "rss",
+    "load",
+    "git_commit",
+    "_mb",
+    "dirty",
+)
 
 
 def without_volatile(value):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -22,8 +24,17 @@ from semalign_core.lm import surgery
 from semalign_core.models import derive as derive_mod
 from semalign_core.models import registry
 from semalign_core.models.derive import DeriveConfig, derive_student, measure_importance, prune
-from semalign_core.models.gguf import GGUFWheel, convert_gguf, gguf_file
+from semalign_core.models.gguf import (
+    CONVERSION_MARKER,
+    CONVERTER_VERSION,
+    GGUFWheel,
+    convert_gguf,
+    gguf_file,
+)
+from semalign_core.models.identity import folder_identity, hub_identity
 from semalign_core.models.registry import REGISTRY, ModelSpec, load_model, load_tokenizer
+from semalign_core.models.teacher_recipe import TeacherRecipe
+from semalign_core.models.teachers import MARKER, teacher_dir, teacher_model_identity
 from semalign_core.profiles import PROFILES, get_profile
 from semalign_core.records import atomic_write_dir
 
@@ -314,3 +325,87 @@ def test_registry_derives_once_then_reuses_the_cache(tmp_path, monkeypatch):
     changed = dataclasses.replace(spec, derive={**spec.derive, "heal_steps": 3})
     with pytest.raises(AssertionError, match="derived again"):
         registry.ensure_derived(changed)  # another config is another student
+
+
+# --- identity: which files a model is (records check it without loading) ----------------------
+
+
+def _fake_cache(root, name, files: dict[str, bytes]):
+    folder = root / name
+    folder.mkdir(parents=True)
+    for file_name, content in files.items():
+        (folder / file_name).write_bytes(content)
+    return folder
+
+
+def test_tiny_identity_is_its_config_and_its_borrowed_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_CACHE_DIR", str(tmp_path))
+    source, target = (registry.model_identity(n) for n in ("tiny-source", "tiny-target"))
+    assert source["weights_sha256"] != target["weights_sha256"] and None not in (
+        source["weights_sha256"],
+        target["weights_sha256"],
+    )
+    assert source["tokenizer_sha256"] is None  # the tokenizer's cache is not there
+    marker = {"gguf_sha256": REGISTRY["smollm2-135m-instruct"].wheel.sha256}
+    marker["converter_version"] = CONVERTER_VERSION
+    _fake_cache(
+        tmp_path / "models",
+        "smollm2-135m-instruct",
+        {"tokenizer.json": b"{}", CONVERSION_MARKER: json.dumps(marker).encode()},
+    )
+    now = registry.model_identity("tiny-source")
+    wheel = registry.model_identity("smollm2-135m-instruct")
+    assert now["weights_sha256"] == source["weights_sha256"]
+    assert now["tokenizer_sha256"] == wheel["tokenizer_sha256"] is not None
+
+
+def test_hub_identity_is_the_blob_names_and_equals_the_files_hashes(tmp_path):
+    files = {"config.json": b"{}", "model.safetensors": b"w" * 64, "tokenizer.json": b"{ }"}
+    plain = _fake_cache(tmp_path, "plain", files)
+    repo = tmp_path / "hub" / "models--org--m"
+    snapshot = repo / "snapshots" / ("c" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    for name, content in files.items():
+        blob = repo / "blobs" / hashlib.sha256(content).hexdigest()  # as LFS names them
+        blob.write_bytes(content)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    hub = hub_identity("org/m", cache_dir=tmp_path / "hub")
+    local = folder_identity(plain, origin="local")
+    assert hub["origin"] == f"hub org/m@{'c' * 40}"
+    assert (hub["weights_sha256"], hub["tokenizer_sha256"]) == (
+        local["weights_sha256"],
+        local["tokenizer_sha256"],
+    )
+    assert hub_identity("org/absent", cache_dir=tmp_path / "hub")["weights_sha256"] is None
+
+
+def test_derived_identity_needs_a_current_marker(tmp_path, monkeypatch):
+    derive = dataclasses.asdict(SMALL)
+    spec = ModelSpec("tiny-derived", "derived", "test", derived_from="tiny-source", derive=derive)
+    monkeypatch.setitem(REGISTRY, spec.name, spec)
+    monkeypatch.setenv("SEMALIGN_CACHE_DIR", str(tmp_path))
+    assert registry.model_identity(spec.name)["weights_sha256"] is None
+    wanted = registry._derived_marker(spec)[0]
+    files = {"model.safetensors": b"w", registry.DERIVED_MARKER: json.dumps(wanted).encode()}
+    _fake_cache(tmp_path / "models", spec.name, files)
+    assert registry.model_identity(spec.name)["weights_sha256"] is not None
+    changed = dataclasses.replace(spec, derive={**derive, "num_layers": 3})
+    monkeypatch.setitem(REGISTRY, spec.name, changed)
+    assert registry.model_identity(spec.name)["weights_sha256"] is None  # would derive again
+
+
+def test_made_teacher_identity_is_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_CACHE_DIR", str(tmp_path))
+    recipe = TeacherRecipe(base="tiny-source")
+    assert teacher_model_identity(recipe)["weights_sha256"] is None  # never made
+    info = json.dumps({"key": recipe.key()}).encode()
+    folder = _fake_cache(tmp_path / "models", recipe.cache_name(), {"model.safetensors": b"w"})
+    (folder / MARKER).write_bytes(info)
+    assert folder == teacher_dir(recipe)
+    made = teacher_model_identity(recipe)
+    assert made == folder_identity(folder, origin=f"made {recipe.cache_name()}")
+    assert made["weights_sha256"] is not None
+    assert teacher_model_identity("tiny-source") == registry.model_identity("tiny-source")

@@ -55,6 +55,7 @@ from semalign_core.experiments.catalog import (
     SEMALIGN_ABLATIONS,
     get_setting,
 )
+from semalign_core.experiments.model_pool import record_models
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.teachers import load_profile_teacher
 from semalign_core.lm import surgery
@@ -188,7 +189,8 @@ def run_variant(
         parts.extra["ablation"] = variant.label()
         return parts
 
-    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, compute, force)
+    models = record_models(**transfer_table.cell_models(cell))
+    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, compute, force, models)
 
 
 def run_ablations(

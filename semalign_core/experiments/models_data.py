@@ -12,6 +12,7 @@ from typing import Any
 
 from semalign_core import data
 from semalign_core.experiments.catalog import DATA, MODELS
+from semalign_core.experiments.model_pool import record_models
 from semalign_core.models.registry import REGISTRY, load_model
 from semalign_core.profiles import Profile
 from semalign_core.records import RecordParts, get_or_compute, provenance
@@ -46,7 +47,8 @@ def model_statistics(prof: Profile, seed: int = 0, force: bool = False) -> dict[
             del loaded  # one model in memory at a time
         return RecordParts({"models": rows}, cost, provenance(seed=seed))
 
-    return get_or_compute(MODELS, prof.name, "model_stats", config, compute, force)
+    models = record_models(**{name: name for name in prof.models()})
+    return get_or_compute(MODELS, prof.name, "model_stats", config, compute, force, models)
 
 
 def census_splits() -> list:

@@ -22,7 +22,7 @@ from semalign_core.devices import default_device
 from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments.budgets import SALF_ANALYSIS_EXAMPLES
 from semalign_core.experiments.catalog import SALF_ANALYSIS
-from semalign_core.experiments.model_pool import ModelPool
+from semalign_core.experiments.model_pool import ModelPool, record_models
 from semalign_core.experiments.notebook import check_list, check_optional_int
 from semalign_core.profiles import Profile
 from semalign_core.records import RecordParts, get_or_compute, json_rounded, provenance
@@ -169,11 +169,9 @@ def salf_deviation_gain(
         for task in tasks:
             config = _config(prof, name, task, n, seed, deviation, gain, max_length)
             compute = partial(_analysis_parts, prof, pool, name, task, n, seed, analyse_kw)
-            out.append(
-                get_or_compute(
-                    SALF_ANALYSIS, prof.name, run_name(name, task), config, compute, force
-                )
-            )
+            run, models = run_name(name, task), record_models(model=name)
+            record = get_or_compute(SALF_ANALYSIS, prof.name, run, config, compute, force, models)
+            out.append(record)
     return out
 
 

