@@ -237,29 +237,20 @@ def json_rounded(values, decimals: int = 6) -> list:
 
 # Keys whose values measure a run (time, memory, machine, code state) rather than define its
 # result.
-VOLATILE_KEYS = (
-    "wall",
-    "time",
-    "created",
-    "_s",
-    "peak",
-    "rss",
-    "load",
-    "git_commit",
-    "_mb",
-    "dirty",
-)
+VOLATILE_KEYS = ("wall", "time", "created", "peak", "rss", "load", "git_commit", "_mb", "dirty")
+VOLATILE_SUFFIXES = ("_s",)  # seconds; a suffix, so ``*_sha256`` and ``*_steps`` stay compared
+
+
+def _volatile(key: str) -> bool:
+    key = key.lower()
+    return any(t in key for t in VOLATILE_KEYS) or key.endswith(VOLATILE_SUFFIXES)
 
 
 def without_volatile(value):
     """``value`` (a record or part of one) with every measuring key dropped, recursively: what two
     runs of the same config must agree on."""
     if isinstance(value, dict):
-        return {
-            k: without_volatile(v)
-            for k, v in value.items()
-            if not any(t in k.lower() for t in VOLATILE_KEYS)
-        }
+        return {k: without_volatile(v) for k, v in value.items() if not _volatile(k)}
     if isinstance(value, list):
         return [without_volatile(v) for v in value]
     return value

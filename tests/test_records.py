@@ -204,3 +204,22 @@ def test_transfer_cells_name_the_models_they_are_computed_with():
     teacher = transfer_tables.make_cell(prof, "sft", "sst2", setting="finetuned")
     got = transfer_tables.cell_models(teacher)
     assert set(got) == {"teacher", "target"} and isinstance(got["teacher"], TeacherRecipe)
+
+
+def test_without_volatile_drops_measurements_and_keeps_hashes_and_steps():
+    from semalign_core.records import without_volatile
+
+    record = {
+        "wall_s": 1.0,
+        "peak_rss_mb": 2.0,
+        "weights_sha256": "ab",
+        "train_steps": 3,
+        "stages": [{"step_s": 0.1, "losses": [1.0]}],
+        "provenance": {"dirty": True},
+    }
+    assert without_volatile(record) == {
+        "weights_sha256": "ab",
+        "train_steps": 3,
+        "stages": [{"losses": [1.0]}],
+        "provenance": {},
+    }
