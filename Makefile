@@ -28,7 +28,7 @@ FORCE ?= false
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup lint test test-unit test-scale test-slow reproduce figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup lint test test-unit test-scale test-slow reproduce cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -93,6 +93,10 @@ test-slow: test-scale  ## the former name of test-scale
 reproduce: setup  ## run every notebook at PROFILE (default cpu; FORCE=true recomputes), then the report
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
 	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))
+
+cell: setup  ## one record by name: make cell EXP=<experiment> CELL=<run> [ARGS=--process]
+	$(PY) -m semalign_core.experiments.cells $(EXP) $(if $(CELL),$(CELL),--list) --profile $(PROFILE) \
+		$(if $(filter true,$(FORCE)),--force) $(ARGS)
 
 figures: setup  ## rebuild every table and figure from results/ only (no models)
 	$(PY) -m semalign_core.report

@@ -40,6 +40,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -406,6 +407,8 @@ class SalfGrid:
         force: recompute every run of the grid (a run needed by another one is not forced again).
         pool: the models, each loaded once and only when a run is computed.
         verbose: print one line per run.
+        measure: runs a computed (not a copied) run and may add to its cost (the cell runner's
+            own-process peak memory); None: the run is computed as it is.
     """
 
     prof: Profile
@@ -416,6 +419,7 @@ class SalfGrid:
     force: bool = False
     pool: ModelPool | None = None
     verbose: bool = True
+    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None
 
     def __post_init__(self):
         self.budget = self.budget or run_budget(self.prof)
@@ -441,7 +445,8 @@ class SalfGrid:
 
         def compute() -> RecordParts:
             copied = None if force else self._copied(run, config, models())
-            return copied or self._computed(model, task, label, seed, spec)
+            computed = partial(self._computed, model, task, label, seed, spec)
+            return copied or (computed() if self.measure is None else self.measure(computed))
 
         return get_or_compute(self.experiment, self.prof.name, run, config, compute, force, models)
 

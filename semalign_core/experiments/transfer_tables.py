@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from semalign_core.data import load_transfer
@@ -330,28 +331,24 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
 def _evaluate(
     model, tokenizer, task: str, eval_task: str, budget: TransferBudget, seed: int
 ) -> dict:
-    eval_seed = seed if budget.eval_seed is None else budget.eval_seed
+    """Classification tasks: label-word log-likelihood on the plain prompt; the benchmarks: greedy
+    generation (or log-likelihood, per task YAML) in the transfer chat format."""
     if task in CLS_TASKS:
-        return evaluate(
-            model,
-            [eval_task],
-            limit=budget.eval_limit,
-            seed=eval_seed,
-            batch_size=budget.eval_batch_size,
-            prompt_style="plain",
-            tokenizer=tokenizer,
-            task_options=eval_task_options(task),
-        )[eval_task]
+        style = {"prompt_style": "plain", "task_options": eval_task_options(task)}
+    else:
+        style = {
+            "prompt_style": "transfer",
+            "max_new_tokens": budget.max_new_tokens,
+            "temperature": 0.0,
+        }
     return evaluate(
         model,
         [eval_task],
         limit=budget.eval_limit,
-        seed=eval_seed,
+        seed=seed if budget.eval_seed is None else budget.eval_seed,
         batch_size=budget.eval_batch_size,
-        prompt_style="transfer",
-        max_new_tokens=budget.max_new_tokens,
-        temperature=0.0,
         tokenizer=tokenizer,
+        **style,
     )[eval_task]
 
 
@@ -456,15 +453,21 @@ def compute_cell(cell: Cell) -> RecordParts:
     )
 
 
-def cell_record(cell: Cell, force: bool = False) -> dict[str, Any]:
+def cell_record(
+    cell: Cell,
+    force: bool = False,
+    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None,
+) -> dict[str, Any]:
     """The cell's record: reused when valid, else computed and written to
-    ``results/<setting's experiment>/<profile>/<run>.json``."""
+    ``results/<setting's experiment>/<profile>/<run>.json``. ``measure`` (the cell runner's
+    own-process peak memory) runs the computation and may add to its cost."""
+    compute = partial(compute_cell, cell)
     return get_or_compute(
         cell.setting.experiment,
         cell.prof.name,
         cell.run,
         cell_config(cell),
-        lambda: compute_cell(cell),
+        compute if measure is None else partial(measure, compute),
         force,
         record_models(**cell_models(cell)),
     )

@@ -1,0 +1,288 @@
+"""One experiment cell by name: in this process (what the notebooks do) or in its own.
+
+    python -m semalign_core.experiments.cells semalign_transfer --list --profile smoke
+    python -m semalign_core.experiments.cells semalign_transfer sft__mmlu__seed0 --profile smoke
+    python -m semalign_core.experiments.cells salf_main tiny-salf__sst2__full__seed0 \\
+        --profile smoke --process
+
+A cell is one record of a notebook's grid (Table 1/2: ``<method>__<task>__seed<s>``; SALF:
+``<model>__<task>__<policy>__seed<s>``), named as the notebook names its record. Running it calls
+the notebook's own functions (``transfer_tables.cell_record``, ``SalfGrid.run``), so it reuses or
+writes exactly the record the notebook would. ``--process`` runs the same command in a fresh
+Python process, which adds its peak memory to the cost of a record it computes
+(``process_peak_rss_mb``, ``process_peak_cuda_mb`` on a GPU, ``process_peak_scope: "own process"``);
+records computed in-process carry none of these keys. A valid stored record is reused, not
+measured: pass ``--force`` (or an empty results folder) to measure. This entry point is also what
+``accelerate launch`` or a cluster job array calls, one cell per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import product
+from typing import Any
+
+import torch
+
+from semalign_core.costs import PeakMemory
+from semalign_core.devices import default_device
+from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.experiments import salf_cells, salf_main, transfer_tables
+from semalign_core.experiments.catalog import (
+    FINETUNED_TEACHER,
+    SALF_MAIN,
+    SEMALIGN_TRANSFER,
+    ZERO_SHOT,
+)
+from semalign_core.experiments.notebook import check_seeds, require_models
+from semalign_core.profiles import Profile, get_profile
+from semalign_core.records import RecordParts, record_path
+
+OWN_PROCESS = "own process"
+# measure(compute) runs a computation and may add to its cost (see transfer_tables.cell_record)
+Measure = Callable[[Callable[[], RecordParts]], RecordParts]
+# runner(force, measure) -> the cell's record
+CellRunner = Callable[[bool, Measure | None], dict[str, Any]]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _process_peak_rss_mb() -> float:
+    """This process's peak RSS so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return ru / 2**20 if sys.platform == "darwin" else ru / 1024
+
+
+def own_process_peak(compute: Callable[[], RecordParts]) -> RecordParts:
+    """``compute()`` with this process's peak memory added to its cost (the own-process keys)."""
+    # PeakMemory blocks inside the methods reset the kernel's peak counter: read it first, then
+    # let an enclosing block collect the peaks of the nested ones.
+    before_mb = _process_peak_rss_mb()
+    with PeakMemory(default_device()) as block:
+        parts = compute()
+    parts.cost["process_peak_rss_mb"] = round(max(before_mb, block.peak_rss_mb), 1)
+    if block.peak_cuda_mb is not None:
+        parts.cost["process_peak_cuda_mb"] = round(block.peak_cuda_mb, 1)
+    parts.cost["process_peak_scope"] = OWN_PROCESS
+    return parts
+
+
+# --------------------------------------------------------------------------- the experiments
+
+
+def _transfer_cells(setting: str, prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
+    """Every cell of Table 1 or 2 (the notebook's defaults), by run name, in run order."""
+    methods, tasks, seeds = transfer_tables.check_parameters(prof, 0, seeds, setting=setting)
+    cells = transfer_tables.table_cells(prof, methods, tasks, seeds, None, setting, None)
+    return {cell.run: partial(transfer_tables.cell_record, cell) for cell in cells}
+
+
+def _salf_run(
+    prof: Profile,
+    salf_kw: dict,
+    run: tuple[str, str, str, int | None],
+    force: bool,
+    measure: Measure | None,
+) -> dict[str, Any]:
+    grid = salf_cells.SalfGrid(
+        prof, None, SALF_MAIN, salf_kw, force=force, verbose=False, measure=measure
+    )
+    return grid.run(*run)
+
+
+def _salf_main_cells(prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
+    """Every run of the SALF main table (notebook 06's defaults), by run name, in run order."""
+    salf_kw = dict(salf_cells.SALF_OPTIONS)
+    models, tasks, policies, seeds = salf_main.check_parameters(prof, 0, seeds, salf_kw=salf_kw)
+    cells: dict[str, CellRunner] = {}
+    for model, task, seed in product(models, tasks, seeds):
+        for label in dict.fromkeys((ZERO_SHOT, "full", "salf", *policies)):
+            run_seed = None if label == ZERO_SHOT else seed
+            name = salf_cells.run_name(model, task, label, run_seed)
+            cells.setdefault(
+                name, partial(_salf_run, prof, salf_kw, (model, task, label, run_seed))
+            )
+    return cells
+
+
+def _transfer_summary(record: dict) -> str:
+    m = record["metrics"]
+    return f"{m['metric']} = {m['value']} (n={m['n']})"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """How one experiment names its cells and shows a record in one line.
+
+    Attributes:
+        cells: (profile, seeds or None for the profile's default) -> {run name: runner}.
+        summary: one line of a record.
+    """
+
+    cells: Callable[[Profile, Sequence[int] | None], dict[str, CellRunner]]
+    summary: Callable[[dict], str]
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    SEMALIGN_TRANSFER: Experiment(partial(_transfer_cells, "table1"), _transfer_summary),
+    FINETUNED_TEACHER: Experiment(partial(_transfer_cells, "finetuned"), _transfer_summary),
+    SALF_MAIN: Experiment(_salf_main_cells, salf_cells.summary),
+}
+
+
+def _experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise InvalidParameterError(
+            f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}"
+        )
+    return EXPERIMENTS[name]
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def cell_names(
+    experiment: str, profile: str, seed: int = 0, seeds: Sequence[int] | None = None
+) -> list[str]:
+    """The run names of ``experiment`` at ``profile`` (seeds: the notebook's ``seed``/``seeds``),
+    in the notebook's run order."""
+    prof, cells = get_profile(profile), _experiment(experiment).cells
+    return list(cells(prof, check_seeds(seeds, seed, experiment, prof.name)))
+
+
+def _seeds_of(name: str) -> tuple[int, ...] | None:
+    """The seed a run name carries (None: a seed-independent row, found among the defaults)."""
+    match = re.search(r"__seed(\d+)$", name)
+    return None if match is None else (int(match.group(1)),)
+
+
+def find_cell(experiment: str, name: str, prof: Profile) -> CellRunner:
+    """The runner of the cell called ``name``, or a one-line InvalidParameterError."""
+    cells = _experiment(experiment).cells(prof, _seeds_of(name))
+    if name not in cells:
+        raise InvalidParameterError(
+            f"unknown cell {name!r} of {experiment} at profile {prof.name}; "
+            f"`--list` names them (e.g. {next(iter(cells), 'none')})"
+        )
+    return cells[name]
+
+
+def run_cell(
+    experiment: str,
+    name: str,
+    profile: str,
+    force: bool = False,
+    own_process: bool = False,
+) -> dict[str, Any]:
+    """The record of one cell: reused when valid, else computed, exactly as the notebook would.
+
+    ``own_process``: compute it in a fresh Python process (same results folder, same thread
+    count), whose peak memory goes into the record's cost (see the module docstring)."""
+    prof = get_profile(profile)
+    runner = find_cell(experiment, name, prof)  # unknown names fail here, before any process
+    if not own_process:
+        require_models(prof)
+        return runner(force, None)
+    _spawn(experiment, name, profile, force)
+    return json.loads(record_path(experiment, profile, name).read_text())
+
+
+def _spawn(experiment: str, name: str, profile: str, force: bool) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "semalign_core.experiments.cells",
+        experiment,
+        name,
+        "--profile",
+        profile,
+        "--threads",
+        str(torch.get_num_threads()),  # SALF's config holds the thread count: keep it equal
+        "--measure-own-process",
+        *(["--force"] if force else []),
+    ]
+    rc = subprocess.run(command, check=False).returncode
+    if rc != 0:
+        raise ArtifactError(f"cell {name} of {experiment} failed in its own process (exit {rc})")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m semalign_core.experiments.cells",
+        description="Run one experiment cell by name (the record its notebook would write).",
+    )
+    parser.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}")
+    parser.add_argument("cell", nargs="?", help="a run name, e.g. sft__mmlu__seed0")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--list", action="store_true", help="print the experiment's cell names")
+    parser.add_argument("--seed", type=int, default=0, help="--list: the first seed")
+    parser.add_argument("--seeds", type=int, nargs="+", help="--list: these seeds")
+    parser.add_argument("--force", action="store_true", help="recompute a valid record")
+    parser.add_argument(
+        "--process", action="store_true", help="run in a fresh process; record its peak memory"
+    )
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    # set by --process for the fresh process it starts: measure there
+    parser.add_argument("--measure-own-process", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _run(args) -> None:
+    if args.list:
+        for name in cell_names(args.experiment, args.profile, args.seed, args.seeds):
+            print(name)
+        return
+    if args.cell is None:
+        raise InvalidParameterError("name a cell, or pass --list to see the names")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.measure_own_process:
+        prof = get_profile(args.profile)
+        runner = find_cell(args.experiment, args.cell, prof)
+        require_models(prof)
+        record = runner(args.force, own_process_peak)
+    elif args.process:
+        run_cell(args.experiment, args.cell, args.profile, args.force, own_process=True)
+        return  # the fresh process has printed its line
+    else:
+        record = run_cell(args.experiment, args.cell, args.profile, args.force)
+    path = record_path(args.experiment, args.profile, args.cell)
+    print(f"{path}: {_experiment(args.experiment).summary(record)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; an input error prints one line and returns 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "OWN_PROCESS",
+    "cell_names",
+    "find_cell",
+    "main",
+    "own_process_peak",
+    "run_cell",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
