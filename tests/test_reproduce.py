@@ -1,11 +1,14 @@
-"""`make reproduce PROFILE=smoke` twice from scratch (the session's smoke run, then one more): the
-same results apart from timing and machine fields; figures rebuilt from the same results are
-byte-identical to those the report notebook wrote; the repo's results/ and figures/ untouched."""
+"""`make reproduce PROFILE=smoke` twice from scratch (the session's smoke run, then one more, in
+`make test-scale`): the same results apart from timing and machine fields; figures rebuilt from
+the same results are byte-identical to those the report notebook wrote; the repo's results/ and
+figures/ untouched."""
 
 from __future__ import annotations
 
 import json
 import time
+
+import pytest
 
 from semalign_core.records import without_volatile
 from semalign_core.report.build import build_all
@@ -15,6 +18,8 @@ def _record_paths(results):
     return sorted(p.relative_to(results) for p in results.rglob("*.json"))
 
 
+# A second whole reproduction (≈ 2.5 min): a heavier end-to-end check, run by `make test-scale`.
+@pytest.mark.slow
 def test_smoke_reproduce_twice_gives_the_same_results(
     smoke_reproduction, notebook_runner, tmp_path
 ):
