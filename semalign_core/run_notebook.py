@@ -9,7 +9,10 @@ dead kernel then fails the run instead of hanging it), and writes the executed n
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import papermill as pm
 import yaml
 
 from semalign_core.errors import ArtifactError
-from semalign_core.paths import REPO_ROOT, results_dir
+from semalign_core.paths import REPO_ROOT, cache_dir, results_dir
 from semalign_core.profiles import get_profile
 
 MACHINE_KEYS = ("input_path", "output_path")
@@ -28,12 +31,40 @@ def executed_path(notebook: Path, profile: str) -> Path:
     return results_dir() / "notebooks" / profile / notebook.name
 
 
+# Any absolute path into a virtual environment or a cache folder, whichever machine made it.
+_FOREIGN_PREFIXES = (
+    (re.compile(r"(?:/[\w.+-]+)+/\.venv/"), "<venv>/"),
+    (re.compile(r"(?:/[\w.+-]+)+/\.cache/"), "<cache>/"),
+)
+
+
+def scrub_machine_paths(text: str) -> str:
+    """``text`` with this machine's paths (repo, venv, cache, home, temp) replaced by names."""
+    for pattern, name in _FOREIGN_PREFIXES:
+        text = pattern.sub(name, text)
+    for prefix, name in (
+        (str(cache_dir()), "<cache>"),
+        (sys.prefix, "<venv>"),
+        (str(REPO_ROOT), "<repo>"),
+        (tempfile.gettempdir(), "<tmp>"),
+        (str(Path.home()), "<home>"),
+    ):
+        text = text.replace(prefix, name)
+    return text
+
+
 def strip_machine_paths(path: Path) -> None:
-    """Drop papermill's absolute paths (and other machine details) from the executed notebook."""
+    """Drop papermill's absolute paths from the executed notebook's metadata and replace machine
+    paths in every cell output (warnings name the venv's files, model loads the cache)."""
     nb = nbformat.read(path, as_version=4)
     pm = nb.metadata.get("papermill", {})
     for key in MACHINE_KEYS:
         pm.pop(key, None)
+    for cell in nb.cells:
+        if cell.get("outputs"):
+            cell.outputs = nbformat.from_dict(
+                json.loads(scrub_machine_paths(json.dumps(cell.outputs)))
+            )
     nbformat.write(nb, path)
 
 
