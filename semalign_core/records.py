@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,10 +91,18 @@ def provenance(
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpus",
         "device": device,
         "dtype": dtype,
+        "threads": torch_threads(),
         "seed": seed,
         "data_sha256": dict(sorted((data_sources or {}).items())),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def torch_threads() -> int | None:
+    """The intra-op thread count of the torch in this process (None when torch is not loaded):
+    one process with two threads and two with one each give different times on a 2-core box."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.get_num_threads()
 
 
 def record_path(experiment: str, profile: str, run: str) -> Path:

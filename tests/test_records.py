@@ -223,3 +223,15 @@ def test_without_volatile_drops_measurements_and_keeps_hashes_and_steps():
         "stages": [{"losses": [1.0]}],
         "provenance": {},
     }
+
+
+def test_provenance_records_the_torch_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert records.provenance()["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    assert records.provenance()["threads"] == before
