@@ -24,11 +24,15 @@ NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain 03_s
 FIGURE_GROUPS := table3 semalign-analyses salf-analysis table1 table2 ablations salf-main salf-cost-benefit
 # FORCE=true recomputes every record instead of reusing valid ones (a full rerun from scratch).
 FORCE ?= false
+# Runs write into their run folder runs/$(RUN)/ (git-ignored); `make promote` copies finished
+# notebooks into the committed results/ and rebuilds figures/ from results/ alone.
+RUN ?= $(PROFILE)
+export SEMALIGN_RUN_DIR ?= $(CURDIR)/runs/$(RUN)
 # Extra notebook parameters, e.g. make 03_semalign_transfer ARGS='-p seeds=[0,1,2]'
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup lint test test-unit test-scale test-slow reproduce cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -90,15 +94,24 @@ test-slow: test-scale  ## the former name of test-scale
 08_report: setup  ## report notebook: every table and figure from results/ alone
 	$(RUN_NB) notebooks/$@.ipynb
 
-reproduce: setup  ## run every notebook at PROFILE (default cpu; FORCE=true recomputes), then the report
+reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomputes) into runs/$(RUN)/
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
 	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))
+	@echo "results and figures are in runs/$(RUN)/; 'make promote' copies them into results/ and figures/"
+
+reproduce-full: setup  ## every experiment and seed of the committed results, each promoted as it finishes
+	$(PY) -m semalign_core.cli check --profile $(PROFILE)
+	$(PY) -m semalign_core.runs reproduce --tier reproduce-full --profile $(PROFILE) --promote-each \
+		--timeout $(NB_TIMEOUT) $(if $(filter true,$(FORCE)),--force)
+
+promote: setup  ## copy the finished notebooks of runs/$(RUN)/ into results/, rebuild figures/ (NB=... for some)
+	$(PY) -m semalign_core.runs promote --profile $(PROFILE) $(NB)
 
 cell: setup  ## one record by name: make cell EXP=<experiment> CELL=<run> [ARGS=--process]
 	$(PY) -m semalign_core.experiments.cells $(EXP) $(if $(CELL),$(CELL),--list) --profile $(PROFILE) \
 		$(if $(filter true,$(FORCE)),--force) $(ARGS)
 
-figures: setup  ## rebuild every table and figure from results/ only (no models)
+figures: setup  ## rebuild every table and figure in figures/ from results/ only (no models)
 	$(PY) -m semalign_core.report
 
 $(addprefix fig-,$(FIGURE_GROUPS)): fig-%: setup  ## fig-<group>: one table/figure group from results/

@@ -1,4 +1,10 @@
-"""Where things live: repo root, caches and data, all inside the repo unless overridden.
+"""Where things live: repo root, caches, run folders and results, all inside the repo unless
+overridden.
+
+A run (a notebook, a cell, ``make reproduce``) writes into its run folder, ``runs/<name>/``
+(git-ignored; ``SEMALIGN_RUN_DIR`` moves it): records in ``results/``, figures in ``figures/``
+there. The repo's ``results/`` and ``figures/`` are the committed reference: only ``promote``
+(:mod:`semalign_core.runs`) and ``make figures`` write them.
 
 Caches (HF_HOME, MPLCONFIGDIR, IPYTHONDIR, Jupyter dirs, converted models) are kept under
 ``<repo>/.cache`` so a checkout is self-contained and nothing is written to the user's home.
@@ -22,13 +28,29 @@ def model_cache_dir() -> Path:
     return cache_dir() / "models"
 
 
+def reference_results_dir() -> Path:
+    """The committed results (``results/``; ``SEMALIGN_REFERENCE_DIR`` moves it, e.g. in tests)."""
+    return Path(os.environ.get("SEMALIGN_REFERENCE_DIR", REPO_ROOT / "results"))
+
+
+def reference_figures_dir() -> Path:
+    """The committed tables and figures, built from :func:`reference_results_dir`."""
+    return reference_results_dir().parent / "figures"
+
+
+def run_dir() -> Path:
+    """The run folder runs write into: ``SEMALIGN_RUN_DIR``, else ``runs/default``."""
+    return Path(os.environ.get("SEMALIGN_RUN_DIR", REPO_ROOT / "runs" / "default"))
+
+
 def results_dir() -> Path:
-    return Path(os.environ.get("SEMALIGN_RESULTS_DIR", REPO_ROOT / "results"))
+    """The records in use: ``SEMALIGN_RESULTS_DIR``, else the run folder's ``results/``."""
+    return Path(os.environ.get("SEMALIGN_RESULTS_DIR", run_dir() / "results"))
 
 
 def figures_dir() -> Path:
     """Where the report writes: ``SEMALIGN_FIGURES_DIR``, else ``figures/`` beside the results in
-    use (the repo's ``figures/`` only when the results are the repo's)."""
+    use (the repo's ``figures/`` only when those are the reference results)."""
     return Path(os.environ.get("SEMALIGN_FIGURES_DIR", results_dir().parent / "figures"))
 
 

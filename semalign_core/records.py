@@ -4,7 +4,9 @@ A record holds experiment, profile, method, task, metrics (with the n behind eac
 config and provenance (git commit, package versions, data sha256, seed, device, dtype, the code's
 identity and the identity of every model it was computed with). A run whose config hash and model
 identities match a stored record is reused unless forced (:func:`get_or_compute`), which is what
-lets an interrupted notebook resume.
+lets an interrupted notebook resume. Records are written into the run folder's results
+(:func:`semalign_core.paths.results_dir`); a valid record of the committed reference
+(``results/``) is reused too, copied into the run folder.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from semalign_core.paths import REPO_ROOT, results_dir
+from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
 
 TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "peft", "captum", "numpy", "gguf")
 
@@ -165,9 +167,28 @@ def load_valid_record(
     config: dict[str, Any],
     identities: ModelIdentities | None = None,
 ) -> dict | None:
-    """The stored record of this run if it exists, parses, was made with the same config and,
-    when ``identities`` are given, with the same models (:func:`same_models`)."""
+    """The valid record of this run: the run folder's, else the reference's (``results/``),
+    which is then copied into the run folder so that the run's report sees it.
+
+    Valid: it exists, parses, was made with the same config and, when ``identities`` are given,
+    with the same models (:func:`same_models`)."""
     path = record_path(experiment, profile, run)
+    record = _valid_record_at(path, config, identities)
+    if record is not None:
+        return record
+    reference = reference_results_dir() / experiment / profile / path.name
+    if reference.resolve() == path.resolve():
+        return None
+    record = _valid_record_at(reference, config, identities)
+    if record is not None:
+        data = reference.read_bytes()
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return record
+
+
+def _valid_record_at(
+    path: Path, config: dict[str, Any], identities: ModelIdentities | None
+) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):

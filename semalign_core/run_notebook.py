@@ -3,13 +3,17 @@
 ``python -m semalign_core.run_notebook notebooks/X.ipynb --profile cpu`` executes X with the
 given parameters, with the repo root as working directory and an execution timeout per cell (a
 dead kernel then fails the run instead of hanging it), and writes the executed notebook to
-``results/notebooks/<profile>/X.ipynb`` with papermill's absolute input/output paths removed.
+``<results>/notebooks/<profile>/X.ipynb`` (the run folder's results, see
+:mod:`semalign_core.paths`) with machine paths removed. A notebook that finishes also gets its run
+log beside it, ``X.run.json`` (parameters, wall time, threads, the code's identity): what
+``promote`` takes as the sign of a finished notebook.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -23,12 +27,37 @@ import yaml
 from semalign_core.errors import ArtifactError
 from semalign_core.paths import REPO_ROOT, cache_dir, results_dir
 from semalign_core.profiles import get_profile
+from semalign_core.records import code_identity, write_json_atomic
 
 MACHINE_KEYS = ("input_path", "output_path")
 
 
-def executed_path(notebook: Path, profile: str) -> Path:
-    return results_dir() / "notebooks" / profile / notebook.name
+def executed_path(notebook: Path, profile: str, results: Path | None = None) -> Path:
+    """Where the executed copy of ``notebook`` goes (``results``: default the run's results)."""
+    return (results or results_dir()) / "notebooks" / profile / notebook.name
+
+
+class NotebookFailed(ArtifactError):
+    """A cell of the notebook raised (or its kernel died): the executed copy shows where."""
+
+
+def run_log_path(executed: Path) -> Path:
+    """The run log beside an executed notebook: ``X.run.json`` for ``X.ipynb``."""
+    return executed.with_suffix(".run.json")
+
+
+def write_run_log(executed: Path, params: dict, wall_s: float) -> Path:
+    """Record that ``executed`` finished: its parameters, wall time, thread setting and code."""
+    log = {
+        "notebook": executed.name,
+        "parameters": params,
+        "wall_s": round(wall_s, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpus": os.cpu_count(),
+        "code": code_identity(),
+    }
+    return write_json_atomic(run_log_path(executed), log)
 
 
 # Any absolute path into a virtual environment or a cache folder, whichever machine made it.
@@ -74,6 +103,7 @@ def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | Non
         raise ArtifactError(f"notebook {notebook} does not exist")
     out = executed_path(notebook, profile)
     out.parent.mkdir(parents=True, exist_ok=True)
+    run_log_path(out).unlink(missing_ok=True)  # finished again only when this run finishes
     params = {"profile": profile, "seed": seed, **(extra or {})}
     start = time.perf_counter()
     shown = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
@@ -89,10 +119,16 @@ def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | Non
             progress_bar=False,
             request_save_on_cell_execute=True,
         )
+    except pm.PapermillExecutionError as err:
+        raise NotebookFailed(
+            f"{notebook.name} failed: {err.ename}: {err.evalue} (executed copy kept in {shown})"
+        ) from err
     finally:
         if out.exists():
             strip_machine_paths(out)
-    print(f"done {notebook.name} in {time.perf_counter() - start:.1f} s")
+    wall_s = time.perf_counter() - start
+    write_run_log(out, params, wall_s)
+    print(f"done {notebook.name} in {wall_s:.1f} s")
     return out
 
 
@@ -116,20 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for nb in args.notebooks:
             run(nb, args.profile, args.seed, args.timeout, extra)
+    except NotebookFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except ArtifactError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
-        name = type(err).__name__
-        if name == "PapermillExecutionError":
-            print(
-                f"error: {nb.name} failed: "
-                f"{getattr(err, 'ename', '')}: {getattr(err, 'evalue', '')}"
-                f" (executed copy kept in {executed_path(nb, args.profile)})",
-                file=sys.stderr,
-            )
-            return 1
-        raise
     return 0
 
 

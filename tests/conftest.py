@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Every writer points at a session temp folder, and no test reuses a committed record: the run
+# folder and the reference results are empty temp folders unless a test sets its own.
+_ISOLATED = Path(tempfile.mkdtemp(prefix="semalign-tests-"))
+os.environ["SEMALIGN_RUN_DIR"] = str(_ISOLATED / "run")
+os.environ["SEMALIGN_REFERENCE_DIR"] = str(_ISOLATED / "reference" / "results")
+for _key in ("SEMALIGN_RESULTS_DIR", "SEMALIGN_FIGURES_DIR"):
+    os.environ.pop(_key, None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -4,10 +4,11 @@ other results), and a rebuild from the committed results that equals the committ
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 
-from semalign_core.paths import REPO_ROOT, figures_dir
+from semalign_core.paths import REPO_ROOT, figures_dir, reference_figures_dir, run_dir
 from semalign_core.report.build import BUILDERS, build_all, main
 from semalign_core.report.markdown import frame_markdown, markdown_table, save_markdown
 
@@ -40,7 +41,10 @@ def test_save_markdown_writes_nothing_for_none(tmp_path):
 def test_figures_dir_follows_the_results_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("SEMALIGN_RESULTS_DIR", raising=False)
     monkeypatch.delenv("SEMALIGN_FIGURES_DIR", raising=False)
-    assert figures_dir() == FIGURES
+    monkeypatch.delenv("SEMALIGN_RUN_DIR", raising=False)
+    monkeypatch.delenv("SEMALIGN_REFERENCE_DIR", raising=False)
+    assert figures_dir() == REPO_ROOT / "runs" / "default" / "figures" == run_dir() / "figures"
+    assert reference_figures_dir() == FIGURES  # only promote and the report's CLI write here
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path / "results"))
     assert figures_dir() == tmp_path / "figures"
     monkeypatch.setenv("SEMALIGN_FIGURES_DIR", str(tmp_path / "elsewhere"))
@@ -48,7 +52,7 @@ def test_figures_dir_follows_the_results_folder(tmp_path, monkeypatch):
 
 
 def test_rebuild_from_committed_results_equals_committed_figures(tmp_path, monkeypatch):
-    monkeypatch.delenv("SEMALIGN_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(REPO_ROOT / "results"))
     written = build_all(tmp_path)
     assert sorted(p.name for p in written) == sorted(p.name for p in FIGURES.iterdir())
     for path in written:
@@ -65,6 +69,20 @@ def test_main_writes_beside_other_results_not_into_the_repo(tmp_path, monkeypatc
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["table3_model_statistics.md"]
     assert main(["tabel1"]) == 2 and "unknown figure(s) tabel1" in capsys.readouterr().err
     assert _snapshot(FIGURES) == before
+
+
+def test_main_reads_the_reference_results_by_default(tmp_path, monkeypatch):
+    """Without SEMALIGN_RESULTS_DIR the command line reads the committed results (here a temp
+    reference) and writes figures beside them, never a run folder; the setting does not leak."""
+    monkeypatch.delenv("SEMALIGN_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("SEMALIGN_REFERENCE_DIR", str(tmp_path / "reference" / "results"))
+    monkeypatch.setenv("SEMALIGN_RUN_DIR", str(tmp_path / "run"))
+    assert main(["table3"]) == 0
+    assert (tmp_path / "reference" / "figures" / "table3_model_statistics.md").is_file()
+    assert not (tmp_path / "run").exists()
+    assert "SEMALIGN_RESULTS_DIR" not in os.environ
+    assert main(["--results", str(tmp_path / "other" / "results"), "table3"]) == 0
+    assert (tmp_path / "other" / "figures" / "table3_model_statistics.md").is_file()
 
 
 def test_every_group_writes_nothing_without_records_but_table3(tmp_path, monkeypatch):

@@ -1,5 +1,9 @@
 """Every table and figure from ``results/`` alone (no models): ``python -m semalign_core.report``.
 
+The command line reads the committed ``results/`` (``--results`` or ``SEMALIGN_RESULTS_DIR``
+elsewhere) and writes ``figures/`` beside them; :func:`build_all` (what notebook 08 calls) reads
+the results in use, a run folder's during a run.
+
 Reproduced numbers are always shown with the profile they come from; the papers' numbers are read
 from ``results/paper/`` and labelled as published. Output is deterministic (sorted keys, fixed
 formats), so rebuilding from the same results gives byte-identical files. Output goes to
@@ -10,12 +14,14 @@ the results read are the repo's.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from semalign_core.errors import ArtifactError, InvalidParameterError
-from semalign_core.paths import REPO_ROOT, figures_dir
+from semalign_core.paths import REPO_ROOT, figures_dir, reference_results_dir
 from semalign_core.report.ablations import ablation_figures
 from semalign_core.report.analysis_figures import salf_analysis_figures, semalign_analysis_figures
 from semalign_core.report.model_statistics import model_statistics
@@ -62,6 +68,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "groups", nargs="*", help=f"groups to build (default: all): {', '.join(BUILDERS)}"
     )
     parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="results to read (default: SEMALIGN_RESULTS_DIR, else the committed results/)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -70,11 +82,28 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@contextmanager
+def _reading(results: Path | None):
+    """Within: the report reads ``results`` (None: ``SEMALIGN_RESULTS_DIR`` when set, else the
+    committed results), and by default writes the figures beside them."""
+    before = os.environ.get("SEMALIGN_RESULTS_DIR")
+    if results is not None or before is None:
+        os.environ["SEMALIGN_RESULTS_DIR"] = str(results or reference_results_dir())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SEMALIGN_RESULTS_DIR", None)
+        else:
+            os.environ["SEMALIGN_RESULTS_DIR"] = before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the groups named in ``argv`` (all when none); 2 with a one-line error on a bad name."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        paths = build_all(args.out, args.groups or None)
+        with _reading(args.results):
+            paths = build_all(args.out, args.groups or None)
     except ArtifactError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,224 @@
+"""Run folders and the committed reference: promote a finished notebook, run a reproduce tier.
+
+    python -m semalign_core.runs promote --profile cpu [NOTEBOOK ...] [--prune]
+    python -m semalign_core.runs reproduce --tier reproduce-full [--profile cpu] [--promote-each]
+
+Every run writes into its run folder (:func:`semalign_core.paths.run_dir`, ``runs/<name>/``,
+git-ignored). ``promote`` copies what a finished notebook wrote there (the records of its
+experiments at one profile, its executed copy and run log) into the committed ``results/``, then
+rebuilds ``figures/`` from ``results/`` alone; nothing else writes either folder. ``reproduce``
+runs every notebook with the seeds its tier holds (``budgets.REPRODUCE_TIERS``); with
+``--promote-each`` each notebook is promoted as soon as it finishes, so a run cut short loses
+nothing and a tier can be completed across sessions: a record promoted earlier is valid for the
+same config and model files, and is reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.experiments.budgets import REPRODUCE_TIERS
+from semalign_core.experiments.catalog import NOTEBOOKS
+from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
+from semalign_core.profiles import get_profile
+from semalign_core.run_notebook import executed_path, run, run_log_path
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+REPORT_NOTEBOOK = "08_report"  # reads results only: promoted for its executed copy alone
+# Every notebook in `make reproduce` order.
+ORDER: tuple[str, ...] = (*dict.fromkeys(NOTEBOOKS.values()), REPORT_NOTEBOOK)
+
+
+def experiments_of(notebook: str) -> list[str]:
+    """The experiments (results folders) ``notebook`` writes."""
+    if notebook not in ORDER:
+        raise InvalidParameterError(
+            f"unknown notebook {notebook!r}; choose from {', '.join(ORDER)}"
+        )
+    return [experiment for experiment, nb in NOTEBOOKS.items() if nb == notebook]
+
+
+def finished(profile: str, run_results: Path | None = None) -> list[str]:
+    """The notebooks that finished at ``profile`` in the run folder (those with a run log)."""
+    folder = (run_results or results_dir()) / "notebooks" / profile
+    done = {p.name.removesuffix(".run.json") for p in folder.glob("*.run.json")}
+    return [nb for nb in ORDER if nb in done]
+
+
+@dataclass
+class Promotion:
+    """What one ``promote`` did: the files copied into the reference and the reference records
+    of the same experiments that the run did not write (deleted when ``pruned``)."""
+
+    notebook: str
+    copied: list[Path] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
+    pruned: bool = False
+
+    def summary(self) -> str:
+        kept = "deleted" if self.pruned else "kept (--prune deletes them)"
+        line = f"promoted {self.notebook}: {len(self.copied)} file(s)"
+        return line + (
+            f"; {len(self.stale)} older record(s) not in this run {kept}" * bool(self.stale)
+        )
+
+
+def promote(
+    notebook: str,
+    profile: str,
+    run_results: Path | None = None,
+    reference: Path | None = None,
+    prune: bool = False,
+) -> Promotion:
+    """Copy a finished ``notebook``'s output at ``profile`` from the run folder's results into
+    the reference (``results/``): its experiments' records, its executed copy and run log.
+
+    A notebook without a run log has not finished (it failed, was killed or never ran): an
+    ArtifactError, and nothing is copied."""
+    run_results = run_results or results_dir()
+    reference = reference or reference_results_dir()
+    executed = executed_path(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, run_results)
+    log = run_log_path(executed)
+    experiments = experiments_of(notebook)
+    if not log.is_file():
+        raise ArtifactError(
+            f"{notebook} has not finished at profile {profile} in {run_results} (no {log.name}): "
+            "run it to the end first"
+        )
+    done = Promotion(notebook, pruned=prune)
+    for experiment in experiments:
+        source, target = run_results / experiment / profile, reference / experiment / profile
+        files = sorted(p for p in source.glob("*") if p.is_file() and not p.name.startswith("."))
+        done.copied += [_copy(p, target / p.name) for p in files]
+        names = {p.name for p in files}
+        done.stale += sorted(p for p in target.glob("*.json") if p.name not in names)
+    if prune:
+        for path in done.stale:
+            path.unlink()
+    for path in (executed, log):
+        done.copied.append(_copy(path, reference / "notebooks" / profile / path.name))
+    return done
+
+
+def _copy(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def build_reference_figures(reference: Path | None = None) -> None:
+    """Rebuild the reference's figures from its results alone (a fresh process: the report's
+    results folder is an environment setting, which must not leak into later notebooks)."""
+    results = str(reference or reference_results_dir())
+    command = [sys.executable, "-m", "semalign_core.report", "--results", results]
+    if subprocess.run(command, check=False).returncode != 0:
+        raise ArtifactError(f"building the figures from {results} failed")
+
+
+# --------------------------------------------------------------------------- tiers
+
+
+def tier_parameters(tier: str, profile: str, notebook: str) -> dict:
+    """The notebook parameters tier ``tier`` adds at ``profile``: the seeds of its experiment."""
+    if tier not in REPRODUCE_TIERS:
+        raise InvalidParameterError(
+            f"unknown tier {tier!r}; choose from {', '.join(REPRODUCE_TIERS)}"
+        )
+    seeds = REPRODUCE_TIERS[tier][1]
+    for experiment in experiments_of(notebook):
+        if experiment in seeds:
+            return {"seeds": list(seeds[experiment][profile])}
+    return {}
+
+
+def reproduce(
+    tier: str,
+    profile: str,
+    notebooks: Sequence[str] = ORDER,
+    promote_each: bool = False,
+    force: bool = False,
+    timeout: int = 3600,
+) -> None:
+    """Run ``notebooks`` at ``profile`` with the seeds of ``tier``; with ``promote_each``, promote
+    each one as it finishes and rebuild the reference figures at the end."""
+    get_profile(profile)
+    for notebook in notebooks:
+        params = {"force": force, **tier_parameters(tier, profile, notebook)}
+        run(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, 0, timeout, params)
+        if promote_each:
+            print(promote(notebook, profile).summary(), flush=True)
+    if promote_each:
+        build_reference_figures()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m semalign_core.runs", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="command", required=True)
+    prom = sub.add_parser("promote", help="copy finished notebooks into results/, rebuild figures/")
+    prom.add_argument("notebooks", nargs="*", help="notebook names (default: every finished one)")
+    prom.add_argument("--profile", default="cpu")
+    prom.add_argument("--prune", action="store_true", help="delete reference records not rerun")
+    prom.add_argument("--no-figures", action="store_true", help="do not rebuild figures/")
+    rep = sub.add_parser("reproduce", help="run every notebook with a tier's seeds")
+    rep.add_argument("--tier", default="reproduce", help=f"one of {', '.join(REPRODUCE_TIERS)}")
+    rep.add_argument("--profile", help="default: the tier's profile")
+    rep.add_argument("--notebooks", nargs="+", default=list(ORDER))
+    rep.add_argument("--promote-each", action="store_true", help="promote each as it finishes")
+    rep.add_argument("--force", action="store_true", help="recompute valid records")
+    rep.add_argument("--timeout", type=int, default=3600, help="per-cell timeout (s)")
+    return parser
+
+
+def _promote_command(args) -> None:
+    notebooks = args.notebooks or finished(args.profile)
+    if not notebooks:
+        raise ArtifactError(
+            f"no notebook has finished at profile {args.profile} in {results_dir()}"
+        )
+    for notebook in notebooks:
+        print(promote(notebook, args.profile, prune=args.prune).summary(), flush=True)
+    if not args.no_figures:
+        build_reference_figures()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "promote":
+            _promote_command(args)
+        else:
+            profile = args.profile or REPRODUCE_TIERS.get(args.tier, ("cpu",))[0]
+            reproduce(
+                args.tier, profile, args.notebooks, args.promote_each, args.force, args.timeout
+            )
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = [
+    "ORDER",
+    "Promotion",
+    "build_reference_figures",
+    "experiments_of",
+    "finished",
+    "main",
+    "promote",
+    "reproduce",
+    "tier_parameters",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
