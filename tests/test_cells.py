@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from semalign_core.experiments import cells
+from semalign_core.experiments import ablations, cells, salf_cost_benefit
 from semalign_core.paths import REPO_ROOT
+from semalign_core.profiles import get_profile
 from semalign_core.records import without_volatile
 from semalign_core.transfer.registry import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CELL = "sft__mmlu__seed0"
+# experiment: (its notebook's grid function, run at the notebook's defaults; a cheap cell of it)
+GRIDS = {
+    "semalign_ablations": (ablations.run_ablations, "objective-v2__sst2__seed0"),
+    "salf_cost_benefit": (salf_cost_benefit.run_cost_benefit, "tiny-source__mpqa__eof_0__seed0"),
+}
 
 
 def _compared(record: dict) -> dict:
@@ -52,6 +58,7 @@ def test_list_names_the_runs_the_notebooks_write():
     [
         (["nope", CELL], "unknown experiment 'nope'"),
         (["semalign_transfer", "sft__nope__seed0"], "unknown cell 'sft__nope__seed0'"),
+        (["semalign_ablations", "default-default__sst2__seed0"], "unknown cell 'default-"),
         (["salf_main"], "name a cell, or pass --list"),
     ],
 )
@@ -59,3 +66,51 @@ def test_unknown_names_fail_with_one_line(argv, says, capsys):
     assert cells.main([*argv, "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {says}") and err.count("\n") == 1
+
+
+def _isolate(monkeypatch, folder) -> None:
+    """Records and figures in ``folder``, no reference records."""
+    (folder / "reference").mkdir(parents=True, exist_ok=True)
+    for name, sub in (("RUN", ""), ("RESULTS", "results"), ("FIGURES", "figures")):
+        monkeypatch.setenv(f"SEMALIGN_{name}_DIR", str(folder / sub))
+    monkeypatch.setenv("SEMALIGN_REFERENCE_DIR", str(folder / "reference"))
+
+
+@pytest.fixture(scope="module", params=sorted(GRIDS))
+def notebook_grid(request, tmp_path_factory, one_thread):
+    """(experiment, the folder its notebook function wrote at smoke, {run: record} in its order)."""
+    experiment = request.param
+    folder = tmp_path_factory.mktemp(experiment)
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, folder)
+        records = GRIDS[experiment][0](get_profile("smoke"), verbose=False)
+    return experiment, folder, {r["run"]: r for r in records if r["experiment"] == experiment}
+
+
+@pytest.mark.e2e
+def test_list_names_the_records_the_notebook_grid_writes(notebook_grid, monkeypatch):
+    experiment, folder, records = notebook_grid
+    _isolate(monkeypatch, folder)
+    written = {p.stem for p in (folder / "results" / experiment / "smoke").glob("*.json")}
+    assert cells.cell_names(experiment, "smoke") == list(records)
+    assert set(records) == written
+
+
+@pytest.mark.e2e
+def test_a_grid_cell_is_the_notebook_record_in_process_and_in_its_own(
+    notebook_grid, monkeypatch, tmp_path
+):
+    experiment, folder, records = notebook_grid
+    cell = GRIDS[experiment][1]
+    _isolate(monkeypatch, folder)
+    reused = cells.run_cell(experiment, cell, "smoke")  # the notebook's record: same config
+    assert reused["config_hash"] == records[cell]["config_hash"]
+    assert reused["provenance"]["created"] == records[cell]["provenance"]["created"]
+    in_process = cells.run_cell(experiment, cell, "smoke", force=True)
+    _isolate(monkeypatch, tmp_path)
+    own = cells.run_cell(experiment, cell, "smoke", own_process=True)
+
+    assert _compared(own) == _compared(in_process) == _compared(records[cell])
+    assert not any(key.startswith("process_") for key in in_process["cost"])
+    assert own["cost"]["process_peak_scope"] == "own process"
+    assert own["cost"]["process_peak_rss_mb"] > 0

@@ -32,7 +32,8 @@ result is recorded for them (marked ``same_plan``) instead of training again.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -161,12 +162,22 @@ def _same_plan_parts(prof: Profile, variant: Variant, seed: int, default: dict) 
 
 
 def run_variant(
-    prof: Profile, variant: Variant, seed: int, force: bool = False, default: dict | None = None
+    prof: Profile,
+    variant: Variant,
+    seed: int,
+    force: bool = False,
+    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None,
+    *,
+    default: dict | None = None,
 ) -> dict:
     """The record of one variant and seed. The default is Table 2's ``semalign`` cell
-    (``default``: its record, when the caller already has it)."""
+    (``default``: its record, when the caller already has it; a forced non-default variant
+    reuses a valid one). ``measure`` (the cell runner's own-process peak memory) runs a variant's
+    computation and may add to its cost."""
     if default is None:
-        default = transfer_table.run_cell(prof, "semalign", TASK, seed, force, setting=SETTING)
+        default = transfer_table.run_cell(
+            prof, "semalign", TASK, seed, force and variant.is_default, setting=SETTING
+        )
     if variant.is_default:
         return default
     cell = transfer_table.make_cell(
@@ -190,7 +201,8 @@ def run_variant(
         return parts
 
     models = record_models(**transfer_table.cell_models(cell))
-    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, compute, force, models)
+    measured = compute if measure is None else partial(measure, compute)
+    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, measured, force, models)
 
 
 def run_ablations(
@@ -211,7 +223,7 @@ def run_ablations(
     for variant in variants(prof, axes):  # the default comes first: computed once per seed
         for seed in seeds:
             t0 = time.perf_counter()
-            record = run_variant(prof, variant, seed, force, defaults.get(seed))
+            record = run_variant(prof, variant, seed, force, default=defaults.get(seed))
             defaults.setdefault(seed, record)
             if verbose:
                 m = record["metrics"]

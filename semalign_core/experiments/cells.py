@@ -5,15 +5,22 @@
     python -m semalign_core.experiments.cells salf_main tiny-salf__sst2__full__seed0 \\
         --profile smoke --process
 
-A cell is one record of a notebook's grid (Table 1/2: ``<method>__<task>__seed<s>``; SALF:
-``<model>__<task>__<policy>__seed<s>``), named as the notebook names its record. Running it calls
-the notebook's own functions (``transfer_tables.cell_record``, ``SalfGrid.run``), so it reuses or
-writes exactly the record the notebook would. ``--process`` runs the same command in a fresh
-Python process, which adds its peak memory to the cost of a record it computes
-(``process_peak_rss_mb``, ``process_peak_cuda_mb`` on a GPU, ``process_peak_scope: "own process"``);
-records computed in-process carry none of these keys. A valid stored record is reused, not
-measured: pass ``--force`` (or an empty results folder) to measure. This entry point is also what
-``accelerate launch`` or a cluster job array calls, one cell per task.
+A cell is one record of a notebook's grid, named as the notebook names its record: Table 1
+``<method>__<task>__seed<s>`` (Table 2 prefixes ``<teacher>__``); ablations
+``<axis>-<value>__<task>__seed<s>`` (the default variant is Table 2's ``semalign`` cell); SALF's
+main table and cost–benefit sweeps ``<model>__<task>__<policy>__seed<s>`` (zero-shot without the
+seed part). Running it calls the notebook's own functions (``transfer_tables.cell_record``,
+``ablations.run_variant``, ``SalfGrid.run``), so it reuses or writes exactly the record the
+notebook would; a cell another one needs first (the default variant, SALF's run) is reused when
+valid, else computed. The cost–benefit sweeps of a model × task × seed are named after its SALF
+run, so naming them (``--list``, or a sweep cell) gets that record, computing it when missing.
+
+``--process`` runs the same command in a fresh Python process, which adds its peak memory to the
+cost of a record it computes (``process_peak_rss_mb``, ``process_peak_cuda_mb`` on a GPU,
+``process_peak_scope: "own process"``); records computed in-process carry none of these keys.
+A valid stored record is reused, not measured: pass ``--force`` (or an empty results folder) to
+measure. This entry point is also what ``accelerate launch`` or a cluster job array calls, one
+cell per task.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import re
 import resource
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
@@ -35,10 +42,18 @@ import torch
 from semalign_core.costs import PeakMemory
 from semalign_core.devices import default_device
 from semalign_core.errors import ArtifactError, InvalidParameterError
-from semalign_core.experiments import salf_cells, salf_main, transfer_tables
+from semalign_core.experiments import (
+    ablations,
+    salf_cells,
+    salf_cost_benefit,
+    salf_main,
+    transfer_tables,
+)
 from semalign_core.experiments.catalog import (
     FINETUNED_TEACHER,
+    SALF_COST_BENEFIT,
     SALF_MAIN,
+    SEMALIGN_ABLATIONS,
     SEMALIGN_TRANSFER,
     ZERO_SHOT,
 )
@@ -79,6 +94,36 @@ def own_process_peak(compute: Callable[[], RecordParts]) -> RecordParts:
 # --------------------------------------------------------------------------- the experiments
 
 
+class _Cells(Mapping[str, CellRunner]):
+    """Runners by run name, in run order. A part may be a function that names its cells only
+    when asked (the cost–benefit sweeps follow SALF's record): a lookup tries the named parts
+    first; iterating names them all."""
+
+    def __init__(self, parts: Sequence[dict[str, CellRunner] | Callable[[], dict]]):
+        self._parts = list(parts)
+
+    def _named(self, name_all: bool) -> Iterator[dict[str, CellRunner]]:
+        for i, part in enumerate(self._parts):
+            if name_all and callable(part):
+                part = self._parts[i] = part()
+            if isinstance(part, dict):
+                yield part
+
+    def __getitem__(self, name: str) -> CellRunner:
+        for name_all in (False, True):
+            for part in self._named(name_all):
+                if name in part:
+                    return part[name]
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        for part in self._named(True):
+            yield from part
+
+    def __len__(self) -> int:
+        return sum(map(len, self._named(True)))
+
+
 def _transfer_cells(setting: str, prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
     """Every cell of Table 1 or 2 (the notebook's defaults), by run name, in run order."""
     methods, tasks, seeds = transfer_tables.check_parameters(prof, 0, seeds, setting=setting)
@@ -86,37 +131,103 @@ def _transfer_cells(setting: str, prof: Profile, seeds: Sequence[int]) -> dict[s
     return {cell.run: partial(transfer_tables.cell_record, cell) for cell in cells}
 
 
-def _salf_run(
-    prof: Profile,
-    salf_kw: dict,
+def _ablation_cells(prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
+    """Every variant × seed of the ablations (notebook 05's defaults), by run name, in run order;
+    the default variant is Table 2's ``semalign`` cell (``semalign_finetuned_teacher``)."""
+    axes, seeds = ablations.check_parameters(prof, 0, seeds)
+    return {
+        variant.run(seed): partial(ablations.run_variant, prof, variant, seed)
+        for variant in ablations.variants(prof, axes)
+        if not variant.is_default
+        for seed in seeds
+    }
+
+
+# make_grid(force=..., measure=...) -> the notebook's SalfGrid
+GridMaker = Callable[..., salf_cells.SalfGrid]
+BASE_LABELS = (ZERO_SHOT, "full", "salf")  # what SalfGrid.run_all runs before labels_for's
+
+
+def _grid_run(
+    make_grid: GridMaker,
     run: tuple[str, str, str, int | None],
     force: bool,
     measure: Measure | None,
 ) -> dict[str, Any]:
-    grid = salf_cells.SalfGrid(
-        prof, None, SALF_MAIN, salf_kw, force=force, verbose=False, measure=measure
-    )
-    return grid.run(*run)
+    return make_grid(force=force, measure=measure).run(*run)
 
 
-def _salf_main_cells(prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
+def _grid_cells(
+    make_grid: GridMaker, model: str, task: str, labels: Sequence[str], seed: int | None
+) -> dict[str, CellRunner]:
+    return {
+        salf_cells.run_name(model, task, label, seed): partial(
+            _grid_run, make_grid, (model, task, label, seed)
+        )
+        for label in labels
+    }
+
+
+def _followers(
+    make_grid: GridMaker,
+    labels_for: Callable[[dict], Sequence[str]],
+    model: str,
+    task: str,
+    seed: int,
+) -> dict[str, CellRunner]:
+    """The cells of ``labels_for(SALF's record)``, that record got (or computed) unforced."""
+    salf_record = make_grid(force=False, measure=None).run(model, task, "salf", seed)
+    labels = [label for label in labels_for(salf_record) if label not in BASE_LABELS]
+    return _grid_cells(make_grid, model, task, labels, seed)
+
+
+def _salf_grid_cells(
+    make_grid: GridMaker,
+    labels: Sequence[str] | Callable[[dict], Sequence[str]],
+    models: Sequence[str],
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+) -> _Cells:
+    """The runs of ``SalfGrid.run_all`` by run name, in its order; ``labels``: the labels after
+    full and salf, or ``labels_for`` (they follow SALF's record: named on first need)."""
+    parts: list = []
+    for model, task in product(models, tasks):
+        parts.append(_grid_cells(make_grid, model, task, [ZERO_SHOT], None))
+        for seed in seeds:
+            parts.append(_grid_cells(make_grid, model, task, BASE_LABELS[1:], seed))
+            if callable(labels):
+                parts.append(partial(_followers, make_grid, labels, model, task, seed))
+            else:
+                followers = [label for label in labels if label not in BASE_LABELS]
+                parts.append(_grid_cells(make_grid, model, task, followers, seed))
+    return _Cells(parts)
+
+
+def _salf_main_cells(prof: Profile, seeds: Sequence[int]) -> _Cells:
     """Every run of the SALF main table (notebook 06's defaults), by run name, in run order."""
     salf_kw = dict(salf_cells.SALF_OPTIONS)
     models, tasks, policies, seeds = salf_main.check_parameters(prof, 0, seeds, salf_kw=salf_kw)
-    cells: dict[str, CellRunner] = {}
-    for model, task, seed in product(models, tasks, seeds):
-        for label in dict.fromkeys((ZERO_SHOT, "full", "salf", *policies)):
-            run_seed = None if label == ZERO_SHOT else seed
-            name = salf_cells.run_name(model, task, label, run_seed)
-            cells.setdefault(
-                name, partial(_salf_run, prof, salf_kw, (model, task, label, run_seed))
-            )
-    return cells
+    grid = partial(salf_cells.SalfGrid, prof, None, SALF_MAIN, salf_kw, verbose=False)
+    return _salf_grid_cells(grid, policies, models, tasks, seeds)
+
+
+def _cost_benefit_cells(prof: Profile, seeds: Sequence[int]) -> _Cells:
+    """Every run of the cost–benefit sweeps (notebook 07's defaults), by run name, in run order.
+    The sweeps of a model × task × seed are named after its SALF record: listing them gets it,
+    or computes it first."""
+    salf_kw = dict(salf_cells.SALF_OPTIONS)
+    models, tasks, groups, seeds = salf_cost_benefit.check_parameters(
+        prof, 0, seeds, salf_kw=salf_kw
+    )
+    grid = partial(salf_cost_benefit.make_grid, prof, None, salf_kw, verbose=False)
+    labels_for = partial(salf_cost_benefit.run_labels, groups=groups)
+    return _salf_grid_cells(grid, labels_for, models, tasks, seeds)
 
 
 def _transfer_summary(record: dict) -> str:
     m = record["metrics"]
-    return f"{m['metric']} = {m['value']} (n={m['n']})"
+    same = " [same plan as the default: not retrained]" if m.get("same_plan") else ""
+    return f"{m['metric']} = {m['value']} (n={m['n']}){same}"
 
 
 @dataclass(frozen=True)
@@ -128,14 +239,16 @@ class Experiment:
         summary: one line of a record.
     """
 
-    cells: Callable[[Profile, Sequence[int] | None], dict[str, CellRunner]]
+    cells: Callable[[Profile, Sequence[int] | None], Mapping[str, CellRunner]]
     summary: Callable[[dict], str]
 
 
 EXPERIMENTS: dict[str, Experiment] = {
     SEMALIGN_TRANSFER: Experiment(partial(_transfer_cells, "table1"), _transfer_summary),
     FINETUNED_TEACHER: Experiment(partial(_transfer_cells, "finetuned"), _transfer_summary),
+    SEMALIGN_ABLATIONS: Experiment(_ablation_cells, _transfer_summary),
     SALF_MAIN: Experiment(_salf_main_cells, salf_cells.summary),
+    SALF_COST_BENEFIT: Experiment(_cost_benefit_cells, salf_cells.summary),
 }
 
 

@@ -8,13 +8,15 @@ a run whose config is identical to a main-table record is copied from it, not re
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from semalign_core.experiments.budgets import SalfRunBudget
 from semalign_core.experiments.catalog import SALF_COST_BENEFIT, SALF_MAIN, SWEEP_GROUPS
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.salf_cells import SalfGrid, check_models_tasks
 from semalign_core.profiles import Profile
+from semalign_core.records import RecordParts
 
 
 def check_parameters(
@@ -76,6 +78,34 @@ def sweep_labels(salf_record: dict) -> dict[str, list[str]]:
     }
 
 
+def run_labels(salf_record: dict, groups: Sequence[str] = SWEEP_GROUPS) -> list[str]:
+    """The labels of :func:`sweep_labels` in ``groups`` (checked names), in order, once each."""
+    labels = sweep_labels(salf_record)
+    return list(dict.fromkeys(label for g in groups for label in labels[g]))
+
+
+def make_grid(
+    prof: Profile,
+    budget: SalfRunBudget | None = None,
+    salf_kw: dict | None = None,
+    force: bool = False,
+    verbose: bool = True,
+    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None,
+) -> SalfGrid:
+    """The grid of the sweeps: records in ``salf_cost_benefit``, identical main-table runs copied
+    (``measure``: see :class:`~semalign_core.experiments.salf_cells.SalfGrid`)."""
+    return SalfGrid(
+        prof,
+        budget,
+        SALF_COST_BENEFIT,
+        salf_kw,
+        reuse_from=(SALF_MAIN,),
+        force=force,
+        verbose=verbose,
+        measure=measure,
+    )
+
+
 def run_cost_benefit(
     prof: Profile,
     models: Sequence[str] | None = None,
@@ -92,21 +122,8 @@ def run_cost_benefit(
     models, tasks, groups, seeds = check_parameters(
         prof, 0, seeds, models=models, tasks=tasks, groups=groups, salf_kw=salf_kw
     )
-
-    def labels_for(salf_record: dict) -> list[str]:
-        labels = sweep_labels(salf_record)
-        return list(dict.fromkeys(label for g in groups for label in labels[g]))
-
-    grid = SalfGrid(
-        prof,
-        budget,
-        SALF_COST_BENEFIT,
-        salf_kw,
-        reuse_from=(SALF_MAIN,),
-        force=force,
-        verbose=verbose,
-    )
-    return grid.run_all(labels_for, models, tasks, seeds)
+    grid = make_grid(prof, budget, salf_kw, force, verbose)
+    return grid.run_all(partial(run_labels, groups=groups), models, tasks, seeds)
 
 
-__all__ = ["check_parameters", "run_cost_benefit", "sweep_labels"]
+__all__ = ["check_parameters", "make_grid", "run_cost_benefit", "run_labels", "sweep_labels"]
