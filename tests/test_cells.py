@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments import ablations, cells, salf_cost_benefit
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
@@ -114,3 +116,22 @@ def test_a_grid_cell_is_the_notebook_record_in_process_and_in_its_own(
     assert not any(key.startswith("process_") for key in in_process["cost"])
     assert own["cost"]["process_peak_scope"] == "own process"
     assert own["cost"]["process_peak_rss_mb"] > 0
+
+
+@pytest.mark.e2e
+def test_cells_in_two_one_thread_processes_match_one_thread_in_process(tmp_path, monkeypatch):
+    names = [CELL, "target__gsm__seed0"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path / "in_process"))
+        shared = [cells.run_cell("semalign_transfer", name, "smoke") for name in names]
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path / "jobs"))
+    own = cells.run_cells_in_processes("semalign_transfer", names, "smoke", jobs=2)
+    assert [_compared(r) for r in own] == [_compared(r) for r in shared]
+    assert [r["provenance"]["threads"] for r in own] == [1, 1]
+    assert all(r["cost"]["process_peak_scope"] == "own process" for r in own)
+    with pytest.raises(InvalidParameterError, match="unknown cell"):
+        cells.run_cells_in_processes("semalign_transfer", [CELL, "nope"], "smoke")

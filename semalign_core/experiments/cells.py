@@ -32,6 +32,7 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
@@ -305,11 +306,32 @@ def run_cell(
     if not own_process:
         require_models(prof)
         return runner(force, None)
-    _spawn(experiment, name, profile, force)
+    _spawn(experiment, name, profile, force, torch.get_num_threads())
     return json.loads(record_path(experiment, profile, name).read_text())
 
 
-def _spawn(experiment: str, name: str, profile: str, force: bool) -> None:
+def run_cells_in_processes(
+    experiment: str, names: Sequence[str], profile: str, force: bool = False, jobs: int = 2
+) -> list[dict[str, Any]]:
+    """The records of ``names``, computed in ``jobs`` fresh processes at a time with one torch
+    thread each (each records its own peak memory): on a small CPU box two one-thread processes
+    usually finish two cells sooner than one two-thread process runs them in turn.
+
+    Only for experiments whose config does not hold the thread count: a SALF run's config does
+    (its times are results), so a one-thread SALF record is another record than the notebook's."""
+    if jobs < 1:
+        raise InvalidParameterError(f"jobs must be at least 1, not {jobs}")
+    prof = get_profile(profile)
+    for name in names:
+        find_cell(experiment, name, prof)  # every name is checked before any process starts
+    require_models(prof)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = pool.map(lambda name: _spawn(experiment, name, profile, force, 1), names)
+        list(done)  # re-raises the first failure
+    return [json.loads(record_path(experiment, profile, n).read_text()) for n in names]
+
+
+def _spawn(experiment: str, name: str, profile: str, force: bool, threads: int) -> None:
     command = [
         sys.executable,
         "-m",
@@ -319,7 +341,7 @@ def _spawn(experiment: str, name: str, profile: str, force: bool) -> None:
         "--profile",
         profile,
         "--threads",
-        str(torch.get_num_threads()),  # SALF's config holds the thread count: keep it equal
+        str(threads),  # SALF's config holds the thread count: the parent's keeps it equal
         "--measure-own-process",
         *(["--force"] if force else []),
     ]
@@ -337,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one experiment cell by name (the record its notebook would write).",
     )
     parser.add_argument("experiment", help=f"one of {', '.join(EXPERIMENTS)}")
-    parser.add_argument("cell", nargs="?", help="a run name, e.g. sft__mmlu__seed0")
+    parser.add_argument("cells", nargs="*", help="run names, e.g. sft__mmlu__seed0")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--list", action="store_true", help="print the experiment's cell names")
     parser.add_argument("--seed", type=int, default=0, help="--list: the first seed")
@@ -347,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--process", action="store_true", help="run in a fresh process; record its peak memory"
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="run the cells in this many fresh processes at once, one thread each",
+    )
     # set by --process for the fresh process it starts: measure there
     parser.add_argument("--measure-own-process", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -357,21 +384,37 @@ def _run(args) -> None:
         for name in cell_names(args.experiment, args.profile, args.seed, args.seeds):
             print(name)
         return
-    if args.cell is None:
+    if not args.cells:
         raise InvalidParameterError("name a cell, or pass --list to see the names")
+    if args.jobs:
+        records = run_cells_in_processes(
+            args.experiment, args.cells, args.profile, args.force, args.jobs
+        )
+        for name, record in zip(args.cells, records, strict=True):
+            _print(args, name, record)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
+    for name in args.cells:
+        _run_one(args, name)
+
+
+def _run_one(args, name: str) -> None:
     if args.measure_own_process:
         prof = get_profile(args.profile)
-        runner = find_cell(args.experiment, args.cell, prof)
+        runner = find_cell(args.experiment, name, prof)
         require_models(prof)
         record = runner(args.force, own_process_peak)
     elif args.process:
-        run_cell(args.experiment, args.cell, args.profile, args.force, own_process=True)
+        run_cell(args.experiment, name, args.profile, args.force, own_process=True)
         return  # the fresh process has printed its line
     else:
-        record = run_cell(args.experiment, args.cell, args.profile, args.force)
-    path = record_path(args.experiment, args.profile, args.cell)
+        record = run_cell(args.experiment, name, args.profile, args.force)
+    _print(args, name, record)
+
+
+def _print(args, name: str, record: dict) -> None:
+    path = record_path(args.experiment, args.profile, name)
     print(f"{path}: {_experiment(args.experiment).summary(record)}", flush=True)
 
 
@@ -395,6 +438,7 @@ __all__ = [
     "main",
     "own_process_peak",
     "run_cell",
+    "run_cells_in_processes",
 ]
 
 if __name__ == "__main__":
