@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors", "paths", "records", "profiles", "devices"),  # foundation
+    ("__init__", "errors", "paths", "records", "profiles", "devices", "statistics"),  # foundation
     ("lm", "costs"),  # reading, running and costing a model: surgery, nethook, semantics, cka
     ("models", "data"),
     ("evaluation",),
