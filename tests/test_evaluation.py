@@ -296,13 +296,13 @@ def test_gsm8k_answer_order_is_a_task_option():
             record = json.loads(doc["record"])
             return f"#### {record['target']}\nSo the answer is 123456789."
 
-    options = {"semalign_gsm8k": {"answer_order": ["hashes", "last_number"]}}
+    options = {"semalign_gsm8k": {"answer_order": "transfer_phrase_first"}}
     default = evaluate(HashesThenChatter(), "semalign_gsm8k", limit=3)["semalign_gsm8k"]
-    hashes = evaluate(HashesThenChatter(), "semalign_gsm8k", limit=3, task_options=options)[
+    phrase = evaluate(HashesThenChatter(), "semalign_gsm8k", limit=3, task_options=options)[
         "semalign_gsm8k"
     ]
-    assert default["metrics"]["exact_match"] == 0.0
-    assert hashes["metrics"]["exact_match"] == 1.0
+    assert default["metrics"]["exact_match"] == 1.0  # lm-eval's order: "#### N" first
+    assert phrase["metrics"]["exact_match"] == 0.0
 
 
 def test_macro_f1_matches_sklearn():

@@ -38,6 +38,7 @@ from semalign_core.data import load_transfer
 from semalign_core.data.cls_transfer import eval_split, eval_task_options, load_cls_transfer
 from semalign_core.devices import default_device
 from semalign_core.errors import InvalidParameterError
+from semalign_core.evaluation.answers import DEFAULT_ORDER, GSM8K_EXTRACTION_VERSION
 from semalign_core.evaluation.harness import evaluate
 from semalign_core.experiments.budgets import TEACHERS, TransferBudget, transfer_budget
 from semalign_core.experiments.catalog import CLS_TASKS, METRICS, TransferSetting, get_setting
@@ -200,6 +201,11 @@ def _eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
     }
     if budget.eval_seed is not None:
         config["seed"] = budget.eval_seed
+    if task == "gsm":  # how answers are read decides the score: a new reading, new records
+        config["answer_extraction"] = {
+            "version": GSM8K_EXTRACTION_VERSION,
+            "order": list(DEFAULT_ORDER),
+        }
     return config
 
 

@@ -50,7 +50,12 @@ from semalign_core.data import (
     render_transfer_chat,
 )
 from semalign_core.errors import InvalidParameterError
-from semalign_core.evaluation.answers import _check_order, extract_gsm8k_answer, normalise_number
+from semalign_core.evaluation.answers import (
+    DEFAULT_ORDER,
+    _check_order,
+    extract_gsm8k_answer,
+    normalise_number,
+)
 from semalign_core.evaluation.code_tasks import (
     extract_code,
     humaneval_program,
@@ -66,7 +71,7 @@ MMLU_LETTERS = ("A", "B", "C", "D")
 MMLU_CHAT_RESPONSE_PREFIX = "The answer is:"
 CODE_INSTRUCTION = "Complete the following python function.\n\n\n"
 GSM8K_INSTRUCTION = "Answer the following question.\n\nQuestion: "
-DEFAULT_ANSWER_ORDER = ("so_the_answer_is", "hashes", "last_number")
+DEFAULT_ANSWER_ORDER = DEFAULT_ORDER  # lm-eval's: strict "#### N", else the last number
 PASS_KS = (1, 5, 10, 100)
 
 # Stop strings. Plain ones are lm-eval's own for these benchmarks; chat ones stop at the next
