@@ -227,7 +227,12 @@ def test_table2_records(table2):
     )
     by_run = {r["run"]: r for r in records}
     teacher = by_run["ft-source__teacher__sst2"]
-    assert teacher["seed"] is None and teacher["metrics"]["reused"]  # the teacher's own evaluation
+    assert teacher["seed"] is None and "reused" not in teacher["metrics"]  # evaluated as a row
+    # every row holds its per-item scores on the same fixed items (a paired test needs them)
+    ids = [item["doc_id"] for item in teacher["metrics"]["items"]]
+    assert len(ids) == teacher["metrics"]["n"] == 8
+    for record in records:
+        assert [item["doc_id"] for item in record["metrics"]["items"]] == ids, record["run"]
     assert (
         teacher["config"]["teacher"]["recipe_key"] == teachers.teacher_recipe("smoke", "sst2").key()
     )

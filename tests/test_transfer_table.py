@@ -169,3 +169,16 @@ def test_paper_profile_uses_the_published_per_task_budgets_of_tables_4_and_5():
         "1000",
         "300",
     ]
+
+
+def test_two_training_seeds_are_scored_on_the_same_fixed_items(tmp_path, monkeypatch):
+    """Seeds vary the training only: both seeds' records hold the same item ids, which are the
+    untrained target's too (the subset comes from the budget's eval_seed, not the cell's seed)."""
+    from semalign_core.experiments import cells
+
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path))
+    runs = ["sft__mmlu__seed0", "sft__mmlu__seed1", "target__mmlu"]
+    records = [cells.run_cell("semalign_transfer", run, "smoke") for run in runs]
+    ids = [[item["doc_id"] for item in r["metrics"]["items"]] for r in records]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == records[0]["metrics"]["n"] == 4
+    assert records[0]["config"]["eval"]["seed"] == records[1]["config"]["eval"]["seed"] == 0

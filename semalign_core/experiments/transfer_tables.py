@@ -354,8 +354,18 @@ def _evaluate(
         seed=seed if budget.eval_seed is None else budget.eval_seed,
         batch_size=budget.eval_batch_size,
         tokenizer=tokenizer,
+        keep_samples=True,
         **style,
     )[eval_task]
+
+
+def _items(out: dict, metric: str) -> list[dict[str, Any]]:
+    """Per evaluated item: its id, the filtered prediction and its score, so a comparison of two
+    rows on the same items (a paired test) can be recomputed from the records alone."""
+    return [
+        {"doc_id": s["doc_id"], "prediction": s["filtered"], metric: s.get(metric)}
+        for s in out.get("samples", [])
+    ]
 
 
 def _percent(value: float | None) -> float | None:
@@ -381,36 +391,7 @@ def _evaluation_metrics(
         "prompt_style": out["prompt_style"],
         "decoding": out["decoding"],
         "transfer": summary,
-    }
-
-
-def _teacher_eval(report: dict | None, budget: TransferBudget) -> dict | None:
-    """The teacher's own after-fine-tuning evaluation when it used this cell's protocol (reused)."""
-    if not report:
-        return None
-    recipe, after = report["recipe"], report["report"]["after"]
-    same = (
-        recipe["eval_limit"] == budget.eval_limit
-        and recipe["eval_batch_size"] == budget.eval_batch_size
-        and budget.eval_seed == 0
-    )
-    return after if same else None
-
-
-def _reused_teacher_metrics(after: dict, sources: dict[str, str]) -> dict[str, Any]:
-    """The metrics of the teacher row from the evaluation made with the teacher (same protocol)."""
-    sources.update(after.get("sources", {}))
-    return {
-        "metric": "acc",
-        "value": after["acc"],
-        "percent": _percent(after["acc"]),
-        "stderr": after["stderr"],
-        "n": after["n"],
-        "all": {"acc": after["acc"], "macro_f1": after["macro_f1"]},
-        "prompt_style": "plain",
-        "decoding": {"method": "loglikelihood"},
-        "transfer": None,
-        "reused": "evaluation made with the teacher (semalign_teacher.json, same protocol)",
+        "items": _items(out, metric),
     }
 
 
@@ -428,11 +409,12 @@ def _teacher_summary(report: dict) -> dict[str, Any]:
 def compute_cell(cell: Cell) -> RecordParts:
     """Train (unless a reference row) and evaluate one cell: the parts of its record."""
     sources: dict[str, str] = {}
-    transfer_cost = summary = reused = None
+    transfer_cost = summary = None
     source, target, report = _load_models(cell)
     if cell.method == cell.setting.source_row:
+        # evaluated like every row (not the teacher's own evaluation): its per-item predictions
+        # are what a paired comparison with the other rows needs
         model, tokenizer = source.model, source.tokenizer
-        reused = _teacher_eval(report, cell.budget)
     else:
         model, tokenizer = target.model, target.tokenizer
         if cell.method in METHODS:
@@ -440,10 +422,7 @@ def compute_cell(cell: Cell) -> RecordParts:
             del source
     model.eval()
     t0 = time.perf_counter()
-    if reused is None:
-        metrics = _evaluation_metrics(cell, model, tokenizer, summary, sources)
-    else:
-        metrics = _reused_teacher_metrics(reused, sources)
+    metrics = _evaluation_metrics(cell, model, tokenizer, summary, sources)
     if report is not None and cell.method == cell.setting.source_row:
         metrics["teacher"] = _teacher_summary(report)
     cost = {"transfer": transfer_cost, "eval_wall_s": round(time.perf_counter() - t0, 3)}

@@ -36,9 +36,10 @@ INTRO = (
 
 
 def load_records(profile: str, setting: str = "table1") -> list[dict]:
-    """Every cell record of ``setting`` at ``profile`` (Table 1: ``<method>__<task>__seed<s>.json``;
-    Table 2: ``<teacher>__<row>__<task>[__seed<s>].json``)."""
-    pattern = "*__*__seed*.json" if setting == "table1" else "*__*__*.json"
+    """Every cell record of ``setting`` at ``profile`` (Table 1: ``<row>__<task>[__seed<s>].json``;
+    Table 2: ``<teacher>__<row>__<task>[__seed<s>].json``; the untrained rows, evaluated once on
+    the fixed items, carry no seed)."""
+    pattern = "*__*.json" if setting == "table1" else "*__*__*.json"
     return read_records(get_setting(setting).experiment, profile, pattern)
 
 
