@@ -360,10 +360,16 @@ def _evaluate(
 
 
 def _items(out: dict, metric: str) -> list[dict[str, Any]]:
-    """Per evaluated item: its id, the filtered prediction and its score, so a comparison of two
-    rows on the same items (a paired test) can be recomputed from the records alone."""
+    """Per evaluated item: its id, gold target, filtered prediction (multiple choice: one
+    log-likelihood per choice) and score, so a comparison of two rows on the same items (a paired
+    test), majority rates and label distributions can be recomputed from the records alone."""
     return [
-        {"doc_id": s["doc_id"], "prediction": s["filtered"], metric: s.get(metric)}
+        {
+            "doc_id": s["doc_id"],
+            "gold": s["target"],
+            "prediction": s["filtered"],
+            metric: s.get(metric),
+        }
         for s in out.get("samples", [])
     ]
 
