@@ -148,3 +148,16 @@ def test_promoting_the_smoke_reproduction_rebuilds_its_figures(smoke_reproductio
     built = {p.name: p.read_bytes() for p in (tmp_path / "reference" / "figures").iterdir()}
     own = {p.name: p.read_bytes() for p in smoke_reproduction.figures.iterdir()}
     assert built == own
+
+
+@pytest.mark.e2e
+def test_a_tier_promotes_each_notebook_as_it_finishes(folders):
+    """`make reproduce-full` in small: the notebook runs into the run folder, is promoted into the
+    reference, and the reference figures are rebuilt from the reference alone."""
+    run_results, reference = folders
+    runs.reproduce("reproduce-full", "smoke", ["00_models_and_data"], promote_each=True)
+    assert (reference / "notebooks/smoke/00_models_and_data.run.json").is_file()
+    for experiment in runs.experiments_of("00_models_and_data"):
+        promoted = sorted(p.name for p in (reference / experiment / "smoke").iterdir())
+        assert promoted == sorted(p.name for p in (run_results / experiment / "smoke").iterdir())
+    assert (reference.parent / "figures" / "table3_model_statistics.md").is_file()
