@@ -120,7 +120,7 @@ def test_a_grid_cell_is_the_notebook_record_in_process_and_in_its_own(
     assert own["cost"]["process_peak_rss_mb"] > 0
 
 
-@pytest.mark.e2e
+@pytest.mark.slow  # two fresh processes per run: make test-scale
 def test_cells_in_two_one_thread_processes_match_one_thread_in_process(tmp_path, monkeypatch):
     names = [CELL, "target__gsm"]
     threads = torch.get_num_threads()
