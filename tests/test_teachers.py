@@ -267,10 +267,11 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
     frame = teacher_table.table("smoke")
     assert list(frame.index) == ["teacher", "target", "semalign", "sft"] and list(
         frame.columns
-    ) == ["SST-2"]
+    ) == ["SST-2", "SST-2 macro-F1"]
     assert "2 seeds" in frame.loc["sft", "SST-2"] and "seeds" not in frame.loc["teacher", "SST-2"]
     notes = frame.attrs["notes"]
-    assert any("SST-2 50%" in n for n in notes) and any("leads the target" in n for n in notes)
+    assert any("SST-2 items: majority-label rate" in n for n in notes)
+    assert any("leads the target" in n for n in notes)
     paths = teacher_table.teacher_table_figures(tmp_path)
     text = paths[0].read_text()
     assert paths[0].name == "semalign_table2_finetuned_teacher.md"

@@ -3,8 +3,9 @@
 The cells are :func:`semalign_core.report.semalign_tables.table` cells with ``setting="finetuned"``:
 the source of every method is a teacher fine-tuned on the task, the rows are ``teacher``,
 ``target`` and every transfer method. This module adds the check that the setting is informative
-(the teacher beats the target by at least :data:`MIN_GAP` points) and the Markdown page that
-``make figures`` writes (:func:`teacher_table_markdown`, :func:`teacher_table_figures`).
+(the teacher beats the target by at least :data:`MIN_GAP` points; with per-item records, the
+paired 95 % interval of that gap beside it) and the Markdown page that ``make figures`` writes
+(:func:`teacher_table_markdown`, :func:`teacher_table_figures`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 
 from semalign_core.experiments.budgets import MIN_GAP
 from semalign_core.experiments.catalog import get_setting
+from semalign_core.report import comparisons
 from semalign_core.report.markdown import save_markdown
 from semalign_core.report.published import published_markdown, published_spec, published_table
 from semalign_core.report.results import PROFILE_PREFERENCE
@@ -44,12 +46,42 @@ def gaps(profile: str) -> dict[tuple[str, str], float]:
     }
 
 
+def gap_intervals(profile: str) -> dict[tuple[str, str], object]:
+    """(teacher, task) → the paired difference teacher minus target on the same items
+    (:func:`semalign_core.report.comparisons.compare`, fractions), where both have items."""
+    recs = [r for r in load_records(profile, SETTING) if r["metrics"].get("value") is not None]
+    rows: dict[tuple[str, str | None, str], list[dict]] = {}
+    for r in recs:
+        rows.setdefault((r["method"], r.get("teacher"), r["task"]), []).append(r)
+    out = {}
+    for (method, teacher, task), teacher_recs in sorted(rows.items(), key=str):
+        if method != "teacher":
+            continue
+        target = [r for (m, _, t), rs in rows.items() if m == "target" and t == task for r in rs]
+        result = comparisons.compare(teacher_recs, target) if target else None
+        if result is not None:
+            out[(teacher, task)] = result
+    return out
+
+
 def gap_notes(profile: str) -> list[str]:
-    """One line per teacher and task: the gap, and whether it clears :data:`MIN_GAP`."""
+    """One line per teacher and task: the gap (with its paired 95% interval where the records
+    have items), and whether it clears :data:`MIN_GAP`."""
+    intervals = gap_intervals(profile)
     out = []
     for (teacher, task), gap in sorted(gaps(profile).items()):
         verdict = "informative" if gap >= MIN_GAP else f"NOT informative (< {MIN_GAP:.0f} points)"
-        out.append(f"teacher {teacher} leads the target on {task} by {gap:+.1f} points: {verdict}")
+        paired = intervals.get((teacher, task))
+        if paired is None:
+            interval = " (no items in the records: no interval)"
+        else:
+            low, high = 100 * paired.low, 100 * paired.high
+            excludes = "excludes" if paired.significant else "includes"
+            interval = f" (paired 95% interval [{low:+.1f}, {high:+.1f}], {excludes} zero)"
+        out.append(
+            f"teacher {teacher} leads the target on {task} by {gap:+.1f} points{interval}: "
+            f"{verdict}"
+        )
     return out
 
 
@@ -97,6 +129,7 @@ def teacher_table_figures(out_dir: Path) -> list[Path]:
 
 __all__ = [
     "MIN_GAP",
+    "gap_intervals",
     "gap_notes",
     "gaps",
     "published",
