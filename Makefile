@@ -104,11 +104,11 @@ reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomput
 
 reproduce-full: setup  ## every experiment and seed of the committed results, each promoted as it finishes
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
-	$(PY) -m semalign_core.runs reproduce --tier reproduce-full --profile $(PROFILE) --promote-each \
+	$(PY) -m semalign_core.runs reproduce --tier reproduce-full --profile $(PROFILE) --promote-each --prune \
 		--timeout $(NB_TIMEOUT) $(if $(filter true,$(FORCE)),--force)
 
-promote: setup  ## copy the finished notebooks of runs/$(RUN)/ into results/, rebuild figures/ (NB=... for some)
-	$(PY) -m semalign_core.runs promote --profile $(PROFILE) $(NB)
+promote: setup  ## copy the finished notebooks of runs/$(RUN)/ into results/, rebuild figures/ (NB=..., PRUNE=true)
+	$(PY) -m semalign_core.runs promote --profile $(PROFILE) $(NB) $(if $(filter true,$(PRUNE)),--prune)
 
 cell: setup  ## one record by name: make cell EXP=<experiment> CELL=<run> [ARGS=--process]
 	$(PY) -m semalign_core.experiments.cells $(EXP) $(if $(CELL),$(CELL),--list) --profile $(PROFILE) \

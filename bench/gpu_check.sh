@@ -58,6 +58,7 @@ export TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 export SEMALIGN_CACHE_DIR=$SCRATCH/cache          # tokenizer copy; bases, HF, Jupyter caches
 export SEMALIGN_RESULTS_DIR=$SCRATCH/results      # records and executed notebooks
+export SEMALIGN_REFERENCE_DIR=$SCRATCH/no-reference  # reuse no committed record: time everything
 export SEMALIGN_DATA_DIR=$SCRATCH/shared/benchmarks
 export SEMALIGN_CORPUS_DIR=$SCRATCH/shared/corpora
 export HF_HOME=$SCRATCH/cache/huggingface MPLCONFIGDIR=$SCRATCH/cache/matplotlib IPYTHONDIR=$SCRATCH/cache/ipython

@@ -243,13 +243,36 @@ def get_or_compute(
         current = models() if models is not None else None
         record = load_valid_record(experiment, profile, run, config, current)
         if record is not None:
+            note_in_manifest(record_path(experiment, profile, run))
             return record
     parts = compute()
     prov = {**parts.provenance, "code": parts.provenance.get("code") or code_identity()}
     if models is not None:
         prov["models"] = dict(models())
-    write_record(experiment, profile, run, config, parts.metrics, parts.cost, prov, **parts.extra)
+    path = write_record(
+        experiment, profile, run, config, parts.metrics, parts.cost, prov, **parts.extra
+    )
+    note_in_manifest(path)
     return load_valid_record(experiment, profile, run, config)  # as written, whatever it holds
+
+
+MANIFEST_ENV = "SEMALIGN_RUN_MANIFEST"
+
+
+def note_in_manifest(path: Path) -> None:
+    """Append ``path`` (relative to the results folder) to the run's manifest, the file named by
+    ``$SEMALIGN_RUN_MANIFEST`` (set by ``run_notebook`` for its kernel): the records a notebook
+    produced or reused, which is exactly what ``promote`` copies."""
+    manifest = os.environ.get(MANIFEST_ENV)
+    if manifest:
+        with open(manifest, "a", encoding="utf-8") as out:
+            out.write(f"{Path(path).relative_to(results_dir())}\n")
+
+
+def read_manifest(manifest: Path, results: Path) -> dict[str, str]:
+    """The records a manifest names, each with the sha256 of its file now (sorted by path)."""
+    names = sorted(set(Path(manifest).read_text(encoding="utf-8").split()))
+    return {name: hashlib.sha256((results / name).read_bytes()).hexdigest() for name in names}
 
 
 def json_rounded(values, decimals: int = 6) -> list:

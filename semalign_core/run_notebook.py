@@ -27,7 +27,7 @@ import yaml
 from semalign_core.errors import ArtifactError
 from semalign_core.paths import REPO_ROOT, cache_dir, results_dir
 from semalign_core.profiles import get_profile
-from semalign_core.records import code_identity, write_json_atomic
+from semalign_core.records import MANIFEST_ENV, code_identity, read_manifest, write_json_atomic
 
 MACHINE_KEYS = ("input_path", "output_path")
 
@@ -46,8 +46,9 @@ def run_log_path(executed: Path) -> Path:
     return executed.with_suffix(".run.json")
 
 
-def write_run_log(executed: Path, params: dict, wall_s: float) -> Path:
-    """Record that ``executed`` finished: its parameters, wall time, thread setting and code."""
+def write_run_log(executed: Path, params: dict, wall_s: float, records: dict) -> Path:
+    """Record that ``executed`` finished: its parameters, wall time, thread setting, code and the
+    records it produced or reused (results-relative path → sha256)."""
     log = {
         "notebook": executed.name,
         "parameters": params,
@@ -56,6 +57,7 @@ def write_run_log(executed: Path, params: dict, wall_s: float) -> Path:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpus": os.cpu_count(),
         "code": code_identity(),
+        "records": records,
     }
     return write_json_atomic(run_log_path(executed), log)
 
@@ -108,6 +110,10 @@ def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | Non
     start = time.perf_counter()
     shown = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
     print(f"running {notebook.name} (profile={profile}, seed={seed}) -> {shown}")
+    manifest = out.with_suffix(".records.txt")
+    manifest.unlink(missing_ok=True)
+    manifest.touch()
+    os.environ[MANIFEST_ENV] = str(manifest)  # the kernel inherits it: every record is noted
     try:
         pm.execute_notebook(
             str(notebook),
@@ -124,10 +130,12 @@ def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | Non
             f"{notebook.name} failed: {err.ename}: {err.evalue} (executed copy kept in {shown})"
         ) from err
     finally:
+        os.environ.pop(MANIFEST_ENV, None)
         if out.exists():
             strip_machine_paths(out)
     wall_s = time.perf_counter() - start
-    write_run_log(out, params, wall_s)
+    write_run_log(out, params, wall_s, read_manifest(manifest, results_dir()))
+    manifest.unlink()
     print(f"done {notebook.name} in {wall_s:.1f} s")
     return out
 

@@ -6,7 +6,9 @@
 Every run writes into its run folder (:func:`semalign_core.paths.run_dir`, ``runs/<name>/``,
 git-ignored). ``promote`` copies what a finished notebook wrote there (the records of its
 experiments at one profile, its executed copy and run log) into the committed ``results/``, then
-rebuilds ``figures/`` from ``results/`` alone; nothing else writes either folder. ``reproduce``
+rebuilds ``figures/`` from ``results/`` alone; nothing else writes either folder. What a notebook
+produced is what its run log lists: every record it computed or reused, noted as it happened
+(``records.note_in_manifest``), with its sha256. ``reproduce``
 runs every notebook with the seeds its tier holds (``budgets.REPRODUCE_TIERS``); with
 ``--promote-each`` each notebook is promoted as soon as it finishes, so a run cut short loses
 nothing and a tier can be completed across sessions: a record promoted earlier is valid for the
@@ -16,7 +18,8 @@ same config and model files, and is reused instead of recomputed.
 from __future__ import annotations
 
 import argparse
-import shutil
+import hashlib
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -28,6 +31,7 @@ from semalign_core.experiments.budgets import REPRODUCE_TIERS
 from semalign_core.experiments.catalog import NOTEBOOKS
 from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
 from semalign_core.profiles import get_profile
+from semalign_core.records import atomic_write
 from semalign_core.run_notebook import executed_path, run, run_log_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -55,7 +59,7 @@ def finished(profile: str, run_results: Path | None = None) -> list[str]:
 @dataclass
 class Promotion:
     """What one ``promote`` did: the files copied into the reference and the reference records
-    of the same experiments that the run did not write (deleted when ``pruned``)."""
+    of the notebook's experiments that its run did not produce (deleted when ``pruned``)."""
 
     notebook: str
     copied: list[Path] = field(default_factory=list)
@@ -65,9 +69,9 @@ class Promotion:
     def summary(self) -> str:
         kept = "deleted" if self.pruned else "kept (--prune deletes them)"
         line = f"promoted {self.notebook}: {len(self.copied)} file(s)"
-        return line + (
-            f"; {len(self.stale)} older record(s) not in this run {kept}" * bool(self.stale)
-        )
+        if self.stale:
+            line += f"; {len(self.stale)} older record(s) not in this run {kept}"
+        return line
 
 
 def promote(
@@ -77,47 +81,81 @@ def promote(
     reference: Path | None = None,
     prune: bool = False,
 ) -> Promotion:
-    """Copy a finished ``notebook``'s output at ``profile`` from the run folder's results into
-    the reference (``results/``): its experiments' records, its executed copy and run log.
+    """Copy what a finished ``notebook`` produced at ``profile`` from the run folder's results
+    into the reference (``results/``): exactly the records its run log lists (whatever their
+    experiment), each checked against the sha256 the log holds, then its executed copy and log.
 
-    A notebook without a run log has not finished (it failed, was killed or never ran): an
-    ArtifactError, and nothing is copied."""
+    Nothing is copied when the notebook has not finished (no run log: it failed, was killed or
+    never ran), when its log lists no records manifest, or when a listed record has changed
+    since (a later cell or run rewrote it): an ArtifactError says which."""
     run_results = run_results or results_dir()
     reference = reference or reference_results_dir()
-    executed = executed_path(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, run_results)
-    log = run_log_path(executed)
     experiments = experiments_of(notebook)
+    executed = executed_path(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, run_results)
+    records = _finished_records(notebook, profile, run_log_path(executed), run_results)
+    done = Promotion(notebook, pruned=prune)
+    done.copied = [_copy(run_results / name, reference / name) for name in records]
+    for experiment in experiments:
+        done.stale += [
+            path
+            for path in sorted((reference / experiment / profile).glob("*.json"))
+            if str(path.relative_to(reference)) not in records and _is_record(path)
+        ]
+    if prune:
+        for path in done.stale:
+            path.unlink()
+    for path in (executed, run_log_path(executed)):
+        done.copied.append(_copy(path, reference / "notebooks" / profile / path.name))
+    return done
+
+
+def _finished_records(notebook: str, profile: str, log: Path, run_results: Path) -> list[str]:
+    """The records a finished notebook's run log lists, after checking they are unchanged."""
     if not log.is_file():
         raise ArtifactError(
             f"{notebook} has not finished at profile {profile} in {run_results} (no {log.name}): "
             "run it to the end first"
         )
-    done = Promotion(notebook, pruned=prune)
-    for experiment in experiments:
-        source, target = run_results / experiment / profile, reference / experiment / profile
-        files = sorted(p for p in source.glob("*") if p.is_file() and not p.name.startswith("."))
-        done.copied += [_copy(p, target / p.name) for p in files]
-        names = {p.name for p in files}
-        done.stale += sorted(p for p in target.glob("*.json") if p.name not in names)
-    if prune:
-        for path in done.stale:
-            path.unlink()
-    for path in (executed, log):
-        done.copied.append(_copy(path, reference / "notebooks" / profile / path.name))
-    return done
+    listed = json.loads(log.read_text()).get("records")
+    if listed is None:
+        raise ArtifactError(f"{log.name} lists no records (an older run log): rerun {notebook}")
+    for name, digest in listed.items():
+        path = run_results / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ArtifactError(
+                f"{name} changed after {notebook} finished (a later cell or run rewrote it): "
+                f"rerun {notebook} before promoting it"
+            )
+    return sorted(listed)
+
+
+def _is_record(path: Path) -> bool:
+    """Whether ``path`` is a result record (bench outputs beside them are never pruned)."""
+    try:
+        return "config_hash" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _copy(source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
+    data = source.read_bytes()
+    return atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def build_reference_figures(reference: Path | None = None) -> None:
     """Rebuild the reference's figures from its results alone (a fresh process: the report's
     results folder is an environment setting, which must not leak into later notebooks)."""
-    results = str(reference or reference_results_dir())
-    command = [sys.executable, "-m", "semalign_core.report", "--results", results]
+    results = reference or reference_results_dir()
+    out = results.parent / "figures"
+    command = [
+        sys.executable,
+        "-m",
+        "semalign_core.report",
+        "--results",
+        str(results),
+        "--out",
+        str(out),
+    ]
     if subprocess.run(command, check=False).returncode != 0:
         raise ArtifactError(f"building the figures from {results} failed")
 
@@ -145,17 +183,23 @@ def reproduce(
     promote_each: bool = False,
     force: bool = False,
     timeout: int = 3600,
+    prune: bool = False,
 ) -> None:
     """Run ``notebooks`` at ``profile`` with the seeds of ``tier``; with ``promote_each``, promote
-    each one as it finishes and rebuild the reference figures at the end."""
+    each one as it finishes (``prune``: deleting the reference records it did not produce) and
+    rebuild the reference figures once anything was promoted, even when a later notebook fails."""
     get_profile(profile)
-    for notebook in notebooks:
-        params = {"force": force, **tier_parameters(tier, profile, notebook)}
-        run(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, 0, timeout, params)
-        if promote_each:
-            print(promote(notebook, profile).summary(), flush=True)
-    if promote_each:
-        build_reference_figures()
+    promoted = False
+    try:
+        for notebook in notebooks:
+            params = {"force": force, **tier_parameters(tier, profile, notebook)}
+            run(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, 0, timeout, params)
+            if promote_each:
+                print(promote(notebook, profile, prune=prune).summary(), flush=True)
+                promoted = True
+    finally:
+        if promoted:
+            build_reference_figures()
 
 
 # --------------------------------------------------------------------------- command line
@@ -175,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--profile", help="default: the tier's profile")
     rep.add_argument("--notebooks", nargs="+", default=list(ORDER))
     rep.add_argument("--promote-each", action="store_true", help="promote each as it finishes")
+    rep.add_argument("--prune", action="store_true", help="with --promote-each: see promote")
     rep.add_argument("--force", action="store_true", help="recompute valid records")
     rep.add_argument("--timeout", type=int, default=3600, help="per-cell timeout (s)")
     return parser
@@ -200,7 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             profile = args.profile or REPRODUCE_TIERS.get(args.tier, ("cpu",))[0]
             reproduce(
-                args.tier, profile, args.notebooks, args.promote_each, args.force, args.timeout
+                args.tier,
+                profile,
+                args.notebooks,
+                args.promote_each,
+                args.force,
+                args.timeout,
+                args.prune,
             )
     except ArtifactError as err:
         print(f"error: {err}", file=sys.stderr)

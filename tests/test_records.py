@@ -235,3 +235,16 @@ def test_provenance_records_the_torch_thread_count():
     finally:
         torch.set_num_threads(before)
     assert records.provenance()["threads"] == before
+
+
+def test_every_record_computed_or_reused_is_noted_in_the_run_manifest(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path / "results"))
+    manifest = tmp_path / "manifest.txt"
+    monkeypatch.setenv(records.MANIFEST_ENV, str(manifest))
+    parts = RecordParts({"value": 1}, {}, {"seed": 0})
+    get_or_compute("exp", "smoke", "run", {"a": 1}, lambda: parts)  # computed
+    get_or_compute("exp", "smoke", "run", {"a": 1}, lambda: parts)  # reused
+    assert manifest.read_text().split() == ["exp/smoke/run.json"] * 2
+    listed = records.read_manifest(manifest, tmp_path / "results")
+    digest = hashlib.sha256(record_path("exp", "smoke", "run").read_bytes()).hexdigest()
+    assert listed == {"exp/smoke/run.json": digest}

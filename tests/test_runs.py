@@ -3,6 +3,7 @@ records, and only ``promote`` copies a finished notebook's output into the refer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -54,34 +55,55 @@ def test_records_go_to_the_run_folder_and_reuse_a_valid_reference_record(folders
     assert (reference / SALF_MAIN / "smoke/cell.json").read_bytes() == before
 
 
-def _finished_run(run_results, records=("a", "b"), log=True) -> None:
-    """What notebook 06 leaves at smoke: records, the executed copy and (finished) its run log."""
+def _finished_run(run_results, records=("a", "b"), log=True, extra=()) -> dict:
+    """What notebook 06 leaves at smoke: records, the executed copy and (finished) its run log,
+    whose manifest lists the records (and ``extra``: results-relative paths of other records)."""
     folder = run_results / SALF_MAIN / "smoke"
     folder.mkdir(parents=True)
     for name in records:
-        (folder / f"{name}.json").write_text(json.dumps({"run": name}))
+        (folder / f"{name}.json").write_text(json.dumps({"run": name, "config_hash": "h"}))
+    for name in extra:
+        (run_results / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_results / name).write_text(json.dumps({"run": name, "config_hash": "h"}))
+    listed = [f"{SALF_MAIN}/smoke/{name}.json" for name in records] + list(extra)
+    manifest = {n: hashlib.sha256((run_results / n).read_bytes()).hexdigest() for n in listed}
     executed = run_results / "notebooks" / "smoke" / "06_salf_main_table.ipynb"
     executed.parent.mkdir(parents=True)
     executed.write_text("{}")
     if log:
-        executed.with_suffix(".run.json").write_text("{}")
+        executed.with_suffix(".run.json").write_text(json.dumps({"records": manifest}))
+    return manifest
 
 
-def test_promote_copies_a_finished_notebook_and_reports_older_records(folders):
+def test_promote_copies_what_the_run_log_lists_and_reports_older_records(folders):
     run_results, reference = folders
-    _finished_run(run_results)
-    (reference / SALF_MAIN / "smoke").mkdir(parents=True)
-    (reference / SALF_MAIN / "smoke" / "old.json").write_text("{}")
-    (reference / SALF_MAIN / "smoke" / "a.json").write_text('{"run": "stale a"}')
+    other = "semalign_finetuned_teacher/smoke/ft__semalign__sst2__seed0.json"
+    _finished_run(run_results, extra=[other])
+    (run_results / SALF_MAIN / "smoke" / "written_later_by_a_cell.json").write_text("{}")
+    promoted = reference / SALF_MAIN / "smoke"
+    promoted.mkdir(parents=True)
+    (promoted / "old.json").write_text('{"config_hash": "old"}')
+    (promoted / "bench_output.json").write_text('{"wall_s": 1}')  # not a record: never pruned
+    (promoted / "a.json").write_text('{"run": "stale a"}')
     assert runs.finished("smoke") == ["06_salf_main_table"]
     done = runs.promote("06_salf_main_table", "smoke")
-    promoted = reference / SALF_MAIN / "smoke"
-    assert json.loads((promoted / "a.json").read_text()) == {"run": "a"}  # replaced
+    assert json.loads((promoted / "a.json").read_text())["run"] == "a"  # replaced
     assert (promoted / "b.json").is_file() and (promoted / "old.json").is_file()
+    assert not (promoted / "written_later_by_a_cell.json").exists()  # not in the manifest
+    assert (reference / other).is_file()  # a record of another experiment the notebook made
     assert [p.name for p in done.stale] == ["old.json"] and "1 older record" in done.summary()
     assert (reference / "notebooks/smoke/06_salf_main_table.run.json").is_file()
     runs.promote("06_salf_main_table", "smoke", prune=True)
-    assert sorted(p.name for p in promoted.iterdir()) == ["a.json", "b.json"]
+    assert sorted(p.name for p in promoted.iterdir()) == ["a.json", "b.json", "bench_output.json"]
+
+
+def test_a_record_changed_after_the_notebook_finished_is_not_promoted(folders):
+    run_results, reference = folders
+    _finished_run(run_results)
+    (run_results / SALF_MAIN / "smoke" / "b.json").write_text('{"run": "rewritten"}')
+    with pytest.raises(ArtifactError, match="changed after 06_salf_main_table finished"):
+        runs.promote("06_salf_main_table", "smoke")
+    assert not reference.exists()
 
 
 def test_an_unfinished_notebook_is_not_promoted(folders):
@@ -129,7 +151,7 @@ def test_run_log_is_written_only_when_the_notebook_finishes(folders, tmp_path):
     log = json.loads(executed.with_suffix(".run.json").read_text())
     assert executed == run_results / "notebooks/smoke/ok.ipynb"
     assert log["parameters"] == {"profile": "smoke", "seed": 0, "value": 21}
-    assert log["wall_s"] > 0 and "git_commit" in log["code"]
+    assert log["wall_s"] > 0 and "git_commit" in log["code"] and log["records"] == {}
     _notebook(tmp_path / "ok.ipynb", "raise ValueError('broken')")  # the same name fails now
     with pytest.raises(NotebookFailed, match="ValueError: broken"):
         run(tmp_path / "ok.ipynb", "smoke", 0, 120)

@@ -295,3 +295,24 @@ def test_rebuilding_twice_gives_identical_bytes(results, tmp_path):
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes()
     assert "[" in first[0].read_text() and "Paired comparisons" in first[0].read_text()
+
+
+def test_records_of_an_older_evaluation_protocol_are_left_out_with_a_note(results):
+    """A results folder still holding per-seed-subset records (old names, eval without a seed)
+    next to the fixed-subset ones: the old ones are neither averaged nor paired."""
+    _table1_gsm(results, semalign_rate=0.8)
+    for path in (results / "semalign_transfer" / PROFILE).glob("*.json"):
+        new = json.loads(path.read_text())
+        new["provenance"] = {"created": "2026-11-30T00:00:00+00:00"}
+        path.write_text(json.dumps(new))
+    for seed in range(3):
+        _write(results, "source", "gsm", seed, value=0.05)  # old protocol: per-seed subset
+        path = results / "semalign_transfer" / PROFILE / f"source__gsm__seed{seed}.json"
+        old = json.loads(path.read_text())
+        old["config"]["eval"].pop("seed")
+        old["provenance"] = {"created": "2026-01-01T00:00:00+00:00"}
+        path.write_text(json.dumps(old))
+    frame = semalign_tables.table(PROFILE)
+    assert frame.loc["source", "GSM8K"].startswith("30.0 [")  # the new record alone
+    assert "seeds" not in frame.loc["source", "GSM8K"]
+    assert any("3 older record(s)" in note for note in frame.attrs["notes"])

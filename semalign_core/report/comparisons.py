@@ -22,6 +22,7 @@ them, and the tables print those cells without an interval. Every resampling use
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -69,14 +70,20 @@ def score_matrix(records: Sequence[dict]) -> tuple[list[Hashable], np.ndarray] |
     ids = [item["doc_id"] for item in per_record[0]]
     if len(set(ids)) != len(ids):
         return None
+    golds = _golds(per_record[0])
     rows = []
     for record, found in zip(records, per_record):
         metric = record["metrics"]["metric"]
         score = {item["doc_id"]: float(item[metric]) for item in found}
-        if len(score) != len(found) or set(score) != set(ids):
-            return None
+        if len(score) != len(found) or set(score) != set(ids) or _golds(found) != golds:
+            return None  # not the same items (an id is a position in the subset: check gold too)
         rows.append([score[i] for i in ids])
     return ids, np.asarray(rows, dtype=float)
+
+
+def _golds(found: Sequence[dict]) -> dict:
+    """doc id → its gold answer (as JSON text, so lists and numbers compare alike)."""
+    return {item["doc_id"]: json.dumps(item.get("gold"), sort_keys=True) for item in found}
 
 
 def score_interval(records: Sequence[dict]) -> statistics.ScoreInterval | None:
@@ -88,10 +95,10 @@ def score_interval(records: Sequence[dict]) -> statistics.ScoreInterval | None:
 
 
 def _paired_records(a: Sequence[dict], b: Sequence[dict]) -> tuple[list[dict], list[dict]]:
-    """The records of ``a`` and ``b`` a paired comparison uses: all of them when one side has a
-    single record (an untrained row evaluated once), else the seeds both sides have."""
+    """The records of ``a`` and ``b`` a paired comparison uses: all of them when one side is an
+    untrained row evaluated once (its records carry no seed), else the seeds both sides have."""
     a, b = _by_seed(a), _by_seed(b)
-    if len(a) == 1 or len(b) == 1:
+    if all(r.get("seed") is None for r in a) or all(r.get("seed") is None for r in b):
         return a, b
     common = {r.get("seed") for r in a} & {r.get("seed") for r in b}
     return [r for r in a if r.get("seed") in common], [r for r in b if r.get("seed") in common]
@@ -105,7 +112,7 @@ def compare(a: Sequence[dict], b: Sequence[dict]) -> statistics.PairedDifference
     if not a or not b:
         return None
     ma, mb = score_matrix(a), score_matrix(b)
-    if ma is None or mb is None:
+    if ma is None or mb is None or _golds(items(a[0])) != _golds(items(b[0])):
         return None
     try:
         return statistics.paired_difference(

@@ -131,6 +131,19 @@ def _selected(profile: str, setting: str, methods, tasks, seeds) -> list[dict]:
     ]
 
 
+def _current_evaluation(records: list[dict]) -> tuple[list[dict], int]:
+    """The records evaluated like the newest record of their task (same ``config["eval"]``), and
+    how many others were left out: a results folder may still hold records of an older protocol
+    (e.g. a per-seed evaluation subset), which must not be averaged or paired with new ones."""
+    newest: dict[str, dict] = {}
+    for r in records:
+        created = r.get("provenance", {}).get("created", "")
+        if r["task"] not in newest or created > newest[r["task"]][0]:
+            newest[r["task"]] = (created, r.get("config", {}).get("eval"))
+    kept = [r for r in records if r.get("config", {}).get("eval") == newest[r["task"]][1]]
+    return kept, len(records) - len(kept)
+
+
 def _groups(records: list[dict], setting: str, several: bool) -> dict[tuple[str, str], list]:
     """(row label, task) → the records of that cell that have a value (one per seed)."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -339,7 +352,7 @@ def table(
     comparisons (rows of :data:`COMPARISON_HEADER`), label_tables (per multiple-choice task:
     title, header, rows), seeds, profile."""
     s = get_setting(setting)
-    records = _selected(profile, setting, methods, tasks, seeds)
+    records, older = _current_evaluation(_selected(profile, setting, methods, tasks, seeds))
     several = len({r.get("teacher") for r in records}) > 1
     groups = _groups(records, setting, several)
     rows = _rows(records, setting, several, (*s.reference_rows, *method_order()))
@@ -375,6 +388,10 @@ def table(
     frame.attrs["seeds"] = sorted({r["seed"] for r in records if r["seed"] is not None})
     frame.attrs["profile"] = profile
     frame.attrs["notes"] = _notes(s, shown, present, label_tables, intervals)
+    if older:
+        frame.attrs["notes"].append(
+            f"{older} older record(s) evaluated under another protocol left out."
+        )
     frame.attrs["comparisons"] = [_comparison_row(c, s.columns) for c in compared]
     frame.attrs["label_tables"] = [
         {k: lt[k] for k in ("title", "header", "rows")} for lt in label_tables.values()
@@ -433,7 +450,9 @@ def _legend(n_comparisons: int, flags: bool) -> str:
         "row is called better or worse than another unless marked. Each of the "
         f"{n_comparisons} comparisons (listed below the table) is at its own 95% level, "
         "without a correction for multiple comparisons: about 1 in 20 comparisons with no real "
-        "difference is marked by chance." + flag
+        "difference is marked by chance. With one training seed an interval covers the "
+        "sampling of items only: a mark then says that this trained model differs, not that "
+        "the method would with another seed." + flag
     )
 
 
