@@ -1,7 +1,8 @@
 """A short SemAlign transfer on the `cpu` pair (SmolLM2-135M-Instruct -> its derived 24-layer).
 
 Reports wall time, peak memory and the loss of every frontier stage; writes
-results/semalign_transfer/cpu/short_<task>_n<train>_steps<steps>.json. Usage:
+<results>/bench/cpu/semalign_cpu_transfer_<task>_n<train>_steps<steps>.json (a bench record, kept
+apart from the notebooks' records; ``promote`` does not copy it). Usage:
     python bench/semalign_cpu_transfer.py [--task gsm] [--train 16] [--steps 2] [--threads 2]
 """
 
@@ -61,9 +62,9 @@ def main() -> None:
         **config.identity(),
     }
     path = write_record(
-        "semalign_transfer",
+        "bench",
         "cpu",
-        f"short_{args.task}_n{args.train}_steps{args.steps}",
+        f"semalign_cpu_transfer_{args.task}_n{args.train}_steps{args.steps}",
         run_config,
         metrics={"stages": stages, "pairing": result.pairing.as_table()},
         cost=result.cost,  # the peak is the transfer call's own (costs.PeakMemory inside)
