@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,18 @@ class RecordParts:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# measure(compute) runs a computation and may add to its cost (the cell runner's own-process
+# peak memory, experiments/cells.py); None: computed as it is.
+Measure = Callable[[Callable[[], RecordParts]], RecordParts]
+
+
+def measured(
+    compute: Callable[[], RecordParts], measure: Measure | None
+) -> Callable[[], RecordParts]:
+    """``compute``, run through ``measure`` when one is given."""
+    return compute if measure is None else partial(measure, compute)
+
+
 def get_or_compute(
     experiment: str,
     profile: str,
@@ -271,8 +284,13 @@ def note_in_manifest(path: Path) -> None:
 
 def read_manifest(manifest: Path, results: Path) -> dict[str, str]:
     """The records a manifest names, each with the sha256 of its file now (sorted by path)."""
-    names = sorted(set(Path(manifest).read_text(encoding="utf-8").split()))
-    return {name: hashlib.sha256((results / name).read_bytes()).hexdigest() for name in names}
+    return file_digests(results, Path(manifest).read_text(encoding="utf-8").split())
+
+
+def file_digests(folder: Path, names) -> dict[str, str]:
+    """name → sha256 of ``folder / name`` for each existing file of ``names`` (sorted by name)."""
+    paths = {name: Path(folder) / name for name in sorted(set(names))}
+    return {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in paths.items() if p.is_file()}
 
 
 def json_rounded(values, decimals: int = 6) -> list:

@@ -18,7 +18,6 @@ same config and model files, and is reused instead of recomputed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from semalign_core.experiments.budgets import REPRODUCE_TIERS
 from semalign_core.experiments.catalog import NOTEBOOKS
 from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
 from semalign_core.profiles import get_profile
-from semalign_core.records import atomic_write
+from semalign_core.records import atomic_write, file_digests
 from semalign_core.run_notebook import executed_path, run, run_log_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -119,9 +118,9 @@ def _finished_records(notebook: str, profile: str, log: Path, run_results: Path)
     listed = json.loads(log.read_text()).get("records")
     if listed is None:
         raise ArtifactError(f"{log.name} lists no records (an older run log): rerun {notebook}")
+    now = file_digests(run_results, listed)
     for name, digest in listed.items():
-        path = run_results / name
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if now.get(name) != digest:
             raise ArtifactError(
                 f"{name} changed after {notebook} finished (a later cell or run rewrote it): "
                 f"rerun {notebook} before promoting it"

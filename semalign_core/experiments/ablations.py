@@ -32,8 +32,7 @@ result is recorded for them (marked ``same_plan``) instead of training again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -62,7 +61,7 @@ from semalign_core.experiments.teachers import load_profile_teacher
 from semalign_core.lm import surgery
 from semalign_core.models.registry import REGISTRY, cached_dir, hub_offline, load_tokenizer
 from semalign_core.profiles import Profile
-from semalign_core.records import RecordParts, get_or_compute, provenance
+from semalign_core.records import Measure, RecordParts, get_or_compute, measured, provenance
 from semalign_core.semalign.attribution import interpolation_plan, layer_attribution, pair_layers
 from semalign_core.transfer.registry import make_config
 
@@ -166,7 +165,7 @@ def run_variant(
     variant: Variant,
     seed: int,
     force: bool = False,
-    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None,
+    measure: Measure | None = None,
     *,
     default: dict | None = None,
 ) -> dict:
@@ -201,8 +200,8 @@ def run_variant(
         return parts
 
     models = record_models(**transfer_table.cell_models(cell))
-    measured = compute if measure is None else partial(measure, compute)
-    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, measured, force, models)
+    run = measured(compute, measure)
+    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, run, force, models)
 
 
 def run_ablations(

@@ -60,11 +60,9 @@ from semalign_core.experiments.catalog import (
 )
 from semalign_core.experiments.notebook import check_seeds, require_models
 from semalign_core.profiles import Profile, get_profile
-from semalign_core.records import RecordParts, record_path
+from semalign_core.records import Measure, RecordParts, record_path
 
 OWN_PROCESS = "own process"
-# measure(compute) runs a computation and may add to its cost (see transfer_tables.cell_record)
-Measure = Callable[[Callable[[], RecordParts]], RecordParts]
 # runner(force, measure) -> the cell's record
 CellRunner = Callable[[bool, Measure | None], dict[str, Any]]
 

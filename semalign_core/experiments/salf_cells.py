@@ -62,7 +62,14 @@ from semalign_core.experiments.model_pool import ModelPool, record_models
 from semalign_core.experiments.notebook import check_list
 from semalign_core.models.registry import REGISTRY
 from semalign_core.profiles import Profile
-from semalign_core.records import RecordParts, get_or_compute, load_valid_record, provenance
+from semalign_core.records import (
+    Measure,
+    RecordParts,
+    get_or_compute,
+    load_valid_record,
+    measured,
+    provenance,
+)
 
 VERSION = 1
 EVAL_SEED = 1234  # one held-out subset for every seed and policy: seeds vary the training only
@@ -419,7 +426,7 @@ class SalfGrid:
     force: bool = False
     pool: ModelPool | None = None
     verbose: bool = True
-    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None
+    measure: Measure | None = None
 
     def __post_init__(self):
         self.budget = self.budget or run_budget(self.prof)
@@ -446,7 +453,7 @@ class SalfGrid:
         def compute() -> RecordParts:
             copied = None if force else self._copied(run, config, models())
             computed = partial(self._computed, model, task, label, seed, spec)
-            return copied or (computed() if self.measure is None else self.measure(computed))
+            return copied or measured(computed, self.measure)()
 
         return get_or_compute(self.experiment, self.prof.name, run, config, compute, force, models)
 

@@ -8,7 +8,7 @@ a run whose config is identical to a main-table record is copied from it, not re
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 from semalign_core.experiments.budgets import SalfRunBudget
@@ -16,7 +16,7 @@ from semalign_core.experiments.catalog import SALF_COST_BENEFIT, SALF_MAIN, SWEE
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.salf_cells import SalfGrid, check_models_tasks
 from semalign_core.profiles import Profile
-from semalign_core.records import RecordParts
+from semalign_core.records import Measure
 
 
 def check_parameters(
@@ -90,7 +90,7 @@ def make_grid(
     salf_kw: dict | None = None,
     force: bool = False,
     verbose: bool = True,
-    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None,
+    measure: Measure | None = None,
 ) -> SalfGrid:
     """The grid of the sweeps: records in ``salf_cost_benefit``, identical main-table runs copied
     (``measure``: see :class:`~semalign_core.experiments.salf_cells.SalfGrid`)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -48,7 +48,7 @@ from semalign_core.experiments.teachers import load_profile_teacher, resolve_tea
 from semalign_core.lm import surgery
 from semalign_core.models.teachers import teacher_identity
 from semalign_core.profiles import Profile
-from semalign_core.records import RecordParts, get_or_compute, provenance
+from semalign_core.records import Measure, RecordParts, get_or_compute, measured, provenance
 from semalign_core.semalign.attribution import interpolation_plan
 from semalign_core.transfer.registry import CONFIGS, METHODS, make_config, run_method
 
@@ -447,18 +447,17 @@ def compute_cell(cell: Cell) -> RecordParts:
 def cell_record(
     cell: Cell,
     force: bool = False,
-    measure: Callable[[Callable[[], RecordParts]], RecordParts] | None = None,
+    measure: Measure | None = None,
 ) -> dict[str, Any]:
     """The cell's record: reused when valid, else computed and written to
     ``results/<setting's experiment>/<profile>/<run>.json``. ``measure`` (the cell runner's
     own-process peak memory) runs the computation and may add to its cost."""
-    compute = partial(compute_cell, cell)
     return get_or_compute(
         cell.setting.experiment,
         cell.prof.name,
         cell.run,
         cell_config(cell),
-        compute if measure is None else partial(measure, compute),
+        measured(partial(compute_cell, cell), measure),
         force,
         record_models(**cell_models(cell)),
     )
