@@ -149,6 +149,59 @@ def test_extract_code_mbpp():
         extract_code("x", style="apps")
 
 
+ADD_ONE = {
+    "text": "Write a function to add one to x.",
+    "code": "def add_one(x):\n    return x + 1\n",
+    "test_list": ["assert add_one(1) == 2", "assert add_one(-1) == 0", "assert add_one(41) == 42"],
+    "test_setup_code": "",
+}
+
+
+def test_extract_code_drops_prose_after_a_whole_program():
+    gen = "def add_one(x):\n    return x + 1\n\nThis function adds one to x.\n"
+    code = extract_code(gen, style="mbpp")
+    assert code == "def add_one(x):\n    return x + 1\n"
+    assert extract_code(gen) == code  # HumanEval whole program: same rule
+    res = score_programs(
+        [mbpp_program(ADD_ONE, gen), mbpp_program(ADD_ONE, code)], workers=1, progress=False
+    )
+    assert res[0].status != "passed"  # run whole, the prose is a SyntaxError
+    assert res[1].passed, res[1].stderr[-300:]
+
+
+def test_extract_code_keeps_code_that_compiles_byte_for_byte():
+    gens = [
+        "def f(x):\n    return x\n\n\n# the end   \n\n",
+        "import math\r\ndef f(x):\r\n    return math.sqrt(x)",  # no final newline
+        "x = '\\d'\n",  # a SyntaxWarning, not an error
+    ]
+    for gen in gens:
+        assert extract_code(gen, style="mbpp") == gen.replace("\r\n", "\n")
+
+
+def test_extract_code_prose_rule_skips_continuations_and_garbage():
+    body = "    return x + 1\n\nThis adds one.\n"
+    assert extract_code(body) == body  # indented continuation: only the stop sequences apply
+    garbage = "I cannot solve this problem, sorry.\nIt is too hard.\n"
+    assert extract_code(garbage, style="mbpp") == garbage
+    broken = "def f(x:\n    return x\n"  # nothing compiles: the sandbox shows the real error
+    assert extract_code(broken, style="mbpp") == broken
+
+
+def test_extract_code_prose_between_functions_keeps_the_first():
+    gen = (
+        "def f(x):\n    return x + 1\n\nAnd a helper you may need:\n\n"
+        "def g(x):\n    return f(x) * 2\n"
+    )
+    assert extract_code(gen, style="mbpp") == "def f(x):\n    return x + 1\n"
+
+
+def test_extract_code_fenced_block_followed_by_prose():
+    gen = "Sure:\n```python\ndef f(x):\n    return x + 1\n```\nThis function adds one to x."
+    assert extract_code(gen, style="mbpp") == "def f(x):\n    return x + 1"
+    assert extract_code(gen) == "def f(x):\n    return x + 1"
+
+
 # --------------------------------------------------------------------------- programs
 
 

@@ -47,7 +47,9 @@ class OracleLM(LM):
     def loglikelihood(self, requests):
         out = []
         for req in requests:
-            if self.always is not None:
+            if req.doc.get("reference"):  # a reference solution: the oracle knows it
+                hit = req.args[1] == req.doc["reference"]
+            elif self.always is not None:
                 hit = req.args[1].strip() == self.always
             else:
                 hit = req.idx == req.doc["gold"]
@@ -104,6 +106,10 @@ def test_tasks_are_registered_through_the_include_path():
         "semalign_gsm8k",
         "semalign_humaneval",
         "semalign_mbpp",
+        "semalign_mmlu_cloze",
+        "semalign_gsm8k_nll",
+        "semalign_humaneval_nll",
+        "semalign_mbpp_nll",
     } | {f"semalign_cls_{t}" for t in CLASSIFICATION_TASKS}
     assert set(names) == expected
     assert set(names) <= set(manager.all_subtasks)
@@ -393,8 +399,9 @@ def test_tiny_model_end_to_end_on_every_task(tiny):
     assert set(records) == set(list_tasks())
     for name, rec in records.items():
         assert rec["n"] == 2, name
-        for value in rec["metrics"].values():
-            assert value is not None and 0.0 <= value <= 1.0, name
+        for metric, value in rec["metrics"].items():
+            high = math.inf if metric == "bits_per_byte" else 1.0
+            assert value is not None and 0.0 <= value <= high, (name, metric)
     gen = records["semalign_gsm8k"]
     assert gen["padding_side"] == "left" and gen["decoding"]["method"] == "greedy"
     assert gen["decoding"]["until"][:2] == ["<|user|>", "<|assistant|>"]
@@ -433,3 +440,109 @@ def test_smollm2_on_small_subsets():
         assert all(0.0 <= v <= 1.0 for v in rec["metrics"].values())
     # A 135M instruct model is better than chance on SST-2 with label words.
     assert records["semalign_cls_sst2"]["metrics"]["acc"] >= 0.5
+
+
+# --- metrics that move at small scale: cloze MMLU, reference bits per byte ----------------------
+
+SMALL_SCALE = [
+    "semalign_mmlu_cloze",
+    "semalign_gsm8k_nll",
+    "semalign_humaneval_nll",
+    "semalign_mbpp_nll",
+]
+
+
+@pytest.mark.parametrize("style", ["transfer", "plain"])
+def test_oracle_scores_cloze_mmlu_and_knows_every_reference(style):
+    records = evaluate(
+        OracleLM(),
+        SMALL_SCALE,
+        limit=5,
+        prompt_style=style,
+        task_options={"semalign_mmlu_cloze": MMLU_OPTIONS},
+    )
+    cloze = records["semalign_mmlu_cloze"]
+    assert cloze["metrics"] == {"acc": 1.0, "acc_norm": 1.0}
+    assert cloze["prompt_style"] == "plain"
+    for name in SMALL_SCALE[1:]:
+        assert records[name]["metrics"] == {"bits_per_byte": 0.0}, name
+        assert records[name]["decoding"] == {"method": "reference_loglikelihood"}
+        assert records[name]["prompt_style"] == style
+
+
+def test_cloze_prompt_scores_answer_texts_not_letters():
+    _split, docs = task_utils.build_docs(
+        "semalign_mmlu_cloze", {"limit": 3, "seed": 0, "options": {"semalign_mmlu_cloze": {}}}
+    )
+    for doc in docs:
+        record = json.loads(doc["record"])
+        assert doc["choices"] == record["choices"]
+        assert doc["prompt"].endswith("\nAnswer:") and "\nA. " not in doc["prompt"]
+        assert doc["choices"][doc["gold"]] == record["choices"]["ABCD".index(record["answer"])]
+
+
+@pytest.mark.parametrize("family", ["gsm8k", "humaneval", "mbpp"])
+@pytest.mark.parametrize("style", ["transfer", "plain"])
+def test_reference_is_the_benchmark_solution_after_the_generation_prompt(family, style):
+    name = f"semalign_{family}"
+    ctx = {"limit": 3, "seed": 0, "prompt_style": style}
+    _, plain_docs = task_utils.build_docs(name, ctx)
+    _, docs = task_utils.build_docs(f"{name}_nll", ctx)
+    for gen, doc in zip(plain_docs, docs):
+        record = json.loads(doc["record"])
+        assert doc["context"] == doc["context"].rstrip()  # whitespace belongs to the reference
+        whole = doc["context"] + doc["reference"]
+        assert whole.startswith(gen["prompt"])  # the generation task's own prompt, then ...
+        answer = whole[len(gen["prompt"]) :]
+        if family == "gsm8k":
+            assert "<<" not in answer and ">>" not in answer
+            assert answer.rstrip(".").endswith(record["target"])
+        elif family == "humaneval":
+            assert answer.rstrip().endswith(record["canonical_solution"].rstrip())
+        else:
+            assert record["code"].replace("\r\n", "\n").rstrip() in answer
+        assert not doc["truncated"]
+
+
+def test_gsm8k_solution_drops_calculator_annotations():
+    record = {"answer": "She sells 16 - 3 = <<16-3=13>>13 eggs.\n#### 13"}
+    assert task_utils.gsm8k_solution(record) == "She sells 16 - 3 = 13 eggs.\n#### 13"
+
+
+def test_reference_longer_than_half_the_window_is_cut_and_flagged(smollm2_tokenizer):
+    doc = {
+        "prompt": "Q\n",
+        "prompt_style": "plain",
+        "family": "mbpp",
+        "record": json.dumps({"code": "def f(x):\n    return x + 1"}),
+    }
+    full = task_utils.with_reference(doc)
+    cut = task_utils.with_reference(doc, smollm2_tokenizer, max_tokens=4)
+    assert not full["truncated"] and cut["truncated"]
+    assert full["reference"].startswith(cut["reference"]) and cut["reference"]
+    ids = smollm2_tokenizer(cut["reference"], add_special_tokens=False)["input_ids"]
+    assert len(ids) == 4
+
+
+def test_reference_bits_per_byte_agree_with_a_forward_pass(tiny):
+    """Independent reference: tokenize context and context + reference with the tokenizer's
+    defaults (the continuation is the tokens after the context's), sum the log-probabilities of the
+    continuation tokens from one forward pass, divide by the reference's UTF-8 bytes and ln 2."""
+    import torch
+
+    name = "semalign_gsm8k_nll"
+    records = evaluate(tiny, [name], limit=3, keep_samples=True, batch_size=2)
+    tok, model = tiny.tokenizer, tiny.model
+    _, docs = task_utils.build_docs(name, {"limit": 3, "seed": 0, "prompt_style": "transfer"})
+    by_id = {d["doc_id"]: d for d in docs}
+    for sample in records[name]["samples"]:
+        doc = by_id[sample["doc_id"]]
+        # the tokenizer's defaults: this one puts a BOS in front, as the evaluation does
+        context = tok(doc["context"])["input_ids"]
+        whole = tok(doc["context"] + doc["reference"])["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([whole])).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        ll = sum(float(logprobs[i - 1, whole[i]]) for i in range(len(context), len(whole)))
+        expected = -ll / (len(doc["reference"].encode("utf-8")) * math.log(2))
+        assert sample["bits_per_byte"] == pytest.approx(expected, rel=1e-4), doc["doc_id"]

@@ -316,3 +316,54 @@ def test_records_of_an_older_evaluation_protocol_are_left_out_with_a_note(result
     assert frame.loc["source", "GSM8K"].startswith("30.0 [")  # the new record alone
     assert "seeds" not in frame.loc["source", "GSM8K"]
     assert any("3 older record(s)" in note for note in frame.attrs["notes"])
+
+
+def _bpb_part(values: list[float]) -> dict:
+    """The ``metrics.secondary["gsm_nll"]`` part of a record: per-item bits per byte."""
+    items = [
+        {"doc_id": f"gsm/{i}", "gold": "", "prediction": [-1.0, False], "bits_per_byte": v}
+        for i, v in enumerate(values)
+    ]
+    return {
+        "metric": "bits_per_byte",
+        "value": sum(values) / len(values),
+        "percent": None,
+        "n": len(values),
+        "decoding": {"method": "reference_loglikelihood"},
+        "items": items,
+    }
+
+
+def _add_secondary(folder, run: str, values: list[float]) -> None:
+    path = folder / "semalign_transfer" / PROFILE / f"{run}.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["secondary"] = {"gsm_nll": _bpb_part(values)}
+    path.write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+def test_bits_per_byte_column_is_shown_as_is_and_compared_on_the_same_items(results):
+    _table1_gsm(results, semalign_rate=0.2, planted=False)
+    base = [2.0 + 0.01 * (i % 7) for i in range(N)]
+    _add_secondary(results, "target__gsm", base)
+    _add_secondary(results, "source__gsm", base)
+    for seed in range(3):
+        # sft lowers every item by 0.1 (a planted improvement); semalign leaves them as they are
+        _add_secondary(results, f"sft__gsm__seed{seed}", [v - 0.1 for v in base])
+        _add_secondary(results, f"semalign__gsm__seed{seed}", base)
+    frame = semalign_tables.table(PROFILE)
+    column = "GSM8K ref. bits/byte ↓"
+    mean = sum(base) / N
+    assert frame.loc["target", column].startswith(f"{mean:.3f} [")
+    assert frame.loc["sft", column].startswith(f"{mean - 0.1:.3f} [")
+    assert frame.loc["sft", column].endswith(BELOW_TARGET)  # lower: more probability
+    assert BELOW_TARGET not in frame.loc["semalign", column]
+    assert frame.loc["semalign", column].endswith(ABOVE_SFT)  # above SFT: here, worse
+    rows = {(r[0], r[1], r[2]): r for r in frame.attrs["comparisons"]}
+    assert rows[("sft", column, "target")][3] == "-0.100"
+    assert rows[("sft", column, "target")][6] == "yes"
+    assert rows[("semalign", column, "sft")][3] == "+0.100"  # semalign vs sft: 0.1 higher
+    assert rows[("semalign", column, "target")][6] == "no"
+    assert "lower is better" in frame.attrs["legend"]
+    assert "teacher forcing" in frame.attrs["caption"]
+    # the paper's metric of the same records is untouched
+    assert frame.loc["sft", "GSM8K"].startswith("20.0 [")

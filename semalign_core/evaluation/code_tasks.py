@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -112,6 +113,41 @@ def _cut(code: str, stops: Iterable[str]) -> str:
     return code[:cut]
 
 
+def _parses(code: str) -> bool:
+    """True when ``code`` compiles as a module (``compile`` also catches e.g. ``return``
+    outside a function, which ``ast.parse`` accepts)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SyntaxWarning (invalid escapes...) is not a failure
+        try:
+            compile(code, "<generation>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return False
+    return True
+
+
+def _drop_trailing_prose(code: str) -> str:
+    """The longest prefix of whole lines of ``code`` that compiles; ``code`` itself if it
+    compiles or if no non-empty prefix does (the sandbox then reports the real error).
+
+    lm-eval's MBPP uses a 3-shot prompt whose answers end with ``[DONE]``, so the model stops
+    at the end of its code. In our zero-shot chat format the model may instead follow the code
+    with prose ("This function adds one to x."), and running that text whole is a SyntaxError
+    that scores a correct function 0; we stop at the end of the code instead. Only applied to
+    whole programs (not to a function-body continuation). Prefixes are tried from the longest
+    down and the first that compiles is kept (at most one ``compile`` per line).
+    """
+    if _parses(code):
+        return code
+    lines = code.split("\n")
+    for end in range(len(lines) - 1, 0, -1):
+        if not lines[end - 1].strip():
+            continue  # ending on a blank line compiles iff the shorter prefix does
+        prefix = "\n".join(lines[:end])
+        if _parses(prefix):
+            return prefix + "\n"
+    return code
+
+
 def extract_code(generation: str, style: str = "humaneval") -> str:
     """The code to execute from a model generation.
 
@@ -125,6 +161,9 @@ def extract_code(generation: str, style: str = "humaneval") -> str:
        ``import``...), ``\\ndef``/``\\nclass``/``\\n#`` are kept - they are helpers - and only
        ``\\nif __name__`` and ``\\nprint(`` cut it. ``mbpp``: nothing is cut (the generation is
        a whole program; ``if __name__ == "__main__":`` blocks do not run in the sandbox).
+    3. A whole program (either style, not a continuation) that does not compile is cut to its
+       longest compiling prefix of whole lines, dropping prose after the code
+       (:func:`_drop_trailing_prose`). Code that compiles is returned unchanged.
     """
     if style not in ("humaneval", "mbpp"):
         raise InvalidParameterError(f"style must be 'humaneval' or 'mbpp', got {style!r}")
@@ -138,6 +177,8 @@ def extract_code(generation: str, style: str = "humaneval") -> str:
     code = block if block is not None else text
     if style == "humaneval":
         code = _cut(code, STOP_SEQUENCES if _is_continuation(code) else _FULL_PROGRAM_STOPS)
+    if not _is_continuation(code):
+        code = _drop_trailing_prose(code)
     return code
 
 

@@ -35,7 +35,7 @@ from lm_eval.tasks import TaskManager, get_task_dict
 from semalign_core.errors import ArtifactError, InvalidParameterError, OfflineError
 from semalign_core.evaluation.metrics import macro_f1
 from semalign_core.evaluation.tasks import TASKS_DIR, chat_tokenizer
-from semalign_core.evaluation.tasks.utils import generation_until, task_family
+from semalign_core.evaluation.tasks.utils import generation_until, task_family, task_variant
 from semalign_core.models.registry import load_model
 from semalign_core.records import provenance, write_json_atomic
 
@@ -235,6 +235,7 @@ def evaluate(
             keep_samples=keep_samples,
             bootstrap_iters=bootstrap_iters,
         )
+        settings["max_length"] = _max_length(hf_model, tok)
         if lm is None:
             lm = _hflm(hf_model, tok, batch_size, add_bos)
         task_objs, output, settings["wall_s"] = _run_tasks(lm, tok, names, ours, settings)
@@ -258,8 +259,12 @@ def _run_tasks(lm, tokenizer, names: list[str], ours: list[str], settings: dict)
     lm-eval's output, seconds of the run). Our tasks apply ``tokenizer``'s chat template under
     prompt_style "model" and take their subset from the data layer."""
     style = settings["prompt_style"]
-    with chat_tokenizer(tokenizer if style == "model" else None) as key:
-        task_objs = _prepared_tasks(names, ours, settings, key)
+    scores_references = any(task_variant(n) == "nll" for n in ours)
+    with (
+        chat_tokenizer(tokenizer if style == "model" else None) as key,
+        chat_tokenizer(tokenizer if scores_references else None) as reference_key,
+    ):
+        task_objs = _prepared_tasks(names, ours, settings, key, reference_key)
         # lm-eval's limit only when built-in tasks run (the data layer has subset ours)
         limit = settings["limit"] if len(ours) < len(names) else None
         start = time.perf_counter()
@@ -267,14 +272,19 @@ def _run_tasks(lm, tokenizer, names: list[str], ours: list[str], settings: dict)
         return task_objs, output, time.perf_counter() - start
 
 
-def _prepared_tasks(names: list[str], ours: list[str], settings: dict, tokenizer_key) -> dict:
+def _prepared_tasks(
+    names: list[str], ours: list[str], settings: dict, tokenizer_key, reference_key=None
+) -> dict:
     """lm-eval task objects by name: ours read the run's settings from the TaskManager's
-    metadata; generation tasks get the decoding settings."""
+    metadata; generation tasks get the decoding settings. ``reference_key``: the tokenizer that
+    fits reference solutions into the model's window (the ``_nll`` tasks)."""
     runtime = {
         "prompt_style": settings["prompt_style"],
         "limit": settings["limit"],
         "seed": settings["seed"],
         "tokenizer_key": tokenizer_key,
+        "reference_tokenizer_key": reference_key,
+        "max_length": settings.get("max_length"),
         "add_bos": settings["add_bos_token"],
         "options": dict(settings["task_options"]),
     }
@@ -429,7 +439,10 @@ def _bootstrap_macro_f1(items, iters: int, seed) -> float | None:
 
 
 def _decoding(task, settings) -> dict:
-    if task.get_config("output_type") != "generate_until":
+    output_type = task.get_config("output_type")
+    if output_type == "loglikelihood":  # the _nll tasks: a given text scored, nothing chosen
+        return {"method": "reference_loglikelihood"}
+    if output_type != "generate_until":
         return {"method": "loglikelihood"}
     gen = dict(task.get_config("generation_kwargs") or {})
     sampled = bool(gen.get("do_sample"))

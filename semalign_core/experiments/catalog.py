@@ -55,7 +55,25 @@ METRICS: dict[str, str] = {
     "semalign_mbpp": "pass@1",
     "semalign_cls_sst2": "acc",
 }
-CHANCE = {"mmlu": 25.0}  # % (4-way multiple choice); the others have no chance level above 0
+# Metrics that move at small scale, evaluated in the same cells on the same fixed items as the
+# paper's metric (docs/decisions.md, "Metrics that move"): column key -> (the cell's transfer
+# task, lm-eval task, metric). MMLU by answer text (lm-eval's cloze form, acc_norm); GSM8K,
+# HumanEval, MBPP by bits per byte of the reference solution (lower is better).
+SECONDARY: dict[str, tuple[str, str, str]] = {
+    "mmlu_cloze": ("mmlu", "semalign_mmlu_cloze", "acc_norm"),
+    "gsm_nll": ("gsm", "semalign_gsm8k_nll", "bits_per_byte"),
+    "humaneval_nll": ("humaneval", "semalign_humaneval_nll", "bits_per_byte"),
+    "mbpp_nll": ("mbpp", "semalign_mbpp_nll", "bits_per_byte"),
+}
+SECONDARY_COLUMNS: dict[str, str] = {
+    "mmlu_cloze": "MMLU cloze",
+    "gsm_nll": "GSM8K ref. bits/byte ↓",
+    "humaneval_nll": "HumanEval ref. bits/byte ↓",
+    "mbpp_nll": "MBPP ref. bits/byte ↓",
+}
+PERCENT_METRICS = frozenset({"acc", "acc_norm", "exact_match", "pass@1"})  # shown in %
+# % (4-way multiple choice); the others have no chance level above 0
+CHANCE = {"mmlu": 25.0, "mmlu_cloze": 25.0}
 
 
 @dataclass(frozen=True)
@@ -83,11 +101,21 @@ class TransferSetting:
     chance: dict[str, float]
     published: str
     title: str
+    secondary: tuple[str, ...] = ()
 
     @property
     def reference_rows(self) -> tuple[str, str]:
         """The rows evaluated without training: the source (or teacher), then the target."""
         return self.source_row, self.target_row
+
+    def secondary_of(self, task: str) -> dict[str, tuple[str, str]]:
+        """The secondary columns evaluated in ``task``'s cells: key -> (lm-eval task, metric)."""
+        return {k: SECONDARY[k][1:] for k in self.secondary if SECONDARY[k][0] == task}
+
+    @property
+    def all_columns(self) -> dict[str, str]:
+        """Column key -> title: the tasks, then the secondary columns."""
+        return {**self.columns, **{k: SECONDARY_COLUMNS[k] for k in self.secondary}}
 
 
 SETTINGS: dict[str, TransferSetting] = {
@@ -101,6 +129,7 @@ SETTINGS: dict[str, TransferSetting] = {
         chance=CHANCE,
         published="table1_transfer",
         title="Table 1",
+        secondary=tuple(SECONDARY),
     ),
     "finetuned": TransferSetting(
         name="finetuned",
@@ -116,6 +145,7 @@ SETTINGS: dict[str, TransferSetting] = {
         chance={"sst2": 50.0},
         published="table2_finetuned_teachers",
         title="Table 2",
+        secondary=("humaneval_nll", "mbpp_nll"),
     ),
 }
 
@@ -171,6 +201,9 @@ __all__ = [
     "FINETUNED_TEACHER",
     "MAIN_POLICIES",
     "METRICS",
+    "PERCENT_METRICS",
+    "SECONDARY",
+    "SECONDARY_COLUMNS",
     "MODELS",
     "NOTEBOOKS",
     "SALF_ANALYSIS",

@@ -41,7 +41,13 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.answers import DEFAULT_ORDER, GSM8K_EXTRACTION_VERSION
 from semalign_core.evaluation.harness import evaluate
 from semalign_core.experiments.budgets import TEACHERS, TransferBudget, transfer_budget
-from semalign_core.experiments.catalog import CLS_TASKS, METRICS, TransferSetting, get_setting
+from semalign_core.experiments.catalog import (
+    CLS_TASKS,
+    METRICS,
+    PERCENT_METRICS,
+    TransferSetting,
+    get_setting,
+)
 from semalign_core.experiments.model_pool import load_for, record_models
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.teachers import load_profile_teacher, resolve_teacher, teacher_names
@@ -182,7 +188,16 @@ def row_seed(setting: str, method: str, seed: int, budget: TransferBudget) -> in
     return seed
 
 
-def _eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
+def _eval_config(task: str, budget: TransferBudget, setting: TransferSetting) -> dict[str, Any]:
+    """How a cell is evaluated (part of its config hash)."""
+    config = _main_eval_config(task, budget)
+    secondary = setting.secondary_of(task)
+    if secondary:  # the metrics that move at small scale, on the same items
+        config["secondary"] = {key: list(pair) for key, pair in secondary.items()}
+    return config
+
+
+def _main_eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
     if task in CLS_TASKS:
         return {
             "limit": budget.eval_limit,
@@ -195,8 +210,8 @@ def _eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
     config = {
         "limit": budget.eval_limit,
         "max_new_tokens": budget.max_new_tokens,
-        "decoding": "greedy",
-        "prompt_style": "transfer",
+        "decoding": "loglikelihood" if task == "mmlu" else "greedy",
+        "prompt_style": "plain" if task == "mmlu" else "transfer",
         "batch_size": budget.eval_batch_size,
     }
     if budget.eval_seed is not None:
@@ -240,7 +255,7 @@ def cell_config(cell: Cell) -> dict[str, Any]:
         "source": prof.semalign_source,
         "target": prof.semalign_target,
         "dtype": prof.dtype,
-        "eval": _eval_config(cell.task, cell.budget),
+        "eval": _eval_config(cell.task, cell.budget, cell.setting),
         "version": VERSION,
     }
     if cell.setting.name != "table1":
@@ -335,10 +350,11 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
 
 
 def _evaluate(
-    model, tokenizer, task: str, eval_task: str, budget: TransferBudget, seed: int
-) -> dict:
-    """Classification tasks: label-word log-likelihood on the plain prompt; the benchmarks: greedy
-    generation (or log-likelihood, per task YAML) in the transfer chat format."""
+    model, tokenizer, task: str, eval_tasks: list[str], budget: TransferBudget, seed: int
+) -> dict[str, dict]:
+    """``{lm-eval task: its evaluation}``, in one lm-eval run. Classification tasks: label-word
+    log-likelihood on the plain prompt; the benchmarks: greedy generation (or log-likelihood,
+    per task YAML) in the transfer chat format."""
     if task in CLS_TASKS:
         style = {"prompt_style": "plain", "task_options": eval_task_options(task)}
     else:
@@ -349,14 +365,14 @@ def _evaluate(
         }
     return evaluate(
         model,
-        [eval_task],
+        eval_tasks,
         limit=budget.eval_limit,
         seed=seed if budget.eval_seed is None else budget.eval_seed,
         batch_size=budget.eval_batch_size,
         tokenizer=tokenizer,
         keep_samples=True,
         **style,
-    )[eval_task]
+    )
 
 
 def _items(out: dict, metric: str) -> list[dict[str, Any]]:
@@ -383,20 +399,31 @@ def _evaluation_metrics(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the cell's benchmark: the record's metrics."""
     eval_task = cell.setting.tasks[cell.task]
-    out = _evaluate(model, tokenizer, cell.task, eval_task, cell.budget, cell.seed)
-    sources.update(out.get("data", {}).get("sources", {}))
-    metric = METRICS[eval_task]
+    secondary = cell.setting.secondary_of(cell.task)
+    tasks = [eval_task, *(task for task, _ in secondary.values())]
+    outs = _evaluate(model, tokenizer, cell.task, tasks, cell.budget, cell.seed)
+    for out in outs.values():
+        sources.update(out.get("data", {}).get("sources", {}))
+    metrics = {**_task_metrics(outs[eval_task], METRICS[eval_task]), "transfer": summary}
+    if secondary:
+        metrics["secondary"] = {
+            key: _task_metrics(outs[task], metric) for key, (task, metric) in secondary.items()
+        }
+    return metrics
+
+
+def _task_metrics(out: dict, metric: str) -> dict[str, Any]:
+    """One evaluated task's part of a record: its metric with per-item scores."""
     value = out["metrics"].get(metric)
     return {
         "metric": metric,
         "value": value,
-        "percent": _percent(value),
+        "percent": _percent(value) if metric in PERCENT_METRICS else None,
         "stderr": out["stderr"].get(metric),
         "n": out["n"],
         "all": out["metrics"],
         "prompt_style": out["prompt_style"],
         "decoding": out["decoding"],
-        "transfer": summary,
         "items": _items(out, metric),
     }
 

@@ -26,7 +26,13 @@ import pandas as pd
 
 from semalign_core.data.classification import CLASSIFICATION_TASKS
 from semalign_core.experiments.budgets import TransferBudget, transfer_budget
-from semalign_core.experiments.catalog import CLS_TASKS, COLUMNS, TransferSetting, get_setting
+from semalign_core.experiments.catalog import (
+    CLS_TASKS,
+    COLUMNS,
+    PERCENT_METRICS,
+    TransferSetting,
+    get_setting,
+)
 from semalign_core.profiles import Profile, get_profile
 from semalign_core.report import comparisons
 from semalign_core.report.markdown import frame_markdown, markdown_table, save_markdown
@@ -46,7 +52,17 @@ INTRO = (
 ABOVE_TARGET, BELOW_TARGET = "▲", "▼"
 ABOVE_SFT, BELOW_SFT = "†", "‡"
 SFT = "sft"
-METRIC_NAMES = {"acc": "accuracy", "exact_match": "exact match", "pass@1": "pass@1"}
+METRIC_NAMES = {
+    "acc": "accuracy",
+    "acc_norm": "acc_norm (log-likelihood per byte of the answer text)",
+    "exact_match": "exact match",
+    "pass@1": "pass@1",
+    "bits_per_byte": "bits per byte of the reference solution (lower is better)",
+}
+DECODINGS = {
+    "loglikelihood": "log-likelihood of each choice",
+    "reference_loglikelihood": "teacher forcing",
+}
 COMPARISON_HEADER = (
     "row",
     "task",
@@ -89,11 +105,33 @@ def _clip(value: float, low: float, high: float) -> float:
     return min(high, max(low, value))
 
 
-def _interval_cell(interval) -> str:
-    """The cell "mean [low, high] (n=items[, k seeds])" in %, the bounds within [0, 100]."""
+def _interval_cell(interval, percent: bool = True) -> str:
+    """The cell "mean [low, high] (n=items[, k seeds])": in % with the bounds within [0, 100], or
+    as is (bits per byte, 3 decimals)."""
     seeds = f", {interval.n_seeds} seeds" if interval.n_seeds > 1 else ""
+    if not percent:
+        low, high = max(0.0, interval.low), interval.high
+        return f"{interval.mean:.3f} [{low:.3f}, {high:.3f}] (n={interval.n}{seeds})"
     low, high = (100 * _clip(b, 0.0, 1.0) for b in (interval.low, interval.high))
     return f"{100 * interval.mean:.1f} [{low:.1f}, {high:.1f}] (n={interval.n}{seeds})"
+
+
+def with_secondary(records: list[dict]) -> list[dict]:
+    """``records`` and, for each secondary metric a record holds (``metrics["secondary"]``: cloze
+    MMLU, reference bits per byte), a view of the record as a cell of that metric's column: its
+    ``task`` is the column key and its ``metrics`` that metric's part (same items, same seed),
+    so every cell, interval and paired comparison treats it like a task of its own."""
+    views = [
+        {**r, "task": key, "metrics": part}
+        for r in records
+        for key, part in (r["metrics"].get("secondary") or {}).items()
+    ]
+    return records + views
+
+
+def _percent_columns(records: list[dict]) -> set[str]:
+    """Column keys whose metric is a share (shown in %); the others are shown as they are."""
+    return {r["task"] for r in records if r["metrics"].get("metric") in PERCENT_METRICS}
 
 
 def _row_label(record: dict, setting: str, several_teachers: bool) -> str:
@@ -221,14 +259,18 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _comparison_row(c: Comparison, columns: dict[str, str]) -> list[str]:
+def _comparison_row(c: Comparison, columns: dict[str, str], percent: bool = True) -> list[str]:
     r = c.result
+    if percent:
+        interval = f"[{_points(_clip(r.low, -1.0, 1.0))}, {_points(_clip(r.high, -1.0, 1.0))}]"
+    else:
+        interval = f"[{r.low:+.3f}, {r.high:+.3f}]"
     return [
         c.row,
         columns.get(c.task, c.task),
         c.vs,
-        _points(r.difference),
-        f"[{_points(_clip(r.low, -1.0, 1.0))}, {_points(_clip(r.high, -1.0, 1.0))}]",
+        _points(r.difference) if percent else f"{r.difference:+.3f}",
+        interval,
         _p(r.p_value),
         "yes" if r.significant else "no",
         f"{r.n} × {r.n_seeds}",
@@ -242,7 +284,7 @@ def _comparison_row(c: Comparison, columns: dict[str, str]) -> list[str]:
 def label_names(task: str, n_choices: int) -> tuple[str, ...]:
     """Names of a multiple-choice task's choices: MMLU's letters, a classification task's label
     words, else the choice indices."""
-    if task == "mmlu":
+    if task.startswith("mmlu"):
         return tuple(comparisons.LETTERS[:n_choices])
     if task in CLS_TASKS and task in CLASSIFICATION_TASKS:
         return tuple(CLASSIFICATION_TASKS[task].label_words)
@@ -250,7 +292,10 @@ def label_names(task: str, n_choices: int) -> tuple[str, ...]:
 
 
 def _n_choices(records: list[dict]) -> int | None:
+    """How many choices a multiple-choice task's items have (None: not multiple choice)."""
     for r in records:
+        if _decoding_method(r) != "loglikelihood":
+            continue
         found = comparisons.items(r)
         if found and isinstance(found[0].get("prediction"), list):
             return len(found[0]["prediction"])
@@ -353,17 +398,20 @@ def table(
     title, header, rows), seeds, profile."""
     s = get_setting(setting)
     records, older = _current_evaluation(_selected(profile, setting, methods, tasks, seeds))
+    records = with_secondary(records)
     several = len({r.get("teacher") for r in records}) > 1
     groups = _groups(records, setting, several)
     rows = _rows(records, setting, several, (*s.reference_rows, *method_order()))
     present = {r["task"] for r in records}
-    shown = [t for t in s.columns if setting == "table1" or t in present]
+    always = s.columns if setting == "table1" else ()
+    shown = [t for t in s.all_columns if t in always or t in present]
+    percent = _percent_columns(records) | (set(s.columns) - present)
     intervals = {key: comparisons.score_interval(recs) for key, recs in groups.items()}
     compared = _comparisons(groups, rows, shown, s, several)
     marks: dict[tuple[str, str], str] = {}
     for c in compared:
         marks[(c.row, c.task)] = marks.get((c.row, c.task), "") + c.mark
-    label_tables = {t: _task_labels(groups, rows, t, s.columns[t]) for t in shown}
+    label_tables = {t: _task_labels(groups, rows, t, s.all_columns[t]) for t in shown}
     label_tables = {t: lt for t, lt in label_tables.items() if lt is not None}
 
     def cell(row: str, task: str) -> str:
@@ -375,11 +423,12 @@ def table(
         extra = [marks.get((row, task), "")]
         if task in label_tables:
             extra.append(label_tables[task]["flags"].get(row, ""))
-        return " ".join([_interval_cell(interval), *(e for e in extra if e)])
+        return " ".join([_interval_cell(interval, task in percent), *(e for e in extra if e)])
 
+    titles = s.all_columns
     columns: dict[str, list[str]] = {}
     for t in shown:
-        columns[s.columns[t]] = [cell(row, t) for row in rows]
+        columns[titles[t]] = [cell(row, t) for row in rows]
         if t in CLS_TASKS:
             columns[f"{s.columns[t]} macro-F1"] = [
                 _macro_f1(groups.get((row, t), [])) for row in rows
@@ -387,16 +436,19 @@ def table(
     frame = pd.DataFrame(columns, index=pd.Index(rows, name="method"))
     frame.attrs["seeds"] = sorted({r["seed"] for r in records if r["seed"] is not None})
     frame.attrs["profile"] = profile
-    frame.attrs["notes"] = _notes(s, shown, present, label_tables, intervals)
+    frame.attrs["notes"] = _notes(s, shown, label_tables, intervals)
     if older:
         frame.attrs["notes"].append(
             f"{older} older record(s) evaluated under another protocol left out."
         )
-    frame.attrs["comparisons"] = [_comparison_row(c, s.columns) for c in compared]
+    frame.attrs["comparisons"] = [
+        _comparison_row(c, s.all_columns, c.task in percent) for c in compared
+    ]
     frame.attrs["label_tables"] = [
         {k: lt[k] for k in ("title", "header", "rows")} for lt in label_tables.values()
     ]
-    frame.attrs["legend"] = _legend(len(compared), bool(label_tables))
+    lower = sorted(t for t in shown if t not in percent)
+    frame.attrs["legend"] = _legend(len(compared), bool(label_tables), lower)
     caption = _table1_caption if setting == "table1" else _table2_caption
     frame.attrs["caption"] = caption(
         profile, records, frame.attrs["seeds"], shown, _cells_text(intervals)
@@ -406,23 +458,18 @@ def table(
     return frame
 
 
-def _notes(
-    s: TransferSetting, shown: list[str], present: set, label_tables: dict, intervals: dict
-) -> list[str]:
+def _notes(s: TransferSetting, shown: list[str], label_tables: dict, intervals: dict) -> list[str]:
     """Chance levels (a classification task with items: its subset's majority rate instead),
     every multiple-choice task's majority rate, and whether some cells lack an interval."""
     notes = []
+    titles = s.all_columns
     for t, c in s.chance.items():
-        if (s.name == "table1" or t in present) and not (t in CLS_TASKS and t in label_tables):
-            notes.append(f"chance level: {s.columns[t]} {c:.0f}%")
+        if t in shown and not (t in CLS_TASKS and t in label_tables):
+            notes.append(f"chance level: {titles[t]} {c:.0f}%")
     notes += [label_tables[t]["note"] for t in shown if t in label_tables]
     old = sorted(
-        {
-            s.columns.get(task, task)
-            for (_, task), interval in intervals.items()
-            if interval is None
-        },
-        key=list(s.columns.values()).index,
+        {titles.get(task, task) for (_, task), interval in intervals.items() if interval is None},
+        key=list(titles.values()).index,
     )
     if old:
         notes.append(
@@ -433,10 +480,17 @@ def _notes(
     return notes
 
 
-def _legend(n_comparisons: int, flags: bool) -> str:
-    """What the marks mean (empty when nothing was compared)."""
+def _legend(n_comparisons: int, flags: bool, lower: Sequence[str] = ()) -> str:
+    """What the marks mean (empty when nothing was compared); ``lower``: columns where lower is
+    better, whose marks still give the direction of the difference."""
     if not n_comparisons:
         return ""
+    direction = (
+        " In the bits-per-byte columns lower is better: there ▼ means the row assigns the "
+        "reference solutions more probability than `target`."
+        if lower
+        else ""
+    )
     flag = (
         f" `⚠ one label`: one label gets ≥ {100 * comparisons.ONE_LABEL_SHARE:.0f}% of the row's "
         "predictions (whatever its accuracy)."
@@ -452,13 +506,20 @@ def _legend(n_comparisons: int, flags: bool) -> str:
         "without a correction for multiple comparisons: about 1 in 20 comparisons with no real "
         "difference is marked by chance. With one training seed an interval covers the "
         "sampling of items only: a mark then says that this trained model differs, not that "
-        "the method would with another seed." + flag
+        "the method would with another seed." + direction + flag
     )
 
 
 def _models(records: list[dict]) -> tuple[str, str]:
     models = sorted({(r["config"]["source"], r["config"]["target"]) for r in records})
     return models[0] if models else ("?", "?")
+
+
+def _decoding_method(record: dict) -> str | None:
+    """The evaluation's own name of how answers were produced ("greedy", "loglikelihood",
+    "reference_loglikelihood"), None when the record does not say."""
+    decoding = record["metrics"].get("decoding")
+    return decoding.get("method") if isinstance(decoding, dict) else decoding
 
 
 def _decoding(record: dict) -> str:
@@ -470,9 +531,9 @@ def _decoding(record: dict) -> str:
         if method == "greedy" and decoding.get("max_new_tokens"):
             return f"greedy, ≤ {decoding['max_new_tokens']} new tokens"
         if method is not None:
-            return {"loglikelihood": "log-likelihood of each choice"}.get(method, str(method))
+            return DECODINGS.get(method, str(method))
     if isinstance(decoding, str):
-        return {"loglikelihood": "log-likelihood of each choice"}.get(decoding, decoding)
+        return DECODINGS.get(decoding, decoding)
     configured = record.get("config", {}).get("eval", {}).get("decoding")
     return f"{configured} (config)" if configured else "decoding not recorded"
 
@@ -492,7 +553,8 @@ def _task_descriptions(s: TransferSetting, records: list[dict], shown: list[str]
             {r["config"]["eval"]["split"] for r in recs if r["config"].get("eval", {}).get("split")}
         )
         split = f", split {'/'.join(splits)}" if splits else ""
-        parts.append(f"{s.columns[t]}: {'/'.join(metrics)} by {' / '.join(decodings)}{split}")
+        title = s.all_columns.get(t, t)
+        parts.append(f"{title}: {'/'.join(metrics)} by {' / '.join(decodings)}{split}")
     return "; ".join(parts) if parts else "no records"
 
 
@@ -691,7 +753,8 @@ def reproduced_section(frame: pd.DataFrame, seeds_label: str) -> str:
         out.append(
             f"\nPaired comparisons at profile `{profile}` (row minus vs, on the same items matched "
             "by id; a row evaluated once is compared with every seed of the other, two trained "
-            "rows on their common seeds; p: two-sided paired bootstrap; significant: the 95% "
+            "rows on their common seeds; difference in points, in bits per byte for the "
+            "bits-per-byte columns; p: two-sided paired bootstrap; significant: the 95% "
             "interval excludes zero; exact McNemar p: one seed, 0/1 scores):\n\n"
         )
         out.append(markdown_table(COMPARISON_HEADER, frame.attrs["comparisons"]))

@@ -23,6 +23,15 @@ transfer-split user message in the Tulu tags / the tokenizer's chat template):
   "Complete the following python function.\\n\\n\\n{prompt}", as the MBPP transfer split asks.
 * MBPP: lm-eval's zero-shot MBPP prompt (task, three tests, "[BEGIN]"); in chat styles the
   transfer split's "Complete the following python function.\\n\\n\\n{text}\\n{signature}".
+* MMLU cloze (``semalign_mmlu_cloze``, always plain): lm-eval's cloze form of MMLU, "The following
+  are questions (with answers) about {subject}.\n\nQuestion: {question}\nAnswer:", the choices
+  are the answer texts; ``acc_norm`` divides each choice's log-likelihood by its length in bytes.
+* Reference log-likelihood (``semalign_<gsm8k|humaneval|mbpp>_nll``): the generation task's own
+  prompt, then the opening a correct answer in that style has (chat: "Answer: " / "Here is the
+  completed function:...```python\n"), and the benchmark's reference solution scored under
+  teacher forcing (GSM8K: the gold solution without its "<<a*b=c>>" calculator annotations and
+  "So the answer is N."; HumanEval: the canonical solution (chat: the whole function); MBPP: the
+  reference code). ``bits_per_byte`` = -log2 p(reference) / its UTF-8 bytes, per item.
 * Classification: the "harness" style of the classification prompt table
   (:mod:`semalign_core.data.prompts`), one short template per task ending in a cue word; the label
   words of :data:`semalign_core.data.CLASSIFICATION_TASKS` are the choices.
@@ -31,6 +40,7 @@ transfer-split user message in the Tulu tags / the tokenizer's chat template):
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import datasets
@@ -101,12 +111,22 @@ TASK_OPTIONS = {
 }
 
 
+VARIANTS = ("cloze", "nll")  # task-name suffixes: another scoring of a family's documents
+
+
 def task_family(name: str) -> str:
-    """mmlu / mmlu_chat / gsm8k / humaneval / mbpp / cls, from a semalign_* task name."""
+    """mmlu / mmlu_chat / gsm8k / humaneval / mbpp / cls, from a semalign_* task name (a variant
+    such as ``semalign_mbpp_nll`` belongs to its base family)."""
     base = name.removeprefix("semalign_")
     if base.startswith("cls_"):
         return "cls"
-    return base
+    variant = task_variant(name)
+    return base.removesuffix(f"_{variant}") if variant else base
+
+
+def task_variant(name: str) -> str | None:
+    """ "cloze" (MMLU by answer text), "nll" (reference log-likelihood) or None."""
+    return next((v for v in VARIANTS if name.endswith(f"_{v}")), None)
 
 
 def generation_until(family: str, style: str) -> list[str]:
@@ -160,6 +180,15 @@ def mmlu_question(record: dict) -> str:
     )
 
 
+def mmlu_cloze_question(record: dict) -> str:
+    """lm-eval's cloze MMLU prompt: the question without lettered choices, then "Answer:"."""
+    subject = record["subject"].replace("_", " ")
+    return (
+        f"The following are questions (with answers) about {subject}.\n\n"
+        f"Question: {record['question'].strip()}\nAnswer:"
+    )
+
+
 def mbpp_signature(record: dict) -> str:
     """Imports and the ``def name(args)`` line of the reference code (no colon), as in the
     MBPP transfer split; the function is the one the first test calls."""
@@ -200,6 +229,9 @@ def _doc(doc_id: str, prompt: str, family: str, style: str, record: dict, **fiel
         "gold": -1,
         "target": "",
         "answer_order": [],
+        "context": "",
+        "reference": "",
+        "truncated": False,
         "record": json.dumps(record, ensure_ascii=False),
     }
     doc.update(fields)
@@ -209,9 +241,10 @@ def _doc(doc_id: str, prompt: str, family: str, style: str, record: dict, **fiel
 def _mmlu_docs(name, style, chat, opts, limit, seed):
     split = load_mmlu(opts.get("split", "test"), opts.get("subjects"), limit=limit, seed=seed)
     style = style if name == "semalign_mmlu_chat" else "plain"
+    cloze = task_variant(name) == "cloze"
     docs = []
     for i, rec in enumerate(split.records):
-        question = mmlu_question(rec)
+        question = mmlu_cloze_question(rec) if cloze else mmlu_question(rec)
         prompt = question
         if style != "plain":
             prompt = render_user_turn(question, style, *chat) + MMLU_CHAT_RESPONSE_PREFIX
@@ -222,7 +255,7 @@ def _mmlu_docs(name, style, chat, opts, limit, seed):
                 "mmlu",
                 style,
                 rec,
-                choices=list(MMLU_LETTERS),
+                choices=list(rec["choices"] if cloze else MMLU_LETTERS),
                 gold=MMLU_LETTERS.index(rec["answer"]),
             )
         )
@@ -324,6 +357,63 @@ _BUILDERS = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# Reference solutions (the ``_nll`` variants)
+# ---------------------------------------------------------------------------------------------
+
+CODE_ANSWER_OPENING = "Here is the completed function:\n\n\n```python\n"  # the transfer splits'
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+
+
+def gsm8k_solution(record: dict) -> str:
+    """The gold worked solution without its calculator annotations ("<<48/2=24>>"), which are
+    tool calls of the dataset's annotators, not text a model is taught to write."""
+    return _CALCULATOR.sub("", record["answer"]).strip()
+
+
+def reference_answer(doc: dict) -> tuple[str, str]:
+    """(opening, reference) of a correct answer to ``doc`` in its prompt style: the opening is
+    context (how the transfer splits' answers begin), the reference is what is scored."""
+    record, chat = json.loads(doc["record"]), doc["prompt_style"] != "plain"
+    family = doc["family"]
+    if family == "gsm8k":
+        if not chat:
+            return " ", gsm8k_solution(record)
+        steps = " ".join(gsm8k_solution(record).split("####")[0].split())
+        return "Answer: ", f"{steps} So the answer is {record['target']}."
+    if family == "humaneval":
+        if not chat:
+            return "", record["canonical_solution"]
+        return CODE_ANSWER_OPENING, record["prompt"] + record["canonical_solution"].rstrip()
+    if family == "mbpp":
+        code = record["code"].replace("\r\n", "\n").rstrip()
+        return ("", f"{code}\n[DONE]") if not chat else (CODE_ANSWER_OPENING, code)
+    raise InvalidParameterError(f"no reference solution for the {family} family")
+
+
+def with_reference(doc: dict, tokenizer=None, max_tokens: int | None = None) -> dict:
+    """``doc`` with ``context`` (prompt + opening) and ``reference``; whitespace at the end of the
+    context is moved to the reference, as lm-eval moves it before scoring (so the bytes counted
+    are the bytes scored). A reference longer than ``max_tokens`` of ``tokenizer`` is cut to
+    its first ``max_tokens`` tokens (lm-eval refuses a continuation longer than the model's
+    window; only tiny test models have windows that short) and the doc says so."""
+    opening, reference = reference_answer(doc)
+    context = doc["prompt"] + opening
+    stripped = context.rstrip()
+    reference = context[len(stripped) :] + reference
+    cut = _first_tokens(reference, tokenizer, max_tokens)
+    return {**doc, "context": stripped, "reference": cut, "truncated": cut != reference}
+
+
+def _first_tokens(text: str, tokenizer, max_tokens: int | None) -> str:
+    """The prefix of ``text`` made of its first ``max_tokens`` tokens (all of it if it fits)."""
+    if tokenizer is None or not max_tokens:
+        return text
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+
+
 def _check_options(name: str, family: str, opts: dict) -> None:
     allowed = TASK_OPTIONS["mmlu" if family == "mmlu_chat" else family]
     unknown = sorted(set(opts) - allowed)
@@ -346,7 +436,13 @@ def build_docs(name: str, semalign: dict | None = None):
     opts = dict((ctx.get("options") or {}).get(name) or {})
     _check_options(name, family, opts)
     chat = (ctx.get("tokenizer_key"), bool(ctx.get("add_bos", False)))
-    return _BUILDERS[family](name, style, chat, opts, ctx.get("limit"), ctx.get("seed"))
+    split, docs = _BUILDERS[family](name, style, chat, opts, ctx.get("limit"), ctx.get("seed"))
+    if task_variant(name) == "nll":
+        tokenizer = get_chat_tokenizer(ctx.get("reference_tokenizer_key"))
+        window = ctx.get("max_length")
+        max_tokens = window // 2 if window else None  # half the window: room for the context
+        docs = [with_reference(d, tokenizer, max_tokens) for d in docs]
+    return split, docs
 
 
 def load_docs(name: str, semalign: dict | None = None, **_unused):
@@ -434,6 +530,14 @@ def process_cls_results(doc: dict, results) -> dict:
     pred = int(np.argmax(lls))
     gold = int(doc["gold"])
     return {"acc": float(pred == gold), "macro_f1": (gold, pred)}
+
+
+def process_reference_nll(doc: dict, results) -> dict:
+    """Bits per byte of the reference: -log2 p(reference | context) / its UTF-8 bytes (one
+    item's score; the task reports the mean over items, each item weighing the same)."""
+    ll, _is_greedy = results[0]
+    n_bytes = len(doc["reference"].encode("utf-8"))
+    return {"bits_per_byte": -ll / (n_bytes * math.log(2))}
 
 
 def macro_f1_of_pairs(items) -> float:
