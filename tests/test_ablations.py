@@ -54,6 +54,19 @@ def test_variants_are_distinct_valid_configs():
     assert len({v.run(0) for v in variants}) == len(variants)
 
 
+def test_decomposition_variants_are_declared_and_labelled():
+    found = ablations.variants(SMOKE, ["decomposition"])
+    assert ablations.default_config(SMOKE).decomposition == "cosine"
+    assert [(v.value, v.overrides) for v in found[1:]] == [
+        ("dual", {"decomposition": "dual"}),
+        ("gain_folded", {"decomposition": "gain_folded"}),
+    ]
+    assert ablations.check_parameters(SMOKE, axes=["decomposition"])[0] == ("decomposition",)
+    labels = [ablation_report.variant_label(v.axis, v.value) for v in found[1:]]
+    assert labels[0].startswith("dual: ") and labels[1].startswith("gain_folded: ")
+    assert ablation_report.variant_label("pairing", "floor") == "floor"  # others: their value
+
+
 def test_pairing_variants_change_the_layer_plan(isolated):
     plans = {
         s: ablations.preview_plan(SMOKE, {"pairing": s}, 0)

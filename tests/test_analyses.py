@@ -21,6 +21,7 @@ from semalign_core.lm import semantics
 from semalign_core.models.tiny import tiny_model
 from semalign_core.profiles import get_profile
 from semalign_core.report import analysis_figures as report
+from semalign_core.report import plots
 
 NOTEBOOKS = ("01_semalign_analyses", "02_salf_deviation_gain")
 TASKS = ("sst2", "agnews", "trec")  # notebook 02's default tasks
@@ -48,10 +49,11 @@ def test_fidelity_record_shapes_and_ranges(smoke_results):
     for role, layers in (("source", 6), ("target", 4)):
         info = m["models"][role]
         assert info["layers"] == layers
-        for key in ("output_side", "input_side"):
+        for key in ("output_side", "input_side", "dual", "gain_folded"):
             assert len(info[key]) == len(info[f"{key}_std"]) == layers
             assert all(-1.0 <= v <= 1.0 for v in info[key]), info[key]
             assert all(v >= 0.0 for v in info[f"{key}_std"])
+        assert all(v > 1 - 1e-5 for v in info["dual"]), info["dual"]  # exact on its own bases
     assert rec["provenance"]["data_sha256"] and rec["config"]["measure_split"] == "train"
 
 
@@ -140,6 +142,43 @@ def test_layer_fidelity_equals_decomposition_fidelity():
         means, _ = semalign_analyses.layer_fidelity(states, bases)
         expected = [float(semantics.decomposition_fidelity(h, bases).mean()) for h in states]
         assert means == pytest.approx(expected, abs=1e-5)
+
+
+def test_layer_fidelity_of_each_decomposition(tmp_path, monkeypatch):
+    """Dual and gain-folded lines of Fig. 2 against a float64 computation written out here."""
+    monkeypatch.setenv("SEMALIGN_CACHE_DIR", str(tmp_path))  # bases cached on disk go here
+    model = tiny_model("llama", seed=3, vocab_size=96, hidden_size=32)
+    gain = 0.5 + torch.rand(32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        model.model.norm.weight.copy_(gain)
+    states = [torch.randn(20, 32, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    entry = semalign_analyses.model_fidelity(model, "tiny", states)
+    assert entry["dual"] == pytest.approx([1.0, 1.0], abs=1e-6)  # exact reconstruction
+    s = torch.linalg.pinv((model.lm_head.weight.detach().double() * gain.double()).T)
+    s = s / s.norm(dim=-1, keepdim=True)
+    expected = []
+    for h in states:
+        x = h.double() / h.double().norm(dim=-1, keepdim=True)
+        expected.append(float(torch.cosine_similarity(x @ s.T @ s, x, dim=-1).mean()))
+    assert entry["gain_folded"] == pytest.approx(expected, abs=1e-5)
+    cosine = semantics.semantic_bases(model.lm_head.weight)
+    assert entry["output_side"] == pytest.approx(
+        semalign_analyses.layer_fidelity(states, cosine)[0], abs=1e-6
+    )
+    assert abs(entry["gain_folded"][0] - entry["output_side"][0]) > 1e-3  # another line
+
+
+def test_fidelity_figure_draws_the_decompositions_it_has():
+    def info(keys):
+        stats = {k: [0.5] * 3 for k in keys} | {f"{k}_std": [0.1] * 3 for k in keys}
+        return {"model": "m", "layers": 3, **stats}
+
+    old_keys = ("output_side", "input_side")
+    for keys, lines in ((old_keys, 2), ((*old_keys, "dual", "gain_folded"), 4)):
+        metrics = {"models": {"source": info(keys), "target": info(keys)}}
+        record = {"profile": "x", "metrics": {**metrics, "n_tokens": 1, "n_examples": 1}}
+        fig = plots.fidelity_figure(record)
+        assert [len(ax.get_lines()) for ax in fig.axes] == [lines, lines]
 
 
 def test_token_positions_skip_padding_and_cap():

@@ -291,6 +291,19 @@ def test_incompatible_pairs_fail_before_any_work(pair):
         )  # no checkpoint_dir
 
 
+def test_each_decomposition_trains_on_its_own_supervision(pair, tmp_path):
+    """config.decomposition reaches the composite map (the stage loss moves) and the supervision
+    cache key (a dual run never reads the cosine run's cached supervision, and vice versa)."""
+    cfg = replace(BASE, steps_per_stage=1, eval_batches=0, checkpoint_dir=str(tmp_path))
+    results = {}
+    for name, decomposition in (("cosine", "cosine"), ("dual", "dual"), ("again", "dual")):
+        config = replace(cfg, decomposition=decomposition)
+        results[name] = run(pair, config, stop_after_stage=1)
+    assert [results[n].cost["supervision_cached"] for n in results] == [False, False, True]
+    loss = {n: r.stages[0]["losses"][0] for n, r in results.items()}
+    assert loss["dual"] == loss["again"] and abs(loss["dual"] - loss["cosine"]) > 1e-6
+
+
 # --------------------------------------------------------------------------- pieces
 
 

@@ -17,6 +17,9 @@ granularity    ``attribution_granularity``  channel, token, example
 strength       ``layer_weight``             1 (default), 0 (no latent alignment: output KL
                                             at the last stage only), 2
 frontier       ``steps_per_stage``          the budget's, half of it, twice it
+decomposition  ``decomposition``            cosine (the paper's), dual (exact minimum-norm
+                                            coefficients), gain_folded (bases of the head
+                                            with the final-norm gain folded in)
 =============  ===========================  ==============================================
 
 "Strength of semantic decomposition" is read as the weight of the layer term (the supervision

@@ -168,6 +168,7 @@ AXES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "granularity": ("attribution_granularity", ("channel", "token", "example")),
     "strength": ("layer_weight", (1.0, 0.0, 2.0)),
     "frontier": ("steps_per_stage", ()),  # the budget's steps per stage, half of it, twice it
+    "decomposition": ("decomposition", ("cosine", "dual", "gain_folded")),
 }
 
 # --------------------------------------------------------------------------- SALF

@@ -3,7 +3,8 @@
 * :func:`decomposition_fidelity_record` (Fig. 2): per layer, the mean cosine between each token's
   ``block_out`` state h and its decompose→recompose reconstruction ``Sᵀ S h/‖h‖``, with
   output-side bases (unit rows of pinv(W_Uᵀ)) and input-side bases (unit input-embedding rows),
-  for the source and the target model.
+  for the source and the target model; beside the paper's cosine decomposition, the two other
+  decompositions of ``SemAlignConfig.decomposition`` (dual coefficients, gain-folded bases).
 * :func:`cka_record` (Figs. 4-6): linear CKA (layers × layers) of target×target and
   source×target, before and after a short SemAlign alignment of the target.
 
@@ -38,7 +39,7 @@ from semalign_core.profiles import Profile
 from semalign_core.records import RecordParts, get_or_compute, json_rounded, provenance
 from semalign_core.semalign.config import SemAlignConfig
 from semalign_core.semalign.result import check_compatible
-from semalign_core.semalign.supervision import composite_map, map_states
+from semalign_core.semalign.supervision import composite_map, decomposition_bases, map_states
 from semalign_core.semalign.transfer import transfer
 
 MEASURE_SPLIT = "train"  # transfer split whose texts are measured (not seen by the alignment)
@@ -122,15 +123,15 @@ def measured_states(model, tokenizer, task: str, budget: SemAlignAnalysisBudget,
 
 
 def layer_fidelity(
-    states: Sequence[torch.Tensor], bases: torch.Tensor
+    states: Sequence[torch.Tensor], bases: torch.Tensor, decomposition: str = "cosine"
 ) -> tuple[list[float], list[float]]:
     """Per layer, mean and std over tokens of the decompose→recompose cosine with ``bases``.
 
-    Equal to :func:`semantics.decomposition_fidelity` (tested), computed through the d × d map
-    ``SᵀS`` (:func:`~semalign_core.semalign.supervision.composite_map`) instead of |V|
-    coefficients per token.
+    For "cosine" equal to :func:`semantics.decomposition_fidelity` (tested), computed through the
+    d × d map ``SᵀS`` (:func:`~semalign_core.semalign.supervision.composite_map`) instead of |V|
+    coefficients per token; the other decompositions through their own map.
     """
-    m = composite_map(bases, bases)  # on the bases' device (the GPU at scale)
+    m = composite_map(bases, bases, decomposition)  # on the bases' device (the GPU at scale)
     means, stds = [], []
     for h in states:
         h = h.to(m.device, torch.float32)
@@ -164,23 +165,23 @@ def _semalign_config(
     }
 
 
+# Record key → the SemAlignConfig.decomposition it measures with the output-side bases
+# ("output_side" is the paper's cosine decomposition, the key older records already have).
+FIDELITY_DECOMPOSITIONS = {"output_side": "cosine", "dual": "dual", "gain_folded": "gain_folded"}
+
+
 def model_fidelity(model, name: str, states: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """One model's entry of the Fig. 2 record: fidelity per layer with both kinds of bases."""
-    out_mean, out_std = layer_fidelity(
-        states, semantics.semantic_bases(surgery.unembedding(model).weight)
-    )
+    """One model's entry of the Fig. 2 record: fidelity per layer with the output-side bases
+    under each decomposition, and with the input-side bases."""
+    entry: dict[str, Any] = {"model": name, "layers": len(states), "tied_embeddings": _tied(model)}
+    for key, decomposition in FIDELITY_DECOMPOSITIONS.items():
+        mean, std = layer_fidelity(states, decomposition_bases(model, decomposition), decomposition)
+        entry[key], entry[f"{key}_std"] = json_rounded(mean), json_rounded(std)
     in_mean, in_std = layer_fidelity(
         states, semantics.input_side_bases(surgery.input_embeddings(model).weight)
     )
-    return {
-        "model": name,
-        "layers": len(states),
-        "tied_embeddings": _tied(model),
-        "output_side": json_rounded(out_mean),
-        "output_side_std": json_rounded(out_std),
-        "input_side": json_rounded(in_mean),
-        "input_side_std": json_rounded(in_std),
-    }
+    entry["input_side"], entry["input_side_std"] = json_rounded(in_mean), json_rounded(in_std)
+    return entry
 
 
 def decomposition_fidelity_record(
@@ -194,10 +195,16 @@ def decomposition_fidelity_record(
     """Fig. 2: per-layer decomposition fidelity of source and target, output- vs input-side bases.
 
     Record ``results/semalign_analyses/<profile>/fidelity.json``; ``metrics.models[role]`` holds
-    ``output_side``/``input_side`` (mean per layer, layer 1..L) and their ``_std``.
+    ``output_side`` (cosine decomposition), ``dual``, ``gain_folded`` and ``input_side`` (mean
+    per layer, layer 1..L) and their ``_std``.
     """
     budget = semalign_budget(prof, n_examples, max_length)
-    config = _semalign_config(prof, budget, task, seed, "fidelity")
+    # The decompositions measured are part of the config: a record made before the dual and
+    # gain-folded lines existed is not reused (it lacks them).
+    config = {
+        **_semalign_config(prof, budget, task, seed, "fidelity"),
+        "decompositions": list(FIDELITY_DECOMPOSITIONS.values()),
+    }
 
     def compute() -> RecordParts:
         t0 = time.perf_counter()
@@ -320,6 +327,7 @@ def cka_record(
 
 
 __all__ = [
+    "FIDELITY_DECOMPOSITIONS",
     "MEASURE_SPLIT",
     "cka_record",
     "decomposition_fidelity_record",

@@ -1,6 +1,7 @@
 """Semantic bases and the SemAlign maps between two models' latent spaces (spec, Method 1, 2, 5).
 
-Pure tensor mathematics: every function takes weights and hidden states, none loads a model.
+Pure tensor mathematics: every function takes weights and hidden states, none loads a model
+(the two gain helpers read a loaded model's final norm and head through :mod:`.surgery`).
 
 Notation (spec): an LM head ``W`` (|V| x d) turns a hidden state into logits, ``z = W h``.
 The *semantic bases* are the rows of ``S = pinv(W^T)`` (|V| x d), one per token, unit-normalised.
@@ -16,6 +17,14 @@ Decomposition (spec): ``a = S_src h / ||h||`` (cosine coefficients of h against 
 Recomposition: ``h~ = S_tgt^T a``. With identical heads this returns h's direction exactly when
 the unit bases form a tight frame (``S^T S`` proportional to I) and approximately for a nearly
 isotropic head; see ``decomposition_fidelity``.
+
+Two alternatives beside that default (``SemAlignConfig.decomposition``, docs/decisions.md):
+
+* dual: the exact, minimum-norm coefficients ``a = pinv(S_src^T) h/||h||`` (``S_src^T a =
+  h/||h||``), recombined as ``S_tgt^T a``; as one d_src x d_tgt map ``(S_src^T S_src)^+ S_src^T
+  S_tgt`` (``dual_map``), so a model mapped onto itself gets back h/||h||.
+* gain-folded: the bases of ``W diag(g)`` (``gain_folded_head``), g the final norm's gain, so
+  moving g between the norm and the head (same function) no longer moves the bases.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from semalign_core import paths
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
@@ -136,6 +145,35 @@ def semantic_bases(
 def input_side_bases(embedding_weight: Tensor) -> Tensor:
     """Unit rows of the input embedding (|V| x d, fp32): the Fig. 2 comparison bases."""
     return _unit_rows(embedding_weight.detach().to(torch.float32))
+
+
+# Final norms that multiply by (1 + weight): Gemma's RMSNorm stores the gain's offset from one.
+_UNIT_OFFSET_GAIN = ("gemma2", "gemma3")
+
+
+def final_norm_gain(model: nn.Module) -> Tensor:
+    """The per-channel gain g (d, fp32) of the model's final norm: ``final_norm(h) = g * n(h)
+    (+ bias)``, n the norm without its weight; ones for a norm without a weight.
+
+    A LayerNorm's bias is left out: through the head it adds the constant logits ``W b``, which
+    do not depend on h and so play no part in the bases.
+    """
+    weight = getattr(surgery.final_norm(model), "weight", None)
+    if weight is None:
+        return torch.ones(surgery.hidden_size(model))
+    gain = weight.detach().to(torch.float32).cpu()
+    return gain + 1.0 if surgery.architecture(model) in _UNIT_OFFSET_GAIN else gain
+
+
+def gain_folded_head(model: nn.Module) -> Tensor:
+    """``W diag(g)`` (|V| x d, fp32): the LM head with the final norm's gain folded in.
+
+    The logits are ``W (g * n(h)) = (W diag(g)) n(h)``, so this head (and its bases) is the same
+    whether a checkpoint keeps g in the norm or has it folded into the head (a change that leaves
+    the model's function identical); the head ``W`` alone is not.
+    """
+    head = surgery.unembedding(model).weight.detach().to(torch.float32)
+    return head * final_norm_gain(model).to(head.device)
 
 
 # --------------------------------------------------------------------------- decompose / recompose
@@ -272,6 +310,27 @@ def decomposition_fidelity(h: Tensor, bases: Tensor, chunk_size: int = DEFAULT_C
     """
     h_tilde = transfer_state(h, bases, bases, chunk_size=chunk_size)
     return F.cosine_similarity(h_tilde, h.to(h_tilde.dtype), dim=-1, eps=EPS)
+
+
+def dual_map(
+    bases_src: Tensor,
+    bases_tgt: Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+    vocab_limit: int | None = None,
+) -> Tensor:
+    """``M = (S_src^T S_src)^+ S_src^T S_tgt`` (d_src x d_tgt, fp32): the dual decomposition.
+
+    The dual coefficients ``a = pinv(S_src^T) x`` (x = h/||h||) are the minimum-norm a with
+    ``S_src^T a = x`` exactly, and ``pinv(S^T) = S (S^T S)^+`` for any S, so ``h~ = S_tgt^T a =
+    x M`` in the row convention of ``transfer_state``. Both d x d products are the chunked sums
+    of ``transfer_state`` on the identity (|V| x |V| is never formed), in fp64 because the Gram
+    matrix's condition number is that of S squared; the result is rounded to fp32 once.
+    With ``bases_tgt = bases_src`` of rank d_src, M is the identity.
+    """
+    eye = torch.eye(bases_src.shape[1], dtype=torch.float64, device=bases_src.device)
+    gram = transfer_state(eye, bases_src, bases_src, chunk_size, vocab_limit=vocab_limit)
+    cross = transfer_state(eye, bases_src, bases_tgt, chunk_size, vocab_limit=vocab_limit)
+    return (torch.linalg.pinv(gram, hermitian=True) @ cross).to(torch.float32)
 
 
 # --------------------------------------------------------------------------- logits

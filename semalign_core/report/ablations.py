@@ -17,7 +17,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from semalign_core.experiments.ablation_variants import default_config, value_label, variants
+from semalign_core.experiments.ablation_variants import (
+    default_config,
+    value_label,
+    variants,
+)
 from semalign_core.experiments.catalog import (
     ABLATION_SETTING,
     ABLATION_TASK,
@@ -37,6 +41,16 @@ INTRO = (
     "(`notebooks/05_semalign_ablations.ipynb`, `semalign_core/ablations.py`).\n"
 )
 CHANCE = 50.0  # % (SST-2 is binary)
+# Row names that say more than the config value; every other row is named by its value.
+VARIANT_LABELS = {
+    ("decomposition", "dual"): "dual: a = pinv(S_srcᵀ) h/‖h‖",
+    ("decomposition", "gain_folded"): "gain_folded: bases of W diag(g)",
+}
+
+
+def variant_label(axis: str, value: str) -> str:
+    """How a variant's row is named in the table and the figure."""
+    return VARIANT_LABELS.get((axis, value), value)
 
 
 def _records(profile: str) -> list[dict]:
@@ -125,7 +139,10 @@ def caption(profile: str) -> str:
         f"seeds {seeds}{few}; one axis at a time around the default "
         f"(Table 2's SemAlign run: {default}); Δ = points vs the default; "
         "`=` marks variants whose layer plan equals the default's "
-        f"(identical training, not retrained). Reference: {ref_text or 'n/a'}; "
+        "(identical training, not retrained); decomposition: cosine = the paper's coefficients "
+        "a = S_src h/‖h‖, dual = the exact minimum-norm ones, gain_folded = cosine over the bases "
+        "of each head with its final-norm gain g folded in. "
+        f"Reference: {ref_text or 'n/a'}; "
         f"chance {CHANCE:.1f}"
     )
 
@@ -149,7 +166,8 @@ def table(profile: str) -> pd.DataFrame:
             "plan": ["=" if r["same_plan"] else "" for r in data],
         },
         index=pd.MultiIndex.from_tuples(
-            [(r["axis"], r["value"]) for r in data], names=["axis", "variant"]
+            [(r["axis"], variant_label(r["axis"], r["value"])) for r in data],
+            names=["axis", "variant"],
         ),
     )
     frame.attrs["caption"] = caption(profile)
@@ -179,7 +197,9 @@ def figure(profile: str) -> Figure:
             height=0.7,
             error_kw={"elinewidth": 0.8, "capsize": 2},
         )
-        ax.set_yticks(y, [f"{r['axis']}: {r['value']}" for r in data], fontsize=8)
+        ax.set_yticks(
+            y, [f"{r['axis']}: {variant_label(r['axis'], r['value'])}" for r in data], fontsize=8
+        )
         for name, value, style in (
             ("teacher", refs.get("teacher"), "--"),
             ("target", refs.get("target"), ":"),

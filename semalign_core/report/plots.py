@@ -23,6 +23,7 @@ DPI = 110
 STYLE = "default"  # matplotlib's defaults, whatever the user's matplotlibrc says
 PNG_METADATA = {"Software": None}  # no version stamp: the bytes depend on the data only
 OUTPUT_COLOR, INPUT_COLOR = "#1f77b4", "#d62728"
+DUAL_COLOR, GAIN_FOLDED_COLOR = "#2ca02c", "#9467bd"
 DEVIATION_COLOR, GAIN_COLOR, EOF_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
 
 
@@ -61,8 +62,19 @@ def show(fig: Figure):
 # --------------------------------------------------------------------------- SemAlign Fig. 2
 
 
+# Fig. 2's lines: record key, legend label, colour, marker, line style. The paper's two first;
+# the dual and gain-folded decompositions are drawn when the record has them (newer records).
+FIDELITY_LINES = (
+    ("output_side", "output-side bases, cosine a = S h/‖h‖ (paper)", OUTPUT_COLOR, "o", "-"),
+    ("input_side", "input-side bases (embedding rows)", INPUT_COLOR, "s", "-"),
+    ("dual", "output-side bases, dual a = pinv(Sᵀ) h/‖h‖", DUAL_COLOR, "^", "--"),
+    ("gain_folded", "gain-folded bases (pinv of W diag(g)), cosine", GAIN_FOLDED_COLOR, "D", ":"),
+)
+
+
 def fidelity_figure(record: dict) -> Figure:
-    """Per-layer decomposition fidelity, output-side vs input-side bases, source and target."""
+    """Per-layer decomposition fidelity, source and target: output-side vs input-side bases, and
+    the dual and gain-folded decompositions when the record has them."""
     m = record["metrics"]
     roles = [r for r in ("source", "target") if r in m["models"]]
     with matplotlib.style.context(STYLE):
@@ -71,13 +83,20 @@ def fidelity_figure(record: dict) -> Figure:
         for ax, role in zip(axes, roles):
             info = m["models"][role]
             layers = np.arange(1, info["layers"] + 1)
-            for key, label, color, marker in (
-                ("output_side", "output-side bases (pinv of LM head)", OUTPUT_COLOR, "o"),
-                ("input_side", "input-side bases (embedding rows)", INPUT_COLOR, "s"),
-            ):
+            for key, label, color, marker, style in FIDELITY_LINES:
+                if key not in info:
+                    continue
                 mean = np.asarray(info[key], dtype=float)
                 std = np.asarray(info[f"{key}_std"], dtype=float)
-                ax.plot(layers, mean, marker=marker, markersize=3.5, color=color, label=label)
+                ax.plot(
+                    layers,
+                    mean,
+                    marker=marker,
+                    markersize=3.5,
+                    color=color,
+                    linestyle=style,
+                    label=label,
+                )
                 ax.fill_between(
                     layers, mean - std, mean + std, color=color, alpha=0.15, linewidth=0
                 )

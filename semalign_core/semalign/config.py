@@ -24,6 +24,12 @@ class SemAlignConfig:
         layer_weight, output_kl_weight: weights of the layer term and of the output-KL term.
         output_kl_every_stage: add the output KL at every stage, not only the last one.
         rescale: "none" or "source_norm" for the recomposed state h~ (see semantics.transfer_state).
+        decomposition: how a source state becomes coefficients over the semantic bases and back
+            (the composite map, supervision.composite_map): "cosine" (the paper's a = S_src h/‖h‖,
+            h~ = S_tgtᵀ a), "dual" (exact minimum-norm coefficients a = pinv(S_srcᵀ) h/‖h‖, so
+            S_srcᵀ a = h/‖h‖; not with the "vds" reading, whose coefficients are cosines) or
+            "gain_folded" (cosine, with the bases of each head with its final-norm gain folded
+            in, W diag(g): unchanged when a checkpoint folds the gain into its head).
         steps_per_stage: optimizer steps per frontier stage; step s uses batch s mod n_batches.
         lr, weight_decay, grad_clip: AdamW settings; grad_clip None disables clipping. The
             optimizer is rebuilt at every stage (after the trainable set is known), so no Adam
@@ -54,6 +60,7 @@ class SemAlignConfig:
     output_kl_weight: float = 1.0
     output_kl_every_stage: bool = False
     rescale: Literal["none", "source_norm"] = "none"
+    decomposition: Literal["cosine", "dual", "gain_folded"] = "cosine"
     steps_per_stage: int = 4
     lr: float = 3e-5
     weight_decay: float = 0.0
@@ -81,6 +88,7 @@ class SemAlignConfig:
             "objective": ("acl", "v2", "v1"),
             "reading": ("aligned_logits", "vds"),
             "rescale": ("none", "source_norm"),
+            "decomposition": ("cosine", "dual", "gain_folded"),
             "trainable": ("full", "lora"),
         }
         for name, allowed in choices.items():
@@ -88,6 +96,11 @@ class SemAlignConfig:
                 raise InvalidParameterError(
                     f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
+        if self.decomposition == "dual" and self.layer_readout == "vds":
+            raise InvalidParameterError(
+                "decomposition='dual' needs reading='aligned_logits': the vds reading compares "
+                "cosine coefficients"
+            )
         if self.steps_per_stage < 1 or self.batch_size < 1 or self.tau <= 0 or self.lr <= 0:
             raise InvalidParameterError(
                 "steps_per_stage and batch_size must be >= 1; tau and lr positive"
@@ -97,6 +110,10 @@ class SemAlignConfig:
         """The fields that change the numbers (not where files go or whether bars show)."""
         d = asdict(self)
         d.pop("checkpoint_dir"), d.pop("progress")
+        # The field came after records were made with the paper's decomposition: leaving the
+        # default out keeps those records' config hashes (and run keys), so they stay reusable.
+        if d["decomposition"] == "cosine":
+            d.pop("decomposition")
         return d
 
     def kl_at(self, stage: int, n_stages: int) -> bool:

@@ -72,14 +72,37 @@ class Supervision:
         )
 
 
-def composite_map(bases_src: Tensor, bases_tgt: Tensor) -> Tensor:
-    """``M = S_srcᵀ S_tgt`` (d_src × d_tgt): transfer_state of the identity, chunked over |V|.
+def composite_map(bases_src: Tensor, bases_tgt: Tensor, decomposition: str = "cosine") -> Tensor:
+    """The d_src × d_tgt map M with ``h~ = (h/‖h‖) M`` (see SemAlignConfig.decomposition).
 
-    ``transfer_state(h) = (h/‖h‖) S_srcᵀ S_tgt`` is linear after the normalisation, so one
-    d_src × d_tgt matrix replaces the |V|·(d_src + d_tgt) work per token.
+    "cosine" and "gain_folded": ``M = S_srcᵀ S_tgt``, transfer_state of the identity, chunked
+    over |V| (gain_folded differs only in its bases, see :func:`decomposition_bases`). "dual":
+    ``M = (S_srcᵀ S_src)⁺ S_srcᵀ S_tgt`` (:func:`semantics.dual_map`). Either way the map is
+    linear after the normalisation, so one d_src × d_tgt matrix replaces the |V|·(d_src + d_tgt)
+    work per token.
     """
+    if decomposition == "dual":
+        return semantics.dual_map(bases_src, bases_tgt)
     eye = torch.eye(bases_src.shape[1], dtype=torch.float32, device=bases_src.device)
     return semantics.transfer_state(eye, bases_src, bases_tgt)
+
+
+def decomposition_bases(model: nn.Module, decomposition: str = "cosine") -> Tensor:
+    """Unit semantic bases (|V| × d, fp32, cached by semantics.py) a decomposition uses: of the
+    LM head, or for "gain_folded" of the head with the final-norm gain folded in."""
+    if decomposition == "gain_folded":
+        return semantics.semantic_bases(semantics.gain_folded_head(model))
+    return semantics.semantic_bases(surgery.unembedding(model).weight)
+
+
+def semantic_maps(
+    source: nn.Module, target: nn.Module, decomposition: str = "cosine"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(source bases, target bases, composite map) of a decomposition: what a run's supervision
+    and its vds reading use."""
+    bases_src = decomposition_bases(source, decomposition)
+    bases_tgt = decomposition_bases(target, decomposition)
+    return bases_src, bases_tgt, composite_map(bases_src, bases_tgt, decomposition)
 
 
 def map_states(h: Tensor, m: Tensor, rescale: str) -> Tensor:

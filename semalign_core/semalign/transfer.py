@@ -61,8 +61,8 @@ from semalign_core.semalign.pairing import Pairing
 from semalign_core.semalign.result import TransferResult, check_compatible
 from semalign_core.semalign.supervision import (
     Supervision,
-    composite_map,
     paired_source_layers,
+    semantic_maps,
     source_supervision,
 )
 
@@ -169,7 +169,7 @@ def _prepare(
     progress = load_progress(config, run_key) if resume else None
     timings: dict = {}
     with _timed(timings, "bases_s"):
-        bases_src, bases_tgt, m = _bases(source, target)
+        bases_src, bases_tgt, m = semantic_maps(source, target, config.decomposition)
     with _timed(timings, "attribution_s"):
         scores, pairing = _pairing(source, target, attr_batches, config, progress)
     with _timed(timings, "source_pass_s"):
@@ -196,13 +196,6 @@ def _prepare(
         timings=timings,
     )
     return run, progress
-
-
-def _bases(source: nn.Module, target: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    """Semantic bases of both LM heads (fp32, cached by semantics.py) and their composite map."""
-    bases_src = semantics.semantic_bases(surgery.unembedding(source).weight)
-    bases_tgt = semantics.semantic_bases(surgery.unembedding(target).weight)
-    return bases_src, bases_tgt, composite_map(bases_src, bases_tgt)
 
 
 def _pairing(
@@ -252,6 +245,10 @@ def _supervision(
         config.max_cached_logits_bytes,
         need_teacher,
         data_key,
+        # Another decomposition gives another map (for gain_folded one that also depends on the
+        # target's norm gain, which the key does not otherwise see): the map itself is keyed. The
+        # default adds nothing, so supervision cached by earlier runs stays valid.
+        *(() if config.decomposition == "cosine" else (config.decomposition, m)),
     )
     path = None
     if config.checkpoint_dir:
