@@ -116,6 +116,23 @@ def test_parameter_checks():
         budgets.transfer_budget(smoke, n_trian=3)
 
 
+def test_informative_tasks_are_chosen_once_and_shared():
+    cpu, paper = get_profile("cpu"), get_profile("paper")
+    assert budgets.informative_tasks(cpu) == ("sst2", "trec")
+    # Table 2 runs every informative task of the profile, each with a made teacher
+    assert transfer_table.check_parameters(cpu, setting="finetuned")[1] == ("sst2", "trec")
+    for profile, tasks in budgets.INFORMATIVE_TASKS.items():
+        if profile in budgets.TEACHER_RECIPES:
+            assert set(budgets.TEACHERS[profile]) == set(tasks), profile
+    with pytest.raises(InvalidParameterError, match="no informative classification task"):
+        budgets.informative_tasks(paper)
+    # the multi-class task is scored like the binary one: label words, fixed held-out items
+    cell = transfer_table.make_cell(cpu, "sft", "trec", 1, setting="finetuned")
+    config = transfer_table.cell_config(cell)
+    assert config["eval_task"] == "semalign_cls_trec" and config["eval"]["seed"] == 0
+    assert config["eval"]["split"] == "test" and config["transfer"]["train_split"] == "trec-pool/train"
+
+
 def test_default_seeds_match_what_make_reproduce_ran():
     """`seeds=None` in every notebook: the cells `make reproduce` ran before the budgets table."""
     expected = {

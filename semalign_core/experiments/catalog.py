@@ -47,13 +47,15 @@ COLUMNS: dict[str, str] = {
     "humaneval": "HumanEval",
     "mbpp": "MBPP",
 }  # Table 1 order
-CLS_TASKS: dict[str, str] = {"sst2": "semalign_cls_sst2"}  # classification transfer (plain format)
+# classification transfer (plain format); which are used at a profile: budgets.INFORMATIVE_TASKS
+CLS_TASKS: dict[str, str] = {"sst2": "semalign_cls_sst2", "trec": "semalign_cls_trec"}
 METRICS: dict[str, str] = {
     "semalign_gsm8k": "exact_match",
     "semalign_mmlu": "acc",
     "semalign_humaneval": "pass@1",
     "semalign_mbpp": "pass@1",
     "semalign_cls_sst2": "acc",
+    "semalign_cls_trec": "acc",
 }
 # Metrics that move at small scale, evaluated in the same cells on the same fixed items as the
 # paper's metric (docs/decisions.md, "Metrics that move"): column key -> (the cell's transfer
@@ -135,11 +137,11 @@ SETTINGS: dict[str, TransferSetting] = {
         name="finetuned",
         experiment=FINETUNED_TEACHER,
         tasks={
-            "sst2": CLS_TASKS["sst2"],
+            **CLS_TASKS,
             "humaneval": EVAL_TASKS["humaneval"],
             "mbpp": EVAL_TASKS["mbpp"],
         },
-        columns={"sst2": "SST-2", "humaneval": "HumanEval", "mbpp": "MBPP"},
+        columns={"sst2": "SST-2", "trec": "TREC", "humaneval": "HumanEval", "mbpp": "MBPP"},
         source_row="teacher",
         target_row="target",
         chance={"sst2": 50.0},
