@@ -57,6 +57,22 @@ def test_list_names_the_runs_the_notebooks_write():
     assert "sft__gsm__seed3" in cells.cell_names("semalign_transfer", "smoke", seeds=[3])
 
 
+def test_list_names_the_ablations_of_every_informative_task(capsys):
+    names = cells.cell_names("semalign_ablations", "cpu")
+    for task in ("sst2", "trec"):  # budgets.INFORMATIVE_TASKS["cpu"], in run order
+        assert f"objective-v2__{task}__seed0" in names
+        assert f"decomposition-gain_folded__{task}__seed0" in names
+    assert len(names) == 2 * len(set(n.split("__")[0] for n in names))
+    assert names.index("decomposition-gain_folded__sst2__seed0") < names.index(
+        "objective-v2__trec__seed0"
+    )
+    assert all("__sst2__" in n for n in cells.cell_names("semalign_ablations", "smoke"))
+    runner = cells.find_cell("semalign_ablations", "strength-0__trec__seed1", get_profile("cpu"))
+    assert runner.func is ablations.run_variant and runner.args[2:] == (1, "trec")
+    assert cells.main(["semalign_ablations", "--list", "--profile", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == names
+
+
 @pytest.mark.parametrize(
     "argv, says",
     [

@@ -119,9 +119,11 @@ def test_an_unfinished_notebook_is_not_promoted(folders):
 
 def test_tiers_pass_their_seeds_to_the_notebooks():
     full = runs.tier_parameters("reproduce-full", "cpu", "03_semalign_transfer")
-    assert full == {"seeds": list(FULL_SEEDS[SEMALIGN_TRANSFER]["cpu"])} == {"seeds": [0, 1, 2]}
+    assert full["seeds"] == list(FULL_SEEDS[SEMALIGN_TRANSFER]["cpu"]) == [0, 1, 2]
     headline = runs.tier_parameters("reproduce", "cpu", "03_semalign_transfer")
-    assert headline == {"seeds": list(DEFAULT_SEEDS[SEMALIGN_TRANSFER]["cpu"])}
+    assert headline == {"seeds": list(DEFAULT_SEEDS[SEMALIGN_TRANSFER]["cpu"]), "jobs": 2}
+    assert "jobs" not in runs.tier_parameters("test", "smoke", "03_semalign_transfer")
+    assert "jobs" not in runs.tier_parameters("reproduce", "cpu", "06_salf_main_table")
     assert runs.tier_parameters("reproduce-full", "cpu", "00_models_and_data") == {}
     with pytest.raises(InvalidParameterError, match="unknown tier"):
         runs.tier_parameters("everything", "cpu", "00_models_and_data")

@@ -130,7 +130,9 @@ def test_informative_tasks_are_chosen_once_and_shared():
     cell = transfer_table.make_cell(cpu, "sft", "trec", 1, setting="finetuned")
     config = transfer_table.cell_config(cell)
     assert config["eval_task"] == "semalign_cls_trec" and config["eval"]["seed"] == 0
-    assert config["eval"]["split"] == "test" and config["transfer"]["train_split"] == "trec-pool/train"
+    assert (
+        config["eval"]["split"] == "test" and config["transfer"]["train_split"] == "trec-pool/train"
+    )
 
 
 def test_default_seeds_match_what_make_reproduce_ran():

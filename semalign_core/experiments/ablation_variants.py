@@ -2,7 +2,9 @@
 
 Each axis of :data:`~semalign_core.experiments.catalog.AXES` changes one
 :class:`~semalign_core.semalign.config.SemAlignConfig` field; :func:`variants` lists the default,
-then every other value of each axis. Torch-free: the report orders and labels its rows by these.
+then every other value of each axis. The ablations run on every informative task of a profile
+(:func:`~semalign_core.experiments.budgets.informative_tasks`); a variant's record is named after
+its task (:meth:`Variant.run`). Torch-free: the report orders and labels its rows by these.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from semalign_core.experiments.budgets import transfer_budget
-from semalign_core.experiments.catalog import ABLATION_TASK, AXES
+from semalign_core.experiments.budgets import informative_tasks, transfer_budget
+from semalign_core.experiments.catalog import AXES
 from semalign_core.profiles import Profile
 from semalign_core.semalign.config import SemAlignConfig
 
@@ -42,13 +44,16 @@ class Variant:
     def label(self) -> dict[str, str]:
         return {"axis": self.axis, "value": self.value}
 
-    def run(self, seed: int) -> str:
-        return f"{self.axis}-{self.value}__{ABLATION_TASK}__seed{seed}"
+    def run(self, seed: int, task: str) -> str:
+        """The run name of this variant's record on ``task`` at ``seed``."""
+        return f"{self.axis}-{self.value}__{task}__seed{seed}"
 
 
-def default_config(prof: Profile, seed: int = 0) -> SemAlignConfig:
-    """The SemAlign config of Table 2's ``semalign`` cell at this profile (the default run)."""
-    budget = transfer_budget(prof, ABLATION_TASK)
+def default_config(prof: Profile, seed: int = 0, task: str | None = None) -> SemAlignConfig:
+    """The SemAlign config of Table 2's ``semalign`` cell of ``task`` at this profile (the default
+    run); ``task`` None: the profile's first informative task (the classification tasks share
+    one budget)."""
+    budget = transfer_budget(prof, informative_tasks(prof)[0] if task is None else task)
     return SemAlignConfig(**budget.method_overrides("semalign", seed, SemAlignConfig))
 
 
@@ -57,10 +62,13 @@ def value_label(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def variants(prof: Profile, axes: Sequence[str] | None = None) -> list[Variant]:
+def variants(
+    prof: Profile, axes: Sequence[str] | None = None, task: str | None = None
+) -> list[Variant]:
     """The default, then every non-default value of each axis in ``axes`` (checked names; None:
-    all), values equal to the default dropped."""
-    base = default_config(prof)
+    all), values equal to the default dropped; around ``task``'s default run (None: see
+    :func:`default_config`)."""
+    base = default_config(prof, task=task)
     out = [Variant("default", "default")]
     for axis in AXES if axes is None else axes:
         name, values = AXES[axis]

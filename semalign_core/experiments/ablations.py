@@ -1,5 +1,6 @@
 """Notebook 05: SemAlign ablations on the informative setting of Table 2 (fine-tuned teacher →
-target, SST-2).
+target), on every informative task of the profile
+(:data:`~semalign_core.experiments.budgets.INFORMATIVE_TASKS`: SST-2 and TREC at ``cpu``).
 
 The paper names ablations without publishing their results (attribution granularity, pairing
 strategy, strength of semantic decomposition; v2/ACL add the objective and the frontier schedule).
@@ -25,8 +26,9 @@ decomposition  ``decomposition``            cosine (the paper's), dual (exact mi
 "Strength of semantic decomposition" is read as the weight of the layer term (the supervision
 that goes through decomposition and recomposition) against the output KL; 0 removes it.
 
-Each variant is one record per seed, ``results/semalign_ablations/<profile>/<axis>-<value>__
-<task>__seed<seed>.json`` (the default is Table 2's own record, reused when notebook 04 made it).
+Each variant is one record per task and seed, ``results/semalign_ablations/<profile>/<axis>-
+<value>__<task>__seed<seed>.json`` (the default is Table 2's own record of the task, reused when
+notebook 04 made it).
 Variants that only change how the source layers are chosen (pairing, granularity) first compute
 their pairing; when it equals the default run's, training would be identical, so the default's
 result is recorded for them (marked ``same_plan``) instead of training again.
@@ -42,6 +44,7 @@ import torch
 from transformers import AutoConfig
 
 from semalign_core.data.batching import sft_batches
+from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments import transfer_tables as transfer_table
 from semalign_core.experiments.ablation_variants import (
     PAIRING_ONLY,
@@ -50,10 +53,9 @@ from semalign_core.experiments.ablation_variants import (
     value_label,
     variants,
 )
-from semalign_core.experiments.budgets import transfer_budget
+from semalign_core.experiments.budgets import informative_tasks, transfer_budget
 from semalign_core.experiments.catalog import (
     ABLATION_SETTING,
-    ABLATION_TASK,
     AXES,
     SEMALIGN_ABLATIONS,
     get_setting,
@@ -68,7 +70,7 @@ from semalign_core.records import Measure, RecordParts, get_or_compute, measured
 from semalign_core.semalign.attribution import interpolation_plan, layer_attribution, pair_layers
 from semalign_core.transfer.registry import make_config
 
-EXPERIMENT, TASK, SETTING = SEMALIGN_ABLATIONS, ABLATION_TASK, ABLATION_SETTING
+EXPERIMENT, SETTING = SEMALIGN_ABLATIONS, ABLATION_SETTING
 
 
 def check_parameters(
@@ -77,11 +79,23 @@ def check_parameters(
     seeds: Sequence[int] | None = None,
     *,
     axes: Sequence[str] | None = None,
-) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """(axes, seeds), checked (one-line InvalidParameterError); None means every axis and the
-    profile's default seeds counted from ``seed``."""
+    tasks: Sequence[str] | None = None,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]:
+    """(axes, tasks, seeds), checked (one-line InvalidParameterError); None means every axis,
+    every informative task of the profile
+    (:func:`~semalign_core.experiments.budgets.informative_tasks`) and the profile's default seeds
+    counted from ``seed``."""
     axes = check_list("axes", axes, AXES)
-    return axes, check_seeds(seeds, seed, EXPERIMENT, prof.name)
+    allowed = informative_tasks(prof)
+    if isinstance(tasks, (list, tuple)):
+        stray = [t for t in tasks if t not in allowed]
+        if stray:
+            raise InvalidParameterError(
+                f"parameter tasks: {stray} not informative at profile {prof.name!r} "
+                f"(budgets.INFORMATIVE_TASKS); choose from: {', '.join(allowed)}"
+            )
+    tasks = check_list("tasks", tasks, allowed)
+    return axes, tasks, check_seeds(seeds, seed, EXPERIMENT, prof.name)
 
 
 # --------------------------------------------------------------------------- a variant's plan
@@ -102,15 +116,16 @@ def _target_layers(prof: Profile) -> int:
 
 
 def preview_plan(
-    prof: Profile, overrides: dict[str, Any], seed: int
+    prof: Profile, overrides: dict[str, Any], seed: int, task: str
 ) -> dict[str, list[list[float]]]:
-    """The interpolation plan a variant would train with (attribution only, no training)."""
-    cfg = make_config("semalign", default_config(prof, seed), **overrides)
-    budget = transfer_budget(prof, TASK)
-    source, _ = load_profile_teacher(prof.name, TASK, dtype=prof.dtype)
+    """The interpolation plan a variant would train with on ``task`` (attribution only, no
+    training)."""
+    cfg = make_config("semalign", default_config(prof, seed, task), **overrides)
+    budget = transfer_budget(prof, task)
+    source, _ = load_profile_teacher(prof.name, task, dtype=prof.dtype)
     scores = None
     if cfg.pairing == "attributed":
-        _, extract = transfer_table.transfer_data(TASK, budget, seed)
+        _, extract = transfer_table.transfer_data(task, budget, seed)
         tok = load_tokenizer(prof.semalign_target)
         batches = sft_batches(
             extract.records, tok, cfg.batch_size, cfg.max_length, cfg.prompt_style, cfg.loss_on
@@ -136,7 +151,9 @@ def preview_plan(
 # --------------------------------------------------------------------------- running
 
 
-def _same_plan_parts(prof: Profile, variant: Variant, seed: int, default: dict) -> RecordParts:
+def _same_plan_parts(
+    prof: Profile, variant: Variant, seed: int, task: str, default: dict
+) -> RecordParts:
     """The default's result, recorded for a variant that trains with the same plan (identical
     training): not retrained."""
     metrics = {
@@ -154,7 +171,7 @@ def _same_plan_parts(prof: Profile, variant: Variant, seed: int, default: dict) 
         prov,
         {
             "method": "semalign",
-            "task": TASK,
+            "task": task,
             "seed": seed,
             "setting": SETTING,
             "teacher": default.get("teacher"),
@@ -167,25 +184,26 @@ def run_variant(
     prof: Profile,
     variant: Variant,
     seed: int,
+    task: str,
     force: bool = False,
     measure: Measure | None = None,
     *,
     default: dict | None = None,
 ) -> dict:
-    """The record of one variant and seed. The default is Table 2's ``semalign`` cell
-    (``default``: its record, when the caller already has it; a forced non-default variant
-    reuses a valid one). ``measure`` (the cell runner's own-process peak memory) runs a variant's
-    computation and may add to its cost."""
+    """The record of one variant, task and seed. The default is Table 2's ``semalign`` cell of
+    ``task`` (``default``: its record, when the caller already has it; a forced non-default
+    variant reuses a valid one). ``measure`` (the cell runner's own-process peak memory) runs a
+    variant's computation and may add to its cost."""
     if default is None:
         default = transfer_table.run_cell(
-            prof, "semalign", TASK, seed, force and variant.is_default, setting=SETTING
+            prof, "semalign", task, seed, force and variant.is_default, setting=SETTING
         )
     if variant.is_default:
         return default
     cell = transfer_table.make_cell(
         prof,
         "semalign",
-        TASK,
+        task,
         seed,
         setting=SETTING,
         teacher=default.get("teacher"),
@@ -195,16 +213,17 @@ def run_variant(
 
     def compute() -> RecordParts:
         if set(variant.overrides) <= set(PAIRING_ONLY):
-            plan = preview_plan(prof, variant.overrides, seed)
+            plan = preview_plan(prof, variant.overrides, seed, task)
             if plan == (default["metrics"].get("transfer") or {}).get("plan"):
-                return _same_plan_parts(prof, variant, seed, default)
+                return _same_plan_parts(prof, variant, seed, task, default)
         parts = transfer_table.compute_cell(cell)
         parts.extra["ablation"] = variant.label()
         return parts
 
     models = record_models(**transfer_table.cell_models(cell))
     run = measured(compute, measure)
-    return get_or_compute(EXPERIMENT, prof.name, variant.run(seed), config, run, force, models)
+    run_name = variant.run(seed, task)
+    return get_or_compute(EXPERIMENT, prof.name, run_name, config, run, force, models)
 
 
 def run_ablations(
@@ -213,30 +232,33 @@ def run_ablations(
     seeds: Sequence[int] | None = None,
     force: bool = False,
     verbose: bool = True,
+    tasks: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Every variant × seed (records reused when valid), plus Table 2's teacher and target rows;
-    ``axes``/``seeds`` None: see :func:`check_parameters`."""
-    axes, seeds = check_parameters(prof, 0, seeds, axes=axes)
-    out = [
-        transfer_table.run_cell(prof, row, TASK, seeds[0], force, setting=SETTING)
-        for row in get_setting(SETTING).reference_rows
-    ]
-    defaults: dict[int, dict] = {}
-    for variant in variants(prof, axes):  # the default comes first: computed once per seed
-        for seed in seeds:
-            t0 = time.perf_counter()
-            record = run_variant(prof, variant, seed, force, default=defaults.get(seed))
-            defaults.setdefault(seed, record)
-            if verbose:
-                m = record["metrics"]
-                same = " (same plan as default: not retrained)" if m.get("same_plan") else ""
-                print(
-                    f"{variant.axis:>11} {variant.value:>11} seed {seed}: acc = "
-                    f"{100 * m['value']:.1f} (n={m['n']}){same} "
-                    f"[{time.perf_counter() - t0:.1f} s]",
-                    flush=True,
-                )
-            out.append(record)
+    """Per task, Table 2's teacher and target rows, then every variant × seed (records reused
+    when valid); ``axes``/``seeds``/``tasks`` None: see :func:`check_parameters`."""
+    axes, tasks, seeds = check_parameters(prof, 0, seeds, axes=axes, tasks=tasks)
+    out = []
+    for task in tasks:
+        out += [
+            transfer_table.run_cell(prof, row, task, seeds[0], force, setting=SETTING)
+            for row in get_setting(SETTING).reference_rows
+        ]
+        defaults: dict[int, dict] = {}
+        for variant in variants(prof, axes, task):  # the default first: once per task and seed
+            for seed in seeds:
+                t0 = time.perf_counter()
+                record = run_variant(prof, variant, seed, task, force, default=defaults.get(seed))
+                defaults.setdefault(seed, record)
+                if verbose:
+                    m = record["metrics"]
+                    same = " (same plan as default: not retrained)" if m.get("same_plan") else ""
+                    print(
+                        f"{task:>5} {variant.axis:>13} {variant.value:>11} seed {seed}: acc = "
+                        f"{100 * m['value']:.1f} (n={m['n']}){same} "
+                        f"[{time.perf_counter() - t0:.1f} s]",
+                        flush=True,
+                    )
+                out.append(record)
     return out
 
 
@@ -244,7 +266,6 @@ __all__ = [
     "AXES",
     "EXPERIMENT",
     "SETTING",
-    "TASK",
     "Variant",
     "check_parameters",
     "default_config",

@@ -52,6 +52,14 @@ REPRODUCE_TIERS: dict[str, tuple[str, dict[str, dict[str, tuple[int, ...]]]]] = 
     "reproduce": ("cpu", DEFAULT_SEEDS),
     "reproduce-full": ("cpu", FULL_SEEDS),
 }
+# Cells a tier computes at once, each in its own one-thread process (notebook parameter `jobs`):
+# on 2 cores two one-thread processes finish two Table 1 cells 1.37x sooner than one two-thread
+# process runs them in turn (bench/bench_jobs.py, results/bench/jobs.json). Not SALF: its records'
+# configs hold the thread count (its times are results). Short cells (Table 2) gain nothing.
+TIER_JOBS: dict[str, dict[str, int]] = {
+    "reproduce": {SEMALIGN_TRANSFER: 2},
+    "reproduce-full": {SEMALIGN_TRANSFER: 2},
+}
 
 
 def default_seeds(experiment: str, profile: str, first: int = 0) -> tuple[int, ...]:
@@ -396,6 +404,7 @@ def informative_tasks(prof: Profile) -> tuple[str, ...]:
         )
     return tasks
 
+
 # --------------------------------------------------------------------------- SALF runs
 
 
@@ -499,6 +508,7 @@ __all__ = [
     "SemAlignAnalysisBudget",
     "TASK_BUDGETS",
     "TEACHERS",
+    "TIER_JOBS",
     "informative_tasks",
     "TEACHER_RECIPES",
     "TEACHER_VERSION",

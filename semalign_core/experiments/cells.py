@@ -7,13 +7,14 @@
 
 A cell is one record of a notebook's grid, named as the notebook names its record: Table 1
 ``<method>__<task>__seed<s>`` (Table 2 prefixes ``<teacher>__``); ablations
-``<axis>-<value>__<task>__seed<s>`` (the default variant is Table 2's ``semalign`` cell); SALF's
-main table and cost–benefit sweeps ``<model>__<task>__<policy>__seed<s>`` (zero-shot without the
-seed part). Running it calls the notebook's own functions (``transfer_tables.cell_record``,
-``ablations.run_variant``, ``SalfGrid.run``), so it reuses or writes exactly the record the
-notebook would; a cell another one needs first (the default variant, SALF's run) is reused when
-valid, else computed. The cost–benefit sweeps of a model × task × seed are named after its SALF
-run, so naming them (``--list``, or a sweep cell) gets that record, computing it when missing.
+``<axis>-<value>__<task>__seed<s>`` on each informative task of the profile (the default variant
+is Table 2's ``semalign`` cell of the task); SALF's main table and cost–benefit sweeps
+``<model>__<task>__<policy>__seed<s>`` (zero-shot without the seed part). Running it calls the
+notebook's own functions (``transfer_tables.cell_record``, ``ablations.run_variant``,
+``SalfGrid.run``), so it reuses or writes exactly the record the notebook would; a cell another
+one needs first (the default variant, SALF's run) is reused when valid, else computed. The
+cost–benefit sweeps of a model × task × seed are named after its SALF run, so naming them
+(``--list``, or a sweep cell) gets that record, computing it when missing.
 
 ``--process`` runs the same command in a fresh Python process, which adds its peak memory to the
 cost of a record it computes (``process_peak_rss_mb``, ``process_peak_cuda_mb`` on a GPU,
@@ -57,6 +58,7 @@ from semalign_core.experiments.catalog import (
     SEMALIGN_ABLATIONS,
     SEMALIGN_TRANSFER,
     ZERO_SHOT,
+    get_setting,
 )
 from semalign_core.experiments.notebook import check_seeds, require_models
 from semalign_core.profiles import Profile, get_profile
@@ -131,12 +133,14 @@ def _transfer_cells(setting: str, prof: Profile, seeds: Sequence[int]) -> dict[s
 
 
 def _ablation_cells(prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
-    """Every variant × seed of the ablations (notebook 05's defaults), by run name, in run order;
-    the default variant is Table 2's ``semalign`` cell (``semalign_finetuned_teacher``)."""
-    axes, seeds = ablations.check_parameters(prof, 0, seeds)
+    """Every task × variant × seed of the ablations (notebook 05's defaults: every informative
+    task of the profile), by run name, in run order; the default variant is Table 2's
+    ``semalign`` cell of the task (``semalign_finetuned_teacher``)."""
+    axes, tasks, seeds = ablations.check_parameters(prof, 0, seeds)
     return {
-        variant.run(seed): partial(ablations.run_variant, prof, variant, seed)
-        for variant in ablations.variants(prof, axes)
+        variant.run(seed, task): partial(ablations.run_variant, prof, variant, seed, task)
+        for task in tasks
+        for variant in ablations.variants(prof, axes, task)
         if not variant.is_default
         for seed in seeds
     }
@@ -327,6 +331,23 @@ def run_cells_in_processes(
         done = pool.map(lambda name: _spawn(experiment, name, profile, force, 1), names)
         list(done)  # re-raises the first failure
     return [json.loads(record_path(experiment, profile, n).read_text()) for n in names]
+
+
+def compute_table_in_processes(
+    prof: Profile,
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    force: bool = False,
+    jobs: int = 2,
+    setting: str = "table1",
+) -> None:
+    """Compute the cells of a transfer table (checked ``methods``, ``tasks``, ``seeds``) in
+    ``jobs`` one-thread processes at once (:func:`run_cells_in_processes`); valid records are
+    reused. The notebook then reads them with ``transfer_tables.run_table``."""
+    cells = transfer_tables.table_cells(prof, methods, tasks, seeds, None, setting, None)
+    experiment = get_setting(setting).experiment
+    run_cells_in_processes(experiment, [c.run for c in cells], prof.name, force, jobs)
 
 
 def _spawn(experiment: str, name: str, profile: str, force: bool, threads: int) -> None:

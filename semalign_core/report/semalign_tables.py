@@ -87,7 +87,7 @@ def load_records(profile: str, setting: str = "table1") -> list[dict]:
     return read_records(get_setting(setting).experiment, profile, pattern)
 
 
-def _cell(values: list[float], ns: list[int]) -> str:
+def seeds_cell(values: list[float], ns: list[int]) -> str:
     """Without per-item data: "mean (n=…)" for one seed, "mean ± sample std (n=…, k seeds)" for
     several, in %."""
     pct = [100 * v for v in values]
@@ -99,20 +99,20 @@ def _cell(values: list[float], ns: list[int]) -> str:
     return f"{mean:.1f} ± {spread:.1f} (n={n}, {len(pct)} seeds)"
 
 
-def _clip(value: float, low: float, high: float) -> float:
+def clip(value: float, low: float, high: float) -> float:
     """An interval bound shown within the range the quantity can take (the seed term of a
     several-seed interval is symmetric and may reach past it)."""
     return min(high, max(low, value))
 
 
-def _interval_cell(interval, percent: bool = True) -> str:
+def interval_cell(interval, percent: bool = True) -> str:
     """The cell "mean [low, high] (n=items[, k seeds])": in % with the bounds within [0, 100], or
     as is (bits per byte, 3 decimals)."""
     seeds = f", {interval.n_seeds} seeds" if interval.n_seeds > 1 else ""
     if not percent:
         low, high = max(0.0, interval.low), interval.high
         return f"{interval.mean:.3f} [{low:.3f}, {high:.3f}] (n={interval.n}{seeds})"
-    low, high = (100 * _clip(b, 0.0, 1.0) for b in (interval.low, interval.high))
+    low, high = (100 * clip(b, 0.0, 1.0) for b in (interval.low, interval.high))
     return f"{100 * interval.mean:.1f} [{low:.1f}, {high:.1f}] (n={interval.n}{seeds})"
 
 
@@ -249,7 +249,7 @@ def _comparisons(
     return out
 
 
-def _points(value: float) -> str:
+def points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
@@ -262,14 +262,14 @@ def _p(value: float | None) -> str:
 def _comparison_row(c: Comparison, columns: dict[str, str], percent: bool = True) -> list[str]:
     r = c.result
     if percent:
-        interval = f"[{_points(_clip(r.low, -1.0, 1.0))}, {_points(_clip(r.high, -1.0, 1.0))}]"
+        interval = f"[{points(clip(r.low, -1.0, 1.0))}, {points(clip(r.high, -1.0, 1.0))}]"
     else:
         interval = f"[{r.low:+.3f}, {r.high:+.3f}]"
     return [
         c.row,
         columns.get(c.task, c.task),
         c.vs,
-        _points(r.difference) if percent else f"{r.difference:+.3f}",
+        points(r.difference) if percent else f"{r.difference:+.3f}",
         interval,
         _p(r.p_value),
         "yes" if r.significant else "no",
@@ -419,11 +419,13 @@ def table(
             return ""
         recs, interval = groups[(row, task)], intervals[(row, task)]
         if interval is None:
-            return _cell([r["metrics"]["value"] for r in recs], [r["metrics"]["n"] for r in recs])
+            return seeds_cell(
+                [r["metrics"]["value"] for r in recs], [r["metrics"]["n"] for r in recs]
+            )
         extra = [marks.get((row, task), "")]
         if task in label_tables:
             extra.append(label_tables[task]["flags"].get(row, ""))
-        return " ".join([_interval_cell(interval, task in percent), *(e for e in extra if e)])
+        return " ".join([interval_cell(interval, task in percent), *(e for e in extra if e)])
 
     titles = s.all_columns
     columns: dict[str, list[str]] = {}
@@ -451,7 +453,7 @@ def table(
     frame.attrs["legend"] = _legend(len(compared), bool(label_tables), lower)
     caption = _table1_caption if setting == "table1" else _table2_caption
     frame.attrs["caption"] = caption(
-        profile, records, frame.attrs["seeds"], shown, _cells_text(intervals)
+        profile, records, frame.attrs["seeds"], shown, cells_text(intervals)
     )
     if setting != "table1":
         frame.attrs["notes"] += _teacher_notes(records)
@@ -510,7 +512,7 @@ def _legend(n_comparisons: int, flags: bool, lower: Sequence[str] = ()) -> str:
     )
 
 
-def _models(records: list[dict]) -> tuple[str, str]:
+def model_pair(records: list[dict]) -> tuple[str, str]:
     models = sorted({(r["config"]["source"], r["config"]["target"]) for r in records})
     return models[0] if models else ("?", "?")
 
@@ -538,7 +540,7 @@ def _decoding(record: dict) -> str:
     return f"{configured} (config)" if configured else "decoding not recorded"
 
 
-def _task_descriptions(s: TransferSetting, records: list[dict], shown: list[str]) -> str:
+def task_descriptions(s: TransferSetting, records: list[dict], shown: list[str]) -> str:
     """Per shown task with records: its metric and decoding, read from the records."""
     parts = []
     for t in shown:
@@ -567,7 +569,7 @@ INTERVALS = (
 NO_INTERVALS = "cells: mean ± sample std over seeds, n = items per seed (no per-item data)"
 
 
-def _cells_text(intervals: dict) -> str:
+def cells_text(intervals: dict) -> str:
     """How the cells are written: with intervals, without (old records), or both."""
     have = [i is not None for i in intervals.values()]
     if have and all(have):
@@ -580,22 +582,22 @@ def _cells_text(intervals: dict) -> str:
 def _table1_caption(
     profile: str, records: list[dict], seeds: list[int], shown: list[str], cells: str
 ) -> str:
-    src, tgt = _models(records)
+    src, tgt = model_pair(records)
     return (
         f"Reproduced Table 1, profile `{profile}`: {src} → {tgt}; seeds {seeds}; "
-        f"% ({_task_descriptions(get_setting('table1'), records, shown)}; zero-shot); " + cells
+        f"% ({task_descriptions(get_setting('table1'), records, shown)}; zero-shot); " + cells
     )
 
 
 def _table2_caption(
     profile: str, records: list[dict], seeds: list[int], shown: list[str], cells: str
 ) -> str:
-    src, tgt = _models(records)
+    src, tgt = model_pair(records)
     teachers = sorted({r["teacher"] for r in records})
     return (
         f"Reproduced Table 2, profile `{profile}`: fine-tuned teacher "
         f"({', '.join(teachers)}; base {src}) → target {tgt}; training seeds {seeds}; "
-        f"% ({_task_descriptions(get_setting('finetuned'), records, shown)}); "
+        f"% ({task_descriptions(get_setting('finetuned'), records, shown)}); "
         "teacher and target are untrained and the evaluation subset is fixed, so they are "
         "evaluated once; " + cells
     )
@@ -603,7 +605,7 @@ def _table2_caption(
 
 def _teacher_notes(records: list[dict]) -> list[str]:
     """What each teacher scored before its fine-tuning (from the teacher rows' records)."""
-    src, _ = _models(records)
+    src, _ = model_pair(records)
     notes = []
     for r in records:
         info = r["metrics"].get("teacher")
@@ -798,7 +800,15 @@ def semalign_table1(out_dir: Path) -> list[Path]:
 __all__ = [
     "COMPARISON_HEADER",
     "Comparison",
+    "cells_text",
+    "clip",
     "comparisons_frame",
+    "interval_cell",
+    "model_pair",
+    "points",
+    "seeds_cell",
+    "task_descriptions",
+    "with_secondary",
     "hyperparameter_table",
     "label_names",
     "load_records",
