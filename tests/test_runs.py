@@ -124,6 +124,10 @@ def test_tiers_pass_their_seeds_to_the_notebooks():
     assert headline == {"seeds": list(DEFAULT_SEEDS[SEMALIGN_TRANSFER]["cpu"]), "jobs": 2}
     assert "jobs" not in runs.tier_parameters("test", "smoke", "03_semalign_transfer")
     assert "jobs" not in runs.tier_parameters("reproduce", "cpu", "06_salf_main_table")
+    # make reproduce runs Table 2 with one training seed; make reproduce-full with the default 3
+    table2 = "04_semalign_finetuned_teacher"
+    assert runs.tier_parameters("reproduce", "cpu", table2) == {"seeds": [0]}
+    assert runs.tier_parameters("reproduce-full", "cpu", table2) == {"seeds": [0, 1, 2]}
     assert runs.tier_parameters("reproduce-full", "cpu", "00_models_and_data") == {}
     with pytest.raises(InvalidParameterError, match="unknown tier"):
         runs.tier_parameters("everything", "cpu", "00_models_and_data")
