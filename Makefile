@@ -99,7 +99,8 @@ test-slow: test-scale  ## the former name of test-scale
 
 reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomputes) into runs/$(RUN)/
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
-	$(RUN_NB) $(addprefix notebooks/,$(addsuffix .ipynb,$(NOTEBOOKS)))
+	$(PY) -m semalign_core.runs reproduce --tier reproduce --profile $(PROFILE) \
+		--timeout $(NB_TIMEOUT) $(if $(filter true,$(FORCE)),--force)
 	@echo "results and figures are in runs/$(RUN)/; 'make promote' copies them into results/ and figures/"
 
 reproduce-full: setup  ## every experiment and seed of the committed results, each promoted as it finishes

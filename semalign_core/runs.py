@@ -169,8 +169,9 @@ def tier_parameters(tier: str, profile: str, notebook: str) -> dict:
         raise InvalidParameterError(
             f"unknown tier {tier!r}; choose from {', '.join(REPRODUCE_TIERS)}"
         )
-    seeds = REPRODUCE_TIERS[tier][1]
-    jobs = TIER_JOBS.get(tier, {})
+    tier_profile, seeds = REPRODUCE_TIERS[tier]
+    # processes at once are sized to the tier's own profile and machine (cpu: 2 cores)
+    jobs = TIER_JOBS.get(tier, {}) if profile == tier_profile else {}
     for experiment in experiments_of(notebook):
         if experiment in seeds:
             params = {"seeds": list(seeds[experiment][profile])}

@@ -123,6 +123,7 @@ def test_tiers_pass_their_seeds_to_the_notebooks():
     headline = runs.tier_parameters("reproduce", "cpu", "03_semalign_transfer")
     assert headline == {"seeds": list(DEFAULT_SEEDS[SEMALIGN_TRANSFER]["cpu"]), "jobs": 2}
     assert "jobs" not in runs.tier_parameters("test", "smoke", "03_semalign_transfer")
+    assert "jobs" not in runs.tier_parameters("reproduce", "smoke", "03_semalign_transfer")
     assert "jobs" not in runs.tier_parameters("reproduce", "cpu", "06_salf_main_table")
     # make reproduce runs Table 2 with one training seed; make reproduce-full with the default 3
     table2 = "04_semalign_finetuned_teacher"
