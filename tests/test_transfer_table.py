@@ -82,8 +82,10 @@ def test_table_and_report(smoke_results, tmp_path, monkeypatch):
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(smoke_results))
     frame = semalign_tables.table("smoke", METHODS, ["gsm"])
     assert list(frame.index) == list(ROWS)
-    assert list(frame.columns) == ["MMLU", "GSM8K", "HumanEval", "MBPP"]
+    # the four benchmarks always; the selected task's metric that moves, on the same items
+    assert list(frame.columns) == ["MMLU", "GSM8K", "HumanEval", "MBPP", "GSM8K ref. bits/byte ↓"]
     assert all("(n=4)" in c for c in frame["GSM8K"]) and set(frame["MMLU"]) == {""}
+    assert all("(n=4)" in c and "%" not in c for c in frame["GSM8K ref. bits/byte ↓"])
     assert "MMLU 25%" in frame.attrs["notes"][0]
     paths = semalign_tables.semalign_table1(tmp_path)
     text = paths[0].read_text()
