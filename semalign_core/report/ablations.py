@@ -141,13 +141,12 @@ class Majority:
     n: int
 
 
-def majority(profile: str, task: str) -> Majority | None:
+def majority(profile: str, task: str, data: list[dict] | None = None) -> Majority | None:
     """The majority-label rate of ``task``'s evaluated items at ``profile``, from the gold labels
-    of its records (the default's first; every row is scored on the same items); None without
-    per-item data."""
-    groups = _groups(profile, task)
-    ordered = [r for key in (DEFAULT, *groups) for r in groups.get(key, [])]
-    gold = comparisons.gold_labels(ordered)
+    of its records (``data``: its :func:`rows`, the default's first, when the caller has them;
+    every row is scored on the same items); None without per-item data."""
+    data = rows(profile, task) if data is None else data
+    gold = comparisons.gold_labels([r for row in data for r in row["records"]])
     if not gold:
         return None
     names = _label_names(task) or ()
@@ -247,9 +246,10 @@ def _majority_text(found: Majority | None, task: str) -> str:
     return f"majority-label rate {found.rate:.1f} (`{found.label}`, n={found.n} items)"
 
 
-def caption(profile: str, task: str) -> str:
-    """What was run, read from the records: task, models, items, seeds, the default config."""
-    data = rows(profile, task)
+def caption(profile: str, task: str, data: list[dict] | None = None) -> str:
+    """What was run, read from the records: task, models, items, seeds, the default config
+    (``data``: the task's :func:`rows`, when the caller has them)."""
+    data = rows(profile, task) if data is None else data
     records = [r for row in data for r in row["records"]]
     if not records:
         return f"SemAlign ablations, profile `{profile}`, {task_title(task)}: no records"
@@ -268,7 +268,7 @@ def caption(profile: str, task: str) -> str:
     default = data[0]["records"] if data[0]["axis"] == "default" else []
     default_text = _default_text(profile, task, default) if default else "no default record"
     refs = "; ".join(f"{k} {v:.1f}" for k, v in _references(profile, task).items())
-    floor = _majority_text(majority(profile, task), task)
+    floor = _majority_text(majority(profile, task, data), task)
     setting = get_setting(ABLATION_SETTING)
     return (
         f"SemAlign ablations, profile `{profile}`, {task_title(task)}: fine-tuned teacher "
@@ -354,8 +354,8 @@ def table(profile: str, task: str) -> pd.DataFrame:
             names=["axis", "variant"],
         ),
     )
-    found = majority(profile, task)
-    frame.attrs["caption"] = caption(profile, task)
+    found = majority(profile, task, data)
+    frame.attrs["caption"] = caption(profile, task, data)
     frame.attrs["legend"] = legend(data) if data else ""
     frame.attrs["majority"] = (
         None
@@ -411,7 +411,7 @@ def _panel(ax, profile: str, task: str, data: list[dict]) -> None:
     ]
     ax.set_yticks(y, labels, fontsize=8)
     refs = _references(profile, task)
-    found = majority(profile, task)
+    found = majority(profile, task, data)
     chance = get_setting(ABLATION_SETTING).chance.get(task)
     floor = ("majority label", found.rate) if found else ("chance", chance)
     for name, value, style in (
