@@ -237,7 +237,7 @@ def test_lora_trains_adapters_and_merges_them(pair):
         c["tokens"]
         * (
             (2 * c["block"] + c["attn"] + 2 * c["lora"])  # base + adapters forward
-            + (2 * c["block"] + 6 * c["lora"] + 2 * c["attn"])
+            + (2 * c["block"] + 4 * c["lora"] + 2 * c["attn"])
         )
         + 2 * c["head"]
     )
