@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semalign_core.errors import ArtifactError, InvalidParameterError
-from semalign_core.experiments.budgets import REPRODUCE_TIERS, TIER_JOBS
+from semalign_core.experiments.budgets import REPRODUCE_TIERS, TIER_PARAMS
 from semalign_core.experiments.catalog import NOTEBOOKS
 from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
 from semalign_core.profiles import get_profile
@@ -164,20 +164,18 @@ def build_reference_figures(reference: Path | None = None) -> None:
 
 def tier_parameters(tier: str, profile: str, notebook: str) -> dict:
     """The notebook parameters tier ``tier`` adds at ``profile``: the seeds of its experiment,
-    and how many cells it computes at once (``TIER_JOBS``) where that helps."""
+    and at the tier's own profile its ``TIER_PARAMS`` (cells computed at once where that helps,
+    SALF's headline setting)."""
     if tier not in REPRODUCE_TIERS:
         raise InvalidParameterError(
             f"unknown tier {tier!r}; choose from {', '.join(REPRODUCE_TIERS)}"
         )
     tier_profile, seeds = REPRODUCE_TIERS[tier]
     # processes at once are sized to the tier's own profile and machine (cpu: 2 cores)
-    jobs = TIER_JOBS.get(tier, {}) if profile == tier_profile else {}
+    extra = TIER_PARAMS.get(tier, {}) if profile == tier_profile else {}
     for experiment in experiments_of(notebook):
         if experiment in seeds:
-            params = {"seeds": list(seeds[experiment][profile])}
-            if experiment in jobs:
-                params["jobs"] = jobs[experiment]
-            return params
+            return {"seeds": list(seeds[experiment][profile]), **extra.get(experiment, {})}
     return {}
 
 

@@ -130,6 +130,13 @@ def test_tiers_pass_their_seeds_to_the_notebooks():
     assert runs.tier_parameters("reproduce", "cpu", table2) == {"seeds": [0]}
     assert runs.tier_parameters("reproduce-full", "cpu", table2) == {"seeds": [0, 1, 2]}
     assert runs.tier_parameters("reproduce-full", "cpu", "00_models_and_data") == {}
+    # make reproduce runs SALF's main table on SmolLM2 x TREC, one seed; reproduce-full all
+    salf = runs.tier_parameters("reproduce", "cpu", "06_salf_main_table")
+    assert salf == {"seeds": [0], "models": ["smollm2-135m-instruct"], "tasks": ["trec"]}
+    assert runs.tier_parameters("reproduce-full", "cpu", "06_salf_main_table") == {
+        "seeds": [0, 1, 2]
+    }
+    assert runs.tier_parameters("reproduce", "smoke", "06_salf_main_table") == {"seeds": [0, 1]}
     with pytest.raises(InvalidParameterError, match="unknown tier"):
         runs.tier_parameters("everything", "cpu", "00_models_and_data")
     assert runs.ORDER[0] == "00_models_and_data" and runs.ORDER[-1] == "08_report"

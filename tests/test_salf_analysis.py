@@ -219,3 +219,46 @@ def test_analyse_end_to_end(tiny):
     assert len(out["deviation"]) == surgery.num_layers(model) + 1
     assert len(out["gains"]) == surgery.num_layers(model)
     assert 1 <= out["eof"] < surgery.num_layers(model) and len(out["example_eofs"]) == 5
+
+
+def test_space_zero_is_the_same_state_for_every_example(tiny):
+    # Every SALF prompt ends in the template's ":", so the embedding-space state (space 0) is one
+    # vector for all examples: D_0 depends on the label alone, hence gains.FIRST_BLOCK = 2.
+    model, tok = tiny
+    trace = analysis.transition_trace(model, tok, RECORDS, "sst2", WORDS)
+    space0 = trace.states[:, 0]
+    torch.testing.assert_close(space0, space0[:1].expand_as(space0), atol=0, rtol=0)
+    assert not torch.allclose(trace.states[:, 1], trace.states[:1, 1].expand_as(space0))
+    dev = analysis.deviations(model, trace, "cos_normed")[:, 0]
+    labels = trace.labels
+    for y in labels.unique():
+        assert torch.allclose(dev[labels == y], dev[labels == y][0])
+
+
+def test_first_block_leaves_block_one_out():
+    dev = [1.0, 0.2, 0.18, 0.1, 0.09, 0.08, 0.07]  # block 1 drops most, then block 3
+    g = gains.compute_gains(dev, PARAMS, "drop")
+    assert gains.choose_eof(g) == 1
+    assert gains.choose_eof(g, first_block=2) == 3
+    assert gains.eof_per_example([dev, dev], PARAMS, first_block=2).tolist() == [3, 3]
+    assert gains.eof_by_gain(dev, PARAMS, first_block=2)["drop"] == 3
+    assert set(gains.eof_by_gain(dev, PARAMS)) == set(gains.GAINS)
+
+
+def test_eof_stability_counts_resamples_by_hand():
+    rng = np.random.default_rng(1)
+    # Examples of two kinds: block 3 wins on the mean, block 5 for a minority of examples.
+    a = np.array([1.0, 0.95, 0.9, 0.5, 0.45, 0.44, 0.43])
+    b = np.array([1.0, 0.95, 0.9, 0.85, 0.8, 0.2, 0.19])
+    m = np.stack([a] * 7 + [b] * 3) + rng.normal(0, 1e-3, (10, 7))
+    out = gains.eof_stability(m, PARAMS, "drop", resamples=300, seed=4)
+    draws = np.random.default_rng(4)
+    expected = [
+        gains.choose_eof(np.diff(-m[draws.integers(0, 10, 10)].mean(0))) for _ in range(300)
+    ]
+    assert out["eof"] == 3 and out["resamples"] == 300
+    assert out["share"] == pytest.approx(np.mean(np.array(expected) == 3))
+    assert 0.5 < out["share"] < 1.0  # the minority sometimes wins: not a certain decision
+    assert sum(out["counts"].values()) == 300
+    with pytest.raises(InvalidParameterError):
+        gains.eof_stability(m[:1], PARAMS, "drop")

@@ -64,7 +64,11 @@ def test_records_written_one_per_run(in_results):
     assert {"wall_s", "setup_s", "flops_analytic", "saving_analytic", "peak_rss_mb"} <= set(
         rec["cost"]
     )
-    assert rec["config"]["spec"] == {"kind": "salf", "deviation": "cos_normed", "gain": "drop"}
+    assert rec["config"]["spec"] == {
+        "kind": "salf",
+        "deviation": "cos_normed",
+        "gain": "scaling_kaplan",
+    }
 
 
 def test_second_call_reuses_without_training(in_results, monkeypatch):
@@ -88,7 +92,8 @@ def test_cost_benefit_copies_identical_main_runs(in_results):
             got[label]["reused_from"] == f"{SALF_MAIN}/smoke/{MODEL}__{TASK}__{label}__seed0.json"
         )
         assert got[label]["metrics"] == by_policy(main)[label]["metrics"]
-    assert "reused_from" not in got["eof_0"]
+    fixed = [r for label, r in got.items() if label.startswith("eof_")]  # not in the main table
+    assert fixed and all("reused_from" not in r for r in fixed)
 
 
 def test_force_recomputes_each_run_once(tmp_path, monkeypatch):
@@ -289,8 +294,8 @@ def test_sweep_labels_follow_salf():
     }
     labels = sweep_labels(rec)
     assert labels["depth"] == [
+        "full_embeddings",
         "full",
-        "eof_0",
         "freeze_1_4",
         "freeze_1_2",
         "freeze_3_4",
@@ -305,7 +310,7 @@ def test_sweep_labels_follow_salf():
         {
             "kind": "salf",
             "deviation": "cos_normed",
-            "gain": "drop",
+            "gain": "scaling_kaplan",
             "budget": {"flops_fraction": 0.45},
         }
     )

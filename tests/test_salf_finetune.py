@@ -157,9 +157,16 @@ def test_analytic_flops_of_a_frozen_run_match_the_formula(tiny):
     bwd = blocks(range(eof, 6), lambda b: 4 * b.params + 8 * T * b.attn_width)
     head = 2 * d * V * 8  # one logit position per example; activation gradient too, head frozen
     expected = (fwd_all + bwd + 2 * head) + (fwd_suffix + bwd + 2 * head)  # epoch 2 uses the cache
-    assert result.cost["flops_analytic"] == pytest.approx(expected, rel=1e-12)
-    full = 2 * (blocks(range(6), lambda b: 6 * b.params + 12 * T * b.attn_width) + 3 * head)
-    assert result.cost["flops_full_analytic"] == pytest.approx(full, rel=1e-12)
+    layers, norm = surgery.decoder_layers(result.model), surgery.final_norm(result.model)
+    norm_params = sum(p.numel() for p in norm.parameters())
+    trained = sum(p.numel() for k in range(eof, 6) for p in layers[k].parameters()) + norm_params
+    adamw = 2 * 16 * trained  # two AdamW steps of 16 elementwise FLOPs per trained parameter
+    assert result.cost["flops_analytic"] == pytest.approx(expected + adamw, rel=1e-12)
+    assert result.cost["flops_components"]["optimizer"] == adamw
+    # the like-for-like reference: every block trained, embeddings and head frozen, no cache
+    every = sum(p.numel() for layer in layers for p in layer.parameters()) + norm_params
+    full = 2 * (blocks(range(6), lambda b: 6 * b.params + 12 * T * b.attn_width) + 2 * head)
+    assert result.cost["flops_full_analytic"] == pytest.approx(full + 2 * 16 * every, rel=1e-12)
 
 
 def test_freezing_e_of_l_equal_blocks_saves_two_thirds_e_over_l():
@@ -238,3 +245,52 @@ def test_error_paths(tiny):
 def test_macro_f1():
     assert ft.macro_f1([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0
     assert ft.macro_f1([0, 0, 1, 1], [0, 0, 0, 0]) == pytest.approx((2 * 2 / (4 + 2) + 0) / 2)
+
+
+class _PerExample(policies.Policy):
+    """Per-example eofs given by the test (batches disagree on eof: some train blocks that lie
+    inside another batch's frozen prefix)."""
+
+    name = "per_example_fixed"
+
+    def __init__(self, eofs, padding):
+        self.eofs, self.padding = tuple(eofs), padding
+
+    def setup(self, ctx):
+        state = policies.suffix_state(min(self.eofs), ctx.num_layers)
+        return policies.replace(state, example_eofs=self.eofs, padding=self.padding)
+
+
+@pytest.mark.parametrize("padding", gains.PADDING_STRATEGIES)
+def test_per_example_cache_never_serves_a_state_that_training_changed(tiny, padding):
+    # Batches with eof 1 train blocks 2..4, which lie inside the prefix of batches with eof 4: a
+    # cache of those batches' state at their own eof would be stale from epoch 2 on.
+    eofs = (4, 4, 4, 1, 4, 4, 4, 4)  # "min": the batch holding example 3 trains from 1
+    results = {}
+    for cache in (True, False):
+        result, _ = run(tiny, _PerExample(eofs, padding), epochs=3, cache_prefix=cache)
+        assert {plan.eof for plan in gains.plan_batches(eofs, 4, padding)} == {1, 4}
+        results[cache] = {n: p.detach() for n, p in result.model.named_parameters()}
+        if cache:
+            assert result.cost["cache_hits"] > 0  # the cache is exercised
+    for name, value in results[False].items():
+        torch.testing.assert_close(results[True][name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_autofreeze_interval_scales_with_the_run(tiny):
+    # 8 examples, batch 2, 3 epochs: 12 steps in 4 intervals of 3 (the first sets the
+    # reference), so AutoFreeze decides 3 times; percentile 100 freezes at every decision.
+    policy = policies.AutoFreeze(decisions=3, percentile=100.0)
+    run(tiny, policy, epochs=3, batch_size=2)
+    assert policy.interval == 3
+    assert policy.history == [(0, 0), (6, 1), (9, 2), (12, 3)]
+
+
+def test_like_for_like_full_and_lisa_leave_embeddings_and_head_frozen(tiny):
+    emb = "model.embed_tokens.weight"
+    for policy in (policies.FullFinetune(embeddings=False), policies.Lisa(embeddings=False)):
+        result, before = run(tiny, policy)
+        assert emb not in result.grad_params
+        assert torch.equal(dict(result.model.named_parameters())[emb], before[emb])
+    result, before = run(tiny, policies.FullFinetune())
+    assert emb in result.grad_params

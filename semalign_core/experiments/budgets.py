@@ -47,11 +47,12 @@ FULL_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 # `make reproduce`: every table and figure at least once within its hour on 2 cores, so Table 2
-# (two informative tasks since TREC joined SST-2) runs one training seed there; its three seeds
-# are the notebook's default and `make reproduce-full`'s.
+# (two informative tasks since TREC joined SST-2) and the SALF main table run one training seed
+# there; their three seeds are the notebooks' default and `make reproduce-full`'s.
 HEADLINE_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {
     **DEFAULT_SEEDS,
     FINETUNED_TEACHER: {**DEFAULT_SEEDS[FINETUNED_TEACHER], "cpu": (0,)},
+    SALF_MAIN: {**DEFAULT_SEEDS[SALF_MAIN], "cpu": (0,)},
 }
 
 # The seeds each `make` tier runs (every tier runs every notebook): tier → (profile, seeds table).
@@ -60,13 +61,17 @@ REPRODUCE_TIERS: dict[str, tuple[str, dict[str, dict[str, tuple[int, ...]]]]] = 
     "reproduce": ("cpu", HEADLINE_SEEDS),
     "reproduce-full": ("cpu", FULL_SEEDS),
 }
-# Cells a tier computes at once, each in its own one-thread process (notebook parameter `jobs`):
-# on 2 cores two one-thread processes finish two Table 1 cells 1.37x sooner than one two-thread
-# process runs them in turn (bench/bench_jobs.py, results/bench/jobs.json). Not SALF: its records'
-# configs hold the thread count (its times are results). Short cells (Table 2) gain nothing.
-TIER_JOBS: dict[str, dict[str, int]] = {
-    "reproduce": {SEMALIGN_TRANSFER: 2},
-    "reproduce-full": {SEMALIGN_TRANSFER: 2},
+# Notebook parameters a tier adds at its own profile (cpu: sized to 2 cores), by experiment.
+# `jobs`: cells computed at once, each in its own one-thread process: on 2 cores two one-thread
+# processes finish two Table 1 cells 1.37x sooner than one two-thread process runs them in turn
+# (bench/bench_jobs.py, results/bench/jobs.json). Not SALF: its records' configs hold the thread
+# count (its times are results). Short cells (Table 2) gain nothing.
+# SALF in `make reproduce`: the main table and its sweeps on SmolLM2 x TREC only (every table and
+# figure at least once within the hour); `make reproduce-full` runs both models on both tasks.
+SALF_HEADLINE = {"models": ["smollm2-135m-instruct"], "tasks": ["trec"]}
+TIER_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "reproduce": {SEMALIGN_TRANSFER: {"jobs": 2}, SALF_MAIN: SALF_HEADLINE},
+    "reproduce-full": {SEMALIGN_TRANSFER: {"jobs": 2}},
 }
 
 
@@ -449,26 +454,35 @@ class SalfDefaults:
         models: SALF models (None: the profile's ``salf_models``).
         tasks: classification tasks.
         budget: the budget of every run.
+        sweep_models, sweep_tasks: where the cost–benefit sweeps and timing repeats run (None:
+            as the main table).
     """
 
     models: tuple[str, ...] | None
     tasks: tuple[str, ...]
     budget: SalfRunBudget
+    sweep_models: tuple[str, ...] | None = None
+    sweep_tasks: tuple[str, ...] | None = None
 
 
 SALF_DEFAULTS: dict[str, SalfDefaults] = {
     # Tiny random models: a large step so that training visibly moves them.
-    "smoke": SalfDefaults(None, ("mpqa",), SalfRunBudget(8, 8, 1, 4, 1e-3, 32, 8)),
-    # MPQA: ~9 tokens per prompt, the cheapest sentiment task that fine-tuning moves; sized to
-    # ≈ 6–7 min on 2 cores for 3 seeds × 12 policies (README: timings). Gemma-3-270M is a
-    # parameter, not a default.
+    "smoke": SalfDefaults(None, INFORMATIVE_TASKS["smoke"], SalfRunBudget(8, 8, 1, 4, 1e-3, 32, 8)),
+    # Both SALF models on the informative tasks. Sized so that full fine-tuning moves the score
+    # far beyond its interval (measured: SmolLM2 on TREC 17.0 -> 75.5, on SST-2 71.0 -> 84.0
+    # with 64 examples x 2 epochs at lr 1e-4), and two epochs so the prefix cache is used.
+    # The sweeps and timing repeats: SmolLM2 on TREC (the shortest prompts).
     "cpu": SalfDefaults(
-        ("smollm2-135m-instruct",), ("mpqa",), SalfRunBudget(40, 96, 2, 8, 2e-5, 64)
+        None,
+        INFORMATIVE_TASKS["cpu"],
+        SalfRunBudget(48, 200, 2, 8, 1e-4, 64),
+        ("smollm2-135m-instruct",),
+        ("trec",),
     ),
     # Not run here (no GPU): sized to the splits (SST-2 carves 500 + 300 of its 872 dev examples;
     # CR has 1775 training examples, TREC 500 test examples).
     "gpu-small": SalfDefaults(
-        None, ("sst2", "cr", "mpqa"), SalfRunBudget(500, 300, 2, 16, 3e-5, 128, 32)
+        None, ("sst2", "trec", "cr"), SalfRunBudget(500, 300, 2, 16, 3e-5, 128, 32)
     ),
     "paper": SalfDefaults(
         None, ("cr", "mr", "mpqa", "subj", "trec"), SalfRunBudget(1500, 500, 3, 16, 2e-5, 256, 32)
@@ -478,7 +492,27 @@ SALF_DEFAULTS: dict[str, SalfDefaults] = {
 # Settings of the main table's baselines (the same at every profile).
 LORA = {"r": 8, "alpha": 16, "lr_scale": 5}  # adapters start at zero (B = 0): a larger step
 LISA = {"n_active": 2, "interval": 4}
-AUTOFREEZE = {"interval": 4, "percentile": 50.0}
+# The timing repeats (notebook 07) per profile: policies that differ only in which blocks train,
+# the full (+ embeddings) reference and LoRA, each run in its own process, in a seeded random
+# order, ``repeats`` times. smoke keeps two single runs (its time budget).
+TIMING_POLICIES = (
+    "full_embeddings",
+    "full",
+    "freeze_1_4",
+    "freeze_1_2",
+    "freeze_3_4",
+    "salf",
+    "lora_all",
+)
+TIMING: dict[str, dict] = {
+    "smoke": {"policies": ("full", "salf"), "repeats": 1, "order_seed": 0},
+    **{
+        p: {"policies": TIMING_POLICIES, "repeats": 3, "order_seed": 0}
+        for p in ("cpu", "gpu-small", "paper")
+    },
+}
+# AutoFreeze decides at steps/(decisions + 1) intervals, so a short run makes several decisions.
+AUTOFREEZE = {"decisions": 6, "percentile": 50.0}
 
 
 def salf_run_budget(prof: Profile, **overrides) -> SalfRunBudget:
@@ -517,7 +551,8 @@ __all__ = [
     "SemAlignAnalysisBudget",
     "TASK_BUDGETS",
     "TEACHERS",
-    "TIER_JOBS",
+    "TIER_PARAMS",
+    "TIMING",
     "informative_tasks",
     "TEACHER_RECIPES",
     "TEACHER_VERSION",

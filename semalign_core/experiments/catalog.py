@@ -19,6 +19,7 @@ SEMALIGN_ANALYSES, SALF_ANALYSIS = "semalign_analyses", "salf_analysis"
 SEMALIGN_TRANSFER, FINETUNED_TEACHER = "semalign_transfer", "semalign_finetuned_teacher"
 SEMALIGN_ABLATIONS = "semalign_ablations"
 SALF_MAIN, SALF_COST_BENEFIT = "salf_main", "salf_cost_benefit"
+SALF_TIMING = "salf_timing"  # timing repeats of notebook 07, each run in its own process
 
 # experiment (its results folder) → the notebook that runs it
 NOTEBOOKS: dict[str, str] = {
@@ -31,6 +32,7 @@ NOTEBOOKS: dict[str, str] = {
     SEMALIGN_ABLATIONS: "05_semalign_ablations",
     SALF_MAIN: "06_salf_main_table",
     SALF_COST_BENEFIT: "07_salf_cost_benefit",
+    SALF_TIMING: "07_salf_cost_benefit",
 }
 
 # --------------------------------------------------------------------------- SemAlign Tables 1-2
@@ -178,6 +180,7 @@ AXES: dict[str, tuple[str, tuple[Any, ...]]] = {
 ZERO_SHOT = "zero_shot"  # the untrained model, scored once per model × task
 MAIN_POLICIES = (
     "full",
+    "full_embeddings",
     "salf",
     "freeze_1_4",
     "freeze_1_2",
@@ -211,6 +214,7 @@ __all__ = [
     "SALF_ANALYSIS",
     "SALF_COST_BENEFIT",
     "SALF_MAIN",
+    "SALF_TIMING",
     "SEMALIGN_ABLATIONS",
     "SEMALIGN_ANALYSES",
     "SEMALIGN_TRANSFER",

@@ -40,6 +40,7 @@ from itertools import product
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from semalign_core.costs import PeakMemory
 from semalign_core.devices import default_device
@@ -55,6 +56,7 @@ from semalign_core.experiments.catalog import (
     FINETUNED_TEACHER,
     SALF_COST_BENEFIT,
     SALF_MAIN,
+    SALF_TIMING,
     SEMALIGN_ABLATIONS,
     SEMALIGN_TRANSFER,
     ZERO_SHOT,
@@ -227,6 +229,20 @@ def _cost_benefit_cells(prof: Profile, seeds: Sequence[int]) -> _Cells:
     return _salf_grid_cells(grid, labels_for, models, tasks, seeds)
 
 
+def _salf_timing_cells(prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
+    """Every timing repeat of notebook 07 (its defaults), by run name, in its random order."""
+    salf_kw = dict(salf_cells.SALF_OPTIONS)
+    models, tasks, _, seeds = salf_cost_benefit.check_parameters(prof, 0, seeds, salf_kw=salf_kw)
+    cells = {}
+    for model, task, label, seed, repeat in salf_cost_benefit.timing_plan(
+        prof, models, tasks, seeds[0]
+    ):
+        grid = partial(salf_cost_benefit.timing_grid, prof, repeat, None, salf_kw)
+        name = salf_cost_benefit.timing_name(model, task, label, seed, repeat)
+        cells[name] = partial(_grid_run, grid, (model, task, label, seed))
+    return cells
+
+
 def _transfer_summary(record: dict) -> str:
     m = record["metrics"]
     same = " [same plan as the default: not retrained]" if m.get("same_plan") else ""
@@ -252,6 +268,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     SEMALIGN_ABLATIONS: Experiment(_ablation_cells, _transfer_summary),
     SALF_MAIN: Experiment(_salf_main_cells, salf_cells.summary),
     SALF_COST_BENEFIT: Experiment(_cost_benefit_cells, salf_cells.summary),
+    SALF_TIMING: Experiment(_salf_timing_cells, salf_cells.summary),
 }
 
 
@@ -277,7 +294,7 @@ def cell_names(
 
 def _seeds_of(name: str) -> tuple[int, ...] | None:
     """The seed a run name carries (None: a seed-independent row, found among the defaults)."""
-    match = re.search(r"__seed(\d+)$", name)
+    match = re.search(r"__seed(\d+)(__rep\d+)?$", name)
     return None if match is None else (int(match.group(1)),)
 
 
@@ -310,6 +327,19 @@ def run_cell(
         return runner(force, None)
     _spawn(experiment, name, profile, force, torch.get_num_threads())
     return json.loads(record_path(experiment, profile, name).read_text())
+
+
+def run_timing_repeats(profile: str, seed: int = 0, force: bool = False) -> list[dict[str, Any]]:
+    """Notebook 07's timing repeats (``budgets.TIMING`` at the profile's sweep setting), one
+    fresh process each (the parent's thread count), in their seeded random order; valid records
+    are reused, not re-timed (``force`` re-times them)."""
+    prof = get_profile(profile)
+    names = list(_salf_timing_cells(prof, (seed,)))
+    require_models(prof)
+    return [
+        run_cell(SALF_TIMING, name, profile, force, own_process=True)
+        for name in tqdm(names, desc="timing repeats (own processes)", unit="run")
+    ]
 
 
 def run_cells_in_processes(

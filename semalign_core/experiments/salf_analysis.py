@@ -78,7 +78,7 @@ def _config(
         "gain": gain,
         "max_length": max_length,
         "dtype": prof.dtype,
-        "version": 1,
+        "version": 2,  # 2: eof from block 2 (space 0 out), eof stability
     }
 
 
@@ -96,7 +96,9 @@ def _metrics(model, out: dict) -> dict:
         "deviation_std": json_rounded(per_example.std(0)),
         "gains": json_rounded(out["gains"]),
         "eof": int(out["eof"]),
-        "eof_by_gain": {g: salf.choose_eof(v) for g, v in by_formula.items()},
+        "first_block": out["first_block"],
+        "eof_stability": out["eof_stability"],
+        "eof_by_gain": salf.eof_by_gain(mean, params, out["first_block"]),
         "gains_by_formula": {g: json_rounded(v) for g, v in by_formula.items()},
         "example_eof_counts": {str(k): v for k, v in sorted(Counter(out["example_eofs"]).items())},
         "block_params": params,
@@ -144,7 +146,7 @@ def salf_deviation_gain(
     force: bool = False,
     n_examples: int | None = None,
     deviation: str = "cos_normed",
-    gain: str = "drop",
+    gain: str = "scaling_kaplan",
     max_length: int = 128,
     batch_size: int = 16,
 ) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ not depend on the order).
 from __future__ import annotations
 
 import gc
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -71,11 +72,14 @@ from semalign_core.records import (
     provenance,
 )
 
-VERSION = 1
+VERSION = 2  # 2: like-for-like full, per-item scores, space 0 out, cost components, cache fix
 EVAL_SEED = 1234  # one held-out subset for every seed and policy: seeds vary the training only
 FRACTIONS = {"freeze_1_4": 0.25, "freeze_1_2": 0.5, "freeze_3_4": 0.75}
 NEEDS_SALF = ("random_matched", "lora_salf_suffix")  # their spec holds SALF's eof (from its record)
-SALF_OPTIONS = {"deviation": "cos_normed", "gain": "drop"}  # SALF's analysis, unless told otherwise
+SALF_OPTIONS = {
+    "deviation": "cos_normed",
+    "gain": "scaling_kaplan",
+}  # SALF's analysis, unless told otherwise
 PATTERNS = (
     "eof_<k>",
     "salf_max<b>",
@@ -141,17 +145,22 @@ def check_salf_kw(salf_kw: dict | None) -> dict:
 
 
 def check_models_tasks(
-    prof: Profile, models: Sequence[str] | None, tasks: Sequence[str] | None, salf_kw: dict | None
+    prof: Profile,
+    models: Sequence[str] | None,
+    tasks: Sequence[str] | None,
+    salf_kw: dict | None,
+    sweep: bool = False,
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(models, tasks) of a SALF notebook, checked with its SALF options; None: the profile's
-    defaults (:data:`~semalign_core.experiments.budgets.SALF_DEFAULTS`)."""
+    defaults (:data:`~semalign_core.experiments.budgets.SALF_DEFAULTS`), those of the sweeps
+    when ``sweep``."""
     defaults = SALF_DEFAULTS[prof.name]
     if models is None:
-        models = defaults.models or prof.salf_models
+        models = (sweep and defaults.sweep_models) or defaults.models or prof.salf_models
     else:
         models = check_list("models", models, REGISTRY, what="model(s)")
     if tasks is None:
-        tasks = defaults.tasks
+        tasks = (sweep and defaults.sweep_tasks) or defaults.tasks
     else:
         tasks = check_list("tasks", tasks, CLASSIFICATION_TASKS, what="task(s)")
     check_salf_kw(salf_kw)
@@ -179,12 +188,13 @@ def policy_spec(
         raise InvalidParameterError(f"policy {label!r} needs SALF's eof and the number of layers")
     simple = {
         ZERO_SHOT: {"kind": "none"},
-        "full": {"kind": "full"},
+        "full": {"kind": "full", "embeddings": False},
+        "full_embeddings": {"kind": "full", "embeddings": True},
         "salf": salf_spec,
         "logit_lens_ce": {"kind": "logit_lens_ce"},
         "block_influence": {"kind": "block_influence"},
         "autofreeze": {"kind": "autofreeze", **AUTOFREEZE},
-        "lisa": {"kind": "lisa", **LISA, "seed": seed},
+        "lisa": {"kind": "lisa", **LISA, "seed": seed, "embeddings": False},
         "lora_all": {"kind": "lora", "eof": 0, **LORA},
         "salf_per_example_min": {**salf_spec, "per_example": True, "padding": "min"},
         "salf_per_example_bucket": {**salf_spec, "per_example": True, "padding": "bucket"},
@@ -223,8 +233,9 @@ def build_policy(label: str, spec: dict, model, max_length: int):
 
 
 def flops_of_eof(model, seq_len: int):
-    """(eof → analytic FLOPs of one training step on one ``seq_len`` sequence, full FT's), the
-    reference a FLOPs budget compares with (no prefix cache: the first epoch's cost)."""
+    """(eof → analytic FLOPs of one training step on one ``seq_len`` sequence, the same with every
+    block trained), the reference a FLOPs budget compares with (no prefix cache: the first
+    epoch's cost)."""
     shape = costs.model_shape(model)
     n = shape.num_layers
 
@@ -232,8 +243,7 @@ def flops_of_eof(model, seq_len: int):
         spec = costs.TrainableSpec(trained_blocks=frozenset(range(eof, n)))
         return costs.step_flops(shape, spec, seq_len, seq_len, 1)["total"]
 
-    full = costs.TrainableSpec(trained_blocks=frozenset(range(n)), embeddings=True, head=True)
-    return step, costs.step_flops(shape, full, seq_len, seq_len, 1)["total"]
+    return step, step(0)  # the like-for-like reference: every block trained
 
 
 def _timed_setup(policy) -> None:
@@ -302,10 +312,11 @@ def task_data(
 # --------------------------------------------------------------------------- one run
 
 
-def run_name(model: str, task: str, label: str, seed: int | None) -> str:
+def run_name(model: str, task: str, label: str, seed: int | None, repeat: int | None = None) -> str:
     if label == ZERO_SHOT:
         return f"{model}__{task}__{label}"
-    return f"{model}__{task}__{label}__seed{seed}"
+    name = f"{model}__{task}__{label}__seed{seed}"
+    return name if repeat is None else f"{name}__rep{repeat}"
 
 
 def finetune_config(budget: SalfRunBudget, seed: int, spec: dict):
@@ -329,8 +340,11 @@ def run_config(
     seed: int | None,
     spec: dict,
     budget: SalfRunBudget,
+    repeat: int | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
-    """What determines a run's numbers and timings (its hash decides whether a record is reused)."""
+    """What determines a run's numbers and timings (its hash decides whether a record is reused).
+    A timing repeat (``repeat``) is its own record; ``evaluate=False`` skips the scoring."""
     _, eval_split = _splits(task)
     config = {
         "profile": prof.name,
@@ -354,6 +368,10 @@ def run_config(
         config["eval"] = {"max_length": budget.max_length, "batch_size": budget.eval_batch_size}
     else:
         config["finetune"] = asdict(finetune_config(budget, seed, spec))
+    if repeat is not None:
+        config["repeat"] = repeat
+    if not evaluate:
+        config["evaluate"] = False
     return config
 
 
@@ -376,7 +394,7 @@ def _finetuned(
     config,
 ):
     """(metrics, cost, extra record keys) of one fine-tuning run under the policy of ``spec``."""
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), os.getloadavg()[0]
     policy = build_policy(label, spec, net, config.max_length)
     _timed_setup(policy)
     result = salf.run_finetune(net, tokenizer, train, evaluation, policy, config, task=task)
@@ -387,6 +405,8 @@ def _finetuned(
         "setup_s": policy.setup_s,
         "call_s": call_s,
         "eval_s": call_s - policy.setup_s - record["cost"]["wall_s"],
+        # the machine's 1-minute load average around the run (timings need an idle machine)
+        "loadavg_1m": [load_before, os.getloadavg()[0]],
     }
     extra = {
         "policy": record["policy"],
@@ -416,6 +436,8 @@ class SalfGrid:
         verbose: print one line per run.
         measure: runs a computed (not a copied) run and may add to its cost (the cell runner's
             own-process peak memory); None: the run is computed as it is.
+        repeat: a timing repeat's index (its own record, ``__rep<r>``); None: a scored run.
+        evaluate: score the run on the held-out subset (timing repeats do not).
     """
 
     prof: Profile
@@ -427,6 +449,8 @@ class SalfGrid:
     pool: ModelPool | None = None
     verbose: bool = True
     measure: Measure | None = None
+    repeat: int | None = None
+    evaluate: bool = True
 
     def __post_init__(self):
         self.budget = self.budget or run_budget(self.prof)
@@ -447,8 +471,11 @@ class SalfGrid:
             salf_record = self.run(model, task, "salf", seed, force=False)
             num_layers, salf_eof = salf_record["model_info"]["layers"], salf_record["policy"]["eof"]
         spec = policy_spec(label, num_layers, seed or 0, salf_eof, self.salf_kw)
-        config = run_config(self.prof, model, task, label, seed, spec, self.budget)
-        run, models = run_name(model, task, label, seed), record_models(model=model)
+        config = run_config(
+            self.prof, model, task, label, seed, spec, self.budget, self.repeat, self.evaluate
+        )
+        run = run_name(model, task, label, seed, self.repeat)
+        models = record_models(model=model)
 
         def compute() -> RecordParts:
             copied = None if force else self._copied(run, config, models())
@@ -492,8 +519,9 @@ class SalfGrid:
         if spec["kind"] == "none":
             metrics, cost, extra = _zero_shot(net, tokenizer, evaluation, task, config)
         else:
+            scored = evaluation if self.evaluate else None
             metrics, cost, extra = _finetuned(
-                label, spec, net, tokenizer, train, evaluation, task, config
+                label, spec, net, tokenizer, train, scored, task, config
             )
             del net
             gc.collect()  # the trained copy goes before the next run copies the model again
@@ -552,7 +580,11 @@ class SalfGrid:
 def summary(record: dict) -> str:
     """One line of a run's record: score, n, training time, analytic saving, reuse."""
     m, c = record["metrics"], record["cost"]
-    text = f"acc {100 * m['accuracy']:.1f} F1 {100 * m['macro_f1']:.1f} (n={m['n']})"
+    text = (
+        f"acc {100 * m['accuracy']:.1f} F1 {100 * m['macro_f1']:.1f} (n={m['n']})"
+        if "accuracy" in m
+        else "not scored (timing repeat)"
+    )
     if "wall_s" in c:
         text += f", train {c['wall_s']:.1f} s, analytic saving {100 * c['saving_analytic']:.0f}%"
     return text + (" [reused]" if record.get("reused_from") else "")

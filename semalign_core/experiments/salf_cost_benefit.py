@@ -8,13 +8,26 @@ a run whose config is identical to a main-table record is copied from it, not re
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from functools import partial
 
-from semalign_core.experiments.budgets import SalfRunBudget
-from semalign_core.experiments.catalog import SALF_COST_BENEFIT, SALF_MAIN, SWEEP_GROUPS
+from semalign_core.errors import InvalidParameterError
+from semalign_core.experiments.budgets import TIMING, SalfRunBudget
+from semalign_core.experiments.catalog import (
+    SALF_COST_BENEFIT,
+    SALF_MAIN,
+    SALF_TIMING,
+    SWEEP_GROUPS,
+)
 from semalign_core.experiments.notebook import check_list, check_seeds
-from semalign_core.experiments.salf_cells import SalfGrid, check_models_tasks
+from semalign_core.experiments.salf_cells import (
+    NEEDS_SALF,
+    SalfGrid,
+    check_label,
+    check_models_tasks,
+    run_name,
+)
 from semalign_core.profiles import Profile
 from semalign_core.records import Measure
 
@@ -33,7 +46,7 @@ def check_parameters(
     None means the profile's models and tasks, every group of
     :data:`~semalign_core.experiments.catalog.SWEEP_GROUPS`, and the profile's default seeds
     counted from ``seed``."""
-    models, tasks = check_models_tasks(prof, models, tasks, salf_kw)
+    models, tasks = check_models_tasks(prof, models, tasks, salf_kw, sweep=True)
     groups = check_list("groups", groups, SWEEP_GROUPS, what="group(s)")
     return models, tasks, groups, check_seeds(seeds, seed, SALF_COST_BENEFIT, prof.name)
 
@@ -42,8 +55,8 @@ def sweep_labels(salf_record: dict) -> dict[str, list[str]]:
     """The cost–benefit runs of one (model, task, seed), grouped by the question they answer,
     from SALF's record there (its eof, the model's depth L and analytic FLOPs per eof).
 
-    depth: fixed eof 0, ¼L, ½L, ¾L, ⅞L, L−1 (the main table's fractions reused) beside SALF and
-    full FT.
+    depth: full (+ embeddings), full (every block, eof 0), fixed eof ¼L, ½L, ¾L, ⅞L, L−1 (the
+    main table's fractions reused) beside SALF.
     budget: SALF under a budget of one block and of half its trainable depth d (only budgets that
     bind: one that does not leaves SALF unchanged), and under a FLOPs budget halfway between SALF's
     analytic cost per step and the cheapest possible (eof = L−1). A ``salf_frac<p>`` budget is not
@@ -54,8 +67,8 @@ def sweep_labels(salf_record: dict) -> dict[str, list[str]]:
     info = salf_record["model_info"]
     n, eof = info["layers"], salf_record["policy"]["eof"]
     depth = [
-        "full",
-        "eof_0",
+        "full_embeddings",
+        "full",  # every block trained: eof 0
         "freeze_1_4",
         "freeze_1_2",
         "freeze_3_4",
@@ -126,4 +139,65 @@ def run_cost_benefit(
     return grid.run_all(partial(run_labels, groups=groups), models, tasks, seeds)
 
 
-__all__ = ["check_parameters", "make_grid", "run_cost_benefit", "run_labels", "sweep_labels"]
+# --------------------------------------------------------------------------- timing repeats
+
+
+def timing_grid(
+    prof: Profile,
+    repeat: int,
+    budget: SalfRunBudget | None = None,
+    salf_kw: dict | None = None,
+    force: bool = False,
+    measure: Measure | None = None,
+    verbose: bool = False,
+) -> SalfGrid:
+    """The grid of timing repeat ``repeat``: records in ``salf_timing``, not scored."""
+    return SalfGrid(
+        prof,
+        budget,
+        SALF_TIMING,
+        salf_kw,
+        force=force,
+        verbose=verbose,
+        measure=measure,
+        repeat=repeat,
+        evaluate=False,
+    )
+
+
+def timing_plan(
+    prof: Profile, models: Sequence[str], tasks: Sequence[str], seed: int = 0
+) -> list[tuple[str, str, str, int, int]]:
+    """Every timing run (model, task, policy, seed, repeat) of ``budgets.TIMING[profile]``,
+    interleaved in a seeded random order (so no policy always runs first, or on a warm or a cold
+    machine)."""
+    timing = TIMING[prof.name]
+    for label in timing["policies"]:
+        check_label(label)
+        if label in NEEDS_SALF:
+            raise InvalidParameterError(f"{label} needs SALF's record: not a timing policy")
+    plan = [
+        (m, t, label, seed, r)
+        for m in models
+        for t in tasks
+        for label in timing["policies"]
+        for r in range(timing["repeats"])
+    ]
+    random.Random(timing["order_seed"]).shuffle(plan)
+    return plan
+
+
+def timing_name(model: str, task: str, label: str, seed: int, repeat: int) -> str:
+    return run_name(model, task, label, seed, repeat)
+
+
+__all__ = [
+    "check_parameters",
+    "make_grid",
+    "run_cost_benefit",
+    "run_labels",
+    "sweep_labels",
+    "timing_grid",
+    "timing_name",
+    "timing_plan",
+]

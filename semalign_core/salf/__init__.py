@@ -30,13 +30,16 @@ from semalign_core.salf.finetune import (
 )
 from semalign_core.salf.finetune import finetune as run_finetune  # keeps salf.finetune the module
 from semalign_core.salf.gains import (
+    FIRST_BLOCK,
     GAINS,
     Budget,
     apply_budget,
     check_eof,
     choose_eof,
     compute_gains,
+    eof_by_gain,
     eof_per_example,
+    eof_stability,
     plan_batches,
     register_gain,
 )
@@ -65,12 +68,14 @@ def analyse(
     task=None,
     label_words=None,
     deviation="cos_normed",
-    gain="drop",
+    gain="scaling_kaplan",
     template=None,
     max_length=128,
     batch_size=16,
+    first_block=FIRST_BLOCK,
 ) -> dict:
-    """Deviation per space (mean and per example), gains per block and eof, in one call."""
+    """Deviation per space (mean and per example), gains per block and eof (argmax from block
+    ``first_block``; 2 leaves space 0 out, see ``gains.FIRST_BLOCK``), in one call."""
     trace = transition_trace(
         model,
         tokenizer,
@@ -90,8 +95,14 @@ def analyse(
         "gain_kind": gain,
         "deviation": mean.tolist(),
         "gains": g.tolist(),
-        "eof": choose_eof(g),
-        "example_eofs": eof_per_example(dev.numpy(), params, gain).tolist(),
+        "eof": choose_eof(g, first_block=first_block),
+        "first_block": first_block,
+        "eof_stability": eof_stability(dev.numpy(), params, gain, first_block)
+        if len(records) > 1
+        else None,
+        "example_eofs": eof_per_example(
+            dev.numpy(), params, gain, first_block=first_block
+        ).tolist(),
         "per_example_deviation": dev.tolist(),
         "n": len(records),
         "meta": trace.meta,
@@ -99,6 +110,7 @@ def analyse(
 
 
 __all__ = [
+    "FIRST_BLOCK",
     "AutoFreeze",
     "Budget",
     "DEVIATIONS",
@@ -126,7 +138,9 @@ __all__ = [
     "choose_eof",
     "compute_gains",
     "deviations",
+    "eof_by_gain",
     "eof_per_example",
+    "eof_stability",
     "evaluate",
     "format_prompt",
     "label_bases",

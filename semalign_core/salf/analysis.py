@@ -201,9 +201,10 @@ def transition_trace(
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     backbone = surgery._backbone(model)  # not .base_model: Gemma3ForCausalLM returns itself
-    chunks = []
+    chunks, shapes = [], []
     for start in range(0, len(encoded), batch_size):
         batch = pad_right(encoded[start : start + batch_size], pad, device)
+        shapes.append(list(batch["input_ids"].shape))
         with capture_hidden(model, None, ("block_in", "block_out")) as trace:
             # The backbone only: the LM head over every position would cost |V| x T per example.
             backbone(
@@ -224,6 +225,7 @@ def transition_trace(
             "max_length": max_length,
             "label_token_mode": label_token_mode,
             "padding": "right",
+            "batch_shapes": shapes,  # (examples, padded length) per batch: the pass's cost
         },
     )
 

@@ -167,14 +167,16 @@ def _loss(
     return F.cross_entropy(logits, batch["targets"])
 
 
-def _spec(model, state: Trainable, boundary: int, cached: bool, L: int) -> costs.TrainableSpec:
+def _spec(model, state: Trainable, boundary: int, cached_depth: int) -> costs.TrainableSpec:
+    """What one step ran: the blocks trained at or above ``boundary``, the bottom
+    ``cached_depth`` blocks read from the prefix cache."""
     live = frozenset(k for k in state.blocks if k >= max(boundary, 0))
     return costs.TrainableSpec(
         trained_blocks=frozenset() if state.lora else live,
         lora_params=policies.block_lora_params(model, live) if state.lora else {},
         embeddings=state.embeddings,
         head=state.head,
-        cached_prefix=min(max(boundary, 0), L) if cached else 0,
+        cached_prefix=cached_depth,
     )
 
 
@@ -202,6 +204,11 @@ class _Tally:
 
     flops: float = 0.0
     full_flops: float = 0.0
+    full_embeddings_flops: float = 0.0
+    components: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("blocks", "embedding", "head", "optimizer"), 0.0)
+    )
+    memory: dict[str, float] = field(default_factory=dict)  # the step of largest analytic total
     tokens: int = 0
     real_tokens: int = 0
     cache_hits: int = 0
@@ -231,12 +238,21 @@ class _Loop:
         self.unembed = surgery.Unembed(model)
         self.num_layers = surgery.num_layers(model)
         self.shape = costs.model_shape(model)
-        self.full_spec = costs.TrainableSpec(
-            trained_blocks=frozenset(range(self.num_layers)), embeddings=True, head=True
+        # The references of the savings: every block trained (the like-for-like "full"), and
+        # every block with the embeddings and LM head (full fine-tuning in the usual sense).
+        blocks = frozenset(range(self.num_layers))
+        self.full_spec = costs.TrainableSpec(trained_blocks=blocks)
+        self.full_embeddings_spec = costs.TrainableSpec(
+            trained_blocks=blocks, embeddings=True, head=True
         )
+        # the reference trains every block and the final norm, as every freezing policy does
+        norm = sum(p.numel() for p in surgery.final_norm(model).parameters())
+        self.block_params = sum(b.params for b in self.shape.blocks) + norm
+        self.shape_params = costs.parameter_counts(model)["total_params"]
+        self.param_bytes = next(model.parameters()).element_size()
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.cacheable = policy.static and config.cache_prefix
-        self.cache: dict[tuple[int, int], torch.Tensor] = {}  # (batch, boundary) -> state
+        self.cache: dict[tuple[int, int], torch.Tensor] = {}  # (batch, depth) -> state
         self.tally = _Tally()
         self.stopwatch = costs.Stopwatch(device)
         self.history: list[dict] = []
@@ -247,25 +263,36 @@ class _Loop:
         self.optimizer = _optimizer(self.params, self.config)
         self.history.append(_history_entry(step, state, self.model))
 
-    def _suffix_input(self, replay: BlockReplay, boundary: int, key) -> tuple[Any, int, bool]:
+    def _suffix_input(
+        self, replay: BlockReplay, depth: int, boundary: int, batch_index: int
+    ) -> tuple[Any, int, bool]:
         """The state entering the first block that needs gradients, that block's index, and
-        whether the state came from the prefix cache."""
+        whether the bottom ``depth`` blocks came from the prefix cache.
+
+        Only the bottom ``depth`` blocks (below every block the run trains) are cached: with
+        per-example eof a batch's own boundary can lie above blocks that other batches train,
+        so its state there changes from epoch to epoch and is recomputed (under no_grad)."""
         if boundary < 0:
             return replay.embedding_output, 0, False
-        if self.cacheable and key in self.cache:
-            self.tally.cache_hits += 1
-            return self.cache[key], boundary, True
+        depth = min(depth, boundary)
+        cached = self.cacheable and depth > 0 and (batch_index, depth) in self.cache
         with torch.no_grad():
-            hidden = replay.run(replay.embedding_output, 0, boundary)
-        if self.cacheable and boundary > 0:
-            self.cache[key] = hidden
-        return hidden, boundary, False
+            if cached:
+                self.tally.cache_hits += 1
+                hidden = self.cache[(batch_index, depth)]
+            else:
+                hidden = replay.run(replay.embedding_output, 0, depth)
+                if self.cacheable and depth > 0:
+                    self.cache[(batch_index, depth)] = hidden
+            hidden = replay.run(hidden, depth, boundary)
+        return hidden, boundary, cached
 
     def _forward_backward(self, batch: dict, boundary: int, batch_index: int):
         # The embedding output needs a graph only when the embeddings train.
         with torch.set_grad_enabled(boundary < 0):
             replay = BlockReplay(self.model, batch["input_ids"], batch["attention_mask"])
-        hidden, start, cached = self._suffix_input(replay, boundary, (batch_index, boundary))
+        depth = self.cache_depth()
+        hidden, start, cached = self._suffix_input(replay, depth, boundary, batch_index)
         hidden = replay.run(hidden, start)
         loss = _loss(self.unembed, hidden, batch, self.config, self.label_ids)
         loss.backward()
@@ -273,6 +300,10 @@ class _Loop:
             self.names[id(p)] for p in self.model.parameters() if p.grad is not None
         }
         return loss, cached
+
+    def cache_depth(self) -> int:
+        """Blocks below every trained block (what a static policy may cache)."""
+        return min(max(self.state.boundary, 0), self.num_layers)
 
     def step(self, step: int, plan: gains.BatchPlan, batch_index: int, per_example: bool) -> float:
         """One optimizer step on one planned batch; returns its loss."""
@@ -289,7 +320,7 @@ class _Loop:
                 torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self._account(batch, boundary, cached, loss.item())
+        self._account(batch, boundary, self.cache_depth() if cached else 0, loss.item())
         if changed is not None and changed != self.state:
             self.switch(step + 1, changed)
         return self.tally.losses[-1]
@@ -312,29 +343,64 @@ class _Loop:
             epoch_losses.append(float(np.mean(epoch_loss)))
         return epoch_losses, epoch_s
 
-    def _account(self, batch: dict, boundary: int, cached: bool, loss: float) -> None:
+    def _account(self, batch: dict, boundary: int, cached_depth: int, loss: float) -> None:
         b, t = batch["input_ids"].shape
         positions = b * t if self.config.loss == "lm" else b
-        spec = _spec(self.model, self.state, boundary, cached, self.num_layers)
-        full = costs.step_flops(self.shape, self.full_spec, b * t, t, positions)
-        self.tally.flops += costs.step_flops(self.shape, spec, b * t, t, positions)["total"]
-        self.tally.full_flops += full["total"]
-        self.tally.tokens += b * t
-        self.tally.real_tokens += int(batch["attention_mask"].sum())
-        self.tally.losses.append(loss)
+        spec = _spec(self.model, self.state, boundary, cached_depth)
+        step = costs.step_flops(self.shape, spec, b * t, t, positions)
+        trained = sum(p.numel() for p in self.params)
+        optimizer = costs.optimizer_flops(trained, self.config.optimizer)
+        tally = self.tally
+        tally.flops += step["total"] + optimizer
+        for part in ("blocks", "embedding", "head"):
+            tally.components[part] += step[part]
+        tally.components["optimizer"] += optimizer
+        tally.full_flops += self._reference(self.full_spec, b, t, positions, self.block_params)
+        tally.full_embeddings_flops += self._reference(
+            self.full_embeddings_spec, b, t, positions, self.shape_params
+        )
+        memory = costs.train_memory_bytes(
+            self.shape,
+            spec,
+            trained,
+            b * t,
+            t,
+            self.param_bytes,
+            self.config.optimizer,
+            cached_prefix_tokens=sum(h.shape[0] * h.shape[1] for h in self.cache.values()),
+        )
+        if memory["total"] > tally.memory.get("total", -1.0):
+            tally.memory = memory
+        tally.tokens += b * t
+        tally.real_tokens += int(batch["attention_mask"].sum())
+        tally.losses.append(loss)
 
-    def cost(self, wall: float, epoch_s: list[float], peak: costs.PeakMemory) -> dict:
+    def _reference(self, spec, b: int, t: int, positions: int, trained: int) -> float:
+        flops = costs.step_flops(self.shape, spec, b * t, t, positions)["total"]
+        return flops + costs.optimizer_flops(trained, self.config.optimizer)
+
+    def cost(self, wall: float, epoch_s: list[float], peak: costs.PeakMemory, rss_start: float):
         counts, tally = self.history[0], self.tally
+        analysis = self.policy.analysis_flops(self.shape)
+        mb = {k: v / 2**20 for k, v in tally.memory.items()}
         return {
             "flops_analytic": tally.flops,
+            "flops_components": {**tally.components, "analysis": analysis},
             "flops_full_analytic": tally.full_flops,
+            "flops_full_embeddings_analytic": tally.full_embeddings_flops,
             "saving_analytic": costs.saving_rate(tally.flops, tally.full_flops),
+            "saving_analytic_with_analysis": costs.saving_rate(
+                tally.flops + analysis, tally.full_flops
+            ),
             "flop_model": costs.FLOP_MODEL,  # the key every method's cost dict carries
+            "memory_analytic_mb": mb,
             "wall_s": wall,
             "epoch_s": epoch_s,
             "step_s": self.stopwatch.steps,
             **self.stopwatch.summary(),
             **peak.as_dict(),
+            "rss_start_mb": rss_start,
+            "train_memory_mb": peak.peak_rss_mb - rss_start,
             "trainable_params": counts["trainable_params"],
             "total_params": counts["total_params"],
             "tokens": tally.tokens,
@@ -385,7 +451,7 @@ def finetune(
         model, tokenizer, train_records, policy, task, label_words, label_tokens, config
     )
     plans, per_example = _plans(loop.state, len(loop.enc), config.batch_size, config.seed)
-    t_start = time.perf_counter()
+    t_start, rss_start = time.perf_counter(), costs.current_rss_mb()
     with costs.PeakMemory(loop.device) as peak:
         epoch_losses, epoch_s = loop.train(plans, per_example)
     wall = time.perf_counter() - t_start
@@ -397,7 +463,7 @@ def finetune(
         policy=policy.describe(),
         config=asdict(config),
         metrics=metrics,
-        cost=loop.cost(wall, epoch_s, peak),
+        cost=loop.cost(wall, epoch_s, peak, rss_start),
         losses=loop.tally.losses,
         epoch_losses=epoch_losses,
         history=loop.history,
@@ -430,6 +496,7 @@ def _start_loop(
         config.seed,
         config.batch_size,
         config.analysis_batch_size,
+        config.epochs,
     )
     state = policy.setup(ctx)
     model = policy.wrap_model(model)
@@ -481,7 +548,9 @@ def predict(
 def evaluate(
     model, tokenizer, records, label_tokens, task=None, config: FinetuneConfig | None = None
 ) -> dict:
-    """Accuracy and macro-F1 of :func:`predict` on ``records``, with the n behind them."""
+    """Accuracy and macro-F1 of :func:`predict` on ``records``, with the n behind them and every
+    item (its position in ``records``, gold, prediction, 0/1 accuracy), so intervals and paired
+    comparisons can be recomputed from the record."""
     config = config or FinetuneConfig()
     preds = predict(
         model,
@@ -495,7 +564,17 @@ def evaluate(
     )
     gold = [int(r["label"]) for r in records]
     acc = float(np.mean([p == g for p, g in zip(preds, gold)])) if gold else math.nan
-    return {"accuracy": acc, "macro_f1": macro_f1(gold, preds), "n": len(gold)}
+    items = [
+        {"doc_id": i, "gold": g, "prediction": p, "accuracy": float(p == g)}
+        for i, (g, p) in enumerate(zip(gold, preds))
+    ]
+    return {
+        "accuracy": acc,
+        "macro_f1": macro_f1(gold, preds),
+        "n": len(gold),
+        "metric": "accuracy",
+        "items": items,
+    }
 
 
 def measured_saving(

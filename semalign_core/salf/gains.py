@@ -19,9 +19,10 @@ reconstruction, registered by name in :data:`GAINS` (docs/decisions.md says why 
                     (D_{k−1} − D_k)/(D_{k−1} − E), the fraction of the still *reducible*
                     deviation that block k removes.
 
-eof = argmax gain ∈ 1..L−1 by default (eof = L would leave nothing to train), eof = e meaning
-embeddings and blocks 1..e frozen. Budgets raise eof; padding strategies form batches whose
-examples disagree on (per-example) eof.
+eof = argmax gain ∈ 1..L−1 (eof = L would leave nothing to train), eof = e meaning embeddings and
+blocks 1..e frozen; SALF's policies start the argmax at block 2 (:data:`FIRST_BLOCK`: block 1's
+gain rests on space 0, which carries no per-example information). Budgets raise eof; padding
+strategies form batches whose examples disagree on (per-example) eof.
 """
 
 from __future__ import annotations
@@ -154,15 +155,27 @@ def compute_gains(dev, params, gain: str = "drop") -> np.ndarray:
     return GAINS[gain](dev, params)
 
 
-def choose_eof(gains: Sequence[float], allow_full_freeze: bool = False) -> int:
-    """eof = argmax gain (block index 1..L), capped at L−1 unless ``allow_full_freeze``.
+def choose_eof(
+    gains: Sequence[float], allow_full_freeze: bool = False, first_block: int = 1
+) -> int:
+    """eof = argmax gain over blocks ``first_block``..L−1 (1-based), L too when
+    ``allow_full_freeze``.
 
-    Ties go to the shallowest block (more layers trained: the safe side)."""
+    Ties go to the shallowest block (more layers trained: the safe side). ``first_block=2``
+    leaves block 1 out: its gain D_0 − D_1 rests on space 0, which carries no per-example
+    information when every prompt ends in the same token (see :data:`FIRST_BLOCK`)."""
     g = np.asarray(gains, dtype=np.float64)
     L = g.shape[0]
-    candidates = g if allow_full_freeze or L == 1 else g[: L - 1]
-    candidates = np.where(np.isnan(candidates), -np.inf, candidates)
-    return int(np.argmax(candidates)) + 1
+    last = L if allow_full_freeze or L == 1 else L - 1
+    first = min(max(int(first_block), 1), last)
+    candidates = np.where(np.isnan(g[first - 1 : last]), -np.inf, g[first - 1 : last])
+    return int(np.argmax(candidates)) + first
+
+
+# The first block whose gain may win: 2 leaves out block 1's gain D_0 − D_1. Space 0 is the
+# embedding of the prompt's last token, which SALF's template makes the same ":" for every example,
+# so D_0 depends on the label alone (docs/decisions.md, "Space 0").
+FIRST_BLOCK = 2
 
 
 def check_eof(eof: int, num_layers: int) -> int:
@@ -174,13 +187,59 @@ def check_eof(eof: int, num_layers: int) -> int:
 
 
 def eof_per_example(
-    dev_matrix, params, gain: str = "drop", allow_full_freeze: bool = False
+    dev_matrix,
+    params,
+    gain: str = "drop",
+    allow_full_freeze: bool = False,
+    first_block: int = 1,
 ) -> np.ndarray:
     """eof of each example from its own trace (rows of an (n, L+1) deviation matrix)."""
     m = np.asarray(dev_matrix, dtype=np.float64)
     return np.array(
-        [choose_eof(compute_gains(row, params, gain), allow_full_freeze) for row in m], dtype=int
+        [choose_eof(compute_gains(row, params, gain), allow_full_freeze, first_block) for row in m],
+        dtype=int,
     )
+
+
+def eof_by_gain(mean_dev, params, first_block: int = 1) -> dict[str, int]:
+    """The eof every registered gain formula chooses from one (mean) deviation trace."""
+    return {
+        name: choose_eof(compute_gains(mean_dev, params, name), first_block=first_block)
+        for name in GAINS
+    }
+
+
+def eof_stability(
+    dev_matrix,
+    params,
+    gain: str,
+    first_block: int = 1,
+    resamples: int = 200,
+    seed: int = 0,
+) -> dict:
+    """How stable the dataset eof is under resampling the analysed examples: the eof of the mean
+    trace of each of ``resamples`` bootstrap resamples (rows drawn with replacement), the share
+    of resamples that agree with the full data's eof, and the count of each eof chosen."""
+    m = np.asarray(dev_matrix, dtype=np.float64)
+    if m.ndim != 2 or len(m) < 2:
+        raise InvalidParameterError("eof stability needs a deviation matrix of ≥ 2 examples")
+    chosen = choose_eof(compute_gains(m.mean(0), params, gain), first_block=first_block)
+    rng = np.random.default_rng(seed)
+    eofs = [
+        choose_eof(
+            compute_gains(m[rng.integers(0, len(m), len(m))].mean(0), params, gain),
+            first_block=first_block,
+        )
+        for _ in range(resamples)
+    ]
+    values, counts = np.unique(eofs, return_counts=True)
+    return {
+        "eof": chosen,
+        "share": float(np.mean(np.asarray(eofs) == chosen)),
+        "resamples": resamples,
+        "seed": seed,
+        "counts": {str(int(v)): int(c) for v, c in zip(values, counts)},
+    }
 
 
 # --------------------------------------------------------------------------- budgets
@@ -294,9 +353,12 @@ __all__ = [
     "PowerLawFit",
     "apply_budget",
     "check_eof",
+    "FIRST_BLOCK",
     "choose_eof",
     "compute_gains",
+    "eof_by_gain",
     "eof_per_example",
+    "eof_stability",
     "fit_power_law",
     "fit_zhang",
     "plan_batches",

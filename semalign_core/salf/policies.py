@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from semalign_core import costs
 from semalign_core.errors import InvalidParameterError
 from semalign_core.lm import surgery
 from semalign_core.salf import analysis, gains
@@ -78,10 +79,16 @@ class PolicyContext:
     seed: int = 0
     batch_size: int = 8
     analysis_batch_size: int = 16
+    epochs: int = 1
 
     @property
     def num_layers(self) -> int:
         return surgery.num_layers(self.model)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the run (batches per epoch × epochs)."""
+        return -(-len(self.train_records) // max(self.batch_size, 1)) * self.epochs
 
 
 class Policy:
@@ -106,12 +113,28 @@ class Policy:
     def describe(self) -> dict:
         return {"name": self.name}
 
+    def analysis_flops(self, shape) -> float:
+        """Analytic FLOPs of the policy's own analysis pass at set-up (none by default)."""
+        return 0.0
 
+
+@dataclass
 class FullFinetune(Policy):
-    name = "full"
+    """Every block and the final norm train; the embeddings and LM head too unless
+    ``embeddings=False`` (then it is eof = 0, the like-for-like reference of the freezing
+    policies)."""
+
+    embeddings: bool = True
+    name: str = "full"
 
     def setup(self, ctx):
-        return Trainable(blocks=frozenset(range(ctx.num_layers)), embeddings=True, head=True)
+        L = ctx.num_layers
+        return Trainable(
+            blocks=frozenset(range(L)), embeddings=self.embeddings, head=self.embeddings
+        )
+
+    def describe(self):
+        return {"name": self.name, "embeddings": self.embeddings}
 
 
 @dataclass
@@ -177,19 +200,23 @@ class RandomEof(Policy):
 class SignalEof(Policy):
     """eof from a layer signal over the training data, per dataset or per example.
 
-    ``signal``: ``deviation`` (SALF: a deviation kind + a gain formula), ``block_influence``
-    (argmax of 1 − cos(h_k, h_{k−1})). ``per_example`` gives each example its eof and batches
-    them with ``padding`` ("min" or "bucket"). ``budget`` raises eof (see gains.apply_budget).
+    ``signal``: ``deviation`` (SALF: a deviation kind + a gain formula; the default gain is the
+    scaling-law reconstruction ``scaling_kaplan``), ``block_influence`` (argmax of
+    1 − cos(h_k, h_{k−1})). ``per_example`` gives each example its eof and batches them with
+    ``padding`` ("min" or "bucket"). ``budget`` raises eof (see gains.apply_budget).
+    ``first_block``: the shallowest block whose gain may win (2: space 0 left out, see
+    :data:`~semalign_core.salf.gains.FIRST_BLOCK`).
     """
 
     signal: str = "deviation"
     deviation: str = "cos_normed"
-    gain: str = "drop"
+    gain: str = "scaling_kaplan"
     per_example: bool = False
     padding: str = "min"
     budget: gains.Budget | None = None
     flops_of_eof: Callable[[int], float] | None = None
     full_flops: float | None = None
+    first_block: int = gains.FIRST_BLOCK
     name: str = "salf"
     analysis_: dict = field(default_factory=dict, repr=False)
 
@@ -205,29 +232,16 @@ class SignalEof(Policy):
             batch_size=ctx.analysis_batch_size,
             max_length=ctx.max_length,
         )
-        params = analysis.block_params(ctx.model)
-        if self.signal == "deviation":
-            dev = analysis.deviations(ctx.model, trace, self.deviation).numpy()
-            mean_dev = dev.mean(0)
-            g = gains.compute_gains(mean_dev, params, self.gain)
-            per_ex = gains.eof_per_example(dev, params, self.gain) if self.per_example else None
-        elif self.signal == "block_influence":
-            bi = analysis.block_influence(trace).numpy()
-            mean_dev, g = None, bi.mean(0)
-            per_ex = np.array([gains.choose_eof(r) for r in bi]) if self.per_example else None
-        else:
-            raise InvalidParameterError(
-                f"signal must be 'deviation' or 'block_influence', got {self.signal!r}"
-            )
-        eof = gains.apply_budget(
-            gains.choose_eof(g), L, self.budget, self.flops_of_eof, self.full_flops
-        )
+        signal, g, per_ex = self._signal(ctx.model, trace)
+        eof_raw = gains.choose_eof(g, first_block=self.first_block)
+        eof = gains.apply_budget(eof_raw, L, self.budget, self.flops_of_eof, self.full_flops)
         self.analysis_ = {
-            "deviation": None if mean_dev is None else mean_dev.tolist(),
             "gains": np.asarray(g).tolist(),
-            "eof_raw": gains.choose_eof(g),
+            "eof_raw": eof_raw,
             "eof": eof,
+            "analysis_batches": trace.meta["batch_shapes"],
         }
+        self.analysis_.update(self._diagnostics(ctx.model, trace, signal))
         if per_ex is None:
             return suffix_state(eof, L)
         per_ex = [
@@ -239,12 +253,73 @@ class SignalEof(Policy):
             suffix_state(min(per_ex), L), example_eofs=tuple(per_ex), padding=self.padding
         )
 
+    def _signal(self, model, trace) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(per-example signal matrix, gains per block, per-example eofs or None)."""
+        first = self.first_block
+        if self.signal == "deviation":
+            dev = analysis.deviations(model, trace, self.deviation).numpy()
+            params = analysis.block_params(model)
+            g = gains.compute_gains(dev.mean(0), params, self.gain)
+            per_ex = (
+                gains.eof_per_example(dev, params, self.gain, first_block=first)
+                if self.per_example
+                else None
+            )
+            return dev, g, per_ex
+        if self.signal == "block_influence":
+            bi = analysis.block_influence(trace).numpy()
+            per_ex = (
+                np.array([gains.choose_eof(r, first_block=first) for r in bi])
+                if self.per_example
+                else None
+            )
+            return bi, bi.mean(0), per_ex
+        raise InvalidParameterError(
+            f"signal must be 'deviation' or 'block_influence', got {self.signal!r}"
+        )
+
+    def analysis_flops(self, shape) -> float:
+        """The trace's forward over the analysed prompts, the logit lens's read-outs in every
+        space (``logit_lens_ce``) and the head's pseudo-inverse (cosine deviations)."""
+        batches = self.analysis_.get("analysis_batches") or []
+        tokens = sum(b * t for b, t in batches)
+        if not tokens:
+            return 0.0
+        # tokens × 4·T·d_attn per batch is exact with the token-weighted mean length
+        seq_len = sum(b * t * t for b, t in batches) / tokens
+        lens = self.signal == "deviation" and self.deviation == "logit_lens_ce"
+        cosine = self.signal == "deviation" and not lens
+        flops = costs.analysis_flops(
+            shape,
+            tokens,
+            seq_len,
+            sum(b for b, _ in batches),
+            head_readouts_per_example=shape.num_layers + 1 if lens else 0,
+        )
+        return flops if cosine else flops - costs.pinv_flops(shape)
+
+    def _diagnostics(self, model, trace, signal: np.ndarray) -> dict:
+        """The deviation trace, the eof of every gain formula on it and the bootstrap stability
+        of this policy's eof over the analysed examples (deviation signals only)."""
+        if self.signal != "deviation":
+            return {"deviation": None}
+        params = analysis.block_params(model)
+        return {
+            "deviation": signal.mean(0).tolist(),
+            "first_block": self.first_block,
+            "eof_by_gain": gains.eof_by_gain(signal.mean(0), params, self.first_block),
+            "eof_stability": gains.eof_stability(signal, params, self.gain, self.first_block)
+            if len(signal) > 1
+            else None,
+        }
+
     def describe(self):
         return {
             "name": self.name,
             "signal": self.signal,
             "deviation": self.deviation,
             "gain": self.gain,
+            "first_block": self.first_block,
             "per_example": self.per_example,
             "padding": self.padding,
             "budget": None if self.budget is None else vars(self.budget),
@@ -278,17 +353,26 @@ class AutoFreeze(Policy):
     norm since the previous interval, |‖g‖_now − ‖g‖_prev| / ‖g‖_prev, is compared with the
     ``percentile``-th percentile of those changes; the lowest trained block is frozen when its
     change is at or below it (one block per decision). ``min_trainable`` blocks always train.
+    ``interval=None`` scales it with the run: the run's steps split into ``decisions`` + 1
+    intervals (the first only sets the reference), so a short run still decides several times.
     """
 
-    interval: int = 4
+    interval: int | None = None
     percentile: float = 50.0
     min_trainable: int = 1
+    decisions: int = 6
     name: str = "autofreeze"
     static = False
 
     def setup(self, ctx):
         self.L = ctx.num_layers
         self.layers = surgery.decoder_layers(ctx.model)
+        if self.interval is None:
+            if self.decisions < 1:
+                raise InvalidParameterError(
+                    f"AutoFreeze decisions must be ≥ 1, got {self.decisions}"
+                )
+            self.interval = max(1, ctx.total_steps // (self.decisions + 1))
         self.frozen_upto = 0
         self.acc = np.zeros(self.L)
         self.prev: np.ndarray | None = None
@@ -321,6 +405,7 @@ class AutoFreeze(Policy):
         return {
             "name": self.name,
             "interval": self.interval,
+            "decisions": self.decisions,
             "percentile": self.percentile,
             "history": getattr(self, "history", None),
         }
@@ -329,11 +414,14 @@ class AutoFreeze(Policy):
 @dataclass
 class Lisa(Policy):
     """LISA (Pan et al. 2024): every ``interval`` steps a new random set of ``n_active`` blocks
-    trains; embeddings and LM head always train. The loop rebuilds the optimizer on each switch."""
+    trains; embeddings and LM head always train as in the paper, unless ``embeddings=False`` (the
+    like-for-like setting where no policy trains them). The loop rebuilds the optimizer on each
+    switch."""
 
     n_active: int = 2
     interval: int = 4
     seed: int = 0
+    embeddings: bool = True
     name: str = "lisa"
     static = False
 
@@ -350,7 +438,7 @@ class Lisa(Policy):
     def _draw(self, step):
         active = sorted(self.rng.sample(range(self.L), self.n_active))
         self.history.append((step, active))
-        return Trainable(blocks=frozenset(active), embeddings=True, head=True)
+        return Trainable(blocks=frozenset(active), embeddings=self.embeddings, head=self.embeddings)
 
     def on_step_start(self, step):
         return self._draw(step) if step > 0 and step % self.interval == 0 else None
@@ -361,6 +449,7 @@ class Lisa(Policy):
             "n_active": self.n_active,
             "interval": self.interval,
             "seed": self.seed,
+            "embeddings": self.embeddings,
             "history": getattr(self, "history", None),
         }
 
