@@ -314,3 +314,27 @@ def test_sweep_labels_follow_salf():
             "budget": {"flops_fraction": 0.45},
         }
     )
+
+
+def test_timing_plan_interleaves_every_policy_and_repeat_in_a_seeded_order():
+    from semalign_core.experiments import budgets, salf_cost_benefit
+
+    cpu = get_profile("cpu")
+    plan = salf_cost_benefit.timing_plan(cpu, ["m"], ["t"], seed=0)
+    timing = budgets.TIMING["cpu"]
+    expected = {("m", "t", p, 0, r) for p in timing["policies"] for r in range(timing["repeats"])}
+    assert timing["repeats"] >= 3 and len(plan) == len(expected) and set(plan) == expected
+    assert plan == salf_cost_benefit.timing_plan(cpu, ["m"], ["t"], seed=0)  # seeded
+    first = [label for _, _, label, _, _ in plan[: len(timing["policies"])]]
+    assert first != list(timing["policies"])  # not in table order
+    names = [salf_cost_benefit.timing_name(*run) for run in plan]
+    assert len(set(names)) == len(names) and all(
+        n.endswith(("rep0", "rep1", "rep2")) for n in names
+    )
+
+
+def test_timing_repeats_refuse_a_policy_outside_the_timing_set():
+    from semalign_core.experiments import cells
+
+    with pytest.raises(InvalidParameterError, match="timing policies"):
+        cells.run_timing_repeats("smoke", policies=["lisa"])

@@ -66,11 +66,17 @@ REPRODUCE_TIERS: dict[str, tuple[str, dict[str, dict[str, tuple[int, ...]]]]] = 
 # processes finish two Table 1 cells 1.37x sooner than one two-thread process runs them in turn
 # (bench/bench_jobs.py, results/bench/jobs.json). Not SALF: its records' configs hold the thread
 # count (its times are results). Short cells (Table 2) gain nothing.
-# SALF in `make reproduce`: the main table and its sweeps on SmolLM2 x TREC only (every table and
-# figure at least once within the hour); `make reproduce-full` runs both models on both tasks.
+# SALF in `make reproduce`: the main table on SmolLM2 x TREC only and the timing repeats of four
+# policies (every table and figure at least once within the hour); `make reproduce-full` runs
+# both models on both tasks and times every policy of TIMING.
 SALF_HEADLINE = {"models": ["smollm2-135m-instruct"], "tasks": ["trec"]}
+SALF_HEADLINE_TIMING = {"timing_policies": ["full_embeddings", "full", "freeze_1_2", "salf"]}
 TIER_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
-    "reproduce": {SEMALIGN_TRANSFER: {"jobs": 2}, SALF_MAIN: SALF_HEADLINE},
+    "reproduce": {
+        SEMALIGN_TRANSFER: {"jobs": 2},
+        SALF_MAIN: SALF_HEADLINE,
+        SALF_COST_BENEFIT: SALF_HEADLINE_TIMING,
+    },
     "reproduce-full": {SEMALIGN_TRANSFER: {"jobs": 2}},
 }
 

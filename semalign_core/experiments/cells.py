@@ -47,6 +47,7 @@ from semalign_core.devices import default_device
 from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.experiments import (
     ablations,
+    budgets,
     salf_cells,
     salf_cost_benefit,
     salf_main,
@@ -329,16 +330,27 @@ def run_cell(
     return json.loads(record_path(experiment, profile, name).read_text())
 
 
-def run_timing_repeats(profile: str, seed: int = 0, force: bool = False) -> list[dict[str, Any]]:
-    """Notebook 07's timing repeats (``budgets.TIMING`` at the profile's sweep setting), one
-    fresh process each (the parent's thread count), in their seeded random order; valid records
-    are reused, not re-timed (``force`` re-times them)."""
+def run_timing_repeats(
+    profile: str, seed: int = 0, force: bool = False, policies: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Notebook 07's timing repeats (``budgets.TIMING`` at the profile's sweep setting; only
+    ``policies`` of it when given), one fresh process each (the parent's thread count), in their
+    seeded random order; valid records are reused, not re-timed (``force`` re-times them)."""
     prof = get_profile(profile)
-    names = list(_salf_timing_cells(prof, (seed,)))
+    cells = _salf_timing_cells(prof, (seed,))
+    if policies is not None:
+        timed = set(budgets.TIMING[prof.name]["policies"])
+        unknown = sorted(set(policies) - timed)
+        if unknown:
+            raise InvalidParameterError(
+                f"timing policies at {profile} are {', '.join(sorted(timed))}; "
+                f"got {', '.join(unknown)}"
+            )
+        cells = {n: c for n, c in cells.items() if n.split("__")[2] in set(policies)}
     require_models(prof)
     return [
         run_cell(SALF_TIMING, name, profile, force, own_process=True)
-        for name in tqdm(names, desc="timing repeats (own processes)", unit="run")
+        for name in tqdm(list(cells), desc="timing repeats (own processes)", unit="run")
     ]
 
 
