@@ -18,7 +18,7 @@ CELL = "sft__mmlu__seed0"
 # experiment: (its notebook's grid function, run at the notebook's defaults; a cheap cell of it)
 GRIDS = {
     "semalign_ablations": (ablations.run_ablations, "objective-v2__sst2__seed0"),
-    "salf_cost_benefit": (salf_cost_benefit.run_cost_benefit, "tiny-source__mpqa__eof_0__seed0"),
+    "salf_cost_benefit": (salf_cost_benefit.run_cost_benefit, "tiny-source__sst2__eof_5__seed0"),
 }
 
 
