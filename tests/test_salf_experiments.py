@@ -338,3 +338,14 @@ def test_timing_repeats_refuse_a_policy_outside_the_timing_set():
 
     with pytest.raises(InvalidParameterError, match="timing policies"):
         cells.run_timing_repeats("smoke", policies=["lisa"])
+
+
+def test_timing_overrides_name_what_differs_from_the_defaults():
+    from semalign_core.experiments import salf_cost_benefit
+
+    assert salf_cost_benefit.timing_overrides(None, models=None, lr=None) == []
+    assert salf_cost_benefit.timing_overrides(dict(ex.SALF_OPTIONS), epochs=None) == []
+    assert salf_cost_benefit.timing_overrides({"gain": "drop"}, lr=1e-3, tasks=None) == [
+        "lr",
+        "salf_kw",
+    ]

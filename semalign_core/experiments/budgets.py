@@ -17,6 +17,7 @@ from semalign_core.experiments.catalog import (
     FINETUNED_TEACHER,
     SALF_COST_BENEFIT,
     SALF_MAIN,
+    SALF_TIMING,
     SEMALIGN_ABLATIONS,
     SEMALIGN_TRANSFER,
 )
@@ -38,6 +39,7 @@ DEFAULT_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {
     SEMALIGN_ABLATIONS: {"smoke": (0,), "cpu": (0,), "gpu-small": (0, 1, 2), "paper": (0, 1, 2)},
     SALF_MAIN: {"smoke": (0, 1), "cpu": (0, 1, 2), "gpu-small": (0, 1, 2), "paper": (0, 1, 2)},
     SALF_COST_BENEFIT: {"smoke": (0,), "cpu": (0,), "gpu-small": (0,), "paper": (0,)},
+    SALF_TIMING: {"smoke": (0,), "cpu": (0,), "gpu-small": (0,), "paper": (0,)},
 }
 
 # `make reproduce-full`: every seed of the committed results (Table 1 at cpu has seeds 1-2 too).

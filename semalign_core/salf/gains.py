@@ -174,7 +174,8 @@ def choose_eof(
 
 # The first block whose gain may win: 2 leaves out block 1's gain D_0 − D_1. Space 0 is the
 # embedding of the prompt's last token, which SALF's template makes the same ":" for every example,
-# so D_0 depends on the label alone (docs/decisions.md, "Space 0").
+# so D_0 depends on the label alone (docs/decisions.md, "Space 0"). It is not in the SALF records'
+# config: changing it needs a new `experiments.salf_cells.VERSION` (and salf_analysis's version).
 FIRST_BLOCK = 2
 
 
