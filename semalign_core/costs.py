@@ -277,16 +277,17 @@ def analysis_flops(
     seq_len: int,
     examples: int,
     head_readouts_per_example: int = 0,
+    semantic_bases: bool = True,
 ) -> float:
     """FLOPs of a forward-only analysis pass (SALF's transition trace and deviations).
 
     Every block's forward over ``tokens`` processed positions of padded length ``seq_len`` (no
     backward), ``head_readouts_per_example × examples`` head read-outs (a logit-lens deviation
-    reads the head in each of the L+1 spaces: ``L + 1``; a cosine deviation reads none: 0) and
-    :func:`pinv_flops`, the pseudo-inverse that the semantic bases need (subtract it for a pass
-    that uses no bases)."""
+    reads the head in each of the L+1 spaces: ``L + 1``; a cosine deviation reads none: 0) and,
+    with ``semantic_bases``, :func:`pinv_flops`, the pseudo-inverse that the bases need."""
     blocks = prefix_forward_flops(shape, shape.num_layers, tokens, seq_len)
-    return blocks + head_flops(shape, head_readouts_per_example * examples) + pinv_flops(shape)
+    bases = pinv_flops(shape) if semantic_bases else 0.0
+    return blocks + head_flops(shape, head_readouts_per_example * examples) + bases
 
 
 def _block_activation_floats(block: BlockCost, hidden: int, seq_len: int, kind: str) -> float:

@@ -327,7 +327,7 @@ def test_timing_plan_interleaves_every_policy_and_repeat_in_a_seeded_order():
     assert plan == salf_cost_benefit.timing_plan(cpu, ["m"], ["t"], seed=0)  # seeded
     first = [label for _, _, label, _, _ in plan[: len(timing["policies"])]]
     assert first != list(timing["policies"])  # not in table order
-    names = [salf_cost_benefit.timing_name(*run) for run in plan]
+    names = [ex.run_name(*run) for run in plan]
     assert len(set(names)) == len(names) and all(
         n.endswith(("rep0", "rep1", "rep2")) for n in names
     )

@@ -230,17 +230,21 @@ def _cost_benefit_cells(prof: Profile, seeds: Sequence[int]) -> _Cells:
     return _salf_grid_cells(grid, labels_for, models, tasks, seeds)
 
 
-def _salf_timing_cells(prof: Profile, seeds: Sequence[int]) -> dict[str, CellRunner]:
-    """Every timing repeat of notebook 07 (its defaults), by run name, in its random order."""
+def _salf_timing_cells(
+    prof: Profile, seeds: Sequence[int], policies: Sequence[str] | None = None
+) -> dict[str, CellRunner]:
+    """Every timing repeat of notebook 07 (its defaults; only ``policies`` when given), by run
+    name, in its random order."""
     salf_kw = dict(salf_cells.SALF_OPTIONS)
     models, tasks, _, seeds = salf_cost_benefit.check_parameters(prof, 0, seeds, salf_kw=salf_kw)
     cells = {}
     for model, task, label, seed, repeat in salf_cost_benefit.timing_plan(
         prof, models, tasks, seeds[0]
     ):
-        grid = partial(salf_cost_benefit.timing_grid, prof, repeat, None, salf_kw)
-        name = salf_cost_benefit.timing_name(model, task, label, seed, repeat)
-        cells[name] = partial(_grid_run, grid, (model, task, label, seed))
+        if policies is None or label in policies:
+            grid = partial(salf_cost_benefit.timing_grid, prof, repeat, None, salf_kw)
+            name = salf_cells.run_name(model, task, label, seed, repeat)
+            cells[name] = partial(_grid_run, grid, (model, task, label, seed))
     return cells
 
 
@@ -337,16 +341,13 @@ def run_timing_repeats(
     ``policies`` of it when given), one fresh process each (the parent's thread count), in their
     seeded random order; valid records are reused, not re-timed (``force`` re-times them)."""
     prof = get_profile(profile)
-    cells = _salf_timing_cells(prof, (seed,))
-    if policies is not None:
-        timed = set(budgets.TIMING[prof.name]["policies"])
-        unknown = sorted(set(policies) - timed)
-        if unknown:
-            raise InvalidParameterError(
-                f"timing policies at {profile} are {', '.join(sorted(timed))}; "
-                f"got {', '.join(unknown)}"
-            )
-        cells = {n: c for n, c in cells.items() if n.split("__")[2] in set(policies)}
+    timed = budgets.TIMING[prof.name]["policies"]
+    unknown = sorted(set(policies or ()) - set(timed))
+    if unknown:
+        raise InvalidParameterError(
+            f"timing policies at {profile} are {', '.join(sorted(timed))}; got {', '.join(unknown)}"
+        )
+    cells = _salf_timing_cells(prof, (seed,), policies)
     require_models(prof)
     return [
         run_cell(SALF_TIMING, name, profile, force, own_process=True)

@@ -27,7 +27,6 @@ from semalign_core.experiments.salf_cells import (
     SalfGrid,
     check_label,
     check_models_tasks,
-    run_name,
 )
 from semalign_core.profiles import Profile
 from semalign_core.records import Measure
@@ -198,10 +197,6 @@ def timing_overrides(salf_kw: dict | None = None, **settings) -> list[str]:
     return changed
 
 
-def timing_name(model: str, task: str, label: str, seed: int, repeat: int) -> str:
-    return run_name(model, task, label, seed, repeat)
-
-
 __all__ = [
     "check_parameters",
     "make_grid",
@@ -209,7 +204,6 @@ __all__ = [
     "run_labels",
     "sweep_labels",
     "timing_grid",
-    "timing_name",
     "timing_overrides",
     "timing_plan",
 ]

@@ -241,7 +241,7 @@ class SignalEof(Policy):
             "eof": eof,
             "analysis_batches": trace.meta["batch_shapes"],
         }
-        self.analysis_.update(self._diagnostics(ctx.model, trace, signal))
+        self.analysis_.update(self._diagnostics(ctx.model, signal))
         if per_ex is None:
             return suffix_state(eof, L)
         per_ex = [
@@ -288,17 +288,16 @@ class SignalEof(Policy):
         # tokens × 4·T·d_attn per batch is exact with the token-weighted mean length
         seq_len = sum(b * t * t for b, t in batches) / tokens
         lens = self.signal == "deviation" and self.deviation == "logit_lens_ce"
-        cosine = self.signal == "deviation" and not lens
-        flops = costs.analysis_flops(
+        return costs.analysis_flops(
             shape,
             tokens,
             seq_len,
             sum(b for b, _ in batches),
             head_readouts_per_example=shape.num_layers + 1 if lens else 0,
+            semantic_bases=self.signal == "deviation" and not lens,  # the cosine deviations
         )
-        return flops if cosine else flops - costs.pinv_flops(shape)
 
-    def _diagnostics(self, model, trace, signal: np.ndarray) -> dict:
+    def _diagnostics(self, model, signal: np.ndarray) -> dict:
         """The deviation trace, the eof of every gain formula on it and the bootstrap stability
         of this policy's eof over the analysed examples (deviation signals only)."""
         if self.signal != "deviation":
