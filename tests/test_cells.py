@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from semalign_core.errors import InvalidParameterError
-from semalign_core.experiments import ablations, cells, salf_cost_benefit
+from semalign_core.experiments import ablations, cells, salf_cost_benefit, salf_main
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
 from semalign_core.records import without_volatile
@@ -153,3 +155,24 @@ def test_cells_in_two_one_thread_processes_match_one_thread_in_process(tmp_path,
     assert all(r["cost"]["process_peak_scope"] == "own process" for r in own)
     with pytest.raises(InvalidParameterError, match="unknown cell"):
         cells.run_cells_in_processes("semalign_transfer", [CELL, "nope"], "smoke")
+
+
+@pytest.mark.slow  # two fresh processes: make test-scale
+def test_salf_main_in_two_processes_is_what_the_notebook_reads(tmp_path, monkeypatch):
+    _isolate(monkeypatch, tmp_path)
+    prof = get_profile("smoke")
+    models, tasks, policies, seeds = salf_main.check_parameters(
+        prof, policies=["full", "salf", "random_matched"]
+    )
+    cells.compute_salf_main_in_processes(prof, models, tasks, policies, seeds, jobs=2)
+    folder = tmp_path / "results" / "salf_main" / "smoke"
+    written = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    records = salf_main.run_main_table(prof, models, tasks, policies, seeds, verbose=False)
+    assert {r["run"] for r in records} == set(written)  # zero-shot and every policy × seed
+    for r in records:  # read, not recomputed: the notebook finds the processes' records valid
+        assert r["provenance"]["created"] == written[r["run"]]["provenance"]["created"]
+        assert r["provenance"]["threads"] == 1
+    for seed in seeds:  # random_matched started after SALF's run: it trains SALF's depth
+        by = {r["config"]["policy"]: r for r in records if r["config"]["seed"] == seed}
+        depth = by["salf"]["model_info"]["layers"] - by["salf"]["policy"]["eof"]
+        assert by["random_matched"]["config"]["spec"]["depth"] == depth

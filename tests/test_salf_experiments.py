@@ -68,6 +68,7 @@ def test_records_written_one_per_run(in_results):
         "kind": "salf",
         "deviation": "cos_normed",
         "gain": "scaling_kaplan",
+        "first_block": 2,
     }
 
 
@@ -190,6 +191,7 @@ def test_freeze_half_saves_a_third_with_equal_blocks(tmp_path, monkeypatch):
         (lambda: check_parameters(PROF, tasks=["imdb"]), "unknown task(s) ['imdb']"),
         (lambda: check_parameters(PROF, seeds=[-1]), "seeds=[-1]"),
         (lambda: check_parameters(PROF, salf_kw={"gain": "magic"}), "gain must be one of"),
+        (lambda: check_parameters(PROF, salf_kw={"first_block": 0}), "first_block must be"),
         (lambda: ex.run_budget(PROF, n_train=0), "n_train=0 must be an integer >= 1"),
         (lambda: ex.run_budget(PROF, lr=-1.0), "lr=-1.0 must be a number > 0"),
         (lambda: ex.run_budget(PROF, steps=3), "SalfRunBudget has no field(s) steps"),
@@ -201,6 +203,18 @@ def test_invalid_parameters_one_line(call, message):
     with pytest.raises(InvalidParameterError) as info:
         call()
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_learning_rate_per_model_and_an_explicit_lr_for_every_model():
+    cpu = get_profile("cpu")
+    budget = ex.run_budget(cpu)
+    assert budget.lr_for("smollm2-135m-instruct") == 1e-4 and budget.lr_for("gemma3-270m") == 3e-5
+    spec = ex.policy_spec("lora_all")  # LoRA's lr is 5x the model's
+    assert ex.finetune_config(budget, "gemma3-270m", 0, spec).lr == pytest.approx(1.5e-4)
+    explicit = ex.run_budget(cpu, lr=2e-4)
+    assert {explicit.lr_for(m) for m in ("smollm2-135m-instruct", "gemma3-270m")} == {2e-4}
+    gemma = ex.run_config(cpu, "gemma3-270m", "sst2", "full", 0, ex.policy_spec("full"), budget)
+    assert gemma["finetune"]["lr"] == 3e-5  # the rate is in the config: its hash covers it
 
 
 def test_sst2_train_carved_disjoint_from_eval():
@@ -311,6 +325,7 @@ def test_sweep_labels_follow_salf():
             "kind": "salf",
             "deviation": "cos_normed",
             "gain": "scaling_kaplan",
+            "first_block": 2,
             "budget": {"flops_fraction": 0.45},
         }
     )
@@ -340,12 +355,11 @@ def test_timing_repeats_refuse_a_policy_outside_the_timing_set():
         cells.run_timing_repeats("smoke", policies=["lisa"])
 
 
-def test_timing_overrides_name_what_differs_from_the_defaults():
-    from semalign_core.experiments import salf_cost_benefit
+def test_overridden_settings_name_what_differs_from_the_defaults():
 
-    assert salf_cost_benefit.timing_overrides(None, models=None, lr=None) == []
-    assert salf_cost_benefit.timing_overrides(dict(ex.SALF_OPTIONS), epochs=None) == []
-    assert salf_cost_benefit.timing_overrides({"gain": "drop"}, lr=1e-3, tasks=None) == [
+    assert ex.overridden_settings(None, models=None, lr=None) == []
+    assert ex.overridden_settings(dict(ex.SALF_OPTIONS), epochs=None) == []
+    assert ex.overridden_settings({"gain": "drop"}, lr=1e-3, tasks=None) == [
         "lr",
         "salf_kw",
     ]

@@ -277,13 +277,59 @@ def test_per_example_cache_never_serves_a_state_that_training_changed(tiny, padd
         torch.testing.assert_close(results[True][name], value, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("padding", gains.PADDING_STRATEGIES)
+def test_optimizer_flops_count_only_parameters_a_batch_updates(tiny, padding):
+    # Blocks below a batch's own eof get no gradient, and AdamW skips them: 16 FLOPs per
+    # parameter of the blocks at or above each batch's eof (and the final norm), per step.
+    eofs, epochs = (4, 4, 4, 1, 4, 4, 4, 4), 2
+    result, _ = run(tiny, _PerExample(eofs, padding), epochs=epochs)
+    layers, norm = surgery.decoder_layers(result.model), surgery.final_norm(result.model)
+    norm_params = sum(p.numel() for p in norm.parameters())
+
+    def updated(eof):
+        return sum(p.numel() for k in range(eof, 6) for p in layers[k].parameters()) + norm_params
+
+    plans = gains.plan_batches(eofs, CFG["batch_size"], padding)
+    expected = epochs * sum(16 * updated(plan.eof) for plan in plans)
+    assert result.cost["flops_components"]["optimizer"] == expected
+    assert expected < epochs * len(plans) * 16 * updated(1)  # what counting every block gave
+
+
+def test_bases_are_a_one_off_beside_the_per_run_analysis(tiny):
+    # cosine deviations need the head's pseudo-inverse, cached per model: counted apart, once;
+    # the logit lens reads the head instead and needs no bases
+    result, _ = run(tiny, policies.salf_policy(), epochs=1)
+    shape = costs.model_shape(result.model)
+    v, d = shape.vocab, shape.hidden
+    parts = result.cost["flops_components"]
+    assert parts["bases_once"] == 8 * v * d * d + 20 * d**3
+    assert parts["analysis"] > 0
+    full = result.cost["flops_full_analytic"]
+    assert result.cost["saving_analytic_with_analysis"] == pytest.approx(
+        1 - (result.cost["flops_analytic"] + parts["analysis"]) / full
+    )
+    assert result.cost["saving_analytic_with_analysis_and_bases"] == pytest.approx(
+        1 - (result.cost["flops_analytic"] + parts["analysis"] + parts["bases_once"]) / full
+    )
+    lens, _ = run(tiny, policies.logit_lens_policy(), epochs=1)
+    assert lens.cost["flops_components"]["bases_once"] == 0
+
+
 def test_autofreeze_interval_scales_with_the_run(tiny):
-    # 8 examples, batch 2, 3 epochs: 12 steps in 4 intervals of 3 (the first sets the
-    # reference), so AutoFreeze decides 3 times; percentile 100 freezes at every decision.
+    # 8 examples, batch 2, 3 epochs: 12 steps split into decisions + 2 = 5 parts, checkpoints
+    # after steps floor(12 i / 5) = 2, 4, 7, 9: the first sets the reference, the other three
+    # decide (percentile 100 freezes at every decision), none after the last step.
     policy = policies.AutoFreeze(decisions=3, percentile=100.0)
     run(tiny, policy, epochs=3, batch_size=2)
-    assert policy.interval == 3
-    assert policy.history == [(0, 0), (6, 1), (9, 2), (12, 3)]
+    assert sorted(policy.checkpoints) == [2, 4, 7, 9]
+    assert policy.history == [(0, 0), (4, 1), (7, 2), (9, 3)]
+
+
+def test_autofreeze_never_decides_on_the_last_step(tiny):
+    # a fixed interval of 3 over 12 steps: checkpoints 3, 6, 9 (not 12), so two decisions
+    policy = policies.AutoFreeze(interval=3, percentile=100.0)
+    run(tiny, policy, epochs=3, batch_size=2)
+    assert policy.history == [(0, 0), (6, 1), (9, 2)]
 
 
 def test_like_for_like_full_and_lisa_leave_embeddings_and_head_frozen(tiny):

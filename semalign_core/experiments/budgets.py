@@ -14,6 +14,7 @@ from typing import Any
 from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments.catalog import (
     CLS_TASKS,
+    EVAL_TASKS,
     FINETUNED_TEACHER,
     SALF_COST_BENEFIT,
     SALF_MAIN,
@@ -66,8 +67,9 @@ REPRODUCE_TIERS: dict[str, tuple[str, dict[str, dict[str, tuple[int, ...]]]]] = 
 # Notebook parameters a tier adds at its own profile (cpu: sized to 2 cores), by experiment.
 # `jobs`: cells computed at once, each in its own one-thread process: on 2 cores two one-thread
 # processes finish two Table 1 cells 1.37x sooner than one two-thread process runs them in turn
-# (bench/bench_jobs.py, results/bench/jobs.json). Not SALF: its records' configs hold the thread
-# count (its times are results). Short cells (Table 2) gain nothing.
+# (bench/bench_jobs.py, results/bench/jobs.json). SALF's main table deals its runs to two
+# one-thread processes (a scored run's config has no thread count; its clean times are the
+# timing repeats', which keep theirs). Short cells (Table 2) gain nothing.
 # SALF in `make reproduce`: the main table on SmolLM2 x TREC only and the timing repeats of four
 # policies (every table and figure at least once within the hour); `make reproduce-full` runs
 # both models on both tasks and times every policy of TIMING.
@@ -76,10 +78,10 @@ SALF_HEADLINE_TIMING = {"timing_policies": ["full_embeddings", "full", "freeze_1
 TIER_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "reproduce": {
         SEMALIGN_TRANSFER: {"jobs": 2},
-        SALF_MAIN: SALF_HEADLINE,
+        SALF_MAIN: {**SALF_HEADLINE, "jobs": 2},
         SALF_COST_BENEFIT: SALF_HEADLINE_TIMING,
     },
-    "reproduce-full": {SEMALIGN_TRANSFER: {"jobs": 2}},
+    "reproduce-full": {SEMALIGN_TRANSFER: {"jobs": 2}, SALF_MAIN: {"jobs": 2}},
 }
 
 
@@ -155,6 +157,9 @@ class TransferBudget:
         max_steps: cap on optimizer steps of the step-based methods (None: no cap).
         steps_per_stage: SemAlign steps per target layer.
         eval_limit: benchmark examples evaluated (seeded subset; None: the whole test set).
+        eval_limits: per task (a key of ``EVAL_TASKS`` or ``CLS_TASKS``), examples evaluated
+            instead of ``eval_limit`` (positive, or None: the whole test set); read a cell's
+            limit with :meth:`limit_for`.
         max_new_tokens: greedy generation length of GSM8K / HumanEval / MBPP.
         eval_batch_size: evaluation batch size.
         prompt_style: how the methods render training records ("transfer": LaTen's chat tags;
@@ -179,6 +184,23 @@ class TransferBudget:
     prompt_style: str = "transfer"
     eval_seed: int | None = None
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval_limits: dict[str, int | None] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.eval_limits) - {*EVAL_TASKS, *CLS_TASKS})
+        if unknown:
+            raise InvalidParameterError(f"eval_limits: unknown task(s) {', '.join(unknown)}")
+        bad = {
+            task: n
+            for task, n in self.eval_limits.items()
+            if n is not None and (type(n) is not int or n < 1)  # bool is no limit
+        }
+        if bad:
+            raise InvalidParameterError(f"eval_limits: not a positive integer or None: {bad}")
+
+    def limit_for(self, task: str) -> int | None:
+        """Examples of ``task`` evaluated: its ``eval_limits`` entry, else ``eval_limit``."""
+        return self.eval_limits.get(task, self.eval_limit)
 
     def method_overrides(self, method: str, seed: int, config_class: type) -> dict[str, Any]:
         """The budget as fields of ``method``'s config (only those ``config_class`` has)."""
@@ -218,6 +240,8 @@ TRANSFER_BUDGETS: dict[str, TransferBudget] = {
     # seeds vary the training only, and the untrained rows are evaluated once.
     # cpu: sized so that all four tasks at one seed take ~15 min on 2 cores (measured: a GSM8K
     # evaluation of n=20 at 128 new tokens takes 30 s on the derived target, 60 s on the source).
+    # MMLU is log-likelihood only (letter + cloze), so it affords more fixed items (one thread:
+    # n=100 takes 75 s on the derived target and 161 s on the source; n=20 18 s and 39 s).
     "cpu": TransferBudget(
         n_train=8,
         n_extract=4,
@@ -231,6 +255,7 @@ TRANSFER_BUDGETS: dict[str, TransferBudget] = {
         max_new_tokens=96,
         eval_batch_size=10,
         eval_seed=0,
+        eval_limits={"mmlu": 100},
     ),
     "gpu-small": TransferBudget(
         n_train=1000,
@@ -438,6 +463,8 @@ class SalfRunBudget:
         n_eval: held-out examples scored (fixed subset, ``salf_cells.EVAL_SEED``).
         epochs, batch_size, lr: the fine-tuning loop's settings (AdamW, label-token loss).
         max_length: prompt tokens kept (from the left; the label cue stays).
+        model_lr: per model, a learning rate that replaces ``lr`` (a model that ``lr`` makes
+            unstable); an explicit ``lr`` override applies to every model.
         eval_batch_size: evaluation batch size.
         loss: ``label_words`` (cross-entropy over the label words' logits: the decision that is
             scored) or ``label_token`` (over the whole vocabulary); see FinetuneConfig.loss.
@@ -451,6 +478,11 @@ class SalfRunBudget:
     max_length: int
     eval_batch_size: int = 16
     loss: str = "label_words"
+    model_lr: dict[str, float] = field(default_factory=dict)
+
+    def lr_for(self, model: str) -> float:
+        """The learning rate of ``model``'s runs."""
+        return self.model_lr.get(model, self.lr)
 
 
 @dataclass(frozen=True)
@@ -479,11 +511,13 @@ SALF_DEFAULTS: dict[str, SalfDefaults] = {
     # Both SALF models on the informative tasks. Sized so that full fine-tuning moves the score
     # far beyond its interval (measured: SmolLM2 on TREC 17.0 -> 75.5, on SST-2 71.0 -> 84.0
     # with 64 examples x 2 epochs at lr 1e-4), and two epochs so the prefix cache is used.
+    # Gemma-3 at 1e-4 gave one-label models on SST-2 (full: -20.5 points); at 3e-5 it learns
+    # (docs/decisions.md, "SALF learning rate per model").
     # The sweeps and timing repeats: SmolLM2 on TREC (the shortest prompts).
     "cpu": SalfDefaults(
         None,
         INFORMATIVE_TASKS["cpu"],
-        SalfRunBudget(48, 200, 2, 8, 1e-4, 64),
+        SalfRunBudget(48, 200, 2, 8, 1e-4, 64, model_lr={"gemma3-270m": 3e-5}),
         ("smollm2-135m-instruct",),
         ("trec",),
     ),
@@ -519,7 +553,7 @@ TIMING: dict[str, dict] = {
         for p in ("cpu", "gpu-small", "paper")
     },
 }
-# AutoFreeze decides at steps/(decisions + 1) intervals, so a short run makes several decisions.
+# AutoFreeze's checkpoints split the run into decisions + 2 parts: a short run decides too.
 AUTOFREEZE = {"decisions": 6, "percentile": 50.0}
 
 
@@ -535,6 +569,8 @@ def salf_run_budget(prof: Profile, **overrides) -> SalfRunBudget:
     lr = overrides.get("lr")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise InvalidParameterError(f"parameter lr={lr!r} must be a number > 0")
+    if lr is not None:  # an explicit learning rate is every model's
+        overrides = {**overrides, "model_lr": {}}
     return _overridden(SALF_DEFAULTS[prof.name].budget, "SalfRunBudget", overrides)
 
 

@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from itertools import product
 from typing import Any
 
@@ -63,6 +63,7 @@ from semalign_core.experiments.catalog import (
     ZERO_SHOT,
     get_setting,
 )
+from semalign_core.experiments.model_pool import ModelPool
 from semalign_core.experiments.notebook import check_seeds, require_models
 from semalign_core.profiles import Profile, get_profile
 from semalign_core.records import Measure, RecordParts, record_path
@@ -209,12 +210,51 @@ def _salf_grid_cells(
     return _Cells(parts)
 
 
+@cache
+def _pool(profile: str) -> ModelPool:
+    """One model pool per profile and process: a process running several cells loads each model
+    once."""
+    return ModelPool(get_profile(profile))
+
+
+def _main_grid(prof: Profile) -> GridMaker:
+    salf_kw = dict(salf_cells.SALF_OPTIONS)
+    return partial(
+        salf_cells.SalfGrid, prof, None, SALF_MAIN, salf_kw, verbose=False, pool=_pool(prof.name)
+    )
+
+
 def _salf_main_cells(prof: Profile, seeds: Sequence[int]) -> _Cells:
     """Every run of the SALF main table (notebook 06's defaults), by run name, in run order."""
     salf_kw = dict(salf_cells.SALF_OPTIONS)
     models, tasks, policies, seeds = salf_main.check_parameters(prof, 0, seeds, salf_kw=salf_kw)
-    grid = partial(salf_cells.SalfGrid, prof, None, SALF_MAIN, salf_kw, verbose=False)
-    return _salf_grid_cells(grid, policies, models, tasks, seeds)
+    return _salf_grid_cells(_main_grid(prof), policies, models, tasks, seeds)
+
+
+def compute_salf_main_in_processes(
+    prof: Profile,
+    models: Sequence[str],
+    tasks: Sequence[str],
+    policies: Sequence[str],
+    seeds: Sequence[int],
+    force: bool = False,
+    jobs: int = 2,
+) -> None:
+    """Compute notebook 06's runs (the profile's budget and SALF options; these checked models,
+    tasks, policies and seeds) in ``jobs`` one-thread processes at once, each computing its
+    share in turn; valid records are reused. The runs that take SALF's eof from its record
+    (``salf_cells.NEEDS_SALF``) start once every SALF run is done. The notebook then reads the
+    records with ``salf_main.run_main_table``."""
+    grid = _main_grid(prof)
+    every = list(_salf_grid_cells(grid, policies, models, tasks, seeds))
+    independent = [p for p in policies if p not in salf_cells.NEEDS_SALF]
+    first = list(_salf_grid_cells(grid, independent, models, tasks, seeds))
+    for name in every:
+        find_cell(SALF_MAIN, name, prof)  # every name is checked before any process starts
+    require_models(prof)
+    done = set(first)
+    for names in (first, [n for n in every if n not in done]):
+        run_shares_in_processes(SALF_MAIN, names, prof.name, force, jobs)
 
 
 def _cost_benefit_cells(prof: Profile, seeds: Sequence[int]) -> _Cells:
@@ -362,8 +402,8 @@ def run_cells_in_processes(
     thread each (each records its own peak memory): on a small CPU box two one-thread processes
     usually finish two cells sooner than one two-thread process runs them in turn.
 
-    Only for experiments whose config does not hold the thread count: a SALF run's config does
-    (its times are results), so a one-thread SALF record is another record than the notebook's."""
+    Not for the SALF timing repeats, whose config holds the thread count (their times are the
+    result): a one-thread repeat is another record than the notebook's."""
     if jobs < 1:
         raise InvalidParameterError(f"jobs must be at least 1, not {jobs}")
     prof = get_profile(profile)
@@ -393,23 +433,48 @@ def compute_table_in_processes(
     run_cells_in_processes(experiment, [c.run for c in cells], prof.name, force, jobs)
 
 
-def _spawn(experiment: str, name: str, profile: str, force: bool, threads: int) -> None:
+def run_shares_in_processes(
+    experiment: str, names: Sequence[str], profile: str, force: bool = False, jobs: int = 2
+) -> None:
+    """``names`` dealt in turn to ``jobs`` fresh one-thread processes that each compute their
+    share one cell after another (each model loaded once per process, no per-cell start-up):
+    for many short cells. The records carry no own-process peak memory."""
+    if jobs < 1:
+        raise InvalidParameterError(f"jobs must be at least 1, not {jobs}")
+    shares = [list(names[i::jobs]) for i in range(jobs) if names[i::jobs]]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        done = pool.map(lambda share: _spawn(experiment, share, profile, force, 1, False), shares)
+        list(done)  # re-raises the first failure
+
+
+def _spawn(
+    experiment: str,
+    names: str | Sequence[str],
+    profile: str,
+    force: bool,
+    threads: int,
+    measure: bool = True,
+) -> None:
+    """Compute ``names`` (one cell, or several in turn) in a fresh process with ``threads``
+    torch threads; ``measure``: one cell whose own-process peak memory goes into its record."""
+    names = [names] if isinstance(names, str) else list(names)
     command = [
         sys.executable,
         "-m",
         "semalign_core.experiments.cells",
         experiment,
-        name,
+        *names,
         "--profile",
         profile,
         "--threads",
-        str(threads),  # SALF's config holds the thread count: the parent's keeps it equal
-        "--measure-own-process",
+        str(threads),  # a timing repeat's config holds the thread count: keep the parent's
+        *(["--measure-own-process"] if measure else []),
         *(["--force"] if force else []),
     ]
     rc = subprocess.run(command, check=False).returncode
     if rc != 0:
-        raise ArtifactError(f"cell {name} of {experiment} failed in its own process (exit {rc})")
+        what = names[0] if len(names) == 1 else f"one of {len(names)} cells"
+        raise ArtifactError(f"{what} of {experiment} failed in its own process (exit {rc})")
 
 
 # --------------------------------------------------------------------------- command line
@@ -496,11 +561,15 @@ __all__ = [
     "Experiment",
     "OWN_PROCESS",
     "cell_names",
+    "compute_salf_main_in_processes",
+    "compute_table_in_processes",
     "find_cell",
     "main",
     "own_process_peak",
     "run_cell",
     "run_cells_in_processes",
+    "run_shares_in_processes",
+    "run_timing_repeats",
 ]
 
 if __name__ == "__main__":

@@ -72,13 +72,17 @@ from semalign_core.records import (
     provenance,
 )
 
-VERSION = 2  # 2: like-for-like full, per-item scores, space 0 out, cost components, cache fix
+# 2: like-for-like full, per-item scores, space 0 out, cost components, cache fix;
+# 3: first_block in the spec, bases costed once per model, AutoFreeze checkpoints, scored runs'
+#    config without the thread count (their times are not the timing study's)
+VERSION = 3
 EVAL_SEED = 1234  # one held-out subset for every seed and policy: seeds vary the training only
 FRACTIONS = {"freeze_1_4": 0.25, "freeze_1_2": 0.5, "freeze_3_4": 0.75}
 NEEDS_SALF = ("random_matched", "lora_salf_suffix")  # their spec holds SALF's eof (from its record)
 SALF_OPTIONS = {
     "deviation": "cos_normed",
     "gain": "scaling_kaplan",
+    "first_block": salf.FIRST_BLOCK,
 }  # SALF's analysis, unless told otherwise
 PATTERNS = (
     "eof_<k>",
@@ -141,6 +145,9 @@ def check_salf_kw(salf_kw: dict | None) -> dict:
         raise InvalidParameterError(
             f"gain must be one of {', '.join(salf.GAINS)}, got {kw['gain']!r}"
         )
+    first = kw["first_block"]
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise InvalidParameterError(f"first_block must be an integer ≥ 1, got {first!r}")
     return kw
 
 
@@ -167,6 +174,16 @@ def check_models_tasks(
     return tuple(models), tuple(tasks)
 
 
+def overridden_settings(salf_kw: dict | None = None, **settings) -> list[str]:
+    """The notebook settings that differ from the profile's defaults (``settings``: models, tasks,
+    budget fields; None = default). A cell run in a fresh process is rebuilt from its name at
+    the defaults, so a notebook with overrides computes its runs itself."""
+    changed = [name for name, value in settings.items() if value is not None]
+    if {**SALF_OPTIONS, **(salf_kw or {})} != SALF_OPTIONS:
+        changed.append("salf_kw")
+    return changed
+
+
 # --------------------------------------------------------------------------- policies
 
 
@@ -191,8 +208,8 @@ def policy_spec(
         "full": {"kind": "full", "embeddings": False},
         "full_embeddings": {"kind": "full", "embeddings": True},
         "salf": salf_spec,
-        "logit_lens_ce": {"kind": "logit_lens_ce"},
-        "block_influence": {"kind": "block_influence"},
+        "logit_lens_ce": {"kind": "logit_lens_ce", "first_block": salf.FIRST_BLOCK},
+        "block_influence": {"kind": "block_influence", "first_block": salf.FIRST_BLOCK},
         "autofreeze": {"kind": "autofreeze", **AUTOFREEZE},
         "lisa": {"kind": "lisa", **LISA, "seed": seed, "embeddings": False},
         "lora_all": {"kind": "lora", "eof": 0, **LORA},
@@ -319,11 +336,11 @@ def run_name(model: str, task: str, label: str, seed: int | None, repeat: int | 
     return name if repeat is None else f"{name}__rep{repeat}"
 
 
-def finetune_config(budget: SalfRunBudget, seed: int, spec: dict):
+def finetune_config(budget: SalfRunBudget, model: str, seed: int, spec: dict):
     return salf.FinetuneConfig(
         epochs=budget.epochs,
         batch_size=budget.batch_size,
-        lr=budget.lr * spec.get("lr_scale", 1),
+        lr=budget.lr_for(model) * spec.get("lr_scale", 1),
         max_length=budget.max_length,
         eval_batch_size=budget.eval_batch_size,
         seed=seed,
@@ -361,15 +378,15 @@ def run_config(
         },
         "dtype": prof.dtype,
         "device": default_device(),
-        "threads": torch.get_num_threads(),
         "version": VERSION,
     }
     if label == ZERO_SHOT:
         config["eval"] = {"max_length": budget.max_length, "batch_size": budget.eval_batch_size}
     else:
-        config["finetune"] = asdict(finetune_config(budget, seed, spec))
-    if repeat is not None:
+        config["finetune"] = asdict(finetune_config(budget, model, seed, spec))
+    if repeat is not None:  # a timing repeat: its times are the result, so threads count
         config["repeat"] = repeat
+        config["threads"] = torch.get_num_threads()
     if not evaluate:
         config["evaluate"] = False
     return config
@@ -515,7 +532,7 @@ class SalfGrid:
             "data": data_info,
             "flops_fraction_of_eof": [step(e) / full for e in range(n_layers + 1)],
         }
-        config = finetune_config(budget, seed or 0, spec)
+        config = finetune_config(budget, model, seed or 0, spec)
         if spec["kind"] == "none":
             metrics, cost, extra = _zero_shot(net, tokenizer, evaluation, task, config)
         else:
@@ -596,6 +613,7 @@ __all__ = [
     "NEEDS_SALF",
     "PATTERNS",
     "SALF_OPTIONS",
+    "overridden_settings",
     "SalfGrid",
     "build_policy",
     "check_label",

@@ -23,7 +23,6 @@ from semalign_core.experiments.catalog import (
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.salf_cells import (
     NEEDS_SALF,
-    SALF_OPTIONS,
     SalfGrid,
     check_label,
     check_models_tasks,
@@ -187,16 +186,6 @@ def timing_plan(
     return plan
 
 
-def timing_overrides(salf_kw: dict | None = None, **settings) -> list[str]:
-    """The notebook settings that differ from the profile's defaults (``settings``: models, tasks,
-    budget fields; None = default). The timing repeats run at the defaults only (a cell is
-    rebuilt from its name in a fresh process), so a notebook with overrides skips them."""
-    changed = [name for name, value in settings.items() if value is not None]
-    if {**SALF_OPTIONS, **(salf_kw or {})} != SALF_OPTIONS:
-        changed.append("salf_kw")
-    return changed
-
-
 __all__ = [
     "check_parameters",
     "make_grid",
@@ -204,6 +193,5 @@ __all__ = [
     "run_labels",
     "sweep_labels",
     "timing_grid",
-    "timing_overrides",
     "timing_plan",
 ]

@@ -147,11 +147,19 @@ def with_savings(records: Sequence[dict]) -> list[dict]:
         if "wall_s" in c:
             setup, ref_setup = c.get("setup_s", 0.0), (ref or {}).get("setup_s", 0.0)
             history = r.get("history") or [{}]
+            components = c.get("flops_components") or {}
+            analysis, bases = components.get("analysis", 0.0), components.get("bases_once", 0.0)
+            # against the real `full` run: a per-example `bucket` run forms other batches
+            full_flops = (ref or {}).get("flops_analytic") or c["flops_full_analytic"]
             row.update(
                 flops=c["flops_analytic"],
-                saving_analytic=c["saving_analytic"],
-                saving_analytic_with_analysis=c.get("saving_analytic_with_analysis"),
-                analysis_flops=(c.get("flops_components") or {}).get("analysis", 0.0),
+                saving_analytic=_saving(c["flops_analytic"], full_flops),
+                saving_analytic_with_analysis=_saving(c["flops_analytic"] + analysis, full_flops),
+                saving_analytic_with_bases=_saving(
+                    c["flops_analytic"] + analysis + bases, full_flops
+                ),
+                analysis_flops=analysis,
+                bases_flops=bases,
                 wall_s=c["wall_s"],
                 setup_s=setup,
                 peak_rss_mb=c["peak_rss_mb"],
@@ -535,6 +543,9 @@ def _analytic_cell(runs: Sequence[dict]) -> str:
     if any(r.get("analysis_flops") for r in runs):
         with_analysis = range_cell([r.get("saving_analytic_with_analysis") for r in runs])
         text += f"; incl. analysis {with_analysis}"
+    if any(r.get("bases_flops") for r in runs):  # the pseudo-inverse: once per model, cached
+        with_bases = range_cell([r.get("saving_analytic_with_bases") for r in runs])
+        text += f" ({with_bases} with the bases, a model's first run)"
     return text
 
 
@@ -984,11 +995,16 @@ def _setting(records: Sequence[dict]) -> str:
     if cfg is None:
         return ""
     ft, data = cfg["finetune"], cfg["data"]
+    # a timing repeat's config holds its thread count; a scored run's provenance does
+    threads = {
+        r["config"].get("threads") or r.get("provenance", {}).get("threads") for r in records
+    }
+    threads_text = "/".join(str(t) for t in sorted(threads - {None})) or "?"
     return (
         f"train {data['n_train']} examples × {ft['epochs']} epochs, batch {ft['batch_size']}, "
         f"AdamW lr {ft['lr']:g} (LoRA: its own lr, see the config), loss `{ft['loss']}`, "
         f"max length {ft['max_length']}, prefix cache {'on' if ft['cache_prefix'] else 'off'}, "
-        f"{cfg['dtype']} on {cfg['device']}, {cfg['threads']} thread(s)"
+        f"{cfg['dtype']} on {cfg['device']}, {threads_text} torch thread(s) per process"
     )
 
 
@@ -1098,10 +1114,14 @@ def legend() -> str:
         "gradient (+ 2dV weight gradient when trained); the embedding lookup 0; the optimizer "
         "16 FLOPs per trained parameter per step (AdamW). `incl. analysis` adds the policy's "
         "analysis pass (SALF and the other signal-based eofs: a forward over the analysis "
-        "batches + the LM head's pseudo-inverse). Reference of every saving and Δ: "
+        "batches, and the logit lens's read-outs); the LM head's pseudo-inverse that the "
+        "cosine deviations need is computed once per model and cached, so it is shown apart "
+        "(`with the bases`: a model's first run). Reference of every saving and Δ: "
         f"`{REFERENCE}` = every block and the final norm trained, embeddings and LM head "
-        "frozen, on the same batches; classic full fine-tuning (`full_embeddings`, embeddings "
-        "and head trained too) is a separate reference row, whose saving is negative. For "
+        "frozen, the real run of the same seed (a per-example `bucket` run forms other "
+        "batches, so its own all-blocks count would be another reference); classic full "
+        "fine-tuning (`full_embeddings`, embeddings and head trained too) is a separate "
+        "reference row, whose saving is negative. For "
         "scale: freezing e of L equal blocks bottom-up saves ≈ (2/3)(e/L) of the block FLOPs "
         "(a derivation, not a published number).\n"
     )

@@ -214,6 +214,7 @@ class _Tally:
     cache_hits: int = 0
     losses: list[float] = field(default_factory=list)
     grad_names: set[str] = field(default_factory=set)
+    updated: int = 0  # parameters the last optimizer step updated (those with a gradient)
 
 
 class _Loop:
@@ -299,6 +300,8 @@ class _Loop:
         self.tally.grad_names |= {
             self.names[id(p)] for p in self.model.parameters() if p.grad is not None
         }
+        # AdamW skips a parameter without a gradient (a per-example batch's frozen blocks)
+        self.tally.updated = sum(p.numel() for p in self.params if p.grad is not None)
         return loss, cached
 
     def cache_depth(self) -> int:
@@ -348,8 +351,7 @@ class _Loop:
         positions = b * t if self.config.loss == "lm" else b
         spec = _spec(self.model, self.state, boundary, cached_depth)
         step = costs.step_flops(self.shape, spec, b * t, t, positions)
-        trained = sum(p.numel() for p in self.params)
-        optimizer = costs.optimizer_flops(trained, self.config.optimizer)
+        optimizer = costs.optimizer_flops(self.tally.updated, self.config.optimizer)
         tally = self.tally
         tally.flops += step["total"] + optimizer
         for part in ("blocks", "embedding", "head"):
@@ -362,7 +364,7 @@ class _Loop:
         memory = costs.train_memory_bytes(
             self.shape,
             spec,
-            trained,
+            sum(p.numel() for p in self.params),  # AdamW state of every parameter it holds
             b * t,
             t,
             self.param_bytes,
@@ -382,15 +384,19 @@ class _Loop:
     def cost(self, wall: float, epoch_s: list[float], peak: costs.PeakMemory, rss_start: float):
         counts, tally = self.history[0], self.tally
         analysis = self.policy.analysis_flops(self.shape)
+        bases = self.policy.bases_flops(self.shape)  # once per model (cached), not per run
         mb = {k: v / 2**20 for k, v in tally.memory.items()}
         return {
             "flops_analytic": tally.flops,
-            "flops_components": {**tally.components, "analysis": analysis},
+            "flops_components": {**tally.components, "analysis": analysis, "bases_once": bases},
             "flops_full_analytic": tally.full_flops,
             "flops_full_embeddings_analytic": tally.full_embeddings_flops,
             "saving_analytic": costs.saving_rate(tally.flops, tally.full_flops),
             "saving_analytic_with_analysis": costs.saving_rate(
                 tally.flops + analysis, tally.full_flops
+            ),
+            "saving_analytic_with_analysis_and_bases": costs.saving_rate(
+                tally.flops + analysis + bases, tally.full_flops
             ),
             "flop_model": costs.FLOP_MODEL,  # the key every method's cost dict carries
             "memory_analytic_mb": mb,

@@ -114,7 +114,13 @@ class Policy:
         return {"name": self.name}
 
     def analysis_flops(self, shape) -> float:
-        """Analytic FLOPs of the policy's own analysis pass at set-up (none by default)."""
+        """Analytic FLOPs of the policy's own analysis pass at set-up, paid by every run (none by
+        default)."""
+        return 0.0
+
+    def bases_flops(self, shape) -> float:
+        """Analytic FLOPs of what the analysis computes once per model and caches on disk (the
+        semantic bases' pseudo-inverse); none by default."""
         return 0.0
 
 
@@ -279,23 +285,31 @@ class SignalEof(Policy):
         )
 
     def analysis_flops(self, shape) -> float:
-        """The trace's forward over the analysed prompts, the logit lens's read-outs in every
-        space (``logit_lens_ce``) and the head's pseudo-inverse (cosine deviations)."""
+        """The trace's forward over the analysed prompts and the logit lens's read-outs in every
+        space (``logit_lens_ce``): what every run pays. The bases are :meth:`bases_flops`."""
         batches = self.analysis_.get("analysis_batches") or []
         tokens = sum(b * t for b, t in batches)
         if not tokens:
             return 0.0
         # tokens × 4·T·d_attn per batch is exact with the token-weighted mean length
         seq_len = sum(b * t * t for b, t in batches) / tokens
-        lens = self.signal == "deviation" and self.deviation == "logit_lens_ce"
         return costs.analysis_flops(
             shape,
             tokens,
             seq_len,
             sum(b for b, _ in batches),
-            head_readouts_per_example=shape.num_layers + 1 if lens else 0,
-            semantic_bases=self.signal == "deviation" and not lens,  # the cosine deviations
+            head_readouts_per_example=shape.num_layers + 1 if self._logit_lens() else 0,
+            semantic_bases=False,
         )
+
+    def bases_flops(self, shape) -> float:
+        """The head's pseudo-inverse that cosine deviations need: ``semantic_bases`` caches it
+        on disk per model, so only a model's first run computes it (a one-off, not per run)."""
+        cosine = self.signal == "deviation" and not self._logit_lens()
+        return costs.pinv_flops(shape) if cosine and self.analysis_ else 0.0
+
+    def _logit_lens(self) -> bool:
+        return self.signal == "deviation" and self.deviation == "logit_lens_ce"
 
     def _diagnostics(self, model, signal: np.ndarray) -> dict:
         """The deviation trace, the eof of every gain formula on it and the bootstrap stability
@@ -348,12 +362,14 @@ def block_influence_policy(**kw) -> SignalEof:
 class AutoFreeze(Policy):
     """AutoFreeze (Liu et al. 2021), bottom-up and never unfreezing.
 
-    Every ``interval`` steps, for each still-trained block the change of its accumulated gradient
-    norm since the previous interval, |‖g‖_now − ‖g‖_prev| / ‖g‖_prev, is compared with the
-    ``percentile``-th percentile of those changes; the lowest trained block is frozen when its
-    change is at or below it (one block per decision). ``min_trainable`` blocks always train.
-    ``interval=None`` scales it with the run: the run's steps split into ``decisions`` + 1
-    intervals (the first only sets the reference), so a short run still decides several times.
+    At each checkpoint, for each still-trained block the change of its mean gradient norm over
+    the steps since the previous checkpoint, |‖g‖_now − ‖g‖_prev| / ‖g‖_prev, is compared with
+    the ``percentile``-th percentile of those changes; the lowest trained block is frozen when
+    its change is at or below it (one block per decision). ``min_trainable`` blocks always
+    train. Checkpoints fall every ``interval`` steps, or with ``interval=None`` at the
+    boundaries of the run split into ``decisions`` + 2 parts: the first only sets the
+    reference, so a short run still decides ``decisions`` times. No checkpoint falls on the
+    last step (no step would train at the depth it chose).
     """
 
     interval: int | None = None
@@ -366,17 +382,24 @@ class AutoFreeze(Policy):
     def setup(self, ctx):
         self.L = ctx.num_layers
         self.layers = surgery.decoder_layers(ctx.model)
-        if self.interval is None:
-            if self.decisions < 1:
-                raise InvalidParameterError(
-                    f"AutoFreeze decisions must be ≥ 1, got {self.decisions}"
-                )
-            self.interval = max(1, ctx.total_steps // (self.decisions + 1))
+        self.checkpoints = self._checkpoints(ctx.total_steps)
         self.frozen_upto = 0
-        self.acc = np.zeros(self.L)
+        self.acc, self.acc_steps = np.zeros(self.L), 0
         self.prev: np.ndarray | None = None
         self.history: list[tuple[int, int]] = [(0, 0)]
         return suffix_state(0, self.L)
+
+    def _checkpoints(self, total_steps: int) -> frozenset[int]:
+        """Step counts after which the gradient norms are compared (all before the last step)."""
+        if self.interval is not None:
+            if self.interval < 1:
+                raise InvalidParameterError(f"AutoFreeze interval must be ≥ 1, got {self.interval}")
+            return frozenset(range(self.interval, total_steps, self.interval))
+        if self.decisions < 1:
+            raise InvalidParameterError(f"AutoFreeze decisions must be ≥ 1, got {self.decisions}")
+        parts = self.decisions + 2
+        points = {i * total_steps // parts for i in range(1, parts)}
+        return frozenset(p for p in points if 0 < p < total_steps)
 
     def after_backward(self, step, model):
         for k in range(self.frozen_upto, self.L):
@@ -386,9 +409,11 @@ class AutoFreeze(Policy):
                 if p.grad is not None
             )
             self.acc[k] += sq**0.5
-        if (step + 1) % self.interval:
+        self.acc_steps += 1
+        if step + 1 not in self.checkpoints:
             return None
-        now, self.acc = self.acc, np.zeros(self.L)
+        # means, not sums: intervals of a split run differ by a step
+        now, self.acc, self.acc_steps = self.acc / self.acc_steps, np.zeros(self.L), 0
         prev, self.prev = self.prev, now
         if prev is None or self.L - self.frozen_upto <= self.min_trainable:
             return None
@@ -405,6 +430,7 @@ class AutoFreeze(Policy):
             "name": self.name,
             "interval": self.interval,
             "decisions": self.decisions,
+            "checkpoints": sorted(getattr(self, "checkpoints", ())),
             "percentile": self.percentile,
             "history": getattr(self, "history", None),
         }
