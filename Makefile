@@ -121,8 +121,11 @@ figures: setup  ## rebuild every table and figure in figures/ from results/ only
 $(addprefix fig-,$(FIGURE_GROUPS)): fig-%: setup  ## fig-<group>: one table/figure group from results/
 	$(PY) -m semalign_core.report $*
 
-lab: setup  ## start JupyterLab on the repository
-	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR)
+# Jupyter refuses root unless told; root is common in containers and Colab. Evaluated at use.
+LAB_ROOT_FLAG = $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: setup  ## start JupyterLab on the repository, opened on notebooks/
+	$(VENV)/bin/jupyter lab --notebook-dir=$(CURDIR) --ServerApp.default_url=/lab/tree/notebooks \
+		$(LAB_ROOT_FLAG)
 
 clean:  ## remove caches and the virtual environment (results/ and figures/ are kept)
 	rm -rf $(VENV) .cache .pytest_cache

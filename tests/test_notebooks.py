@@ -134,29 +134,3 @@ def test_reproduce_preflight_stops_offline_paper_profile_with_what_it_needs():
         and "huggingface-cli download" in proc.stderr
     )
     assert len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_executed_notebooks_keep_no_machine_paths(tmp_path):
-    import nbformat
-
-    from semalign_core.run_notebook import strip_machine_paths
-
-    cell = nbformat.v4.new_code_cell("1")
-    cell.outputs = [
-        nbformat.v4.new_output("stream", name="stderr", text=f"{sys.prefix}/lib/x.py: warn\n"),
-        nbformat.v4.new_output("stream", name="stdout", text="/elsewhere/repo/.cache/models/m\n"),
-    ]
-    path = tmp_path / "nb.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
-    strip_machine_paths(path)
-    text = path.read_text()
-    assert sys.prefix not in text and "/elsewhere" not in text
-    assert "<venv>/lib/x.py" in text and "<cache>/models/m" in text
-
-
-def test_committed_executed_notebooks_hold_no_machine_paths():
-    import re
-
-    for path in (REPO_ROOT / "results" / "notebooks").glob("*/*.ipynb"):
-        found = re.findall(r"(?:/work|/root|/home|/tmp)/[\w./-]+", path.read_text())
-        assert not found, (path.name, found[:3])

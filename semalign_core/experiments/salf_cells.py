@@ -70,6 +70,7 @@ from semalign_core.records import (
     load_valid_record,
     measured,
     provenance,
+    torch_threads,
 )
 
 # 2: like-for-like full, per-item scores, space 0 out, cost components, cache fix;
@@ -208,8 +209,8 @@ def policy_spec(
         "full": {"kind": "full", "embeddings": False},
         "full_embeddings": {"kind": "full", "embeddings": True},
         "salf": salf_spec,
-        "logit_lens_ce": {"kind": "logit_lens_ce", "first_block": salf.FIRST_BLOCK},
-        "block_influence": {"kind": "block_influence", "first_block": salf.FIRST_BLOCK},
+        "logit_lens_ce": {"kind": "logit_lens_ce", "first_block": salf_spec["first_block"]},
+        "block_influence": {"kind": "block_influence", "first_block": salf_spec["first_block"]},
         "autofreeze": {"kind": "autofreeze", **AUTOFREEZE},
         "lisa": {"kind": "lisa", **LISA, "seed": seed, "embeddings": False},
         "lora_all": {"kind": "lora", "eof": 0, **LORA},
@@ -503,10 +504,12 @@ class SalfGrid:
 
     def _copied(self, run: str, config: dict, identities: dict) -> RecordParts | None:
         """The parts of an identical valid record (same config and model files) of another
-        experiment, marked as reused."""
+        experiment, made with this process's thread count, marked as reused. A scored run's
+        config holds no thread count; its wall time stands beside this grid's own runs, so a
+        record timed with other threads (notebook 06's one-thread processes) is not copied."""
         for other in self.reuse_from:
             record = load_valid_record(other, self.prof.name, run, config, identities)
-            if record is not None:
+            if record is not None and record["provenance"].get("threads") == torch_threads():
                 keep = {k: v for k, v in record.items() if k not in _IDENTITY_KEYS}
                 return RecordParts(
                     record["metrics"],
@@ -603,6 +606,7 @@ def summary(record: dict) -> str:
         else "not scored (timing repeat)"
     )
     if "wall_s" in c:
+        # against the run's own all-blocks count (the table's is against the real `full` run)
         text += f", train {c['wall_s']:.1f} s, analytic saving {100 * c['saving_analytic']:.0f}%"
     return text + (" [reused]" if record.get("reused_from") else "")
 

@@ -200,7 +200,7 @@ def _eval_config(task: str, budget: TransferBudget, setting: TransferSetting) ->
 def _main_eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
     if task in CLS_TASKS:
         return {
-            "limit": budget.limit_for(task),
+            "limit": budget.eval_limit,
             "seed": budget.eval_seed,
             "split": eval_split(task),
             "decoding": "loglikelihood",
@@ -208,7 +208,7 @@ def _main_eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
             "batch_size": budget.eval_batch_size,
         }
     config = {
-        "limit": budget.limit_for(task),
+        "limit": budget.eval_limit,
         "max_new_tokens": budget.max_new_tokens,
         "decoding": "loglikelihood" if task == "mmlu" else "greedy",
         "prompt_style": "plain" if task == "mmlu" else "transfer",
@@ -366,7 +366,7 @@ def _evaluate(
     return evaluate(
         model,
         eval_tasks,
-        limit=budget.limit_for(task),
+        limit=budget.eval_limit,
         seed=seed if budget.eval_seed is None else budget.eval_seed,
         batch_size=budget.eval_batch_size,
         tokenizer=tokenizer,

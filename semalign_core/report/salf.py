@@ -149,8 +149,9 @@ def with_savings(records: Sequence[dict]) -> list[dict]:
             history = r.get("history") or [{}]
             components = c.get("flops_components") or {}
             analysis, bases = components.get("analysis", 0.0), components.get("bases_once", 0.0)
-            # against the real `full` run: a per-example `bucket` run forms other batches
-            full_flops = (ref or {}).get("flops_analytic") or c["flops_full_analytic"]
+            # against the real `full` run (none: NaN): a per-example `bucket` run forms other
+            # batches, so its own all-blocks count would be another reference
+            full_flops = (ref or {}).get("flops_analytic")
             row.update(
                 flops=c["flops_analytic"],
                 saving_analytic=_saving(c["flops_analytic"], full_flops),
@@ -682,7 +683,7 @@ def matched_depth_rows(by_policy: dict[str, list[dict]]) -> list[dict]:
     """SALF minus the nearest fixed fraction (by eof, seeds grouped by which fraction and whether
     the eof is equal: "identical run") and minus ``random_matched`` (as many trained blocks),
     paired on the same items and seeds."""
-    salf = by_policy.get("salf") or []
+    salf, full = by_policy.get("salf") or [], by_policy.get(REFERENCE) or []
     groups: dict[tuple[str, bool], list[dict]] = {}
     for r in salf:
         fixed = {p: _at_seed(by_policy.get(p), r.get("seed")) for p in FRACTIONS}
@@ -694,13 +695,15 @@ def matched_depth_rows(by_policy: dict[str, list[dict]]) -> list[dict]:
     for (other, identical), recs in sorted(
         groups.items(), key=lambda kv: (FRACTIONS[kv[0][0]], not kv[0][1])
     ):
-        rows.append(_matched_row(other, recs, by_policy[other], identical))
+        rows.append(_matched_row(other, recs, by_policy[other], identical, full))
     if by_policy.get("random_matched") and salf:
-        rows.append(_matched_row("random_matched", salf, by_policy["random_matched"], False))
+        rows.append(_matched_row("random_matched", salf, by_policy["random_matched"], False, full))
     return rows
 
 
-def _matched_row(other: str, salf: list[dict], others: list[dict], identical: bool) -> dict:
+def _matched_row(
+    other: str, salf: list[dict], others: list[dict], identical: bool, full: list[dict]
+) -> dict:
     seeds = {r.get("seed") for r in salf} & {r.get("seed") for r in others}
     salf = [r for r in salf if r.get("seed") in seeds]
     others = [r for r in others if r.get("seed") in seeds]
@@ -721,14 +724,16 @@ def _matched_row(other: str, salf: list[dict], others: list[dict], identical: bo
             "trained blocks (salf vs other)": f"{_per_seed([_blocks_text(r) for r in salf])} vs "
             + _per_seed([_blocks_text(r) for r in others]),
             "Δ accuracy (points) [95% CI]": paired_cell(paired, fallback),
-            "analytic saving % (salf vs other)": f"{range_cell(_savings(salf))} vs "
-            + range_cell(_savings(others)),
+            "analytic saving % (salf vs other)": f"{range_cell(_savings(salf, full))} vs "
+            + range_cell(_savings(others, full)),
         },
     }
 
 
-def _savings(records: Sequence[dict]) -> list[float | None]:
-    return [(r.get("cost") or {}).get("saving_analytic") for r in records]
+def _savings(records: Sequence[dict], full: Sequence[dict]) -> list[float | None]:
+    """Each record's analytic saving against the ``full`` run of its seed (as the table's)."""
+    rows = with_savings([*records, *full])[: len(records)]
+    return [row.get("saving_analytic") for row in rows]
 
 
 MATCHED_TEXT = (

@@ -677,9 +677,7 @@ def hyperparameter_table(
     for method in method_order():
         if method != "semalign":
             rows[f"training: lr of {method} (T5)"] = lrs(method)
-    rows["evaluation: examples (None = whole split)"] = [
-        b.limit_for(t) or "all" for t, b in zip(tasks, budgets)
-    ]
+    rows["evaluation: examples (None = whole split)"] = [b.eval_limit or "all" for b in budgets]
     rows["evaluation: max new tokens"] = [b.max_new_tokens for b in budgets]
     text = {
         k: [_g(v) if isinstance(v, float) else str(v) for v in vals] for k, vals in rows.items()

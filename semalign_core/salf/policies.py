@@ -87,7 +87,9 @@ class PolicyContext:
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps of the run (batches per epoch × epochs)."""
+        """Optimizer steps of the run (batches per epoch × epochs) with the plain batching; a
+        per-example ``bucket`` plan forms more batches (only AutoFreeze reads this, and it has
+        no per-example eof)."""
         return -(-len(self.train_records) // max(self.batch_size, 1)) * self.epochs
 
 
@@ -368,8 +370,9 @@ class AutoFreeze(Policy):
     its change is at or below it (one block per decision). ``min_trainable`` blocks always
     train. Checkpoints fall every ``interval`` steps, or with ``interval=None`` at the
     boundaries of the run split into ``decisions`` + 2 parts: the first only sets the
-    reference, so a short run still decides ``decisions`` times. No checkpoint falls on the
-    last step (no step would train at the depth it chose).
+    reference, so a run of at least ``decisions`` + 2 steps decides ``decisions`` times (a
+    shorter one fewer: its boundaries coincide). No checkpoint falls on the last step (no step
+    would train at the depth it chose).
     """
 
     interval: int | None = None
