@@ -7,7 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-NB_TIMEOUT ?= 3600
+# per-cell notebook timeout (s); empty: the profile's (profiles.Profile.cell_timeout_s)
+NB_TIMEOUT ?=
+TIMEOUT_FLAG = $(if $(NB_TIMEOUT),--timeout $(NB_TIMEOUT))
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
@@ -30,7 +32,7 @@ RUN ?= $(PROFILE)
 export SEMALIGN_RUN_DIR ?= $(CURDIR)/runs/$(RUN)
 # Extra notebook parameters, e.g. make 03_semalign_transfer ARGS='-p seeds=[0,1,2]'
 ARGS ?=
-RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) --timeout $(NB_TIMEOUT) -p force=$(FORCE) $(ARGS)
+RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) $(TIMEOUT_FLAG) -p force=$(FORCE) $(ARGS)
 
 .PHONY: help setup reference-tokenizers lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
@@ -100,13 +102,13 @@ test-slow: test-scale  ## the former name of test-scale
 reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomputes) into runs/$(RUN)/
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
 	$(PY) -m semalign_core.runs reproduce --tier reproduce --profile $(PROFILE) \
-		--timeout $(NB_TIMEOUT) $(if $(filter true,$(FORCE)),--force)
+		$(TIMEOUT_FLAG) $(if $(filter true,$(FORCE)),--force)
 	@echo "results and figures are in runs/$(RUN)/; 'make promote' copies them into results/ and figures/"
 
 reproduce-full: setup  ## every experiment and seed of the committed results, each promoted as it finishes
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
 	$(PY) -m semalign_core.runs reproduce --tier reproduce-full --profile $(PROFILE) --promote-each --prune \
-		--timeout $(NB_TIMEOUT) $(if $(filter true,$(FORCE)),--force)
+		$(TIMEOUT_FLAG) $(if $(filter true,$(FORCE)),--force)
 
 promote: setup  ## copy the finished notebooks of runs/$(RUN)/ into results/, rebuild figures/ (NB=..., PRUNE=true)
 	$(PY) -m semalign_core.runs promote --profile $(PROFILE) $(NB) $(if $(filter true,$(PRUNE)),--prune)

@@ -26,6 +26,8 @@ class Profile:
         dtype: default compute dtype.
         notes: one line on where the profile runs, printed by every notebook.
         extra_models: further models the profile needs (e.g. Table 2's hub teachers at ``paper``).
+        cell_timeout_s: default per-cell timeout of a notebook run (``--timeout`` overrides); it
+            stops a hung cell, so it is about twice the longest cell measured or expected.
     """
 
     name: str
@@ -36,6 +38,7 @@ class Profile:
     dtype: str = "float32"
     notes: str = ""
     extra_models: tuple[str, ...] = field(default_factory=tuple)
+    cell_timeout_s: int = 3600
 
     def models(self) -> tuple[str, ...]:
         names = (self.semalign_source, self.semalign_target, *self.salf_models, *self.extra_models)
@@ -51,6 +54,7 @@ PROFILES: dict[str, Profile] = {
             "tiny-target",
             ("tiny-source",),
             notes="seeded random tiny models; seconds per notebook; numbers are meaningless",
+            cell_timeout_s=30 * 60,  # cells take seconds; 30 min still allows a slow CI machine
         ),
         Profile(
             "cpu",
@@ -58,6 +62,7 @@ PROFILES: dict[str, Profile] = {
             "smollm2-derived-24l",
             ("smollm2-135m-instruct", "gemma3-270m"),
             notes="real small models from PyPI wheels, offline, 2 CPU cores",
+            cell_timeout_s=2 * 3600,  # notebook 06's compute cell takes ~55 min at reproduce-full
         ),
         # SemAlign needs a target no deeper than its source with the same vocabulary: Qwen2.5
         # 1.5B (28 layers) -> 0.5B (24) is; SmolLM2-1.7B (24) -> 360M (32) is not.
@@ -69,6 +74,7 @@ PROFILES: dict[str, Profile] = {
             needs_hub=True,
             dtype="bfloat16",
             notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models",
+            cell_timeout_s=6 * 3600,  # a Table 1 cell trains 1.5B/0.5B models, fp32 on a T4
         ),
         Profile(
             "paper",
@@ -79,6 +85,7 @@ PROFILES: dict[str, Profile] = {
             dtype="bfloat16",
             extra_models=("codellama-13b-python", "wizardcoder-python-13b"),
             notes="A100/H100 class, the papers' setting",
+            cell_timeout_s=48 * 3600,  # one Table 1 cell trains and evaluates 13B/7B models
         ),
     ]
 }

@@ -135,8 +135,17 @@ def strip_machine_paths(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def run(notebook: Path, profile: str, seed: int, timeout: int, extra: dict | None = None) -> Path:
-    get_profile(profile)  # an unknown profile stops here, before a kernel starts
+def cell_timeout(profile: str, timeout: int | None = None) -> int:
+    """Per-cell timeout (s) of a run at ``profile``: ``timeout`` when given, else the profile's."""
+    default = get_profile(profile).cell_timeout_s  # an unknown profile fails even with a timeout
+    return timeout if timeout is not None else default
+
+
+def run(
+    notebook: Path, profile: str, seed: int, timeout: int | None, extra: dict | None = None
+) -> Path:
+    """Execute ``notebook`` at ``profile``; ``timeout`` per cell (None: the profile's default)."""
+    timeout = cell_timeout(profile, timeout)  # an unknown profile stops here, before a kernel
     if not notebook.exists():
         raise ArtifactError(f"notebook {notebook} does not exist")
     out = executed_path(notebook, profile)
@@ -181,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=int, default=3600, help="per-cell execution timeout (s)")
+    parser.add_argument(
+        "--timeout", type=int, help="per-cell execution timeout (s); default: the profile's"
+    )
     parser.add_argument(
         "-p",
         "--param",

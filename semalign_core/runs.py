@@ -185,7 +185,7 @@ def reproduce(
     notebooks: Sequence[str] = ORDER,
     promote_each: bool = False,
     force: bool = False,
-    timeout: int = 3600,
+    timeout: int | None = None,
     prune: bool = False,
 ) -> None:
     """Run ``notebooks`` at ``profile`` with the seeds of ``tier``; with ``promote_each``, promote
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--promote-each", action="store_true", help="promote each as it finishes")
     rep.add_argument("--prune", action="store_true", help="with --promote-each: see promote")
     rep.add_argument("--force", action="store_true", help="recompute valid records")
-    rep.add_argument("--timeout", type=int, default=3600, help="per-cell timeout (s)")
+    rep.add_argument("--timeout", type=int, help="per-cell timeout (s); default: the profile's")
     return parser
 
 

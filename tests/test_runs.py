@@ -124,7 +124,6 @@ def test_tiers_pass_their_seeds_to_the_notebooks():
     assert headline == {"seeds": list(DEFAULT_SEEDS[SEMALIGN_TRANSFER]["cpu"]), "jobs": 2}
     assert "jobs" not in runs.tier_parameters("test", "smoke", "03_semalign_transfer")
     assert "jobs" not in runs.tier_parameters("reproduce", "smoke", "03_semalign_transfer")
-    assert "jobs" not in runs.tier_parameters("reproduce", "cpu", "06_salf_main_table")
     # make reproduce runs Table 2 with one training seed; make reproduce-full with the default 3
     table2 = "04_semalign_finetuned_teacher"
     assert runs.tier_parameters("reproduce", "cpu", table2) == {"seeds": [0]}
@@ -132,9 +131,15 @@ def test_tiers_pass_their_seeds_to_the_notebooks():
     assert runs.tier_parameters("reproduce-full", "cpu", "00_models_and_data") == {}
     # make reproduce runs SALF's main table on SmolLM2 x TREC, one seed; reproduce-full all
     salf = runs.tier_parameters("reproduce", "cpu", "06_salf_main_table")
-    assert salf == {"seeds": [0], "models": ["smollm2-135m-instruct"], "tasks": ["trec"]}
+    assert salf == {
+        "seeds": [0],
+        "models": ["smollm2-135m-instruct"],
+        "tasks": ["trec"],
+        "jobs": 2,  # its runs dealt to two one-thread processes
+    }
     assert runs.tier_parameters("reproduce-full", "cpu", "06_salf_main_table") == {
-        "seeds": [0, 1, 2]
+        "seeds": [0, 1, 2],
+        "jobs": 2,
     }
     assert runs.tier_parameters("reproduce", "smoke", "06_salf_main_table") == {"seeds": [0, 1]}
     with pytest.raises(InvalidParameterError, match="unknown tier"):

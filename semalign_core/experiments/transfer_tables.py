@@ -22,7 +22,11 @@ from the task's training pool in the evaluation's own plain format
 split (``CLS_BUDGETS``). Its records go to ``results/semalign_finetuned_teacher/<profile>/
 <teacher>__<method>__<task>__seed<seed>.json``; the evaluation subset is fixed across seeds
 (``eval_seed``), so the untrained rows ``teacher`` and ``target`` are evaluated once
-(``<teacher>__<row>__<task>.json``) and the seeds vary the training only.
+(``<teacher>__<row>__<task>.json``) and the seeds vary the training only. The target does not
+depend on the teacher: with several teachers of a task (``paper``) the others' target records
+are copies of the first teacher's (``reused_from``), and the report shows the row once.
+A budget that asks for more training records than a split holds is an error when the table's
+cells are made, before any model loads (:func:`check_train_budget`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -270,17 +274,37 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
+def _loader(task: str):
+    """(load function, train part, extract part) of a transfer task (LaTen splits) or a
+    classification task (its pool)."""
+    if task in CLS_TASKS:
+        return load_cls_transfer, "train", "extract"
+    return load_transfer, TRAIN_SPLIT, ATTRIBUTION_SPLIT
+
+
 def transfer_data(task: str, budget: TransferBudget, seed: int):
     """(train Split, extract Split) of a transfer task (LaTen splits) or a classification task
     (its pool)."""
-    if task in CLS_TASKS:
-        load, parts = load_cls_transfer, ("train", "extract")
-    else:
-        load, parts = load_transfer, (TRAIN_SPLIT, ATTRIBUTION_SPLIT)
-    train = load(task, parts[0], limit=budget.n_train, seed=seed)
-    extract_all = load(task, parts[1])
-    extract = load(task, parts[1], limit=min(budget.n_extract, len(extract_all)), seed=seed)
+    load, train_part, extract_part = _loader(task)
+    train = load(task, train_part, limit=budget.n_train, seed=seed)
+    extract_all = load(task, extract_part)
+    extract = load(task, extract_part, limit=min(budget.n_extract, len(extract_all)), seed=seed)
     return train, extract
+
+
+def check_train_budget(task: str, budget: TransferBudget) -> None:
+    """One-line InvalidParameterError when ``budget.n_train`` asks for more records than the
+    task's training split holds, so a table fails before any model loads rather than when a cell
+    starts training (``n_extract`` needs no check: it is capped at its split's size)."""
+    if budget.n_train is None:
+        return
+    load, train_part, _ = _loader(task)
+    split = load(task, train_part)  # the data layer's own count of the split's records
+    if budget.n_train > split.n_available:
+        raise InvalidParameterError(
+            f"budget n_train={budget.n_train} exceeds the {split.n_available} records of "
+            f"{split.benchmark}/{split.split}; lower n_train or set it to None (the whole split)"
+        )
 
 
 def plan_json(plan: dict[int, list[tuple[int, float]]]) -> dict[str, list[list[float]]]:
@@ -460,14 +484,50 @@ def compute_cell(cell: Cell) -> RecordParts:
         metrics["teacher"] = _teacher_summary(report)
     cost = {"transfer": transfer_cost, "eval_wall_s": round(time.perf_counter() - t0, 3)}
     seed = cell.record_seed
-    extra = {"method": cell.method, "task": cell.task, "seed": seed}
-    if cell.setting.name != "table1":
-        extra.update(setting=cell.setting.name, teacher=cell.teacher)
     return RecordParts(
         _jsonable(metrics),
         cost,
         provenance(seed=seed, data_sources=sources, device=default_device(), dtype=cell.prof.dtype),
-        extra,
+        _record_extra(cell),
+    )
+
+
+def _record_extra(cell: Cell) -> dict[str, Any]:
+    """The top-level keys of a cell's record beside its identity, metrics, cost and provenance."""
+    extra = {"method": cell.method, "task": cell.task, "seed": cell.record_seed}
+    if cell.setting.name != "table1":
+        extra.update(setting=cell.setting.name, teacher=cell.teacher)
+    return extra
+
+
+def target_donor(cell: Cell) -> Cell | None:
+    """The cell whose record a Table 2 ``target`` row copies: the same row under the task's first
+    teacher of the profile, when the two configs differ in the teacher only (the untrained
+    target's evaluation does not depend on it); None for every other cell."""
+    if cell.teacher is None or cell.method != cell.setting.target_row:
+        return None
+    names = TEACHERS.get(cell.prof.name, {}).get(cell.task, ())
+    if not names or cell.teacher == names[0]:
+        return None
+    donor = replace(cell, teacher=names[0])
+    same = _without_teacher(cell_config(donor)) == _without_teacher(cell_config(cell))
+    return donor if same else None
+
+
+def _without_teacher(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "teacher"}
+
+
+def _copied_parts(cell: Cell, donor: Cell, measure: Measure | None) -> RecordParts:
+    """The parts of ``donor``'s record (computed first when it has no valid one) as ``cell``'s:
+    metrics, cost and provenance kept, marked ``reused_from``; the cell's own identity."""
+    record = cell_record(donor, measure=measure)
+    reused_from = f"{donor.setting.experiment}/{donor.prof.name}/{donor.run}.json"
+    return RecordParts(
+        record["metrics"],
+        record["cost"],
+        record["provenance"],
+        {**_record_extra(cell), "reused_from": reused_from},
     )
 
 
@@ -478,13 +538,22 @@ def cell_record(
 ) -> dict[str, Any]:
     """The cell's record: reused when valid, else computed and written to
     ``results/<setting's experiment>/<profile>/<run>.json``. ``measure`` (the cell runner's
-    own-process peak memory) runs the computation and may add to its cost."""
+    own-process peak memory) runs the computation and may add to its cost.
+
+    A Table 2 ``target`` row of a second teacher copies the first teacher's
+    (:func:`target_donor`), which is reused when valid even with ``force`` (a forced table has
+    just recomputed it)."""
+    donor = target_donor(cell)
+    if donor is None:
+        compute = measured(partial(compute_cell, cell), measure)
+    else:
+        compute = partial(_copied_parts, cell, donor, measure)
     return get_or_compute(
         cell.setting.experiment,
         cell.prof.name,
         cell.run,
         cell_config(cell),
-        measured(partial(compute_cell, cell), measure),
+        compute,
         force,
         record_models(**cell_models(cell)),
     )
@@ -501,7 +570,10 @@ def run_cell(
     teacher: str | None = None,
 ) -> dict[str, Any]:
     """One cell's record (arguments: :func:`make_cell`; reuse: :func:`cell_record`)."""
-    return cell_record(make_cell(prof, method, task, seed, budget, setting, teacher), force)
+    cell = make_cell(prof, method, task, seed, budget, setting, teacher)
+    if method in METHODS:
+        check_train_budget(task, cell.budget)
+    return cell_record(cell, force)
 
 
 # --------------------------------------------------------------------------- a table
@@ -521,11 +593,14 @@ def table_cells(
     teachers: Sequence[str] | None,
 ) -> list[Cell]:
     """Every cell of a table in run order: per task, teacher and seed the reference rows, then
-    ``methods``; a seed-independent row only once."""
+    ``methods``; a seed-independent row only once. Checks each task's budget against its
+    training split (:func:`check_train_budget`) before any model loads."""
     s = get_setting(setting)
     cells, seen = [], set()
     for task in tasks:
         task_budget = budget or transfer_budget(prof, task)
+        if methods:
+            check_train_budget(task, task_budget)
         if setting == "finetuned":
             task_teachers = teachers or teacher_names(prof.name, task)
         else:
@@ -582,6 +657,7 @@ __all__ = [
     "cell_models",
     "cell_record",
     "check_parameters",
+    "check_train_budget",
     "compute_cell",
     "make_cell",
     "plan_json",
@@ -590,5 +666,6 @@ __all__ = [
     "run_name",
     "run_table",
     "table_cells",
+    "target_donor",
     "transfer_data",
 ]

