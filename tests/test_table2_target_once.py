@@ -96,8 +96,10 @@ def test_the_target_is_evaluated_once_for_both_teachers(computed, tmp_path):
 
 
 def test_only_a_second_teachers_target_has_a_donor():
-    first, second = (tt.make_cell(PAPER, "target", TASK, 0, setting="finetuned", teacher=t)
-                     for t in (FIRST, SECOND))
+    first, second = (
+        tt.make_cell(PAPER, "target", TASK, 0, setting="finetuned", teacher=t)
+        for t in (FIRST, SECOND)
+    )
     assert tt.target_donor(first) is None
     assert tt.target_donor(second).teacher == FIRST
     teacher_row = tt.make_cell(PAPER, "teacher", TASK, 0, setting="finetuned", teacher=SECOND)
