@@ -46,6 +46,7 @@ from semalign_core.data.formatting import IGNORE_INDEX
 from semalign_core.errors import InvalidParameterError
 from semalign_core.lm import surgery
 from semalign_core.lm.nethook import capture_hidden
+from semalign_core.semalign.frontier import frozen_parameters
 from semalign_core.semalign.pairing import (
     Pairing,
     floor_grid,
@@ -157,7 +158,8 @@ def grad_x_activation(model: nn.Module, batch: dict, method: str = "captum") -> 
     _check("method", method, METHODS)
     device = next(model.parameters()).device
     batch = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-    with torch.enable_grad(), _inputs_require_grad(model):
+    # Frozen weights: autograd keeps nothing for weight gradients, which no attribution needs.
+    with torch.enable_grad(), _inputs_require_grad(model), frozen_parameters(model):
         return (_grad_x_act_captum if method == "captum" else _grad_x_act_hooks)(model, batch)
 
 

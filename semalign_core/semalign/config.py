@@ -116,6 +116,11 @@ class SemAlignConfig:
             d.pop("decomposition")
         return d
 
+    def batches_used(self, n_batches: int) -> list[int]:
+        """The training batches every stage steps on (step s uses batch s mod n_batches): the
+        only ones the source supervision is computed for."""
+        return sorted({s % n_batches for s in range(self.steps_per_stage)})
+
     def kl_at(self, stage: int, n_stages: int) -> bool:
         """Whether stage ``stage`` (1-based) adds the output KL."""
         if self.output_kl_every_stage:

@@ -3,6 +3,9 @@ part (full weights or LoRA adapters merged after the stage)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -47,6 +50,20 @@ class LayerInputs:
 def freeze_all(model: nn.Module) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Freeze every parameter of ``model`` for the block, then give each parameter that still
+    exists (LoRA merges replace some) its ``requires_grad`` back."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        freeze_all(model)
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            if n in flags:
+                p.requires_grad_(flags[n])
 
 
 def make_trainable(layer: nn.Module, config: SemAlignConfig) -> list[nn.Parameter]:

@@ -65,7 +65,7 @@ class StageLoss:
         self.source_unembed = source_unembed
         self.n_layers = surgery.num_layers(target)
         self.unembed = surgery.Unembed(target)
-        device = next(target.parameters()).device
+        self.device = device = next(target.parameters()).device
         self.positions = []
         for b in batches:
             mask, tgt = supervised_positions(b["labels"].to(device))
@@ -89,7 +89,7 @@ class StageLoss:
         return z
 
     def teacher_logits(self, i: int) -> Tensor:
-        t = self.sup.teacher[i]
+        t = self.sup.teacher_at(i, self.device)
         if self.sup.teacher_kind == "logits":
             return t
         with torch.no_grad():
@@ -125,7 +125,7 @@ class StageLoss:
         """The layer loss and, when it reads the logit lens, those logits (reused by the KL)."""
         cfg = self.config
         rows, cols, labels, keep = self.positions[i]
-        sup = self.sup.states[stage][i]
+        sup = self.sup.state(stage, i, self.device)
         if cfg.objective == "acl" and cfg.reading == "aligned_logits":
             z = self.unembed(h_out[rows, cols]).float()
             z_tilde = self.aligned(stage, i, sup[rows, cols])

@@ -3,6 +3,7 @@ mapped into the target space, and the teacher's output for the output KL (spec, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,26 +22,38 @@ EPS = 1e-12
 
 
 class Supervision:
-    """Per target layer j and batch i, the supervisory state (B, T, d) and the teacher output.
+    """Per target layer j and training batch i, the supervisory state (B, T, d) and the teacher
+    output, for the batches the stages use only (``SemAlignConfig.batches_used``).
 
-    ``states[j][i]``: the recomposed source state in target space (d_target); for
-    ``reading="vds"`` the raw source state (d_source), decomposed at each step. ``teacher[i]``:
-    teacher logits at the supervised positions (n_i, V) or, when those do not fit in
-    ``max_cached_logits_bytes``, the teacher's final-normed hidden states there (n_i, d_source).
+    ``states[j][i]``: the recomposed source state in target space (d_target, fp32: what the loss
+    reads); for ``reading="vds"`` the raw source state (d_source), decomposed at each step.
+    ``teacher[i]``: teacher logits at the supervised positions (n_i, V) or, when those do not fit
+    in ``max_cached_logits_bytes``, the teacher's final-normed hidden states there (n_i, d_source).
+    Both are kept on the CPU; :meth:`state` and :meth:`teacher_at` copy one onto the device for
+    the step that uses it, so the device never holds more than one batch of them.
     """
 
     def __init__(
-        self, states: dict[int, list[Tensor]], teacher: list[Tensor] | None, teacher_kind: str
+        self,
+        states: dict[int, dict[int, Tensor]],
+        teacher: dict[int, Tensor] | None,
+        teacher_kind: str,
     ):
         self.states, self.teacher, self.teacher_kind = states, teacher, teacher_kind
 
+    def state(self, j: int, i: int, device: torch.device) -> Tensor:
+        """Target layer j's supervisory state for batch i, on ``device``."""
+        return self.states[j][i].to(device)
+
+    def teacher_at(self, i: int, device: torch.device) -> Tensor:
+        """The teacher's cached output for batch i, on ``device``."""
+        return self.teacher[i].to(device)
+
     def save(self, path: Path, key: str) -> None:
         tensors = {
-            f"state.{j}.{i}": t.contiguous()
-            for j, ts in self.states.items()
-            for i, t in enumerate(ts)
+            f"state.{j}.{i}": t.contiguous() for j, ts in self.states.items() for i, t in ts.items()
         }
-        for i, t in enumerate(self.teacher or []):
+        for i, t in (self.teacher or {}).items():
             tensors[f"teacher.{i}"] = t.contiguous()
         meta = {"key": key, "teacher_kind": self.teacher_kind}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -65,11 +78,7 @@ class Supervision:
                         teacher[int(parts[1])] = f.get_tensor(name)
         except Exception:  # a truncated or foreign file: recompute
             return None
-        return cls(
-            {j: [d[i] for i in sorted(d)] for j, d in sorted(states.items())},
-            [teacher[i] for i in sorted(teacher)] or None,
-            meta.get("teacher_kind", "none"),
-        )
+        return cls(states, teacher or None, meta.get("teacher_kind", "none"))
 
 
 def composite_map(bases_src: Tensor, bases_tgt: Tensor, decomposition: str = "cosine") -> Tensor:
@@ -157,35 +166,54 @@ def source_supervision(
     config: SemAlignConfig,
     m: Tensor,
     need_teacher: bool,
+    batch_ids: Sequence[int] | None = None,
 ) -> Supervision:
-    """Run the source once over ``batches``, capturing only the paired layers (see Supervision)."""
-    plan = interpolation_plan(pairing)
-    layers0 = paired_source_layers(pairing)
-    points = _source_point(config.objective)
+    """Run the source once over ``batches[i]`` for i in ``batch_ids`` (default: all), capturing
+    only the paired layers (see Supervision). Whether the teacher's logits are kept is decided
+    over all ``batches``, as before the supervision was restricted to the used ones."""
     kind = teacher_kind(source, batches, config, need_teacher)
-    states: dict[int, list[Tensor]] = {j: [] for j in plan}
-    teacher: list[Tensor] = []
-    device = next(source.parameters()).device
-    unembed = surgery.Unembed(source)
-    for batch in batches:
-        inputs = {
-            "input_ids": batch["input_ids"].to(device),
-            "attention_mask": batch["attention_mask"].to(device),
-            "use_cache": False,
-        }
-        stop = not need_teacher  # without the KL the pass stops after the deepest paired layer
-        with torch.no_grad():
-            with capture_hidden(source, layers0, points, stop_after_deepest=stop) as trace:
-                out = source(**inputs, output_hidden_states=need_teacher, logits_to_keep=1)
-            if need_teacher:
-                mask = supervised_positions(batch["labels"].to(device))[0]
-                final = out.hidden_states[-1][mask.nonzero(as_tuple=True)].float()
-                teacher.append(final if kind == "hidden" else teacher_logits(unembed, final))
-            for j, mix in plan.items():
-                raw = sum(w * _source_state(trace, config.objective, s - 1) for s, w in mix)
-                states[j].append(
-                    raw.float()
-                    if config.layer_readout == "vds"
-                    else map_states(raw, m, config.rescale)
-                )
+    states: dict[int, dict[int, Tensor]] = {j: {} for j in interpolation_plan(pairing)}
+    teacher: dict[int, Tensor] = {}
+    for i in range(len(batches)) if batch_ids is None else batch_ids:
+        layer_states, teacher_out = _batch_supervision(source, batches[i], pairing, config, m, kind)
+        for j, state in layer_states.items():
+            states[j][i] = state.cpu()  # the device holds one batch's supervision at a time
+        if teacher_out is not None:
+            teacher[i] = teacher_out.cpu()
     return Supervision(states, teacher if need_teacher else None, kind)
+
+
+def _batch_supervision(
+    source: nn.Module,
+    batch: dict,
+    pairing: Pairing,
+    config: SemAlignConfig,
+    m: Tensor,
+    kind: str,
+) -> tuple[dict[int, Tensor], Tensor | None]:
+    """One batch's supervisory state per target layer and teacher output (None without KL)."""
+    need_teacher = kind != "none"
+    device = next(source.parameters()).device
+    layers0 = paired_source_layers(pairing)
+    inputs = {
+        "input_ids": batch["input_ids"].to(device),
+        "attention_mask": batch["attention_mask"].to(device),
+        "use_cache": False,
+    }
+    stop = not need_teacher  # without the KL the pass stops after the deepest paired layer
+    teacher = None
+    with torch.no_grad():
+        points = _source_point(config.objective)
+        with capture_hidden(source, layers0, points, stop_after_deepest=stop) as trace:
+            out = source(**inputs, output_hidden_states=need_teacher, logits_to_keep=1)
+        if need_teacher:
+            mask = supervised_positions(batch["labels"].to(device))[0]
+            final = out.hidden_states[-1][mask.nonzero(as_tuple=True)].float()
+            teacher = final if kind == "hidden" else teacher_logits(surgery.Unembed(source), final)
+        states = {}
+        for j, mix in interpolation_plan(pairing).items():
+            raw = sum(w * _source_state(trace, config.objective, s - 1) for s, w in mix)
+            states[j] = (
+                raw.float() if config.layer_readout == "vds" else map_states(raw, m, config.rescale)
+            )
+    return states, teacher

@@ -4,9 +4,10 @@
 
 1. semantic bases of both LM heads (cached by :mod:`semalign_core.lm.semantics`);
 2. layer attribution of the source on ``attribution_records`` → one source layer per target layer;
-3. ONE source pass over the training batches: the paired layers' states, mapped into the target
-   space, and the teacher's output logits (for the output KL) are cached in memory, and on disk
-   under ``checkpoint_dir`` keyed by a hash of source, pairing and data (:mod:`.supervision`);
+3. ONE source pass over the training batches the stages use (``config.batches_used``): the
+   paired layers' states, mapped into the target space, and the teacher's output logits (for the
+   output KL) are cached in CPU memory, and on disk under ``checkpoint_dir`` keyed by a hash of
+   source, pairing and data (:mod:`.supervision`); a step copies its batch's onto the device;
 4. frontier: for k = 1..L_target only target layer k trains. The frozen prefix is constant within
    a stage, so the input of layer k is computed once per stage per batch (no grad) and a step runs
    layer k alone (replayed with the keyword arguments the model passed it: masks, rotary
@@ -52,6 +53,7 @@ from semalign_core.semalign.flops import SemAlignFlops, batch_dims
 from semalign_core.semalign.frontier import (
     LayerInputs,
     freeze_all,
+    frozen_parameters,
     lora_param_count,
     make_trainable,
     merge_lora,
@@ -235,7 +237,8 @@ def _supervision(
     n_t = surgery.num_layers(target)
     need_teacher = any(config.kl_at(k, n_t) for k in range(1, n_t + 1))
     key = digest(
-        "supervision-v1",
+        "supervision-v2",  # v2: the batches the stages use only (their ids are keyed)
+        config.batches_used(len(batches)),
         source_key,
         semantics.weight_key(surgery.unembedding(target).weight),
         pairing.as_table(),
@@ -256,7 +259,8 @@ def _supervision(
     sup = Supervision.load(path, key) if path is not None else None
     if sup is not None:
         return sup, True
-    sup = source_supervision(source, batches, pairing, config, m, need_teacher)
+    used = config.batches_used(len(batches))
+    sup = source_supervision(source, batches, pairing, config, m, need_teacher, used)
     if path is not None:
         sup.save(path, key)
     return sup, False
@@ -276,10 +280,8 @@ def _train_frontier(
         done, stages = int(progress["completed_stage"]), list(progress["stages"])
         restore_layers(config, surgery.decoder_layers(target), done)
     last = n_t if stop_after_stage is None else min(n_t, stop_after_stage)
-    flags = {n: p.requires_grad for n, p in target.named_parameters()}
     inputs = None
-    try:
-        freeze_all(target)
+    with frozen_parameters(target):
         bar = tqdm(range(done + 1, last + 1), desc="SemAlign stages", disable=not config.progress)
         for stage in bar:
             t_stage = time.perf_counter()
@@ -298,10 +300,6 @@ def _train_frontier(
                     layer,
                     progress_record(run.run_key, stages, run.scores, run.pairing),
                 )
-    finally:
-        for n, p in target.named_parameters():
-            if n in flags:
-                p.requires_grad_(flags[n])
     return stages, done
 
 
@@ -324,7 +322,7 @@ def _run_stage(run: _Run, inputs: LayerInputs, stage: int) -> dict:
     params = make_trainable(layer, config)
     n_lora = lora_param_count(layer)
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)  # per stage
-    used = sorted({s % len(batches) for s in range(config.steps_per_stage)})
+    used = config.batches_used(len(batches))
     eval_ids = used[: config.eval_batches]
     before = loss_fn.evaluate(stage, eval_ids) if eval_ids else None
     record = _new_stage_record(run, stage)
