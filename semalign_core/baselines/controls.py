@@ -434,9 +434,11 @@ def begin(
         raise InvalidParameterError(
             f"{method} keeps no stage checkpoints: resume=True is not supported"
         )
-    check_compatible(source, target)
+    if source is not None:  # None: a method that does not read the source (sft)
+        check_compatible(source, target)
+        source.eval()
     torch.manual_seed(config.seed)
-    source.eval(), target.eval()  # no dropout anywhere: the runs are deterministic
+    target.eval()  # no dropout anywhere: the runs are deterministic
 
 
 def cap_steps(schedule: list[list[int]], stop_after_stage: int | None) -> list[list[int]]:
@@ -444,8 +446,9 @@ def cap_steps(schedule: list[list[int]], stop_after_stage: int | None) -> list[l
     return schedule[:stop_after_stage] if stop_after_stage is not None else schedule
 
 
-def _unused_pairing(source: nn.Module, target: nn.Module, why: str) -> Pairing:
-    p = uniform_pairing(surgery.num_layers(source), surgery.num_layers(target))
+def _unused_pairing(source: nn.Module | None, target: nn.Module, why: str) -> Pairing:
+    n_t = surgery.num_layers(target)
+    p = uniform_pairing(n_t if source is None else surgery.num_layers(source), n_t)
     return Pairing(p.target_to_source, p.strategy, p.n_source, p.n_target, (why,))
 
 
@@ -514,7 +517,7 @@ def _fine_tune(
 
 
 def sft(
-    source: nn.Module,
+    source: nn.Module | None,
     target: nn.Module,
     train_records: Sequence[dict],
     attribution_records: Sequence[dict],
@@ -524,7 +527,7 @@ def sft(
     stop_after_stage: int | None = None,
 ) -> TransferResult:
     """Plain SFT of ``target`` on ``train_records`` (the source and attribution records are unused;
-    they are taken so every method has SemAlign's signature)."""
+    they are taken so every method has SemAlign's signature; ``source`` may be None)."""
     begin("sft", source, target, config, SFTConfig, resume)
 
     def make_loss(model):

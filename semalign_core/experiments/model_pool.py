@@ -2,15 +2,20 @@
 
 :func:`load_for` loads a fresh copy (methods that train in place get their own); a
 :class:`ModelPool` loads each model the first time a run needs it, so a notebook whose records
-are all valid loads nothing; :func:`record_models` names the models a record depends on (checked
-from their files, not loaded).
+are all valid loads nothing, and keeps it untrained on the CPU, so a GPU holds only the copies
+runs use; :func:`record_models` names the models a record depends on (checked from their files,
+not loaded); :func:`release_memory` frees what a finished cell left behind.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+
+import torch
 
 from semalign_core.devices import default_device
 from semalign_core.models.registry import LoadedModel, load_model
@@ -32,8 +37,19 @@ def record_models(**roles: Teacher) -> Callable[[], dict[str, dict[str, Any]]]:
     return lambda: {role: teacher_model_identity(ref) for role, ref in sorted(roles.items())}
 
 
+def release_memory() -> None:
+    """Free the models nothing refers to any more: collect reference cycles (hooks, wrappers and
+    closures keep a model alive past its last name) and hand the GPU's cached blocks back, so
+    the next cell starts with the device memory the finished one used."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class ModelPool:
-    """Each model loaded at most once (and only when a run needs computing); runs train copies.
+    """Each model loaded at most once (and only when a run needs computing), kept untrained on the
+    CPU; runs get copies on the default device, so a GPU never holds the pristine copy beside the
+    trained one (on a CPU-only machine the copies are those of the model as loaded).
 
     pool = ModelPool(prof)
     model, tokenizer = pool.fresh("smollm2-135m-instruct")  # a copy to train
@@ -41,20 +57,37 @@ class ModelPool:
 
     def __init__(self, prof: Profile):
         self.prof = prof
-        self.loaded: dict[str, Any] = {}
+        self.loaded: dict[str, LoadedModel] = {}  # the pristine models, on the CPU
 
     def get(self, name: str) -> LoadedModel:
+        """The pooled model ``name``, untrained on the CPU (loaded on first use); runs use
+        :meth:`fresh` (to train) or :meth:`on_device` (to read)."""
         if name not in self.loaded:
-            self.loaded[name] = load_for(self.prof, name)
+            # loaded as every cell loads a model (device, dtype), then moved: the same weights
+            lm = load_for(self.prof, name)
+            lm.model.to("cpu")  # in place
+            self.loaded[name] = lm
+            release_memory()  # the blocks the device copy held
         return self.loaded[name]
 
-    def fresh(self, name: str):
-        """(a deep copy of the model, its tokenizer): the pooled original is never trained."""
+    def on_device(self, name: str) -> LoadedModel:
+        """Model ``name`` untrained on the default device, to read (not train): the pooled model
+        itself on a CPU, a copy of it on an accelerator."""
         lm = self.get(name)
-        return copy.deepcopy(lm.model), lm.tokenizer
+        return lm if default_device() == "cpu" else replace(lm, model=self._copy(lm))
+
+    def fresh(self, name: str):
+        """(a copy of the model on the default device, its tokenizer): the pooled original is
+        never trained."""
+        lm = self.get(name)
+        return self._copy(lm), lm.tokenizer
 
     def num_layers(self, name: str) -> int:
         return int(self.get(name).stats["layers"])
 
+    @staticmethod
+    def _copy(lm: LoadedModel):
+        return copy.deepcopy(lm.model).to(default_device())
 
-__all__ = ["ModelPool", "load_for", "record_models"]
+
+__all__ = ["ModelPool", "load_for", "record_models", "release_memory"]

@@ -129,7 +129,7 @@ def _analysis_parts(
     full = load_classification(task, salf_split(task))
     limit = None if n is None else min(n, len(full))
     records = select_subset(full.records, limit, seed, f"{task}/{full.split}")
-    loaded = pool.get(name)
+    loaded = pool.on_device(name)  # read only: on an accelerator, a copy of the CPU original
     t0 = time.perf_counter()
     res = salf.analyse(loaded.model, loaded.tokenizer, records, task, **analyse_kw)
     cost = {"wall_s": round(time.perf_counter() - t0, 2)}

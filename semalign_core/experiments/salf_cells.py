@@ -35,7 +35,6 @@ not depend on the order).
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import time
@@ -59,7 +58,7 @@ from semalign_core.experiments.budgets import (
 )
 from semalign_core.experiments.budgets import salf_run_budget as run_budget
 from semalign_core.experiments.catalog import MAIN_POLICIES, SALF_MAIN, ZERO_SHOT
-from semalign_core.experiments.model_pool import ModelPool, record_models
+from semalign_core.experiments.model_pool import ModelPool, record_models, release_memory
 from semalign_core.experiments.notebook import check_list
 from semalign_core.models.registry import REGISTRY
 from semalign_core.profiles import Profile
@@ -543,8 +542,8 @@ class SalfGrid:
             metrics, cost, extra = _finetuned(
                 label, spec, net, tokenizer, train, scored, task, config
             )
-            del net
-            gc.collect()  # the trained copy goes before the next run copies the model again
+        del net
+        release_memory()  # the run's copy goes before the next run copies the model again
         prov = provenance(
             seed=seed, data_sources=sources, device=default_device(), dtype=self.prof.dtype
         )

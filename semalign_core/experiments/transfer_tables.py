@@ -52,15 +52,20 @@ from semalign_core.experiments.catalog import (
     TransferSetting,
     get_setting,
 )
-from semalign_core.experiments.model_pool import load_for, record_models
+from semalign_core.experiments.model_pool import load_for, record_models, release_memory
 from semalign_core.experiments.notebook import check_list, check_seeds
-from semalign_core.experiments.teachers import load_profile_teacher, resolve_teacher, teacher_names
+from semalign_core.experiments.teachers import (
+    ensure_teacher,
+    load_profile_teacher,
+    resolve_teacher,
+    teacher_names,
+)
 from semalign_core.lm import surgery
-from semalign_core.models.teachers import teacher_identity
+from semalign_core.models.teachers import TeacherRecipe, teacher_identity
 from semalign_core.profiles import Profile
 from semalign_core.records import Measure, RecordParts, get_or_compute, measured, provenance
 from semalign_core.semalign.attribution import interpolation_plan
-from semalign_core.transfer.registry import CONFIGS, METHODS, make_config, run_method
+from semalign_core.transfer.registry import CONFIGS, METHODS, make_config, needs_source, run_method
 
 TRAIN_SPLIT, ATTRIBUTION_SPLIT = "train", "extract"
 VERSION = 1
@@ -318,8 +323,10 @@ def plan_json(plan: dict[int, list[tuple[int, float]]]) -> dict[str, list[list[f
 
 
 def cell_models(cell: Cell) -> dict[str, Any]:
-    """The models a cell is computed with, by role (``target``; ``source`` or ``teacher``): a
-    registry name, or a teacher (:func:`~semalign_core.experiments.teachers.resolve_teacher`)."""
+    """The models a cell's record depends on, by role (``target``; ``source`` or ``teacher``): a
+    registry name, or a teacher (:func:`~semalign_core.experiments.teachers.resolve_teacher`).
+    A method that does not read the source (:func:`~semalign_core.transfer.registry.needs_source`)
+    keeps it here, so its records stay valid, but it is not loaded (:func:`_load_models`)."""
     roles: dict[str, Any] = {}
     if cell.method != cell.setting.source_row:
         roles["target"] = cell.prof.semalign_target
@@ -330,18 +337,27 @@ def cell_models(cell: Cell) -> dict[str, Any]:
     return roles
 
 
+def _reads_source(cell: Cell) -> bool:
+    """Whether the cell's row reads its source or teacher (every row but a source-free method)."""
+    return cell.method not in METHODS or needs_source(cell.method)
+
+
 def _load_models(cell: Cell):
     """(source, target, teacher report) of :func:`cell_models`: each LoadedModel or None (a fresh
-    target per cell: methods train in place; the report: a made teacher's marker, else None)."""
+    target per cell: methods train in place; the report: a made teacher's marker, else None).
+    The source (or teacher) is None for a method that does not read it."""
     roles, target, source, report = cell_models(cell), None, None, None
     if "target" in roles:
         target = load_for(cell.prof, roles["target"])
-    if "teacher" in roles:
+    if "teacher" in roles and not _reads_source(cell):
+        if isinstance(roles["teacher"], TeacherRecipe):  # the record names the made teacher
+            ensure_teacher(roles["teacher"], verbose=False)
+    elif "teacher" in roles:
         vocab = surgery.vocab_size(target.model) if target is not None else None
         source, report = load_profile_teacher(
             cell.prof.name, cell.task, cell.teacher, cell.prof.dtype, target_vocab=vocab
         )
-    elif "source" in roles:
+    elif "source" in roles and _reads_source(cell):
         source = load_for(cell.prof, roles["source"])
     return source, target, report
 
@@ -354,7 +370,7 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
     t0 = time.perf_counter()
     result = run_method(
         cell.method,
-        source.model,
+        None if source is None else source.model,
         target.model,
         train.records,
         extract.records,
@@ -464,7 +480,15 @@ def _teacher_summary(report: dict) -> dict[str, Any]:
 
 
 def compute_cell(cell: Cell) -> RecordParts:
-    """Train (unless a reference row) and evaluate one cell: the parts of its record."""
+    """Train (unless a reference row) and evaluate one cell: the parts of its record. The cell's
+    models are freed when it returns (or fails), before the next cell loads its own."""
+    try:
+        return _computed_parts(cell)
+    finally:
+        release_memory()  # the models were _computed_parts' locals; collect their cycles
+
+
+def _computed_parts(cell: Cell) -> RecordParts:
     sources: dict[str, str] = {}
     transfer_cost = summary = None
     source, target, report = _load_models(cell)

@@ -18,6 +18,8 @@ sft                baselines.controls.sft               SFTConfig
 output_kl          baselines.controls.output_kl         OutputKLConfig
 hidden_distill     baselines.controls.hidden_distill    HiddenDistillConfig
 =================  ===================================  =========================
+
+:data:`NEEDS_SOURCE` says which methods read the source; the others take ``source=None``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,25 @@ CONFIGS: dict[str, type] = {
     "output_kl": controls.OutputKLConfig,
     "hidden_distill": controls.HiddenDistillConfig,
 }
+
+
+# Whether a method reads the source model; a table cell loads the source only for those that do.
+# sft trains the target alone; output_kl reads the source's logits, hidden_distill its hidden
+# states, seeking, laten and semalign its weights and activations.
+NEEDS_SOURCE: dict[str, bool] = {
+    "semalign": True,
+    "seeking": True,
+    "laten": True,
+    "sft": False,
+    "output_kl": True,
+    "hidden_distill": True,
+}
+
+
+def needs_source(name: str) -> bool:
+    """Whether method ``name`` reads the source (False: it runs with ``source=None``)."""
+    _check_name(name)
+    return NEEDS_SOURCE[name]
 
 
 def _check_name(name: str) -> None:
@@ -100,4 +121,4 @@ def run_method(
     return METHODS[name](source, target, train_records, attribution_records, cfg, tokenizer, **rest)
 
 
-__all__ = ["CONFIGS", "METHODS", "make_config", "run_method"]
+__all__ = ["CONFIGS", "METHODS", "NEEDS_SOURCE", "make_config", "needs_source", "run_method"]
