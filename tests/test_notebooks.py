@@ -13,6 +13,7 @@ import pytest
 
 from semalign_core import run_notebook
 from semalign_core.errors import ArtifactError
+from semalign_core.experiments.cells import cell_names
 from semalign_core.experiments.notebook import require_models, start
 from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import get_profile
@@ -43,6 +44,16 @@ def test_every_executed_notebook_ran_without_errors_or_machine_paths(smoke_repro
         errors = [o for o in smoke_reproduction.outputs(path.stem) if o["output_type"] == "error"]
         assert not errors, path.name
         assert "input_path" not in smoke_reproduction.executed(path.stem)["metadata"]["papermill"]
+
+
+def test_cost_benefit_notebook_times_its_repeats_at_the_defaults(smoke_reproduction):
+    # notebook 07 at the profile's defaults runs every timing repeat of budgets.TIMING (a check
+    # of its overrides once read the defaults it had filled in, and skipped them all)
+    folder = smoke_reproduction.results / "salf_timing" / "smoke"
+    written = {p.stem for p in folder.glob("*.json")}
+    assert written and written == set(cell_names("salf_timing", "smoke"))
+    text = json.dumps(smoke_reproduction.outputs("07_salf_cost_benefit"))
+    assert "timing repeats skipped" not in text
 
 
 def test_invalid_parameter_stops_in_first_cell(tmp_path, notebook_runner):
