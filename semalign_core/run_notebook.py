@@ -97,7 +97,8 @@ def machine_prefixes() -> list[tuple[str, str]]:
 def scrub_machine_paths(text: str) -> str:
     """``text`` with this machine's paths (repo, run folder, venv, site-packages, stdlib, caches,
     home, temp) and any machine's venv or cache paths replaced by placeholders such as
-    ``<repo>``; a path matches only whole folder names (``/work/main2`` is not ``<repo>``2)."""
+    ``<repo>``; a path matches only whole folder names (a sibling ``main2`` of a repo ``main``
+    stays as it is)."""
     names = dict(machine_prefixes())
     # One pass over alternatives listed longest first: each path gets its longest folder's name.
     exact = re.compile("(?:" + "|".join(map(re.escape, names)) + r")(?![\w.+-])")

@@ -172,10 +172,13 @@ def source_supervision(
     only the paired layers (see Supervision). Whether the teacher's logits are kept is decided
     over all ``batches``, as before the supervision was restricted to the used ones."""
     kind = teacher_kind(source, batches, config, need_teacher)
-    states: dict[int, dict[int, Tensor]] = {j: {} for j in interpolation_plan(pairing)}
+    plan, layers0 = interpolation_plan(pairing), paired_source_layers(pairing)  # once for all
+    states: dict[int, dict[int, Tensor]] = {j: {} for j in plan}
     teacher: dict[int, Tensor] = {}
     for i in range(len(batches)) if batch_ids is None else batch_ids:
-        layer_states, teacher_out = _batch_supervision(source, batches[i], pairing, config, m, kind)
+        layer_states, teacher_out = _batch_supervision(
+            source, batches[i], plan, layers0, config, m, kind
+        )
         for j, state in layer_states.items():
             states[j][i] = state.cpu()  # the device holds one batch's supervision at a time
         if teacher_out is not None:
@@ -186,15 +189,17 @@ def source_supervision(
 def _batch_supervision(
     source: nn.Module,
     batch: dict,
-    pairing: Pairing,
+    plan: dict[int, list[tuple[int, float]]],
+    layers0: list[int],
     config: SemAlignConfig,
     m: Tensor,
     kind: str,
 ) -> tuple[dict[int, Tensor], Tensor | None]:
-    """One batch's supervisory state per target layer and teacher output (None without KL)."""
+    """One batch's supervisory state per target layer of ``plan`` (target layer → [(source
+    layer, weight)], reading the 0-based source layers ``layers0``) and teacher output (None
+    without KL)."""
     need_teacher = kind != "none"
     device = next(source.parameters()).device
-    layers0 = paired_source_layers(pairing)
     inputs = {
         "input_ids": batch["input_ids"].to(device),
         "attention_mask": batch["attention_mask"].to(device),
@@ -211,7 +216,7 @@ def _batch_supervision(
             final = out.hidden_states[-1][mask.nonzero(as_tuple=True)].float()
             teacher = final if kind == "hidden" else teacher_logits(surgery.Unembed(source), final)
         states = {}
-        for j, mix in interpolation_plan(pairing).items():
+        for j, mix in plan.items():
             raw = sum(w * _source_state(trace, config.objective, s - 1) for s, w in mix)
             states[j] = (
                 raw.float() if config.layer_readout == "vds" else map_states(raw, m, config.rescale)

@@ -236,9 +236,10 @@ def _supervision(
     """The source supervision, from the on-disk cache when there (then the flag is True)."""
     n_t = surgery.num_layers(target)
     need_teacher = any(config.kl_at(k, n_t) for k in range(1, n_t + 1))
+    used = config.batches_used(len(batches))
     key = digest(
         "supervision-v2",  # v2: the batches the stages use only (their ids are keyed)
-        config.batches_used(len(batches)),
+        used,
         source_key,
         semantics.weight_key(surgery.unembedding(target).weight),
         pairing.as_table(),
@@ -259,7 +260,6 @@ def _supervision(
     sup = Supervision.load(path, key) if path is not None else None
     if sup is not None:
         return sup, True
-    used = config.batches_used(len(batches))
     sup = source_supervision(source, batches, pairing, config, m, need_teacher, used)
     if path is not None:
         sup.save(path, key)
