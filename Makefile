@@ -23,13 +23,19 @@ export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 
 NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain 03_semalign_transfer \
 	04_semalign_finetuned_teacher 05_semalign_ablations 06_salf_main_table 07_salf_cost_benefit 08_report
-FIGURE_GROUPS := table3 semalign-analyses salf-analysis table1 table2 ablations salf-main salf-cost-benefit
+FIGURE_GROUPS := table3 semalign-analyses salf-analysis table1 table2 ablations salf-main salf-cost-benefit \
+	reproduction
 # FORCE=true recomputes every record instead of reusing valid ones (a full rerun from scratch).
 FORCE ?= false
 # Runs write into their run folder runs/$(RUN)/ (git-ignored); `make promote` copies finished
 # notebooks into the committed results/ and rebuilds figures/ from results/ alone.
 RUN ?= $(PROFILE)
 export SEMALIGN_RUN_DIR ?= $(CURDIR)/runs/$(RUN)
+# A run computes every number afresh and then compares it with the committed one
+# (figures/reproduction_check.md). REUSE=true lets valid committed records stand in for the run's
+# own (quick regeneration after a change; the check then marks those numbers `reused`).
+REUSE ?= false
+export SEMALIGN_REUSE_REFERENCE := $(REUSE)
 # Extra notebook parameters, e.g. make 03_semalign_transfer ARGS='-p seeds=[0,1,2]'
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) $(TIMEOUT_FLAG) -p force=$(FORCE) $(ARGS)

@@ -33,6 +33,13 @@ def reference_results_dir() -> Path:
     return Path(os.environ.get("SEMALIGN_REFERENCE_DIR", REPO_ROOT / "results"))
 
 
+def reuse_reference() -> bool:
+    """Whether a valid committed record may stand in for a run's own (``SEMALIGN_REUSE_REFERENCE``
+    = 1/true; ``make ... REUSE=true``). Off by default: a reproduction recomputes every number and
+    then compares it with the committed one (:mod:`semalign_core.report.reproduction`)."""
+    return os.environ.get("SEMALIGN_REUSE_REFERENCE", "").lower() in ("1", "true", "yes")
+
+
 def reference_figures_dir() -> Path:
     """The committed tables and figures, built from :func:`reference_results_dir`."""
     return reference_results_dir().parent / "figures"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
+from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir, reuse_reference
 
 TRACKED_PACKAGES = ("torch", "transformers", "lm_eval", "peft", "captum", "numpy", "gguf")
 
@@ -168,8 +168,9 @@ def load_valid_record(
     config: dict[str, Any],
     identities: ModelIdentities | None = None,
 ) -> dict | None:
-    """The valid record of this run: the run folder's, else the reference's (``results/``),
-    which is then copied into the run folder so that the run's report sees it.
+    """The valid record of this run: the run folder's, else, only when
+    :func:`~semalign_core.paths.reuse_reference` allows it, the reference's (``results/``), which
+    is then copied into the run folder so that the run's report sees it.
 
     Valid: it exists, parses, was made with the same config and, when ``identities`` are given,
     with the same models (:func:`same_models`)."""
@@ -178,7 +179,7 @@ def load_valid_record(
     if record is not None:
         return record
     reference = reference_results_dir() / experiment / profile / path.name
-    if reference.resolve() == path.resolve():
+    if not reuse_reference() or reference.resolve() == path.resolve():
         return None
     record = _valid_record_at(reference, config, identities)
     if record is not None:

@@ -9,10 +9,13 @@ experiments at one profile, its executed copy and run log) into the committed ``
 rebuilds ``figures/`` from ``results/`` alone; nothing else writes either folder. What a notebook
 produced is what its run log lists: every record it computed or reused, noted as it happened
 (``records.note_in_manifest``), with its sha256. ``reproduce``
-runs every notebook with the seeds its tier holds (``budgets.REPRODUCE_TIERS``); with
-``--promote-each`` each notebook is promoted as soon as it finishes, so a run cut short loses
-nothing and a tier can be completed across sessions: a record promoted earlier is valid for the
-same config and model files, and is reused instead of recomputed.
+runs every notebook with the seeds its tier holds (``budgets.REPRODUCE_TIERS``), computing every
+number afresh (the committed records are not reused unless ``SEMALIGN_REUSE_REFERENCE`` says so),
+and after each notebook sets its numbers beside the committed ones
+(:mod:`semalign_core.report.reproduction`: ``results/reproduction/<profile>/check.json`` in the run
+folder, ``figures/reproduction_check.md``). With ``--promote-each`` each notebook is promoted as
+soon as it finishes (after its check), so a run cut short loses nothing; a tier is resumed from
+its run folder, whose valid records are reused.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from pathlib import Path
 from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.experiments.budgets import REPRODUCE_TIERS, TIER_PARAMS
 from semalign_core.experiments.catalog import NOTEBOOKS
-from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir
+from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir, reuse_reference
 from semalign_core.profiles import get_profile
-from semalign_core.records import atomic_write, file_digests
+from semalign_core.records import atomic_write, file_digests, git_commit
+from semalign_core.report import reproduction
 from semalign_core.run_notebook import executed_path, run, run_log_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -105,6 +109,9 @@ def promote(
             path.unlink()
     for path in (executed, run_log_path(executed)):
         done.copied.append(_copy(path, reference / "notebooks" / profile / path.name))
+    check = reproduction.check_path(run_results, profile)
+    if check.is_file():  # the run's comparison with what was committed before it
+        done.copied.append(_copy(check, reproduction.check_path(reference, profile)))
     return done
 
 
@@ -197,12 +204,30 @@ def reproduce(
         for notebook in notebooks:
             params = {"force": force, **tier_parameters(tier, profile, notebook)}
             run(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, 0, timeout, params)
+            print(check_reproduction(notebook, profile, tier), flush=True)
             if promote_each:
                 print(promote(notebook, profile, prune=prune).summary(), flush=True)
                 promoted = True
     finally:
         if promoted:
             build_reference_figures()
+
+
+def check_reproduction(notebook: str, profile: str, tier: str) -> str:
+    """Set the numbers ``notebook`` just produced in the run folder beside the committed ones (its
+    rows of the run's reproduction check); a one-line summary."""
+    rows = reproduction.compare_results(
+        results_dir(), reference_results_dir(), profile, experiments_of(notebook)
+    )
+    reused = " (committed records reused: REUSE=true)" if reuse_reference() else ""
+    about = {
+        "run": f"tier `{tier}` at code {git_commit() or 'unknown'}{reused}",
+        "reference": "the committed results/ (each record's own commit in its provenance)",
+    }
+    reproduction.merge_check(results_dir(), profile, rows, about)
+    counts = {v: sum(r.verdict == v for r in rows) for v in reproduction.VERDICTS}
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no numbers to compare"
+    return f"reproduction check of {notebook}: {summary}"
 
 
 # --------------------------------------------------------------------------- command line
@@ -266,6 +291,7 @@ __all__ = [
     "ORDER",
     "Promotion",
     "build_reference_figures",
+    "check_reproduction",
     "experiments_of",
     "finished",
     "main",

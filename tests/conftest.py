@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _ISOLATED = Path(tempfile.mkdtemp(prefix="semalign-tests-"))
 os.environ["SEMALIGN_RUN_DIR"] = str(_ISOLATED / "run")
 os.environ["SEMALIGN_REFERENCE_DIR"] = str(_ISOLATED / "reference" / "results")
-for _key in ("SEMALIGN_RESULTS_DIR", "SEMALIGN_FIGURES_DIR"):
+for _key in ("SEMALIGN_RESULTS_DIR", "SEMALIGN_FIGURES_DIR", "SEMALIGN_REUSE_REFERENCE"):
     os.environ.pop(_key, None)
 
 import pytest  # noqa: E402

@@ -36,8 +36,9 @@ def _record(config: dict, counter: list) -> dict:
     return get_or_compute(SALF_MAIN, "smoke", "cell", config, compute)
 
 
-def test_records_go_to_the_run_folder_and_reuse_a_valid_reference_record(folders):
+def test_records_go_to_the_run_folder_and_reuse_a_valid_reference_record(folders, monkeypatch):
     run_results, reference = folders
+    monkeypatch.setenv("SEMALIGN_REUSE_REFERENCE", "true")  # REUSE=true (off by default)
     computed: list = []
     first = _record({"a": 1}, computed)
     assert record_path(SALF_MAIN, "smoke", "cell") == run_results / SALF_MAIN / "smoke/cell.json"

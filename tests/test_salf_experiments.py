@@ -348,6 +348,33 @@ def test_timing_plan_interleaves_every_policy_and_repeat_in_a_seeded_order():
     )
 
 
+def test_timing_plan_runs_salf_before_the_policies_that_read_its_eof():
+    from semalign_core.experiments import salf_cost_benefit
+    from semalign_core.experiments.salf_cells import NEEDS_SALF
+
+    plan = salf_cost_benefit.timing_plan(get_profile("cpu"), ["m"], ["t"], seed=0)
+    position = {run: i for i, run in enumerate(plan)}
+    dependent = [run for run in plan if run[2] in NEEDS_SALF]
+    assert dependent  # every main-table policy is timed, these two included
+    for m, t, _, s, r in dependent:
+        assert position[(m, t, "salf", s, r)] < position[(m, t, _, s, r)]
+    # a hand-made order: the dependent run moves to just after its own SALF run, nothing else moves
+    order = [
+        ("m", "t", "lisa", 0, 0),
+        ("m", "t", "random_matched", 0, 1),
+        ("m", "t", "salf", 0, 0),
+        ("m", "t", "salf", 0, 1),
+        ("m", "t", "full", 0, 1),
+    ]
+    assert salf_cost_benefit._after_salf(order) == [
+        order[0],
+        order[2],
+        order[3],
+        order[1],
+        order[4],
+    ]
+
+
 def test_timing_repeats_refuse_a_policy_outside_the_timing_set():
     from semalign_core.experiments import cells
 

@@ -15,6 +15,7 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments.catalog import (
     CLS_TASKS,
     FINETUNED_TEACHER,
+    MAIN_POLICIES,
     SALF_COST_BENEFIT,
     SALF_MAIN,
     SALF_TIMING,
@@ -518,18 +519,11 @@ SALF_DEFAULTS: dict[str, SalfDefaults] = {
 # Settings of the main table's baselines (the same at every profile).
 LORA = {"r": 8, "alpha": 16, "lr_scale": 5}  # adapters start at zero (B = 0): a larger step
 LISA = {"n_active": 2, "interval": 4}
-# The timing repeats (notebook 07) per profile: policies that differ only in which blocks train,
-# the full (+ embeddings) reference and LoRA, each run in its own process, in a seeded random
-# order, ``repeats`` times. smoke keeps two single runs (its time budget).
-TIMING_POLICIES = (
-    "full_embeddings",
-    "full",
-    "freeze_1_4",
-    "freeze_1_2",
-    "freeze_3_4",
-    "salf",
-    "lora_all",
-)
+# The timing repeats (notebook 07) per profile: every policy of the main table and the full
+# (+ embeddings) reference, each run in its own process, in a seeded random order, ``repeats``
+# times, so every policy's measured/analytic ratio comes from clean runs. smoke keeps two single
+# runs (its time budget).
+TIMING_POLICIES = MAIN_POLICIES
 TIMING: dict[str, dict] = {
     "smoke": {"policies": ("full", "salf"), "repeats": 1, "order_seed": 0},
     **{

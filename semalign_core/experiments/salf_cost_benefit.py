@@ -12,7 +12,6 @@ import random
 from collections.abc import Sequence
 from functools import partial
 
-from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments.budgets import TIMING, SalfRunBudget
 from semalign_core.experiments.catalog import (
     SALF_COST_BENEFIT,
@@ -169,12 +168,11 @@ def timing_plan(
 ) -> list[tuple[str, str, str, int, int]]:
     """Every timing run (model, task, policy, seed, repeat) of ``budgets.TIMING[profile]``,
     interleaved in a seeded random order (so no policy always runs first, or on a warm or a cold
-    machine)."""
+    machine). A policy that reads SALF's eof (``NEEDS_SALF``) is held back until SALF's run of
+    its model, task and repeat has gone, so it never computes SALF inside its own timed process."""
     timing = TIMING[prof.name]
     for label in timing["policies"]:
         check_label(label)
-        if label in NEEDS_SALF:
-            raise InvalidParameterError(f"{label} needs SALF's record: not a timing policy")
     plan = [
         (m, t, label, seed, r)
         for m in models
@@ -183,7 +181,24 @@ def timing_plan(
         for r in range(timing["repeats"])
     ]
     random.Random(timing["order_seed"]).shuffle(plan)
-    return plan
+    return _after_salf(plan)
+
+
+def _after_salf(plan: list[tuple[str, str, str, int, int]]) -> list[tuple[str, str, str, int, int]]:
+    """``plan`` in its order, except that each ``NEEDS_SALF`` run goes right after the SALF run of
+    its model, task, seed and repeat when that comes later (unchanged when SALF is not timed)."""
+    salf_runs = {(m, t, s, r) for m, t, label, s, r in plan if label == "salf"}
+    ordered, held, done = [], {}, set()
+    for m, t, label, s, r in plan:
+        key = (m, t, s, r)
+        if label in NEEDS_SALF and key in salf_runs and key not in done:
+            held.setdefault(key, []).append((m, t, label, s, r))
+            continue
+        ordered.append((m, t, label, s, r))
+        if label == "salf":
+            done.add(key)
+            ordered.extend(held.pop(key, []))
+    return ordered
 
 
 __all__ = [

@@ -25,6 +25,7 @@ from semalign_core.paths import REPO_ROOT, figures_dir, reference_results_dir
 from semalign_core.report.ablations import ablation_figures
 from semalign_core.report.analysis_figures import salf_analysis_figures, semalign_analysis_figures
 from semalign_core.report.model_statistics import model_statistics
+from semalign_core.report.reproduction import reproduction_check
 from semalign_core.report.salf import salf_cost_benefit_figures, salf_main_table
 from semalign_core.report.semalign_tables import semalign_table1
 from semalign_core.report.teacher_table import teacher_table_figures
@@ -40,6 +41,7 @@ BUILDERS: dict[str, Callable[[Path], list[Path]]] = {
     "ablations": ablation_figures,
     "salf-main": salf_main_table,
     "salf-cost-benefit": salf_cost_benefit_figures,
+    "reproduction": reproduction_check,
 }
 
 

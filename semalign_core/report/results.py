@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from semalign_core.paths import results_dir
 from semalign_core.profiles import PROFILE_PREFERENCE
 
 
-def read_records(experiment: str, profile: str, pattern: str = "*__*.json") -> list[dict]:
-    """Every record ``results/<experiment>/<profile>/<pattern>`` in file-name order; a file that
-    cannot be read or parsed (being written, truncated) is skipped."""
+def read_records(
+    experiment: str, profile: str, pattern: str = "*__*.json", folder: Path | None = None
+) -> list[dict]:
+    """Every record ``results/<experiment>/<profile>/<pattern>`` in file-name order (``folder``:
+    another results folder than the one in use); a file that cannot be read or parsed (being
+    written, truncated) is skipped."""
     out = []
-    for path in sorted((results_dir() / experiment / profile).glob(pattern)):
+    for path in sorted(((folder or results_dir()) / experiment / profile).glob(pattern)):
         try:
             out.append(json.loads(path.read_text()))
         except (OSError, ValueError):
