@@ -125,7 +125,7 @@ def test_runs_only_one_side_has_are_listed_and_timing_records_skipped(tmp_path):
     rows = reproduction.compare_results(run, ref, "cpu", [SALF_MAIN, SALF_TIMING])
     assert [(r.run, r.verdict) for r in rows] == [
         ("both", "identical"),
-        ("only_committed", "not reproduced"),
+        ("only_committed", "not in this run"),
         ("only_run", "new"),
     ]
 

@@ -53,7 +53,7 @@ VERDICTS = (
     "outside tolerance",
     "differs",
     "reused",
-    "not reproduced",
+    "not in this run",
     "new",
 )
 RAW_METRICS = ("bits_per_byte", "nll")  # shown as they are; every other score in %
@@ -183,7 +183,7 @@ def compare_records(experiment: str, committed: dict, reproduced: dict) -> list[
         if metric in a and metric in b:
             rows.append(_scored_row(experiment, run, metric, a[metric], b[metric], same))
         else:
-            side = "not reproduced" if metric in a else "new"
+            side = "not in this run" if metric in a else "new"
             value = _mean(a.get(metric) or b[metric])
             committed_value, reproduced_value = (value, None) if metric in a else (None, value)
             rows.append(
@@ -231,7 +231,7 @@ def compare_results(
             if run in ours and run in theirs:
                 rows += compare_records(experiment, theirs[run], ours[run])
             else:
-                verdict = "new" if run in ours else "not reproduced"
+                verdict = "new" if run in ours else "not in this run"
                 rows.append(
                     CheckRow(experiment, run, "record", None, None, None, None, None, verdict, None)
                 )
