@@ -40,7 +40,7 @@ export SEMALIGN_REUSE_REFERENCE := $(REUSE)
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) $(TIMEOUT_FLAG) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup reference-tokenizers lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup data reference-tokenizers lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -56,6 +56,9 @@ $(STAMP): requirements.txt requirements-models.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	mkdir -p .cache
 	touch $(STAMP)
+
+data: setup  ## download the benchmark files from their official sources into data/ (sha256-checked); ONLY='gsm8k mmlu' for some
+	$(PY) -m semalign_core.data.fetch $(if $(ONLY),--only $(ONLY))
 
 models: setup  ## convert the GGUF wheel models to cached safetensors (once)
 	$(PY) -m semalign_core.cli models --profile $(PROFILE)

@@ -9,7 +9,9 @@ Files are looked up, per file, in this order (DESIGN.md, "Data"):
 Each candidate is searched in turn so that a partial ``SEMALIGN_DATA_DIR`` (say, only GSM8K)
 still finds the other benchmarks further down the list. The Hugging Face hub is never
 contacted here: the loaders read the official file formats only, so a run is reproducible
-from the files' sha256 alone.
+from the files' sha256 alone. A file found nowhere is downloaded from its official source
+(:mod:`semalign_core.data.sources`, sha256-checked) into the first root only when
+``SEMALIGN_FETCH_DATA=1`` says so; otherwise ``make data`` does it ahead of time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 from pathlib import Path
 
 from semalign_core import paths
+from semalign_core.data import sources
 from semalign_core.errors import DataNotFoundError
 
 ENV_VAR = "SEMALIGN_DATA_DIR"
@@ -64,15 +67,26 @@ def data_root() -> Path:
 def benchmark_path(relpath: str) -> Path:
     """Absolute path of ``relpath`` (e.g. ``"gsm8k/test.jsonl"``) in the first root holding it.
 
-    ``relpath`` may also name a directory. Raises DataNotFoundError naming the file, every
-    place searched and how to fix it.
+    ``relpath`` may also name a directory. Found nowhere and ``SEMALIGN_FETCH_DATA=1``: its
+    data set is fetched into the first root, then looked up again. Raises DataNotFoundError
+    naming the file, every place searched and how to fix it.
     """
     roots = candidate_roots()
+    found = _first_holding(relpath, roots)
+    if found is None and os.environ.get(sources.FETCH_VAR) == "1":
+        sources.fetch_for(relpath, roots[0])
+        found = _first_holding(relpath, roots)
+    if found is None:
+        raise DataNotFoundError(_not_found_message(relpath, roots))
+    return found
+
+
+def _first_holding(relpath: str, roots: list[Path]) -> Path | None:
     for root in roots:
         candidate = root / relpath
         if candidate.exists():
             return candidate
-    raise DataNotFoundError(_not_found_message(relpath, roots))
+    return None
 
 
 def _not_found_message(what: str, roots: list[Path]) -> str:
@@ -81,7 +95,8 @@ def _not_found_message(what: str, roots: list[Path]) -> str:
     msg = (
         f"benchmark data not found: {what} (searched: {searched}); "
         f"set {ENV_VAR} to a folder holding it, or copy the official files into "
-        f"{paths.REPO_ROOT / 'data'}/ (layout as in shared/benchmarks/README.md)"
+        f"{paths.REPO_ROOT / 'data'}/ (layout as in shared/benchmarks/README.md); "
+        f"`make data` downloads them ({sources.FETCH_VAR}=1: on demand)"
     )
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         # Users online may expect a hub download; say plainly that none is attempted.
