@@ -40,7 +40,7 @@ export SEMALIGN_REUSE_REFERENCE := $(REUSE)
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) $(TIMEOUT_FLAG) -p force=$(FORCE) $(ARGS)
 
-.PHONY: help setup data reference-tokenizers lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
+.PHONY: help setup data report reference-tokenizers lint test test-unit test-scale test-slow reproduce reproduce-full promote cell figures lab models clean $(NOTEBOOKS) $(addprefix fig-,$(FIGURE_GROUPS))
 
 help:  ## list the targets
 	@echo "Targets (PROFILE=smoke|cpu|gpu-small|paper, default cpu):"
@@ -118,6 +118,9 @@ reproduce-full: setup  ## every experiment and seed of the committed results, ea
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
 	$(PY) -m semalign_core.runs reproduce --tier reproduce-full --profile $(PROFILE) --promote-each --prune \
 		$(TIMEOUT_FLAG) $(if $(filter true,$(FORCE)),--force)
+
+report: setup  ## one self-contained HTML report (figures/report.html) and its headless-Chromium screenshot
+	$(PY) -m semalign_core.report.html --screenshot results/report/report.png
 
 promote: setup  ## copy the finished notebooks of runs/$(RUN)/ into results/, rebuild figures/ (NB=..., PRUNE=true)
 	$(PY) -m semalign_core.runs promote --profile $(PROFILE) $(NB) $(if $(filter true,$(PRUNE)),--prune)

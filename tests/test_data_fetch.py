@@ -1,8 +1,8 @@
 """`make data`: the fetcher against a loopback copy of the official sources.
 
-A threading http.server serves the real files of ../shared/benchmarks under their sources' URL
-paths (and a ``data.tar`` laid out as the official MMLU archive); ``SEMALIGN_DATA_MIRROR``
-points every URL at it, so only the host changes.
+A threading http.server serves the real files of ../shared/benchmarks and ../shared/corpora under
+their sources' URL paths (and a ``data.tar`` laid out as the official MMLU archive);
+``SEMALIGN_DATA_MIRROR`` points every URL at it, so only the host changes.
 """
 
 from __future__ import annotations
@@ -31,12 +31,16 @@ from semalign_core.data import (
     load_mmlu,
     load_transfer,
 )
+from semalign_core.data.corpora import CORPUS_FILES, corpus_path, corpus_text
 from semalign_core.data.fetch import main
 from semalign_core.data.sources import fetch_data, load_manifest
 from semalign_core.errors import ChecksumError, DataNotFoundError, InvalidParameterError
 
 SHARED = paths.REPO_ROOT.parent / "shared" / "benchmarks"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/benchmarks")
+SHARED_CORPORA = paths.REPO_ROOT.parent / "shared" / "corpora"
+pytestmark = pytest.mark.skipif(
+    not (SHARED.is_dir() and SHARED_CORPORA.is_dir()), reason="needs ../shared/{benchmarks,corpora}"
+)
 
 RAW = "https://raw.githubusercontent.com"
 # Sources as named in shared/benchmarks/README.md (full commit ids looked up in each repository).
@@ -53,11 +57,35 @@ MBPP_SOURCES = {
 }
 LATEN = "Trae1ounG/Neural_Incompatibility/bba32ea1b6f0b78d3b0ccbcd9c8dd0f08a23e318/data"
 MMLU_TAR = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"
+# Repository @ commit and path of each corpus file, from shared/corpora/README.md.
+CORPUS_SOURCES = {
+    "tinyshakespeare/input.txt": "karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e"
+    "/data/tinyshakespeare/input.txt",
+    "gutenberg/1342-0.txt": "GITenberg/Pride-and-Prejudice_1342"
+    "/81db45c9c48c592f0b77f01fc59e677ad0a5634e/1342-0.txt",
+    "gutenberg/1661.txt": "GITenberg/The-Adventures-of-Sherlock-Holmes_1661"
+    "/7e5dd2703fbf503c004063e96ab7c61262375e5f/1661.txt",
+    "gutenberg/2600-0.txt": "GITenberg/War-and-Peace_2600"
+    "/fa22ab90f00f627e83d14acabe32d91602d2365d/2600-0.txt",
+    "gutenberg/2701-0.txt": "GITenberg/Moby-Dick--Or-The-Whale_2701"
+    "/bdf1948e6cd00963730971e5624e764a35f238c3/2701-0.txt",
+}
+
+
+def _sums(folder: Path, prefix: str = "") -> dict[str, str]:
+    lines = (folder / "SHA256SUMS").read_text().splitlines()
+    pairs = (line.split() for line in lines)
+    return {prefix + path.removeprefix("./"): digest for digest, path in pairs}
 
 
 def _shared_sums() -> dict[str, str]:
-    lines = (SHARED / "SHA256SUMS").read_text().splitlines()
-    return {path: digest for digest, path in (line.split() for line in lines)}
+    """Every data path (corpora under ``corpora/``) -> its sha256 in the shared SHA256SUMS."""
+    return _sums(SHARED) | _sums(SHARED_CORPORA, "corpora/")
+
+
+def _shared_file(path: str) -> Path:
+    top, rest = path.split("/", 1)
+    return SHARED_CORPORA / rest if top == "corpora" else SHARED / path
 
 
 def _expected_url(path: str) -> str:
@@ -66,6 +94,8 @@ def _expected_url(path: str) -> str:
         return f"{RAW}/{GITHUB_SOURCES[top].format(rest=rest)}"
     if top == "mbpp":
         return f"{RAW}/{MBPP_SOURCES[path]}"
+    if top == "corpora":
+        return f"{RAW}/{CORPUS_SOURCES[rest]}"
     task, split = re.fullmatch(r"(\w+)_(extract|align|train)\.jsonl", rest).groups()
     return f"{RAW}/{LATEN}/{task}/{task}_{split}_split.jsonl"
 
@@ -89,6 +119,8 @@ def test_manifest_maps_every_file_to_its_source():
     by_level = {s.path for s in manifest.files if s.verified == "shared-copy"}
     assert len(rebuilt) == 43 and by_level == rebuilt
     assert {s.path for s in manifest.files if s.rebuild} == rebuilt | {"mbpp/sanitized-mbpp.json"}
+    corpora = {s.path: s.verified for s in manifest.files if s.dataset == "corpora"}
+    assert corpora == {f"corpora/{p}": "source" for p in CORPUS_FILES.values()}
 
 
 class _Server:
@@ -130,7 +162,7 @@ def _publish(root: Path, corrupt: str | None = None) -> None:
     """
     tar_files: dict[str, bytes] = {}
     for s in load_manifest().files:
-        data = (SHARED / s.path).read_bytes()
+        data = _shared_file(s.path).read_bytes()
         if s.path == "mbpp/sanitized-mbpp.json":
             data = json.dumps(json.loads(data), indent=2).encode()
         if s.path == "mmlu/test/nutrition_test.csv":
@@ -181,6 +213,7 @@ def data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SEMALIGN_DATA_DIR", str(dest))
     monkeypatch.setattr(paths, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.delenv("SEMALIGN_FETCH_DATA", raising=False)
+    monkeypatch.delenv("SEMALIGN_CORPUS_DIR", raising=False)
     return dest
 
 
@@ -188,7 +221,7 @@ def _leftovers(dest: Path) -> list[str]:
     return [str(p) for p in dest.rglob(".*")]
 
 
-def test_fetch_everything_verify_load_and_skip(serve, data_dir):
+def test_fetch_everything_verify_load_and_skip(serve, data_dir, monkeypatch):
     server = serve()
     report = fetch_data(data_dir)
     sums = _shared_sums()
@@ -203,6 +236,9 @@ def test_fetch_everything_verify_load_and_skip(serve, data_dir):
     assert load_mbpp(limit=1).records and load_mbpp(sanitized=True, limit=1).records
     assert load_transfer("gsm", "extract", limit=1).records
     assert load_classification("sst2", "dev", limit=1).records
+    monkeypatch.setenv("SEMALIGN_CORPUS_DIR", str(data_dir / "corpora"))
+    assert corpus_path("moby_dick") == data_dir / "corpora" / "gutenberg" / "2701-0.txt"
+    assert "Call me Ishmael." in corpus_text("moby_dick")
 
     server.requests.clear()
     again = fetch_data(data_dir)
@@ -242,7 +278,34 @@ def test_loaders_fetch_on_demand_only_when_asked(serve, data_dir, monkeypatch):
         _sha(data_dir / "humaneval" / "HumanEval.jsonl.gz")
         == _shared_sums()["humaneval/HumanEval.jsonl.gz"]
     )
-    assert len(server.requests) == 1
+    assert len(server.requests) == 1  # humaneval alone: no corpus rides along
+
+
+def test_only_corpora_lands_where_the_corpus_loader_looks(serve, data_dir, tmp_path, capsys):
+    server = serve()
+    repo_data = tmp_path / "repo" / "data"  # <repo>/data, the default --dest
+    assert main(["--dest", str(repo_data), "--only", "corpora"]) == 0
+    assert "5 fetched" in capsys.readouterr().out
+    assert sorted(str(p.relative_to(repo_data)) for p in repo_data.rglob("*") if p.is_file()) == [
+        f"corpora/{p}" for p in sorted(CORPUS_FILES.values())
+    ]
+    assert len(server.requests) == 5
+    path = corpus_path("sherlock_holmes")
+    assert path == repo_data / "corpora" / "gutenberg" / "1661.txt"
+    assert _sha(path) == _shared_sums()["corpora/gutenberg/1661.txt"]
+
+
+def test_corpus_loader_fetches_on_demand_only_when_asked(serve, data_dir, monkeypatch, tmp_path):
+    server = serve()
+    with pytest.raises(DataNotFoundError, match="make data"):
+        corpus_path("shakespeare")
+    assert server.requests == []
+    monkeypatch.setenv("SEMALIGN_FETCH_DATA", "1")
+    assert corpus_text("shakespeare").startswith("First Citizen:")
+    fetched = tmp_path / "repo" / "data" / "corpora" / "tinyshakespeare" / "input.txt"
+    assert _sha(fetched) == _shared_sums()["corpora/tinyshakespeare/input.txt"]
+    assert len(server.requests) == len(CORPUS_FILES)  # the whole data set, nothing else
+    assert not any(data_dir.iterdir())  # SEMALIGN_DATA_DIR is the benchmarks' root only
 
 
 def test_unknown_dataset_and_unreachable_mirror(data_dir, monkeypatch, tmp_path):

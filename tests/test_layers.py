@@ -39,6 +39,7 @@ LAZY_IMPORTS = {
         "semalign_core.transfer.registry"
     },  # the report imports without torch
     "report/plots.py": {"IPython.display"},  # only inside a notebook
+    "report/html.py": {"selenium"},  # only to look at the page in a browser
     "evaluation/sandbox_child.py": {"ctypes", "_sitebuiltins"},  # inside the sandboxed child
 }
 

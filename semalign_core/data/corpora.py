@@ -1,6 +1,7 @@
 """Plain English text for calibration, healing and perplexity (``../shared/corpora``).
 
-Resolution: ``SEMALIGN_CORPUS_DIR``, ``<repo>/data/corpora``, ``<repo>/../shared/corpora``.
+Resolution: ``SEMALIGN_CORPUS_DIR``, ``<repo>/data/corpora``, ``<repo>/../shared/corpora``;
+``make data`` downloads them into ``<repo>/data/corpora`` (:mod:`semalign_core.data.sources`).
 Gutenberg files keep their licence header/footer on disk; only the body between the START and
 END markers is used. The held-out text (Sherlock Holmes) is never used for calibration or healing.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from semalign_core import paths
+from semalign_core.data import sources
 from semalign_core.errors import DataNotFoundError, InvalidParameterError
 
 CORPUS_FILES = {
@@ -25,23 +27,46 @@ CORPUS_FILES = {
 }
 TRAIN_CORPORA = ("pride_and_prejudice", "shakespeare", "moby_dick")
 HELDOUT_CORPUS = "sherlock_holmes"
+# The corpora's data set in sources.json: ``make data`` writes them to <repo>/data/corpora.
+FETCHED_DATASET = "corpora"
 
 
 def corpus_path(name: str) -> Path:
+    """Path of corpus ``name`` in the first root holding it (order: module docstring).
+
+    Found nowhere and ``SEMALIGN_FETCH_DATA=1``: the ``corpora`` data set is fetched into
+    ``<repo>/data`` (as ``make data`` does), then looked up again. Raises DataNotFoundError
+    naming the file and every place searched.
+    """
     if name not in CORPUS_FILES:
         raise InvalidParameterError(
             f"unknown corpus {name!r}; choose one of: {', '.join(CORPUS_FILES)}"
         )
+    relpath = CORPUS_FILES[name]
+    roots = _corpus_roots()
+    found = _first_holding(relpath, roots)
+    if found is None and os.environ.get(sources.FETCH_VAR) == "1":
+        sources.fetch_for(f"{FETCHED_DATASET}/{relpath}", paths.REPO_ROOT / "data")
+        found = _first_holding(relpath, roots)
+    if found is None:
+        raise DataNotFoundError(
+            f"corpus file {relpath} not found in {', '.join(map(str, roots))}; "
+            "set SEMALIGN_CORPUS_DIR or run `make data` (it fetches them into data/corpora; "
+            f"{sources.FETCH_VAR}=1: on demand)"
+        )
+    return found
+
+
+def _corpus_roots() -> list[Path]:
     env = os.environ.get("SEMALIGN_CORPUS_DIR")
     roots = [Path(env)] if env else []
-    roots += [paths.REPO_ROOT / "data" / "corpora", paths.REPO_ROOT.parent / "shared" / "corpora"]
-    for root in roots:
-        if (root / CORPUS_FILES[name]).is_file():
-            return root / CORPUS_FILES[name]
-    raise DataNotFoundError(
-        f"corpus file {CORPUS_FILES[name]} not found in {', '.join(map(str, roots))}; "
-        "set SEMALIGN_CORPUS_DIR or copy the corpora into data/corpora"
-    )
+    # Read REPO_ROOT at call time (not import time) so tests can point it elsewhere.
+    repo = paths.REPO_ROOT
+    return roots + [repo / "data" / FETCHED_DATASET, repo.parent / "shared" / "corpora"]
+
+
+def _first_holding(relpath: str, roots: list[Path]) -> Path | None:
+    return next((root / relpath for root in roots if (root / relpath).is_file()), None)
 
 
 def corpus_text(name: str) -> str:

@@ -1,18 +1,22 @@
-"""The official sources of the benchmark files, and their sha256-checked download.
+"""The official sources of the benchmark files and corpora, and their sha256-checked download.
 
-``sources.json`` beside this module lists every file under the data folder: its source URL at a
-pinned revision (or a member of an archive), the sha256 it must have on disk, and how far that
-sha256 is verified against the official bytes (``verified``; the manifest defines each level).
-Each file is written to a temp file beside its target, checked, then renamed into place: a wrong
-sha256 raises :class:`ChecksumError` and leaves nothing behind. Files already present with the
-right sha256 are skipped without a request. Where a source is known to differ from our file in
-serialisation only (the re-indented sanitized MBPP copy, the 43 rebuilt MMLU CSVs), the
-documented ``rebuild`` is applied before the check; the sha256 still decides.
+``sources.json`` beside this module lists every file under the data folder (the plain-text
+corpora too, as the data set ``corpora``: :mod:`semalign_core.data.corpora` reads
+``<data>/corpora``): its source URL at a pinned revision (or a member of an archive), the sha256
+it must have on disk, and how far that sha256 is verified against the official bytes
+(``verified``; the manifest defines each level). Each file is written to a temp file beside its
+target, checked, then renamed into place: a wrong sha256 raises :class:`ChecksumError` and
+leaves nothing behind. Files already present with the right sha256 are skipped without a
+request. Where a source is known to differ from our file in serialisation only (the re-indented
+sanitized MBPP copy, the 43 rebuilt MMLU CSVs), the documented ``rebuild`` is applied before the
+check; the sha256 still decides.
 
 The command line is :mod:`semalign_core.data.fetch` (``make data``).
 ``SEMALIGN_DATA_MIRROR=http://host:port[/prefix]`` replaces scheme and host of every source URL
 and keeps its path (tests serve a loopback copy this way). ``SEMALIGN_FETCH_DATA=1`` lets the
-loaders fetch a missing benchmark on demand (:func:`semalign_core.data.resolve.benchmark_path`).
+loaders fetch a missing benchmark or corpus on demand (:func:`fetch_for`, called by
+:func:`semalign_core.data.resolve.benchmark_path` and
+:func:`semalign_core.data.corpora.corpus_path`).
 """
 
 from __future__ import annotations
