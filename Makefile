@@ -112,7 +112,7 @@ reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomput
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)
 	$(PY) -m semalign_core.runs reproduce --tier reproduce --profile $(PROFILE) \
 		$(TIMEOUT_FLAG) $(if $(filter true,$(FORCE)),--force)
-	@echo "results and figures are in runs/$(RUN)/; 'make promote' copies them into results/ and figures/"
+	@echo "results and figures are in runs/$(RUN)/ (compared with the committed ones: runs/$(RUN)/figures/reproduction_check.md); 'make promote' copies them into results/ and figures/"
 
 reproduce-full: setup  ## every experiment and seed of the committed results, each promoted as it finishes
 	$(PY) -m semalign_core.cli check --profile $(PROFILE)

@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("transfer",),  # the registry of transfer methods, SemAlign included
     ("experiments",),  # one module per notebook, budgets
     ("report",),  # tables and figures from results/ alone
-    ("cli", "run_notebook", "runs"),  # entry points
+    ("cli", "run_notebook", "runs", "release"),  # entry points
 )
 
 
