@@ -84,11 +84,13 @@ def test_recorded_hub_shapes_match_a_cached_config(name):
     assert {**got, "vocab": config.vocab_size} == spec.shape
 
 
-def test_model_shape_of_unknown_or_unrecorded_models_is_one_line():
+def test_model_shape_of_unknown_or_unrecorded_models_is_one_line(monkeypatch):
     with pytest.raises(UnknownModelError, match="unknown model 'nope'"):
         model_shape("nope")
+    unrecorded = replace(REGISTRY["llama2-7b-chat"], name="unrecorded", shape={})
+    monkeypatch.setitem(REGISTRY, "unrecorded", unrecorded)
     with pytest.raises(InvalidParameterError, match="records no shape"):
-        model_shape("codellama-13b-python")
+        model_shape("unrecorded")
 
 
 def count_records(relpath: str) -> int:

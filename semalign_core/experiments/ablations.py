@@ -64,7 +64,7 @@ from semalign_core.experiments.model_pool import record_models
 from semalign_core.experiments.notebook import check_list, check_seeds
 from semalign_core.experiments.teachers import load_profile_teacher
 from semalign_core.lm import surgery
-from semalign_core.models.registry import REGISTRY, cached_dir, hub_offline, load_tokenizer
+from semalign_core.models.registry import REGISTRY, cached_dir, load_tokenizer, model_shape
 from semalign_core.profiles import Profile
 from semalign_core.records import Measure, RecordParts, get_or_compute, measured, provenance
 from semalign_core.semalign.attribution import interpolation_plan, layer_attribution, pair_layers
@@ -110,9 +110,7 @@ def _target_layers(prof: Profile) -> int:
         return int(spec.derive["num_layers"])
     if spec.kind == "wheel":
         return int(AutoConfig.from_pretrained(cached_dir(spec.name)).num_hidden_layers)
-    return int(
-        AutoConfig.from_pretrained(spec.hub_id, local_files_only=hub_offline()).num_hidden_layers
-    )
+    return model_shape(spec.name)["layers"]  # a hub model's recorded (and its stand-in's) depth
 
 
 def preview_plan(

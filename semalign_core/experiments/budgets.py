@@ -4,10 +4,15 @@ One table per experiment, keyed by profile (``smoke``, ``cpu``, ``gpu-small``, `
 much data, how many steps and which seeds. A notebook parameter left at ``None`` means the value
 here, so changing a scale is an edit of this file only. Each run's record holds the values it
 used in its config. Imports nothing heavy (no torch): the report reads it.
+
+``SEMALIGN_SHRINK=1`` shrinks every budget of the hub profiles (gpu-small, paper) to smoke's
+sizes at import (:func:`shrink_budgets`), so their notebooks run end to end in minutes on stand-in
+models (``SEMALIGN_STANDINS=1``); shrunk runs record the sizes they used, as every run does.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -23,7 +28,7 @@ from semalign_core.experiments.catalog import (
     SEMALIGN_TRANSFER,
 )
 from semalign_core.models.teacher_recipe import FINETUNED, TEACHER_VERSION, TeacherRecipe
-from semalign_core.profiles import Profile
+from semalign_core.profiles import PROFILES, Profile
 
 # --------------------------------------------------------------------------- seeds
 
@@ -553,6 +558,69 @@ def salf_run_budget(prof: Profile, **overrides) -> SalfRunBudget:
     return _overridden(SALF_DEFAULTS[prof.name].budget, "SalfRunBudget", overrides)
 
 
+# --------------------------------------------------------------------------- SEMALIGN_SHRINK
+
+SHRINK_ENV = "SEMALIGN_SHRINK"
+SHRUNK_PROFILES = ("gpu-small", "paper")
+SHRINK_FROM = "smoke"  # the sizes shrunk budgets take
+# Fields that are settings, not sizes: a shrunk budget keeps its profile's.
+_SETTINGS = ("lr", "loss", "model_lr", "prompt_style", "eval_seed", "method_config")
+_RECIPE_SETTINGS = ("base", "task", "lr", "trainable", "seed", "dtype")
+
+
+def shrink_requested() -> bool:
+    """Whether ``SEMALIGN_SHRINK`` (1/true/yes/on) asks for shrunk hub-profile budgets."""
+    return os.environ.get(SHRINK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sized_as(small, budget, settings: tuple[str, ...] = _SETTINGS):
+    """``budget`` (a budget dataclass) with every field but ``settings`` taken from ``small``."""
+    sizes = {f.name: getattr(small, f.name) for f in fields(budget) if f.name not in settings}
+    return replace(budget, **sizes)
+
+
+def _shrunk_salf(profile: str) -> SalfDefaults:
+    """SALF at smoke's sizes on the profile's first task; sweeps on its first model too."""
+    defaults = SALF_DEFAULTS[profile]
+    first_model = (defaults.models or PROFILES[profile].salf_models)[:1]
+    return replace(
+        defaults,
+        tasks=defaults.tasks[:1],
+        budget=_sized_as(SALF_DEFAULTS[SHRINK_FROM].budget, defaults.budget),
+        sweep_models=first_model,
+        sweep_tasks=defaults.tasks[:1],
+    )
+
+
+def shrink_budgets() -> None:
+    """Replace, in place, every budget of :data:`SHRUNK_PROFILES` by one of smoke's sizes that
+    keeps the profile's settings (learning rates, prompt style, evaluation seed): seeds, analysis
+    sizes, transfer and classification budgets, per-task sizes, the teacher recipe, SALF runs
+    (on one task) and timing repeats. Idempotent; called at import when requested."""
+    small = SHRINK_FROM
+    for profile in SHRUNK_PROFILES:
+        for seeds in DEFAULT_SEEDS.values():
+            seeds[profile] = seeds[small]
+        SEMALIGN_ANALYSIS_BUDGETS[profile] = _sized_as(
+            SEMALIGN_ANALYSIS_BUDGETS[small], SEMALIGN_ANALYSIS_BUDGETS[profile]
+        )
+        SALF_ANALYSIS_EXAMPLES[profile] = SALF_ANALYSIS_EXAMPLES[small]
+        for table in (TRANSFER_BUDGETS, CLS_BUDGETS):
+            table[profile] = _sized_as(table[small], table[profile])
+        for task, settings in TASK_BUDGETS.get(profile, {}).items():
+            TASK_BUDGETS[profile][task] = {k: v for k, v in settings.items() if k in _SETTINGS}
+        if profile in TEACHER_RECIPES:
+            TEACHER_RECIPES[profile] = _sized_as(
+                TEACHER_RECIPES[small], TEACHER_RECIPES[profile], _RECIPE_SETTINGS
+            )
+        SALF_DEFAULTS[profile] = _shrunk_salf(profile)
+        TIMING[profile] = TIMING[small]
+
+
+if shrink_requested():
+    shrink_budgets()
+
+
 __all__ = [
     "AUTOFREEZE",
     "CLS_BUDGETS",
@@ -568,6 +636,8 @@ __all__ = [
     "REPRODUCE_TIERS",
     "SALF_ANALYSIS_EXAMPLES",
     "SALF_DEFAULTS",
+    "SHRINK_ENV",
+    "SHRUNK_PROFILES",
     "SEMALIGN_ANALYSIS_BUDGETS",
     "SalfDefaults",
     "SalfRunBudget",
@@ -584,5 +654,7 @@ __all__ = [
     "TransferBudget",
     "default_seeds",
     "salf_run_budget",
+    "shrink_budgets",
+    "shrink_requested",
     "transfer_budget",
 ]

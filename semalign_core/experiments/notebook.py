@@ -21,6 +21,7 @@ from huggingface_hub import try_to_load_from_cache
 from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.experiments.budgets import default_seeds
 from semalign_core.models.registry import REGISTRY, hub_offline
+from semalign_core.models.standins import standins_enabled
 from semalign_core.profiles import Profile, get_profile
 
 
@@ -103,8 +104,9 @@ def start(
 
 
 def require_models(prof: Profile) -> None:
-    """Stop cleanly when a hub profile runs offline without the models in the local cache."""
-    if not (prof.needs_hub and hub_offline()):
+    """Stop cleanly when a hub profile runs offline without the models in the local cache
+    (stand-ins, ``SEMALIGN_STANDINS=1``, are built locally: nothing to check)."""
+    if not (prof.needs_hub and hub_offline()) or standins_enabled():
         return
     missing = [REGISTRY[m].hub_id for m in prof.models() if not _in_hub_cache(REGISTRY[m].hub_id)]
     if missing:

@@ -5,6 +5,8 @@ transformers model, or a hub id (only when the hub is reachable; offline it is a
 :class:`OfflineError`). Every load reports architecture, layers, heads, width, vocabulary and
 parameter count; the same numbers feed the papers' model-statistics table.
 ``model_identity(name)`` says which files a load would read (their sha256), without loading.
+With ``SEMALIGN_STANDINS=1`` every hub model loads as a tiny random stand-in of the same config
+class, depth and vocabulary (:mod:`semalign_core.models.standins`; origin ``standin``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from semalign_core.lm.surgery import model_stats
 from semalign_core.models.derive import DeriveConfig, derive_student
 from semalign_core.models.gguf import GGUFWheel, conversion_is_current, ensure_converted
 from semalign_core.models.identity import folder_identity, hub_identity, identity, params_sha256
+from semalign_core.models.standins import (
+    BorrowedTokenizer,
+    ensure_standin,
+    standin_identity,
+    standins_enabled,
+)
 from semalign_core.models.tiny import TINY_BUILDER_VERSION, tiny_model
 from semalign_core.paths import model_cache_dir
 from semalign_core.records import atomic_write_dir
@@ -65,6 +73,9 @@ class ModelSpec:
     derive: dict[str, Any] = field(default_factory=dict)  # DeriveConfig fields
     # hub and wheel models: layers, hidden, vocab of the published config (see model_shape)
     shape: dict[str, int] = field(default_factory=dict)
+    # hub models: the published config's model_type and embedding tying (their stand-ins' too)
+    arch: str | None = None
+    tied_embeddings: bool = False
 
 
 def _shape(layers: int, hidden: int, vocab: int) -> dict[str, int]:
@@ -72,9 +83,22 @@ def _shape(layers: int, hidden: int, vocab: int) -> dict[str, int]:
 
 
 def _hub(
-    name: str, hub_id: str, description: str, shape: dict[str, int] | None = None
+    name: str,
+    hub_id: str,
+    description: str,
+    shape: dict[str, int],
+    arch: str,
+    tied_embeddings: bool = False,
 ) -> ModelSpec:
-    return ModelSpec(name, "hub", description, hub_id=hub_id, shape=shape or {})
+    return ModelSpec(
+        name,
+        "hub",
+        description,
+        hub_id=hub_id,
+        shape=shape,
+        arch=arch,
+        tied_embeddings=tied_embeddings,
+    )
 
 
 _TINY = dict(vocab_size=49152, num_heads=4, num_kv_heads=2)
@@ -138,53 +162,79 @@ REGISTRY: dict[str, ModelSpec] = {
             "HuggingFaceTB/SmolLM2-1.7B-Instruct",
             "SmolLM2-1.7B-Instruct",
             _shape(24, 2048, 49152),
+            "llama",
+            tied_embeddings=True,
         ),
         _hub(
             "smollm2-360m-instruct",
             "HuggingFaceTB/SmolLM2-360M-Instruct",
             "SmolLM2-360M-Instruct",
             _shape(32, 960, 49152),
+            "llama",
+            tied_embeddings=True,
         ),
         _hub(
             "qwen2.5-1.5b-instruct",
             "Qwen/Qwen2.5-1.5B-Instruct",
             "Qwen2.5-1.5B-Instruct (SemAlign source)",
             _shape(28, 1536, 151936),
+            "qwen2",
+            tied_embeddings=True,
         ),
         _hub(
             "qwen2.5-0.5b-instruct",
             "Qwen/Qwen2.5-0.5B-Instruct",
             "Qwen2.5-0.5B-Instruct (SemAlign target)",
             _shape(24, 896, 151936),
+            "qwen2",
+            tied_embeddings=True,
         ),
-        # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models. The code teachers
-        # record no shape: their vocabularies differ by release and load_teacher truncates them.
+        # paper: SemAlign (Llama-2 13B -> 7B, code teachers) and SALF's models. The code teachers'
+        # vocabularies differ by release (load_teacher truncates them to the target's); theirs
+        # here are the hub configs' as published (CodeLlama-Python 32,000, WizardCoder +[PAD]).
         _hub(
             "llama2-13b-chat",
             "meta-llama/Llama-2-13b-chat-hf",
             "Llama-2-13B-Chat (SemAlign source)",
             _shape(40, 5120, 32000),
+            "llama",
         ),
         _hub(
             "llama2-7b-chat",
             "meta-llama/Llama-2-7b-chat-hf",
             "Llama-2-7B-Chat (SemAlign target)",
             _shape(32, 4096, 32000),
+            "llama",
         ),
         _hub(
             "codellama-13b-python",
             "codellama/CodeLlama-13b-Python-hf",
             "CodeLlama-13B-Python (code teacher)",
+            _shape(40, 5120, 32000),
+            "llama",
         ),
         _hub(
             "wizardcoder-python-13b",
             "WizardLMTeam/WizardCoder-Python-13B-V1.0",
             "WizardCoder-Python-13B (code teacher)",
+            _shape(40, 5120, 32001),
+            "llama",
         ),
-        _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)", _shape(28, 3584, 152064)),
-        _hub("gemma2-9b", "google/gemma-2-9b", "Gemma2-9B (SALF)", _shape(42, 3584, 256000)),
+        _hub("qwen2-7b", "Qwen/Qwen2-7B", "Qwen2-7B (SALF)", _shape(28, 3584, 152064), "qwen2"),
         _hub(
-            "llama3-8b", "meta-llama/Meta-Llama-3-8B", "Llama-3-8B (SALF)", _shape(32, 4096, 128256)
+            "gemma2-9b",
+            "google/gemma-2-9b",
+            "Gemma2-9B (SALF)",
+            _shape(42, 3584, 256000),
+            "gemma2",
+            tied_embeddings=True,
+        ),
+        _hub(
+            "llama3-8b",
+            "meta-llama/Meta-Llama-3-8B",
+            "Llama-3-8B (SALF)",
+            _shape(32, 4096, 128256),
+            "llama",
         ),
     ]
 }
@@ -197,7 +247,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     name: str
-    origin: str  # wheel / hub / tiny / derived / local
+    origin: str  # wheel / hub / standin / tiny / derived / local
     stats: dict[str, Any]
     path: str | None = None
 
@@ -208,6 +258,20 @@ class LoadedModel:
             f"{s['heads']} heads ({s['kv_heads']} kv), d={s['hidden']}, vocab {s['vocab']:,}, "
             f"{s['parameters'] / 1e6:.1f}M parameters"
         )
+
+
+# Hub stand-ins whose real tokenizer is not cached borrow the tiny models' (SmolLM2's).
+_BORROWED = BorrowedTokenizer(
+    name=_TINY_TOKENIZER,
+    vocab=REGISTRY[_TINY_TOKENIZER].shape["vocab"],
+    load=lambda: load_tokenizer(_TINY_TOKENIZER),
+)
+
+
+def is_standin(name: str) -> bool:
+    """Whether ``name`` loads as a stand-in now (a hub model while ``SEMALIGN_STANDINS`` is on)."""
+    spec = REGISTRY.get(name)
+    return spec is not None and spec.kind == "hub" and standins_enabled()
 
 
 def list_models(kind: str | None = None) -> list[str]:
@@ -279,6 +343,8 @@ def load_tokenizer(name: str):
         )
     if spec.kind == "tiny":
         return load_tokenizer(spec.tokenizer_from)
+    if is_standin(spec.name):
+        return AutoTokenizer.from_pretrained(ensure_standin(spec, _BORROWED))
     if spec.kind == "hub":
         return _from_hub(spec.hub_id, "float32", "cpu", tokenizer_only=True)
     if spec.kind == "derived":
@@ -287,6 +353,10 @@ def load_tokenizer(name: str):
 
 
 def _load_spec(spec: ModelSpec, dtype: str, device: str) -> LoadedModel:
+    if is_standin(spec.name):
+        path = str(ensure_standin(spec, _BORROWED))
+        model, tokenizer = _from_pretrained(path, dtype, device)
+        return _finish(model, tokenizer, name=spec.name, origin="standin", path=path)
     if spec.kind == "hub":
         model, tokenizer = _from_hub(spec.hub_id, dtype, device)
         return _finish(model, tokenizer, name=spec.name, origin="hub", path=spec.hub_id)
@@ -319,6 +389,8 @@ def model_identity(name: str) -> dict[str, Any]:
         raise UnknownModelError(
             f"unknown model '{name}'; registry names: {', '.join(list_models())}"
         )
+    if is_standin(spec.name):
+        return standin_identity(spec, _BORROWED)
     if spec.kind == "hub":
         return hub_identity(spec.hub_id)
     if spec.kind == "tiny":

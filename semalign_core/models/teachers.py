@@ -16,7 +16,8 @@ from typing import Any
 
 from semalign_core.errors import ArtifactError
 from semalign_core.models.identity import folder_identity
-from semalign_core.models.registry import LoadedModel, load_model, model_identity
+from semalign_core.models.registry import LoadedModel, is_standin, load_model, model_identity
+from semalign_core.models.standins import standin_root
 from semalign_core.models.teacher_recipe import FINETUNED, TeacherRecipe
 from semalign_core.paths import model_cache_dir
 from semalign_core.records import atomic_write_dir
@@ -26,8 +27,10 @@ Teacher = TeacherRecipe | str  # a made teacher's recipe, or a hub teacher's reg
 
 
 def teacher_dir(recipe: TeacherRecipe) -> Path:
-    """Where the teacher of ``recipe`` is cached (whether or not it was made)."""
-    return model_cache_dir() / recipe.cache_name()
+    """Where the teacher of ``recipe`` is cached (whether or not it was made); a stand-in's
+    teachers apart from the real model's (same recipe, other weights)."""
+    root = standin_root() if is_standin(recipe.base) else model_cache_dir()
+    return root / recipe.cache_name()
 
 
 def read_report(recipe: TeacherRecipe) -> dict | None:
@@ -100,7 +103,10 @@ def teacher_model_identity(teacher: Teacher) -> dict[str, Any]:
     """The files' identity (:func:`~semalign_core.models.registry.model_identity`) of a teacher:
     a made teacher's folder (None hashes when it was never made), or the hub teacher's."""
     if isinstance(teacher, TeacherRecipe):
-        return folder_identity(made_teacher_dir(teacher), origin=f"made {teacher.cache_name()}")
+        origin = f"made {teacher.cache_name()}"
+        if is_standin(teacher.base):
+            origin = f"{origin} from a standin"
+        return folder_identity(made_teacher_dir(teacher), origin=origin)
     return model_identity(teacher)
 
 
