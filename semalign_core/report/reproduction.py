@@ -351,7 +351,7 @@ HEADER = (
     "value's 95% interval over its evaluated items (the larger side). Verdicts: `identical` (every "
     "per-item score the same), `reproduced` (|Δ| within the tolerance), `outside tolerance`, "
     "`differs` (another item set; for records without per-item scores, any number differing by "
-    f"more than {EXACT:g} relative, compared as a whole), `not reproduced` / `new` (a record only "
+    f"more than {EXACT:g} relative, compared as a whole), `not in this run` / `new` (a record only "
     "the committed results / only the run has). `config differs`: the two records were made with "
     "another configuration (code or budgets changed), so not the same experiment. Costs and "
     "provenance are not compared; the timing repeats (costs only) are skipped.\n\n"
