@@ -225,8 +225,8 @@ def check_reproduction(notebook: str, profile: str, tier: str) -> str:
         "reference": "the committed results/ (each record's own commit in its provenance)",
     }
     reproduction.merge_check(results_dir(), profile, rows, about)
-    counts = {v: sum(r.verdict == v for r in rows) for v in reproduction.VERDICTS}
-    summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no numbers to compare"
+    counts = reproduction.verdict_counts(r.verdict for r in rows)
+    summary = ", ".join(f"{n} {v}" for v, n in counts.items()) or "no numbers to compare"
     return f"reproduction check of {notebook}: {summary}"
 
 

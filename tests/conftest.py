@@ -88,6 +88,17 @@ def tiny_transfer_pair():
 # --------------------------------------------------------------------------- notebooks
 
 NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))  # `make reproduce`
+
+
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """A run folder and a reference, both empty temp folders: (run results, reference)."""
+    monkeypatch.delenv("SEMALIGN_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("SEMALIGN_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("SEMALIGN_REFERENCE_DIR", str(tmp_path / "ref" / "results"))
+    return tmp_path / "run" / "results", tmp_path / "ref" / "results"
+
+
 NOTEBOOK_FIXTURES = ("smoke_reproduction", "notebook_runner")
 REPO_OUTPUTS = ("results", "figures")  # tracked folders no test may write
 

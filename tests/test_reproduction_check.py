@@ -154,14 +154,6 @@ def test_the_check_is_stored_per_experiment_and_rendered(tmp_path, monkeypatch):
     assert reproduction.reproduction_check(tmp_path / "figures_out") == []
 
 
-@pytest.fixture
-def folders(tmp_path, monkeypatch):
-    monkeypatch.delenv("SEMALIGN_RESULTS_DIR", raising=False)
-    monkeypatch.setenv("SEMALIGN_RUN_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("SEMALIGN_REFERENCE_DIR", str(tmp_path / "ref" / "results"))
-    return tmp_path / "run" / "results", tmp_path / "ref" / "results"
-
-
 def test_a_committed_record_is_not_reused_unless_asked(folders, monkeypatch):
     run_results, reference = folders
     _write(reference, SALF_MAIN, {"run": "cell", "config_hash": "x"})

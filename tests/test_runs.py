@@ -19,15 +19,6 @@ from semalign_core.records import RecordParts, get_or_compute, record_path
 from semalign_core.run_notebook import NotebookFailed, run
 
 
-@pytest.fixture
-def folders(tmp_path, monkeypatch):
-    """A run folder and a reference, both empty temp folders: (run results, reference)."""
-    monkeypatch.delenv("SEMALIGN_RESULTS_DIR", raising=False)
-    monkeypatch.setenv("SEMALIGN_RUN_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("SEMALIGN_REFERENCE_DIR", str(tmp_path / "ref" / "results"))
-    return tmp_path / "run" / "results", tmp_path / "ref" / "results"
-
-
 def _record(config: dict, counter: list) -> dict:
     def compute() -> RecordParts:
         counter.append(1)

@@ -85,7 +85,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @contextmanager
-def _reading(results: Path | None):
+def reading(results: Path | None):
     """Within: the report reads ``results`` (None: ``SEMALIGN_RESULTS_DIR`` when set, else the
     committed results), and by default writes the figures beside them."""
     before = os.environ.get("SEMALIGN_RESULTS_DIR")
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Build the groups named in ``argv`` (all when none); 2 with a one-line error on a bad name."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        with _reading(args.results):
+        with reading(args.results):
             paths = build_all(args.out, args.groups or None)
     except ArtifactError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -114,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["BUILDERS", "build_all", "main"]
+__all__ = ["BUILDERS", "build_all", "main", "reading"]

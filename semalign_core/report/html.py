@@ -27,7 +27,7 @@ import mistune
 
 from semalign_core.errors import ArtifactError
 from semalign_core.paths import REPO_ROOT, figures_dir, results_dir
-from semalign_core.report.build import _reading, build_all
+from semalign_core.report.build import build_all, reading
 from semalign_core.report.markdown import markdown_table
 from semalign_core.report.results import read_records
 
@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write the report (and its screenshot when asked); 2 with a one-line error."""
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        with _reading(args.results):
+        with reading(args.results):
             written = [write_report(args.out)]
         if args.screenshot is not None:
             written.append(save_screenshot(written[0], args.screenshot))

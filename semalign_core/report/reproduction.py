@@ -293,10 +293,16 @@ def _verdict(row: dict) -> str:
     return verdict
 
 
+def verdict_counts(verdicts: Iterable[str]) -> dict[str, int]:
+    """How many rows have each verdict, in :data:`VERDICTS` order (verdicts with none left out)."""
+    found = list(verdicts)
+    return {v: found.count(v) for v in VERDICTS if v in found}
+
+
 def check_markdown(check: dict) -> str:
     """The check of one profile as a markdown section: counts, then every row."""
     rows = check["rows"]
-    counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+    counts = verdict_counts(r["verdict"] for r in rows)
     about = check.get("about") or {}
     lines = [
         f"## Reproduction check: profile `{check['profile']}`",
@@ -305,7 +311,7 @@ def check_markdown(check: dict) -> str:
         "",
         "Of "
         + f"{len(rows)} numbers: "
-        + ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+        + ", ".join(f"{n} {v}" for v, n in counts.items())
         + f"; {sum(r['same_config'] is False for r in rows)} made with another config.",
         "",
         "",
@@ -381,4 +387,5 @@ __all__ = [
     "merge_check",
     "reproduction_check",
     "scored_numbers",
+    "verdict_counts",
 ]
