@@ -1,6 +1,7 @@
 """Run folders and the committed reference: promote a finished notebook, run a reproduce tier.
 
     python -m semalign_core.runs promote --profile cpu [NOTEBOOK ...] [--prune]
+    python -m semalign_core.runs promote --profile paper --from /path/to/cluster/run  # import
     python -m semalign_core.runs reproduce --tier reproduce-full [--profile cpu] [--promote-each]
 
 Every run writes into its run folder (:func:`semalign_core.paths.run_dir`, ``runs/<name>/``,
@@ -34,7 +35,7 @@ from semalign_core.experiments.catalog import NOTEBOOKS
 from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir, reuse_reference
 from semalign_core.profiles import get_profile
 from semalign_core.records import atomic_write, file_digests, git_commit
-from semalign_core.report import reproduction
+from semalign_core.report import published_check, reproduction
 from semalign_core.run_notebook import executed_path, run, run_log_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -96,6 +97,7 @@ def promote(
     experiments = experiments_of(notebook)
     executed = executed_path(NOTEBOOK_DIR / f"{notebook}.ipynb", profile, run_results)
     records = _finished_records(notebook, profile, run_log_path(executed), run_results)
+    _refuse_standins(notebook, run_results, records)
     done = Promotion(notebook, pruned=prune)
     done.copied = [_copy(run_results / name, reference / name) for name in records]
     for experiment in experiments:
@@ -113,6 +115,56 @@ def promote(
     if check.is_file():  # the run's comparison with what was committed before it
         done.copied.append(_copy(check, reproduction.check_path(reference, profile)))
     return done
+
+
+def import_run(
+    folder: Path, notebook: str, profile: str, reference: Path | None = None, prune: bool = False
+) -> Promotion:
+    """Promote ``notebook`` from a run folder computed elsewhere (a GPU cluster, another machine):
+    ``folder`` is that run folder (or its ``results/``). Each record keeps its own provenance
+    (commit, machine, device, packages); the imported check says where the run came from."""
+    run_results = folder / "results" if (folder / "results").is_dir() else folder
+    if not run_results.is_dir():
+        raise ArtifactError(f"no run folder at {folder}")
+    done = promote(notebook, profile, run_results, reference, prune)
+    check = reproduction.check_path(reference or reference_results_dir(), profile)
+    if check.is_file():
+        reproduction.note_import(check, str(folder), _machines(run_results, done))
+    return done
+
+
+def _machines(run_results: Path, done: Promotion) -> list[str]:
+    """The machines and devices the imported records were computed on (their provenance)."""
+    found = set()
+    for path in done.copied:
+        try:
+            provenance = json.loads(path.read_text()).get("provenance") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if provenance.get("machine"):
+            found.add(f"{provenance['machine']}, {provenance.get('device', '?')}")
+    return sorted(found)
+
+
+def _refuse_standins(notebook: str, run_results: Path, records: Sequence[str]) -> None:
+    """Stand-in models (``SEMALIGN_STANDINS=1``) test the code paths; their numbers are never
+    committed."""
+    made = [name for name in records if _has_standin(json.loads((run_results / name).read_text()))]
+    if made:
+        raise ArtifactError(
+            f"{notebook}: {len(made)} record(s) were made with stand-in models (random weights, "
+            f"SEMALIGN_STANDINS=1), e.g. {made[0]}; stand-in numbers are never promoted"
+        )
+
+
+def _has_standin(value) -> bool:
+    """Whether a record names a stand-in model (a model identity whose origin is "standin")."""
+    if isinstance(value, dict):
+        origin = value.get("origin")
+        if isinstance(origin, str) and origin.startswith("standin"):
+            return True
+        return any(_has_standin(v) for v in value.values())
+    return isinstance(value, list) and any(_has_standin(v) for v in value)
 
 
 def _finished_records(notebook: str, profile: str, log: Path, run_results: Path) -> list[str]:
@@ -216,9 +268,12 @@ def reproduce(
 def check_reproduction(notebook: str, profile: str, tier: str) -> str:
     """Set the numbers ``notebook`` just produced in the run folder beside the committed ones (its
     rows of the run's reproduction check); a one-line summary."""
+    experiments = experiments_of(notebook)
     rows = reproduction.compare_results(
-        results_dir(), reference_results_dir(), profile, experiments_of(notebook)
+        results_dir(), reference_results_dir(), profile, experiments
     )
+    if get_profile(profile).needs_hub:  # no committed run at the hub profiles: the paper's numbers
+        rows += published_check.compare_published(results_dir(), profile, experiments)
     reused = " (committed records reused: REUSE=true)" if reuse_reference() else ""
     about = {
         "run": f"tier `{tier}` at code {git_commit() or 'unknown'}{reused}",
@@ -242,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     prom.add_argument("--profile", default="cpu")
     prom.add_argument("--prune", action="store_true", help="delete reference records not rerun")
     prom.add_argument("--no-figures", action="store_true", help="do not rebuild figures/")
+    prom.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        help="import from this run folder, computed elsewhere (default: this machine's run folder)",
+    )
     rep = sub.add_parser("reproduce", help="run every notebook with a tier's seeds")
     rep.add_argument("--tier", default="reproduce", help=f"one of {', '.join(REPRODUCE_TIERS)}")
     rep.add_argument("--profile", help="default: the tier's profile")
@@ -254,13 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _promote_command(args) -> None:
-    notebooks = args.notebooks or finished(args.profile)
+    source = args.source
+    run_results = results_dir() if source is None else source
+    if source is not None and (source / "results").is_dir():
+        run_results = source / "results"
+    notebooks = args.notebooks or finished(args.profile, run_results)
     if not notebooks:
-        raise ArtifactError(
-            f"no notebook has finished at profile {args.profile} in {results_dir()}"
-        )
+        raise ArtifactError(f"no notebook has finished at profile {args.profile} in {run_results}")
     for notebook in notebooks:
-        print(promote(notebook, args.profile, prune=args.prune).summary(), flush=True)
+        if source is None:
+            done = promote(notebook, args.profile, prune=args.prune)
+        else:
+            done = import_run(source, notebook, args.profile, prune=args.prune)
+        print(done.summary(), flush=True)
     if not args.no_figures:
         build_reference_figures()
 
@@ -294,6 +361,7 @@ __all__ = [
     "check_reproduction",
     "experiments_of",
     "finished",
+    "import_run",
     "main",
     "promote",
     "reproduce",

@@ -55,7 +55,13 @@ VERDICTS = (
     "reused",
     "not in this run",
     "new",
+    "agrees with paper",
+    "differs from paper",
+    "other models",
 )
+# The check's experiment key of rows set beside the published numbers (profiles with no committed
+# run, :mod:`semalign_core.report.published_check`): "paper: <experiment>".
+PUBLISHED_PREFIX = "paper: "
 RAW_METRICS = ("bits_per_byte", "nll")  # shown as they are; every other score in %
 
 
@@ -256,6 +262,16 @@ def merge_check(folder: Path, profile: str, rows: Sequence[CheckRow], about: dic
     return write_json_atomic(path, {"profile": profile, "about": about, "rows": merged})
 
 
+def note_import(path: Path, source: str, machines: Sequence[str]) -> Path:
+    """Say in a stored check that its run was imported from ``source`` (a run folder computed
+    elsewhere) and on which ``machines``; the report shows it beside the run's own line."""
+    check = json.loads(path.read_text())
+    about = check.setdefault("about", {})
+    about["imported_from"] = source
+    about["computed_on"] = list(machines)
+    return write_json_atomic(path, check)
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -299,9 +315,43 @@ def verdict_counts(verdicts: Iterable[str]) -> dict[str, int]:
     return {v: found.count(v) for v in VERDICTS if v in found}
 
 
+def _row_cells(r: dict) -> list[str]:
+    return [
+        r["experiment"].removeprefix(PUBLISHED_PREFIX),
+        r["run"],
+        r["metric"],
+        _committed(r),
+        _format(r["reproduced"], r["metric"]),
+        _format(
+            None
+            if r["committed"] is None or r["reproduced"] is None
+            else r["reproduced"] - r["committed"],
+            r["metric"],
+            signed=True,
+        ),
+        _format(r["tolerance"], r["metric"]),
+        _verdict(r),
+    ]
+
+
+def _table(rows: list[dict], reference: str) -> str:
+    header = ["experiment", "run", "number", reference, "reproduced", "Δ", "tolerance ±", "verdict"]
+    return markdown_table(header, [_row_cells(r) for r in rows])
+
+
+def _import_lines(about: dict) -> list[str]:
+    if not about.get("imported_from"):
+        return []
+    machines = "; ".join(about.get("computed_on") or []) or "not recorded"
+    return [f"Imported from `{about['imported_from']}` (computed on: {machines}).", ""]
+
+
 def check_markdown(check: dict) -> str:
-    """The check of one profile as a markdown section: counts, then every row."""
+    """The check of one profile as a markdown section: counts, then every row (rows set beside
+    the published numbers in a table of their own)."""
     rows = check["rows"]
+    published = [r for r in rows if r["experiment"].startswith(PUBLISHED_PREFIX)]
+    committed = [r for r in rows if not r["experiment"].startswith(PUBLISHED_PREFIX)]
     counts = verdict_counts(r["verdict"] for r in rows)
     about = check.get("about") or {}
     lines = [
@@ -309,6 +359,7 @@ def check_markdown(check: dict) -> str:
         "",
         f"Run: {about.get('run', '–')}; committed: {about.get('reference', '–')}.",
         "",
+        *_import_lines(about),
         "Of "
         + f"{len(rows)} numbers: "
         + ", ".join(f"{n} {v}" for v, n in counts.items())
@@ -316,36 +367,18 @@ def check_markdown(check: dict) -> str:
         "",
         "",
     ]
-    header = [
-        "experiment",
-        "run",
-        "number",
-        "committed [95% CI]",
-        "reproduced",
-        "Δ",
-        "tolerance ±",
-        "verdict",
-    ]
-    body = [
-        [
-            r["experiment"],
-            r["run"],
-            r["metric"],
-            _committed(r),
-            _format(r["reproduced"], r["metric"]),
-            _format(
-                None
-                if r["committed"] is None or r["reproduced"] is None
-                else r["reproduced"] - r["committed"],
-                r["metric"],
-                signed=True,
-            ),
-            _format(r["tolerance"], r["metric"]),
-            _verdict(r),
-        ]
-        for r in rows
-    ]
-    return "\n".join(lines) + markdown_table(header, body) + "\n"
+    text = "\n".join(lines)
+    if committed:
+        text += _table(committed, "committed [95% CI]")
+    if published:
+        text += (
+            "\n### Against the published numbers (SemAlign paper)\n\n"
+            "Published value as printed; reproduced: mean over training seeds; tolerance: the "
+            "reproduced 95% interval's half-width plus half a unit of the paper's last printed "
+            "digit; `other models`: this profile does not run the paper's models, shown for "
+            "scale only.\n\n" + _table(published, "published")
+        )
+    return text + "\n"
 
 
 HEADER = (
@@ -360,7 +393,10 @@ HEADER = (
     f"more than {EXACT:g} relative, compared as a whole), `not in this run` / `new` (a record only "
     "the committed results / only the run has). `config differs`: the two records were made with "
     "another configuration (code or budgets changed), so not the same experiment. Costs and "
-    "provenance are not compared; the timing repeats (costs only) are skipped.\n\n"
+    "provenance are not compared; the timing repeats (costs only) are skipped. At `gpu-small` "
+    "and `paper`, where nothing is committed, the run's SemAlign Table 1 and 2 numbers are set "
+    "beside the published ones instead, in a table of their own "
+    "(`semalign_core.report.published_check`).\n\n"
 )
 
 
@@ -379,12 +415,14 @@ def reproduction_check(out_dir: Path) -> list[Path]:
 
 __all__ = [
     "CHECK",
+    "PUBLISHED_PREFIX",
     "CheckRow",
     "check_markdown",
     "check_path",
     "compare_records",
     "compare_results",
     "merge_check",
+    "note_import",
     "reproduction_check",
     "scored_numbers",
     "verdict_counts",
