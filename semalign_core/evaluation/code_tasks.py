@@ -25,6 +25,7 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.sandbox import (
     DEFAULT_LIMITS,
     TEST_SEPARATOR,
+    Program,
     SandboxLimits,
     SandboxResult,
     run_sandboxed,
@@ -58,15 +59,17 @@ def humaneval_program(problem: dict, completion: str) -> str:
 
     ``completion`` is either the continuation of the prompt (the function body) or a whole
     program redefining the function: the prompt (imports, helper functions) is kept in both
-    cases, and a later ``def`` simply replaces the docstring-only stub.
+    cases, and a later ``def`` simply replaces the docstring-only stub. The result is a
+    :class:`~.sandbox.Program` carrying the prompt, so the tests use the prompt's own helpers.
     """
     prompt = problem["prompt"]
     if completion and not prompt.endswith("\n") and not _is_continuation(completion):
         prompt += "\n"
-    return (
+    text = (
         f"{prompt}{completion}\n\n{TEST_SEPARATOR}\n{problem['test']}"
         f"\n\ncheck({problem['entry_point']})\n"
     )
+    return Program(text, prompt=problem["prompt"])
 
 
 def mbpp_program(problem: dict, completion: str, *, include_challenge: bool = False) -> str:

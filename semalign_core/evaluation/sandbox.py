@@ -1,77 +1,84 @@
-"""Run model-generated Python code in a separate, resource-limited process and score it.
+"""Run model-generated Python code in separate, resource-limited processes and score it.
 
 :func:`run_sandboxed` executes one program (candidate code followed by its tests) and returns a
 :class:`SandboxResult` whose ``status`` is one of ``passed``, ``failed``, ``timeout``,
-``memory``, ``crashed`` or ``output_limit``. Only ``passed`` counts for pass@k.
+``memory``, ``crashed`` or ``output_limit``. Only ``passed`` counts for pass@k. The result also
+records the isolation it ran under (``isolation``) and where the tests ran (``tests_process``).
 
 Threat model
 ------------
-The code is *buggy or adversarial LLM output*, not a determined attacker who knows this harness.
-It may loop forever, allocate without bound, fork, print gigabytes, call ``sys.exit(0)`` /
-``os._exit(0)`` before its asserts, raise ``SystemExit`` inside the tests, monkeypatch
-``builtins`` or ``sys``, try to delete or overwrite files, or kill its parent. All of these must
-be scored as failures and must neither stop nor harm the evaluation run. Out of scope: code
-written to escape this particular sandbox (reading the harness's memory for the nonce, ptrace,
-kernel exploits, returning objects whose ``__eq__`` is always true, exhausting shared disk space
-slowly, network access). This is a pragmatic isolation layer, not a security boundary; run
-untrusted code at scale inside a container or VM as well.
+The code is *buggy or adversarial LLM output*. It may loop forever, allocate without bound,
+fork, print gigabytes, call ``sys.exit(0)`` / ``os._exit(0)`` before its asserts, monkeypatch
+``builtins``, stdlib modules or the prompt's helpers, read the frames or memory of its own
+process (where a nonce would be), kill its parent or every process it may signal
+(``os.kill(-1, 9)``), fill ``/tmp``, read files. All of these must be scored as failures and must
+neither harm the evaluation run nor any other sample. Out of scope: kernel exploits, and (in the
+rlimit-only mode) everything the evaluator's user can do - see :mod:`.isolation`. Objects whose
+``__eq__`` is always true cannot reach the tests (only core values cross), but a candidate can
+force the one-process fallback (below), which is then visible in ``tests_process``.
 
 Process layout
 --------------
 ::
 
     evaluator (this process)
-      └─ A: harness  ``python -I -S -B sandbox_child.py``, new session, the evaluator's user
-           └─ B: fork of A that drops privileges, sets the rlimits and runs candidate + tests
+      └─ [bwrap: fresh PID/mount/net/IPC/UTS (+user) namespaces, private /tmp] (namespaces mode)
+           └─ A: harness ``python -I -S -B sandbox_child.py``: non-dumpable subreaper
+                ├─ C: tests process - rlimits, sandbox uid; runs the prompt and the tests
+                └─ B: candidate process - rlimits, sandbox uid; runs the candidate, serves C
 
-Both run :mod:`~semalign_core.evaluation.sandbox_child` (by path: it imports only the standard
+All run :mod:`~semalign_core.evaluation.sandbox_child` (by path: it imports only the standard
 library, so ``semalign_core`` is never imported inside the sandbox); its docstring has the
-protocol and the exact order of B's set-up.
+protocol and the exact order of the set-up.
 
-* **A** reads a small header (nonce, fds, limits), the program and the tests from stdin (the
-  evaluator writes them and closes the pipe), forks **B**, waits for it with the wall-clock
-  limit, then kills and reaps every process B left behind (A is a Linux *child subreaper*, so
-  orphaned or daemonised descendants - even ones that called ``setsid()`` - are re-parented to
-  A, not to init) and reports B's fate on a *report pipe* that B closed before running any
-  candidate code, so the candidate cannot forge it. ``os.kill(os.getppid(), 9)`` in the
-  candidate therefore targets A, never the evaluator; when the evaluator runs as root, A is root
-  and the candidate (``nobody``) cannot signal it at all.
-* **B** closes the report pipe, replaces stdin by ``/dev/null``, moves the *result pipe* to a
-  random high fd number (not inheritable across ``exec``), sets ``RLIMIT_AS`` (memory),
-  ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (``max_output_bytes`` + 1: caps stdout/stderr and any file the
-  program writes), ``RLIMIT_NPROC`` and ``RLIMIT_CORE=0``, drops privileges when running as root,
-  sets ``PR_SET_NO_NEW_PRIVS`` (no set-uid escalation through ``exec``) and a parent-death
-  signal, then compiles and runs the candidate code in a fresh module namespace (``__name__`` is
-  ``"__candidate__"``, so ``if __name__ == "__main__":`` blocks do not run, as in the reference
-  HumanEval harness). The tests are compiled *separately* and run in a copy of that namespace
-  whose ``__builtins__`` is a snapshot taken before the candidate ran: patching ``builtins`` (a
-  fake ``abs``, ``__import__``, ``print``, ``AssertionError``...) cannot change what the tests
-  see, and an unterminated string in the candidate cannot swallow the asserts.
+* **Isolation modes** (:mod:`~semalign_core.evaluation.isolation`): ``namespaces`` when
+  bubblewrap works here (each sample sees only ``/usr``, the interpreter, site-packages and a
+  size-limited private ``/tmp``; no network; no other sample's processes), else ``rlimits``
+  with one warning; ``isolation="require"`` (or ``SEMALIGN_SANDBOX_ISOLATION=require``) makes
+  the missing namespaces an error.
+* **A** reads a small header (nonce, fds, limits), the program, the tests and the optional
+  prompt from stdin, forks **C** and **B**, waits for C with the wall-clock limit, then kills
+  and reaps every process left behind (A is a Linux *child subreaper*, so orphaned or daemonised
+  descendants - even ones that called ``setsid()`` - are re-parented to A, not to init) and
+  reports the outcome on a *report pipe* that B and C closed before reading untrusted input.
+* **B** closes the report and result pipes, sets ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``,
+  ``RLIMIT_FSIZE`` (``max_output_bytes`` + 1: caps stdout/stderr and any file the program
+  writes), ``RLIMIT_NPROC`` and ``RLIMIT_CORE=0``, drops privileges when running as root, sets
+  ``PR_SET_NO_NEW_PRIVS`` and a parent-death signal, runs the candidate as module
+  ``__candidate__`` (``if __name__ == "__main__":`` blocks do not run, as in the reference
+  HumanEval harness), then answers C's calls of its functions.
+* **C** never runs candidate code: it executes the prompt (:class:`Program`; HumanEval's
+  helpers such as ``poly``) and the tests with its own builtins and freshly imported modules,
+  and calls the candidate's functions through proxies; arguments and results cross as
+  :mod:`marshal` data of core types only. Patches B makes cannot change what the asserts see.
 * **Passing is not decided by the exit code.** The evaluator puts a random nonce in the header;
-  B writes ``PASS <nonce>`` on the result pipe only after the tests returned without any
-  exception (``BaseException`` included, so ``SystemExit``/``KeyboardInterrupt`` fail). A run
-  passes only if that line is there, B exited with 0 and A completed normally. ``sys.exit(0)``
-  or ``os._exit(0)`` before the asserts, a killed harness, or junk written to random fds all
-  fail. The nonce is in B's memory, which is why a determined attacker is out of scope.
+  C writes ``PASS <nonce>`` on the result pipe only after the tests returned without any
+  exception (``BaseException`` included). A run passes only if that line is there, the tests'
+  process exited with 0 and A completed normally. B never holds the result pipe, and A and C are
+  non-dumpable, so B cannot reach it through ``/proc`` either.
+* Values cross as exact core types: subclasses (``Counter``, named tuples, ``numpy.float64``)
+  become their base type, so an ``__eq__`` of the candidate's never runs in C.
+* **Fallback**: when a value cannot cross at all (an instance of a candidate class, a generator,
+  a test object passed as argument: 1 of the 500 MBPP reference solutions, none of HumanEval's),
+  A reruns the program in one process B' and the result says ``tests_process="shared"``
+  (``SandboxLimits.shared_fallback=False`` fails it instead). B' restores the modules loaded
+  before the candidate ran and executes the prompt again for the tests, but candidate code the
+  tests call can still patch what they use or find the nonce in its own memory: a candidate can
+  force this mode, so count or exclude shared results where that matters.
 
-Running as root vs. as a normal user
-------------------------------------
-Root is exempt from ``RLIMIT_NPROC`` and may write anywhere. So when the evaluator's effective
-uid is 0, B switches to ``SandboxLimits.user`` (default ``nobody``; uid/gid 65534 if the account
-does not exist) with no supplementary groups. The working directory is a fresh temporary
-directory owned by that user; everything else (the repository, the data, the evaluator's files)
-is protected by ordinary file permissions. If the interpreter or its standard library lives
-where that user cannot read (e.g. a pyenv interpreter under root's home), B keeps ``O_PATH``
-handles to those ``sys.path`` directories opened before the switch and imports through
-``/proc/self/fd/N``; this exposes those directories (world-readable files anyway) but nothing
-else of that home directory.
-
-When the evaluator is not root, B runs as the same user: the rlimits apply (``RLIMIT_NPROC`` is
-set to the user's current task count plus ``max_processes``, since that limit counts all of the
-user's processes), but **file protection then relies on the user's own permissions** - the
-program could delete files the user can delete - and it could still signal the user's other
-processes if it went looking for them (``os.kill(-1, 9)``). Use a container, or run the
-evaluation as root so the ``nobody`` switch applies, for untrusted code at scale.
+Identities
+----------
+*namespaces* mode: a root evaluator gives B and C a uid of their own per concurrent run (no
+account needed), so samples share neither signals nor ``RLIMIT_NPROC`` counts; a non-root
+evaluator gets a user namespace per sample in which B and C are uid 65534 (see
+:mod:`.isolation`). *rlimits* mode, as before: a root evaluator switches B and C to
+``SandboxLimits.user`` (default ``nobody``) and the working directory is a fresh temporary
+directory owned by that user; a non-root evaluator runs them as itself, so **file protection
+then relies on the user's own permissions** and a sample could signal the user's other
+processes, another sample included. If the interpreter or its standard library lives where the
+sandbox uid cannot read (e.g. a pyenv interpreter under root's home), B and C keep ``O_PATH``
+handles to those ``sys.path`` directories opened before the switch and import through
+``/proc/self/fd/N``.
 
 Other choices
 -------------
@@ -82,7 +89,8 @@ Other choices
   instead, so generated code can still ``import numpy``; ``.pth`` files are not processed.
   ``exit``/``quit`` are still defined.
 * The environment is minimal: ``PATH``, ``LANG=C.UTF-8``, ``HOME`` and ``TMPDIR`` = the working
-  directory, BLAS/OpenMP pools limited to 1 thread, and a per-run marker variable.
+  directory (``/tmp`` with namespaces), BLAS/OpenMP pools limited to 1 thread, and a per-run
+  marker variable.
 * stdout/stderr go to files in a second temporary directory the program cannot reach by path;
   only the first ``max_output_bytes`` of each are read back. A file that grew past the cap gives
   status ``output_limit``.
@@ -90,13 +98,15 @@ Other choices
   normally it also kills every process that carries this run's marker variable.
 * No ``preexec_fn`` is used (it is unsafe with the thread pool of
   :func:`~semalign_core.evaluation.code_tasks.score_programs`); the limits are applied by the
-  trusted harness code in B before any candidate code runs.
+  trusted harness code in B and C before any candidate code runs.
 
 Linux only (``/proc``, ``prctl``, rlimits).
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import math
 import os
 import pwd
@@ -108,17 +118,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from semalign_core.errors import ArtifactError, InvalidParameterError
-from semalign_core.evaluation import sandbox_child
+from semalign_core.evaluation import isolation, sandbox_child
 from semalign_core.evaluation.sandbox_child import encode_request, parse_report
 
 __all__ = [
     "SandboxLimits",
     "SandboxResult",
     "run_sandboxed",
+    "Program",
     "split_tests",
     "TEST_SEPARATOR",
     "STATUSES",
@@ -149,8 +161,15 @@ class SandboxLimits:
     ``cpu_s``: CPU seconds (``RLIMIT_CPU``); ``memory_mb``: address space (``RLIMIT_AS``);
     ``max_output_bytes``: cap on stdout, on stderr and on any file the program writes
     (``RLIMIT_FSIZE``); ``max_processes``: processes/threads the program may add
-    (``RLIMIT_NPROC``); ``user``: account the program runs as when the evaluator is root
-    (``None`` keeps root - no process limit, no file protection; only for debugging).
+    (``RLIMIT_NPROC``); ``user``: account the program runs as when the evaluator is root in
+    the rlimit-only mode (``None`` keeps root - no process limit, no file protection; only for
+    debugging; with namespaces a root evaluator uses a distinct uid per run unless ``None``);
+    ``disk_mb``: size of the private ``/tmp`` (namespaces mode: all the program may write);
+    ``isolation``: ``auto``, ``require`` or ``off`` (None: ``$SEMALIGN_SANDBOX_ISOLATION``,
+    default ``auto``; see :mod:`~semalign_core.evaluation.isolation`); ``shared_fallback``:
+    when a value cannot cross between the tests' and the candidate's processes, rerun both in
+    one process (True, marked ``tests_process="shared"``) or fail the program (False: strict;
+    MBPP task 367, whose tests pass their own ``Node`` objects, then fails).
     """
 
     wall_s: float = 10.0
@@ -159,14 +178,23 @@ class SandboxLimits:
     max_output_bytes: int = 64_000
     max_processes: int = 32
     user: str | None = "nobody"
+    disk_mb: int = 64
+    isolation: str | None = None
+    shared_fallback: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("wall_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes"):
+        numbers = ("wall_s", "cpu_s", "memory_mb", "max_output_bytes", "max_processes", "disk_mb")
+        for name in numbers:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise InvalidParameterError(
                     f"SandboxLimits.{name} must be a positive number, got {value!r}"
                 )
+        if self.isolation not in (None, *isolation.ISOLATION_CHOICES):
+            raise InvalidParameterError(
+                f"SandboxLimits.isolation must be None or one of {isolation.ISOLATION_CHOICES}, "
+                f"got {self.isolation!r}"
+            )
         if self.memory_mb < 64:
             raise InvalidParameterError(
                 f"SandboxLimits.memory_mb={self.memory_mb} is too small for a Python interpreter "
@@ -187,6 +215,10 @@ class SandboxResult:
     ``stdout``/``stderr``: the first ``max_output_bytes`` of each (UTF-8, invalid bytes
     replaced). ``wall_s``: total wall time including interpreter start-up and cleanup.
     ``error``: the exception class the program or its tests raised, when there was one.
+    ``isolation``: ``"namespaces"`` (own namespaces per sample) or ``"rlimits"`` (rlimits and,
+    as root, the ``nobody`` account only). ``tests_process``: ``"separate"`` (the tests ran in
+    a process that never ran candidate code), ``"shared"`` (a value could not cross, so they
+    ran in the candidate's process: patches and forged passes are then possible) or ``"none"``.
     """
 
     passed: bool
@@ -196,6 +228,8 @@ class SandboxResult:
     stderr: str
     wall_s: float
     error: str | None = None
+    isolation: str = "rlimits"
+    tests_process: str = "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,30 +268,129 @@ def split_tests(program: str) -> tuple[str, str | None]:
     return program, None
 
 
+class Program(str):
+    """A program string that also carries its benchmark prompt (:attr:`prompt`): trusted code
+    whose helper definitions the tests may use (HumanEval/32's ``poly``). The tests process
+    executes it itself, so a candidate that redefines or patches those helpers cannot change
+    what the tests see; functions the prompt only declares are taken from the candidate."""
+
+    prompt: str | None
+
+    def __new__(cls, text: str, prompt: str | None = None):
+        obj = super().__new__(cls, text)
+        obj.prompt = prompt
+        return obj
+
+
 def run_sandboxed(
-    program: str, limits: SandboxLimits = DEFAULT_LIMITS, *, test: str | None = None
+    program: str,
+    limits: SandboxLimits = DEFAULT_LIMITS,
+    *,
+    test: str | None = None,
+    prompt: str | None = None,
 ) -> SandboxResult:
-    """Run ``program`` (then ``test``) in a fresh, limited process; see the module docstring.
+    """Run ``program`` (then ``test``) in fresh, limited processes; see the module docstring.
 
     If ``test`` is None and ``program`` contains a :data:`TEST_SEPARATOR` line, the part after
     the last such line is used as the tests. Without tests, the program passes when it runs to
-    completion without an exception.
+    completion without an exception. ``prompt``: see :class:`Program` (default: the program's
+    own ``prompt`` attribute, if it has one).
     """
     _check_can_run(program)
+    if prompt is None:
+        prompt = getattr(program, "prompt", None)
     if test is None:
         program, test = split_tests(program)
-    uid, gid = _sandbox_identity(limits)
-    nonce = secrets.token_hex(16)
-    header = _request_header(limits, nonce, uid, gid)
-    prog_b = program.encode("utf-8", "surrogatepass")
-    test_b = None if test is None else test.encode("utf-8", "surrogatepass")
+    mode = isolation.isolation_mode(limits.isolation, _site_dirs())
+    bodies = tuple(_utf8(t) for t in (program, test, prompt))
+    extra = {} if prompt is None or test is None else {"stubs": _prompt_stubs(prompt)}
+    with _identity(limits, mode) as (uid, gid):
+        header = _request_header(limits, secrets.token_hex(16), uid, gid)
+        header.update(
+            extra, pidns=int(mode == "namespaces"), strict=int(not limits.shared_fallback)
+        )
+        return _run(bodies, header, limits, mode)
+
+
+def _utf8(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8", "surrogatepass")
+
+
+def _prompt_stubs(prompt: str) -> list[str]:
+    """Functions a prompt only declares (docstring, imports, ``pass``): the candidate provides
+    them; every other name the prompt binds is the prompt's own (see :class:`Program`)."""
+    try:
+        body = ast.parse(prompt).body
+    except SyntaxError:
+        return []
+    trivial = (ast.Pass, ast.Import, ast.ImportFrom)
+    return [
+        node.name
+        for node in body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and all(
+            isinstance(s, trivial)
+            or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            for s in node.body
+        )
+    ]
+
+
+def _run(bodies: tuple, header: dict, limits: SandboxLimits, mode: str) -> SandboxResult:
+    """``bodies``: (program, tests or None, prompt or None) as bytes."""
+    nonce, uid, gid = header["nonce"], header["uid"], header["gid"]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="semalign-sbx-", ignore_cleanup_errors=True) as top:
         work, io = _make_run_dirs(top, uid, gid)
+        launch = _launch(mode, limits, work)
         with open(io / "stdout", "w+b") as out_f, open(io / "stderr", "w+b") as err_f:
-            run = _run_harness(header, prog_b, test_b, work, out_f, err_f, limits)
+            run = _run_harness(header, bodies, launch, out_f, err_f, limits)
             captured = _capture(out_f, err_f, int(limits.max_output_bytes))
-    return _classify(limits, nonce, run, captured, time.monotonic() - t0)
+    result = _classify(limits, nonce, run, captured, time.monotonic() - t0)
+    result.isolation = mode
+    result.tests_process = _tests_process(bodies[1] is not None, run.report)
+    return result
+
+
+def _tests_process(has_tests: bool, report: dict) -> str:
+    if not has_tests:
+        return "none"
+    return "shared" if report.get("shared") else "separate"
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """How to start the harness A: command line, working directory, and its HOME/TMPDIR."""
+
+    argv: list[str]
+    cwd: str
+    home: str
+
+
+def _launch(mode: str, limits: SandboxLimits, work: str) -> _Launch:
+    if mode != "namespaces":
+        return _Launch([sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)], work, work)
+    inner = [os.path.realpath(sys.executable), "-I", "-S", "-B", isolation.INNER_CHILD]
+    argv = isolation.bwrap_argv(
+        inner,
+        interpreter_dirs=_site_dirs(),
+        child_program=CHILD_PROGRAM,
+        disk_bytes=int(limits.disk_mb) * 1024 * 1024,
+    )
+    return _Launch(argv, work, isolation.INNER_HOME)
+
+
+@contextlib.contextmanager
+def _identity(limits: SandboxLimits, mode: str) -> Iterator[tuple[int | None, int | None]]:
+    """(uid, gid) B switches to: with namespaces, a distinct uid per run for a root evaluator
+    (none otherwise: the user namespace maps B to 65534); without, see _sandbox_identity."""
+    if mode != "namespaces":
+        yield _sandbox_identity(limits)
+    elif os.geteuid() != 0 or limits.user is None:
+        yield None, None
+    else:
+        with isolation.run_uid() as uid:
+            yield uid, uid
 
 
 def _check_can_run(program: object) -> None:
@@ -321,12 +454,12 @@ def _make_run_dirs(top: str, uid: int | None, gid: int | None) -> tuple[str, Pat
     return work, io
 
 
-def _harness_env(work: str, run_id: str) -> dict:
+def _harness_env(home: str, run_id: str) -> dict:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
-        "HOME": work,
-        "TMPDIR": work,
+        "HOME": home,
+        "TMPDIR": home,
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
@@ -337,9 +470,8 @@ def _harness_env(work: str, run_id: str) -> dict:
 
 def _run_harness(
     header: dict,
-    prog_b: bytes,
-    test_b: bytes | None,
-    work: str,
+    bodies: tuple,
+    launch: _Launch,
     out_f,
     err_f,
     limits: SandboxLimits,
@@ -352,14 +484,14 @@ def _run_harness(
     rep_r, rep_w = os.pipe()
     try:
         try:
-            payload = _encode(dict(header, result_fd=res_w, report_fd=rep_w), prog_b, test_b)
+            payload = _encode(dict(header, result_fd=res_w, report_fd=rep_w), bodies)
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-B", str(CHILD_PROGRAM)],
+                launch.argv,
                 stdin=subprocess.PIPE,
                 stdout=out_f,
                 stderr=err_f,
-                cwd=work,
-                env=_harness_env(work, run_id),
+                cwd=launch.cwd,
+                env=_harness_env(launch.home, run_id),
                 pass_fds=(res_w, rep_w),
                 start_new_session=True,
                 close_fds=True,
@@ -386,9 +518,9 @@ def _run_harness(
     return _HarnessRun(proc.returncode, timed_out, report, result)
 
 
-def _encode(header: dict, prog_b: bytes, test_b: bytes | None) -> bytes:
+def _encode(header: dict, bodies: tuple) -> bytes:
     try:
-        return encode_request(header, prog_b, test_b)
+        return encode_request(header, *bodies)
     except ValueError as e:
         raise InvalidParameterError(str(e)) from None
 
