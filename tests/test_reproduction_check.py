@@ -107,6 +107,15 @@ def test_records_without_items_are_compared_as_a_whole():
     b["metrics"]["gains"][1] = 0.21
     (row,) = reproduction.compare_records("salf_analysis", a, b)
     assert row.verdict == "differs" and row.max_relative_difference == pytest.approx(0.01 / 0.21)
+    # another thread count moves the last digits only: close, not differs
+    b["metrics"]["gains"][1] = 0.20002
+    (row,) = reproduction.compare_records("salf_analysis", a, b)
+    assert row.verdict == "close" and row.max_relative_difference == pytest.approx(1e-4, rel=1e-3)
+    # a wall time kept among an analysis's metrics is a cost: never compared
+    b["metrics"]["gains"][1] = 0.2
+    a["metrics"]["alignment"], b["metrics"]["alignment"] = {"wall_s": 2.1}, {"wall_s": 10.0}
+    (row,) = reproduction.compare_records("semalign_analyses", a, b)
+    assert row.verdict == "identical"
 
 
 def _write(folder, experiment, record):

@@ -16,10 +16,11 @@ number of the pair becomes one row:
 Scored numbers are the headline metric of every record with per-item scores and each of its
 secondary metrics with per-item values (reference NLL / bits per byte). A record without per-item
 scores (analyses: deviations, eof, CKA) is compared as a whole: identical when every number in its
-``metrics`` agrees to 1e-9 relative, else the largest relative difference is shown (no interval to
-derive a tolerance from, so no verdict beyond "differs"). Costs (wall time, memory) and
-provenance are never compared: they belong to the machine. The timing repeats hold costs only and
-are skipped.
+``metrics`` agrees to 1e-9 relative, *close* within 1e-3 (the floating-point noise of another
+thread count or summation order), else *differs*, with the largest relative difference shown (no
+interval to derive a tolerance from). Costs (wall time, memory, also where an analysis keeps them
+among its metrics) and provenance are never compared: they belong to the machine. The timing
+repeats hold costs only and are skipped.
 
 The check is stored as a record, ``results/reproduction/<profile>/check.json`` (so a run folder
 imported from elsewhere carries its own), and rendered by :func:`reproduction_check` into
@@ -47,8 +48,11 @@ from semalign_core.report.results import read_records
 CHECK = "reproduction"  # results/reproduction/<profile>/check.json
 NOT_COMPARED = (SALF_TIMING,)  # costs only: their numbers belong to the machine
 EXACT = 1e-9  # relative agreement of a number without an interval
+# ... and the floating-point noise of another thread count or BLAS order (sums in another order)
+CLOSE = 1e-3
 VERDICTS = (
     "identical",
+    "close",
     "reproduced",
     "outside tolerance",
     "differs",
@@ -151,6 +155,12 @@ def _numbers(value, prefix: str = "") -> dict[str, float]:
     return {}
 
 
+def _is_cost(path: str) -> bool:
+    """Whether a number's path names a cost (seconds, memory) kept among a record's metrics."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith("wall_s") or name.endswith("_mb")
+
+
 def _relative(a: float, b: float) -> float:
     if math.isnan(a) and math.isnan(b):
         return 0.0
@@ -160,12 +170,15 @@ def _relative(a: float, b: float) -> float:
 
 def _whole_row(experiment, run, committed, reproduced, same_config) -> CheckRow:
     """A record without per-item scores: all its metrics at once."""
-    a, b = _numbers(committed.get("metrics")), _numbers(reproduced.get("metrics"))
+    a, b = (
+        {k: v for k, v in _numbers(record.get("metrics")).items() if not _is_cost(k)}
+        for record in (committed, reproduced)
+    )
     if set(a) != set(b):
         worst, verdict = None, "differs"
     else:
         worst = max((_relative(a[k], b[k]) for k in a), default=0.0)
-        verdict = "identical" if worst <= EXACT else "differs"
+        verdict = "identical" if worst <= EXACT else "close" if worst <= CLOSE else "differs"
     return CheckRow(
         experiment, run, "all metrics", None, None, None, None, None, verdict, same_config, worst
     )
@@ -302,7 +315,7 @@ def _committed(row: dict) -> str:
 
 def _verdict(row: dict) -> str:
     verdict = row["verdict"]
-    if row.get("max_relative_difference") is not None and verdict == "differs":
+    if row.get("max_relative_difference") is not None and verdict in ("differs", "close"):
         verdict += f" (largest relative difference {row['max_relative_difference']:.2g})"
     if row["same_config"] is False:
         verdict += "; config differs"
@@ -389,8 +402,10 @@ HEADER = (
     "Scores in %, reference bits per byte as they are. Tolerance: the half-width of the committed "
     "value's 95% interval over its evaluated items (the larger side). Verdicts: `identical` (every "
     "per-item score the same), `reproduced` (|Δ| within the tolerance), `outside tolerance`, "
-    "`differs` (another item set; for records without per-item scores, any number differing by "
-    f"more than {EXACT:g} relative, compared as a whole), `not in this run` / `new` (a record only "
+    "`differs` (another item set; for records without per-item scores, compared as a whole: any "
+    f"number differing by more than {CLOSE:g} relative; `close`: every number within {CLOSE:g} "
+    f"but not {EXACT:g}, the floating-point noise of another thread count; the wall times such "
+    "records keep are not compared), `not in this run` / `new` (a record only "
     "the committed results / only the run has). `config differs`: the two records were made with "
     "another configuration (code or budgets changed), so not the same experiment. Costs and "
     "provenance are not compared; the timing repeats (costs only) are skipped. At `gpu-small` "
