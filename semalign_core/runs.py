@@ -2,6 +2,7 @@
 
     python -m semalign_core.runs promote --profile cpu [NOTEBOOK ...] [--prune]
     python -m semalign_core.runs promote --profile paper --from /path/to/cluster/run  # import
+    python -m semalign_core.runs merge /path/to/job1 /path/to/job2 ...  # cluster jobs, one run
     python -m semalign_core.runs reproduce --tier reproduce-full [--profile cpu] [--promote-each]
 
 Every run writes into its run folder (:func:`semalign_core.paths.run_dir`, ``runs/<name>/``,
@@ -34,7 +35,7 @@ from semalign_core.experiments.budgets import REPRODUCE_TIERS, TIER_PARAMS
 from semalign_core.experiments.catalog import NOTEBOOKS
 from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir, reuse_reference
 from semalign_core.profiles import get_profile
-from semalign_core.records import atomic_write, file_digests, git_commit
+from semalign_core.records import atomic_write, file_digests, git_commit, write_json_atomic
 from semalign_core.report import published_check, reproduction
 from semalign_core.run_notebook import executed_path, run, run_log_path
 
@@ -129,14 +130,64 @@ def import_run(
     done = promote(notebook, profile, run_results, reference, prune)
     check = reproduction.check_path(reference or reference_results_dir(), profile)
     if check.is_file():
-        reproduction.note_import(check, str(folder), _machines(run_results, done))
+        reproduction.note_import(check, str(folder), _machines(done.copied))
     return done
 
 
-def _machines(run_results: Path, done: Promotion) -> list[str]:
-    """The machines and devices the imported records were computed on (their provenance)."""
+MERGE_LOG = "merged_from.json"  # in a run folder's results/: what `merge` brought in
+
+
+def merge(sources: Sequence[Path], into: Path | None = None) -> list[Path]:
+    """Copy the records of run folders computed elsewhere (the jobs of a job array over cells,
+    several machines) into the run folder ``into`` (default: this run's), byte for byte, so every
+    record keeps its provenance. A notebook run on the merged folder then reuses them as valid
+    records of its own run (config and model hashes permitting) and writes its tables and run
+    log, which ``promote`` needs. A record both sides hold with other metrics is an error; the
+    same metrics (a reference row every job computed) keep the first copy. Returns the copied
+    records; ``merged_from.json`` lists each source, its records and machines."""
+    into = into or results_dir()
+    log_path = into / MERGE_LOG
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {"sources": []}
+    copied = []
+    for source in sources:
+        results = source / "results" if (source / "results").is_dir() else source
+        if not results.is_dir():
+            raise ArtifactError(f"no run folder at {source}")
+        names = _merge_one(results, into)
+        copied += [into / name for name in names]
+        machines = _machines([into / name for name in names])
+        log["sources"].append({"from": str(source), "records": names, "computed_on": machines})
+    if copied:
+        write_json_atomic(log_path, log)
+    return copied
+
+
+def _merge_one(results: Path, into: Path) -> list[str]:
+    """The records of one source copied into ``into`` (results-relative names)."""
+    names = []
+    for path in sorted(results.rglob("*.json")):
+        name = str(path.relative_to(results))
+        if name == MERGE_LOG or name.startswith("notebooks/") or not _is_record(path):
+            continue
+        target = into / name
+        if target.is_file() and target.read_bytes() != path.read_bytes():
+            ours, theirs = json.loads(target.read_text()), json.loads(path.read_text())
+            if ours.get("metrics") != theirs.get("metrics"):
+                raise ArtifactError(
+                    f"{name}: {results} holds other numbers than the run folder's copy "
+                    "(two jobs computed the same cell differently); remove one and merge again"
+                )
+            continue
+        if not target.is_file():
+            _copy(path, target)
+            names.append(name)
+    return names
+
+
+def _machines(paths: Sequence[Path]) -> list[str]:
+    """The machines and devices records were computed on (their provenance)."""
     found = set()
-    for path in done.copied:
+    for path in paths:
         try:
             provenance = json.loads(path.read_text()).get("provenance") or {}
         except (OSError, ValueError, AttributeError):
@@ -303,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="import from this run folder, computed elsewhere (default: this machine's run folder)",
     )
+    mer = sub.add_parser(
+        "merge", help="copy the records of run folders made elsewhere (cluster jobs) into this one"
+    )
+    mer.add_argument("folders", nargs="+", type=Path, help="run folders (or their results/)")
     rep = sub.add_parser("reproduce", help="run every notebook with a tier's seeds")
     rep.add_argument("--tier", default="reproduce", help=f"one of {', '.join(REPRODUCE_TIERS)}")
     rep.add_argument("--profile", help="default: the tier's profile")
@@ -337,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "promote":
             _promote_command(args)
+        elif args.command == "merge":
+            copied = merge(args.folders)
+            print(f"merged {len(copied)} record(s) into {results_dir()}", flush=True)
         else:
             profile = args.profile or REPRODUCE_TIERS.get(args.tier, ("cpu",))[0]
             reproduce(
@@ -363,6 +421,7 @@ __all__ = [
     "finished",
     "import_run",
     "main",
+    "merge",
     "promote",
     "reproduce",
     "tier_parameters",

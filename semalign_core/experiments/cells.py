@@ -489,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("cells", nargs="*", help="run names, e.g. sft__mmlu__seed0")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--list", action="store_true", help="print the experiment's cell names")
+    parser.add_argument(
+        "--index",
+        type=int,
+        help="run the cell at this 0-based position of --list (one job of a job array, e.g. "
+        "--index $SLURM_ARRAY_TASK_ID); --seed/--seeds choose the list",
+    )
     parser.add_argument("--seed", type=int, default=0, help="--list: the first seed")
     parser.add_argument("--seeds", type=int, nargs="+", help="--list: these seeds")
     parser.add_argument("--force", action="store_true", help="recompute a valid record")
@@ -511,6 +517,8 @@ def _run(args) -> None:
         for name in cell_names(args.experiment, args.profile, args.seed, args.seeds):
             print(name)
         return
+    if args.index is not None:
+        args.cells = [cell_at(args.experiment, args.profile, args.index, args.seed, args.seeds)]
     if not args.cells:
         raise InvalidParameterError("name a cell, or pass --list to see the names")
     if args.jobs:
@@ -524,6 +532,19 @@ def _run(args) -> None:
         torch.set_num_threads(args.threads)
     for name in args.cells:
         _run_one(args, name)
+
+
+def cell_at(
+    experiment: str, profile: str, index: int, first: int = 0, seeds: Sequence[int] | None = None
+) -> str:
+    """The cell at 0-based ``index`` of :func:`cell_names` (a job array runs one cell per job)."""
+    names = cell_names(experiment, profile, first, seeds)
+    if not 0 <= index < len(names):
+        raise InvalidParameterError(
+            f"--index {index} is outside the {len(names)} cells of {experiment} at {profile} "
+            f"(0..{len(names) - 1})"
+        )
+    return names[index]
 
 
 def _run_one(args, name: str) -> None:
@@ -558,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "EXPERIMENTS",
+    "cell_at",
     "Experiment",
     "OWN_PROCESS",
     "cell_names",

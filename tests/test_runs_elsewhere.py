@@ -1,5 +1,6 @@
-"""The check at the hub profiles (no committed run): reproduced numbers beside the published ones;
-and a run folder computed elsewhere imported with its provenance, stand-in numbers refused."""
+"""Runs made elsewhere: the check at the hub profiles (no committed run) sets reproduced numbers
+beside the published ones; a run folder from another machine is imported with its provenance
+(stand-in numbers refused); the jobs of a job array over cells merge into one run folder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import math
 import pytest
 
 from semalign_core import runs
-from semalign_core.errors import ArtifactError
+from semalign_core.errors import ArtifactError, InvalidParameterError
+from semalign_core.experiments import cells
 from semalign_core.experiments.catalog import FINETUNED_TEACHER, SEMALIGN_TRANSFER
 from semalign_core.report import published_check, reproduction
 
@@ -132,3 +134,43 @@ def test_stand_in_numbers_are_never_promoted(folders, tmp_path):
     with pytest.raises(ArtifactError, match="stand-in models"):
         runs.import_run(tmp_path / "cluster", "03_semalign_transfer", "paper")
     assert not (reference / SEMALIGN_TRANSFER).exists()
+
+
+def _job(folder, record):
+    """The run folder one job of a job array leaves: one cell's record, no notebook."""
+    _write(folder / "results", SEMALIGN_TRANSFER, "paper", record)
+    return folder
+
+
+def test_job_folders_merge_into_one_run_folder_with_their_provenance(folders, tmp_path):
+    run_results, _ = folders
+    a = _job(tmp_path / "job0", _record("target", "mmlu", 442))
+    b = _job(tmp_path / "job1", _record("seeking", "mmlu", 300))
+    same = _job(tmp_path / "job2", _record("target", "mmlu", 442))  # a reference row again
+    json_of = json.loads(
+        (same / "results" / SEMALIGN_TRANSFER / "paper" / "target__mmlu__seed0.json").read_text()
+    )
+    json_of["provenance"]["created"] = "later"  # other bytes, the same numbers
+    (same / "results" / SEMALIGN_TRANSFER / "paper" / "target__mmlu__seed0.json").write_text(
+        json.dumps(json_of)
+    )
+    assert runs.main(["merge", str(a), str(b), str(same)]) == 0
+    merged = sorted(p.name for p in (run_results / SEMALIGN_TRANSFER / "paper").iterdir())
+    assert merged == ["seeking__mmlu__seed0.json", "target__mmlu__seed0.json"]
+    kept = json.loads(
+        (run_results / SEMALIGN_TRANSFER / "paper" / "target__mmlu__seed0.json").read_text()
+    )
+    assert "created" not in kept["provenance"]  # the first copy, byte for byte
+    log = json.loads((run_results / runs.MERGE_LOG).read_text())["sources"]
+    assert [len(s["records"]) for s in log] == [1, 1, 0]
+    assert log[0]["computed_on"] == ["Linux x86_64, 64 cpus, cuda:0 (H100)"]
+    clash = _job(tmp_path / "job3", _record("seeking", "mmlu", 310))  # other numbers, same cell
+    with pytest.raises(ArtifactError, match="other numbers"):
+        runs.merge([clash])
+
+
+def test_a_job_array_index_names_one_cell_of_the_list():
+    names = cells.cell_names(SEMALIGN_TRANSFER, "smoke")
+    assert [cells.cell_at(SEMALIGN_TRANSFER, "smoke", i) for i in range(len(names))] == names
+    with pytest.raises(InvalidParameterError, match="outside the"):
+        cells.cell_at(SEMALIGN_TRANSFER, "smoke", len(names))
