@@ -317,6 +317,7 @@ def train(
     flops_fn: Callable[[dict], float],
     extra_fn: Callable[[], tuple[Tensor, dict[str, float]]] | None = None,
     desc: str = "train",
+    collate_fn: Callable[[list[dict]], dict] | None = None,
 ) -> dict:
     """Run the optimizer steps of ``schedule`` and return the stage record.
 
@@ -324,6 +325,7 @@ def train(
     is the mean over its examples (micro-batches accumulate gradients). ``extra_fn()`` adds a
     step-level term once per step (LaTen's delta penalty). ``flops_fn(batch)`` gives the analytic
     FLOPs of one micro-batch. The optimizer (AdamW) is built here, after the trainable set is known.
+    ``collate_fn(examples)`` makes a micro-batch (default: :func:`collate` with ``pad``).
     """
     params = [p for g in param_groups for p in g["params"]]
     optim = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -343,7 +345,8 @@ def train(
         step_loss = 0.0
         parts: dict[str, float] = {}
         for i in range(0, len(ids), config.micro_batch_size):
-            batch = collate([examples[k] for k in ids[i : i + config.micro_batch_size]], pad)
+            chunk = [examples[k] for k in ids[i : i + config.micro_batch_size]]
+            batch = collate(chunk, pad) if collate_fn is None else collate_fn(chunk)
             per_example, per_parts = loss_fn(batch)
             loss = per_example.sum() / len(ids)
             loss.backward()
@@ -423,9 +426,16 @@ def spec_for(model: nn.Module, trainable: str, lora_r: int = 0) -> costs.Trainab
 
 
 def begin(
-    method: str, source: nn.Module, target: nn.Module, config, config_type: type, resume: bool
+    method: str,
+    source: nn.Module,
+    target: nn.Module,
+    config,
+    config_type: type,
+    resume: bool,
+    check: Callable[[nn.Module, nn.Module], None] = check_compatible,
 ) -> None:
-    """Checks every entry point makes before any work (same errors as SemAlign)."""
+    """Checks every entry point makes before any work (same errors as SemAlign; ``check``: the
+    pair's, ``check_compatible`` unless the method spans vocabularies)."""
     if not isinstance(config, config_type):
         raise InvalidParameterError(
             f"{method} needs a {config_type.__name__}, got {type(config).__name__}"
@@ -435,7 +445,7 @@ def begin(
             f"{method} keeps no stage checkpoints: resume=True is not supported"
         )
     if source is not None:  # None: a method that does not read the source (sft)
-        check_compatible(source, target)
+        check(source, target)
         source.eval()
     torch.manual_seed(config.seed)
     target.eval()  # no dropout anywhere: the runs are deterministic
@@ -446,13 +456,14 @@ def cap_steps(schedule: list[list[int]], stop_after_stage: int | None) -> list[l
     return schedule[:stop_after_stage] if stop_after_stage is not None else schedule
 
 
-def _unused_pairing(source: nn.Module | None, target: nn.Module, why: str) -> Pairing:
+def unused_pairing(source: nn.Module | None, target: nn.Module, why: str) -> Pairing:
     n_t = surgery.num_layers(target)
-    p = uniform_pairing(n_t if source is None else surgery.num_layers(source), n_t)
-    return Pairing(p.target_to_source, p.strategy, p.n_source, p.n_target, (why,))
+    n_s = n_t if source is None else surgery.num_layers(source)
+    p = uniform_pairing(n_s, n_t, many_to_one=n_t > n_s)  # deeper targets: cross-family only
+    return Pairing(p.target_to_source, p.strategy, n_s, n_t, (why,), p.many_to_one)
 
 
-def _fine_tune(
+def fine_tune(
     method: str,
     source,
     target,
@@ -465,11 +476,16 @@ def _fine_tune(
     pairing: Pairing,
     extra_groups: Sequence[dict] = (),
     notes: Sequence[str] = (),
+    examples: list[dict] | None = None,
+    collate_fn: Callable[[list[dict]], dict] | None = None,
 ) -> TransferResult:
-    """SFT-shaped training of the target (layers / full / LoRA) with ``make_loss(model)``."""
+    """SFT-shaped training of the target (layers / full / LoRA) with ``make_loss(model)``;
+    ``examples`` and ``collate_fn`` replace the target's SFT examples and their collation
+    (cross-vocabulary methods, whose batches carry the source's tokens too)."""
     t_start = time.perf_counter()
     flags = requires_grad_flags(target)
-    examples = tokenize(train_records, tokenizer, config)
+    if examples is None:
+        examples = tokenize(train_records, tokenizer, config)
     schedule = cap_steps(epoch_schedule(len(examples), config), stop_after_stage)
     shape = costs.model_shape(target)
     spec = spec_for(target, config.trainable, config.lora_r)
@@ -489,6 +505,7 @@ def _fine_tune(
                 config,
                 lambda b: train_flops(shape, spec, b) + source_flops(b),
                 desc=method,
+                collate_fn=collate_fn,
             )
             if config.trainable == "lora":
                 merge_lora(model)
@@ -537,7 +554,7 @@ def sft(
 
         return loss
 
-    return _fine_tune(
+    return fine_tune(
         "sft",
         source,
         target,
@@ -547,7 +564,7 @@ def sft(
         stop_after_stage,
         make_loss,
         lambda b: 0.0,
-        _unused_pairing(source, target, "sft does not use the source"),
+        unused_pairing(source, target, "sft does not use the source"),
     )
 
 
@@ -592,7 +609,7 @@ def output_kl(
 
         return loss
 
-    return _fine_tune(
+    return fine_tune(
         "output_kl",
         source,
         target,
@@ -602,7 +619,7 @@ def output_kl(
         stop_after_stage,
         make_loss,
         lambda b: source_forward_flops(src_shape, b),
-        _unused_pairing(source, target, "output_kl uses only the source's output"),
+        unused_pairing(source, target, "output_kl uses only the source's output"),
     )
 
 
@@ -698,7 +715,7 @@ def hidden_distill(
     lr = config.map_lr or config.lr
     map_group = {"params": list(maps.parameters()), "lr": lr, "weight_decay": 0.0}
     make_loss = hidden_distill_loss(source, maps, src_layers0, config)
-    result = _fine_tune(
+    result = fine_tune(
         "hidden_distill",
         source,
         target,

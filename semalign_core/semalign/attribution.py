@@ -220,6 +220,7 @@ def pair_layers(
     strategy: Literal["attributed", "floor", "uniform", "interpolate"] = "attributed",
     window: int | None = None,
     n_source: int | None = None,
+    many_to_one: bool = False,
 ) -> Pairing:
     """One source layer per target layer (1-based), dispatching to :mod:`.pairing`.
 
@@ -227,7 +228,8 @@ def pair_layers(
     (``select_one_per_target``); ``floor``: the spec's floor grid; ``uniform``: rounded grid;
     ``interpolate``: the floor grid's layers as ``target_to_source`` and, in ``notes``, the spec's
     interpolation ``(a, b, λ)`` per target layer (see :func:`interpolation_plan`). The grid
-    strategies ignore the scores (pass ``n_source`` when ``scores`` is None).
+    strategies ignore the scores (pass ``n_source`` when ``scores`` is None). ``many_to_one``
+    allows a target deeper than the source (see :mod:`.pairing`).
     """
     _check("strategy", strategy, STRATEGIES)
     if scores is not None:
@@ -238,18 +240,19 @@ def pair_layers(
     if strategy == "attributed":
         if scores is None:
             raise InvalidParameterError("strategy='attributed' needs attribution scores")
-        return select_one_per_target(scores, n_target, window)
+        return select_one_per_target(scores, n_target, window, many_to_one=many_to_one)
     if strategy == "floor":
-        return floor_pairing(n_source, n_target)
+        return floor_pairing(n_source, n_target, many_to_one=many_to_one)
     if strategy == "uniform":
-        return uniform_pairing(n_source, n_target)
-    weights = interpolation_weights(n_source, n_target)
-    grid = floor_grid(n_source, n_target)
+        return uniform_pairing(n_source, n_target, many_to_one=many_to_one)
+    weights = interpolation_weights(n_source, n_target, many_to_one=many_to_one)
+    grid = floor_grid(n_source, n_target, many_to_one=many_to_one)
     notes = tuple(
         f"target {j}: (1-{lam:.6g})*source {a} + {lam:.6g}*source {b}"
         for j, (a, b, lam) in enumerate(weights, start=1)
     )
-    return Pairing(dict(enumerate(grid, start=1)), "interpolate", n_source, n_target, notes)
+    t2s = dict(enumerate(grid, start=1))
+    return Pairing(t2s, "interpolate", n_source, n_target, notes, many_to_one)
 
 
 def interpolation_plan(pairing: Pairing) -> dict[int, list[tuple[int, float]]]:
@@ -260,9 +263,10 @@ def interpolation_plan(pairing: Pairing) -> dict[int, list[tuple[int, float]]]:
     if pairing.strategy != "interpolate":
         return {j: [(s, 1.0)] for j, s in pairing.target_to_source.items()}
     plan = {}
-    for j, (a, b, lam) in enumerate(
-        interpolation_weights(pairing.n_source, pairing.n_target), start=1
-    ):
+    weights = interpolation_weights(
+        pairing.n_source, pairing.n_target, many_to_one=pairing.many_to_one
+    )
+    for j, (a, b, lam) in enumerate(weights, start=1):
         mix = [(a, 1.0 - lam), (b, lam)]
         plan[j] = [(s, w) for s, w in mix if w > 0.0] or [(a, 1.0)]
     return plan

@@ -82,11 +82,12 @@ def load_progress(config: SemAlignConfig, run_key: str) -> dict | None:
 
 
 def saved_pairing(progress: dict, n_source: int, n_target: int) -> Pairing:
-    """The pairing a checkpointed run used (attribution is not repeated on resume)."""
+    """The pairing a checkpointed run used (attribution is not repeated on resume); a target
+    deeper than its source can only have been paired many-to-one."""
     table = {int(j): s for j, s in progress["pairing"].items()}
-    return Pairing(
-        table, progress["pairing_strategy"], n_source, n_target, tuple(progress["pairing_notes"])
-    )
+    notes = tuple(progress["pairing_notes"])
+    strategy = progress["pairing_strategy"]
+    return Pairing(table, strategy, n_source, n_target, notes, n_target > n_source)
 
 
 def restore_layers(config: SemAlignConfig, blocks: nn.ModuleList, done: int) -> None:

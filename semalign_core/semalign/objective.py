@@ -152,4 +152,9 @@ class StageLoss:
             for kk in range(stage, self.n_layers):  # frozen layers after k
                 h = self.inputs.run_layer(kk, h, i)
             z_final = self.unembed(h[rows, cols]).float()
-        return semantics.output_kl(self.teacher_logits(i), z_final, self.config.tau)
+        return self.output_term(self.teacher_logits(i), z_final)
+
+    def output_term(self, teacher: Tensor, student: Tensor) -> Tensor:
+        """The output loss between the teacher's and the target's logits at the same positions
+        (a subclass across vocabularies replaces it)."""
+        return semantics.output_kl(teacher, student, self.config.tau)

@@ -12,6 +12,12 @@ neither choice reproduces the list, so this module uses
 All layers are 1-based (layer 1 = the first decoder block). The same reading makes the spec's
 interpolation (``u = L_T·k/L_S``, interpolating teacher states a and a+1) and its critical-layer
 rule consistent; see each function.
+
+A target deeper than the source (another family, issue 19) is refused unless a grid function is
+called with ``many_to_one=True``: the same formulas then give a non-decreasing grid in which
+consecutive target layers share a source layer (floor, uniform) or get distinct mixtures of two
+neighbouring source layers (interpolation). Pairings of a target no deeper than its source are
+the same with or without the flag.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from semalign_core.errors import IncompatibleModelsError, InvalidParameterError
 
 
-def _check_sizes(n_source: int, n_target: int) -> None:
+def _check_sizes(n_source: int, n_target: int, many_to_one: bool = False) -> None:
     if (
         not (isinstance(n_source, int) and isinstance(n_target, int))
         or n_source <= 0
@@ -32,25 +38,27 @@ def _check_sizes(n_source: int, n_target: int) -> None:
         raise IncompatibleModelsError(
             f"layer counts must be positive integers, got source {n_source}, target {n_target}"
         )
-    if n_target > n_source:
+    if n_target > n_source and not many_to_one:
         raise IncompatibleModelsError(
             f"target is deeper than source ({n_target} > {n_source} layers): "
-            "SemAlign pairs one source layer per target layer"
+            "SemAlign pairs one source layer per target layer (many_to_one=True shares them)"
         )
 
 
 @dataclass(frozen=True)
 class Pairing:
-    """One source layer per target layer (1-based). ``notes`` records choices made on the way."""
+    """One source layer per target layer (1-based). ``notes`` records choices made on the way;
+    ``many_to_one`` allows a target deeper than the source (source layers then repeat)."""
 
     target_to_source: dict[int, int]
     strategy: str
     n_source: int
     n_target: int
     notes: tuple[str, ...] = field(default_factory=tuple)
+    many_to_one: bool = False
 
     def __post_init__(self) -> None:
-        _check_sizes(self.n_source, self.n_target)
+        _check_sizes(self.n_source, self.n_target, self.many_to_one)
         if sorted(self.target_to_source) != list(range(1, self.n_target + 1)):
             raise InvalidParameterError(
                 f"a pairing needs exactly one source layer for each target layer 1..{self.n_target}"
@@ -85,43 +93,49 @@ class Pairing:
 # --------------------------------------------------------------------------- grids
 
 
-def floor_grid(n_source: int, n_target: int) -> list[int]:
+def floor_grid(n_source: int, n_target: int, *, many_to_one: bool = False) -> list[int]:
     """Source layer for each target layer j = 1..n_target: ``max(1, ⌊(n_source/n_target)·j⌋)``.
 
     Integer arithmetic (``n_source*j // n_target``), so no float rounding at exact multiples.
     Strictly increasing because n_source >= n_target, and the last target layer always gets the
-    last source layer.
+    last source layer. A deeper target (``many_to_one``) gets a non-decreasing grid that uses
+    every source layer, each for one or more consecutive target layers.
     """
-    _check_sizes(n_source, n_target)
+    _check_sizes(n_source, n_target, many_to_one)
     return [max(1, (n_source * j) // n_target) for j in range(1, n_target + 1)]
 
 
-def floor_pairing(n_source: int, n_target: int) -> Pairing:
-    grid = floor_grid(n_source, n_target)
-    return Pairing(dict(enumerate(grid, start=1)), "floor", n_source, n_target)
+def floor_pairing(n_source: int, n_target: int, *, many_to_one: bool = False) -> Pairing:
+    grid = floor_grid(n_source, n_target, many_to_one=many_to_one)
+    t2s = dict(enumerate(grid, start=1))
+    return Pairing(t2s, "floor", n_source, n_target, many_to_one=many_to_one)
 
 
-def uniform_pairing(n_source: int, n_target: int) -> Pairing:
+def uniform_pairing(n_source: int, n_target: int, *, many_to_one: bool = False) -> Pairing:
     """Baseline: source = round(j·n_source/n_target), rounding halves up (not Python's banker's
     rounding, which would make the grid depend on parity), clamped to 1..n_source."""
-    _check_sizes(n_source, n_target)
+    _check_sizes(n_source, n_target, many_to_one)
     t2s = {
         j: min(n_source, max(1, (2 * n_source * j + n_target) // (2 * n_target)))
         for j in range(1, n_target + 1)
     }
-    return Pairing(t2s, "uniform", n_source, n_target)
+    return Pairing(t2s, "uniform", n_source, n_target, many_to_one=many_to_one)
 
 
-def interpolation_weights(n_source: int, n_target: int) -> list[tuple[int, int, float]]:
+def interpolation_weights(
+    n_source: int, n_target: int, *, many_to_one: bool = False
+) -> list[tuple[int, int, float]]:
     """Spec's optional interpolation: per target layer j, ``(a, b, λ)`` over *source* layers.
 
     ``u = n_source·j/n_target``, ``a = clamp(⌊u⌋, 1, n_source−1)``, ``b = a+1``,
     ``λ = clip(u−a, 0, 1)``; the supervision is ``(1−λ)·h_src^(a) + λ·h_src^(b)``. With one source
-    layer (n_source = 1) the pair degenerates to (1, 1, 0.0).
+    layer (n_source = 1) the pair degenerates to (1, 1, 0.0). A deeper target (``many_to_one``)
+    takes the same formula, u now advancing by less than one source layer per target layer, so
+    consecutive target layers get distinct mixtures of the same two source layers.
     """
-    _check_sizes(n_source, n_target)
+    _check_sizes(n_source, n_target, many_to_one)
     if n_source == 1:
-        return [(1, 1, 0.0)]
+        return [(1, 1, 0.0)] * n_target
     out = []
     for j in range(1, n_target + 1):
         u_times_t = n_source * j  # u = u_times_t / n_target, kept exact in integers
@@ -186,7 +200,7 @@ def grid_windows(n_source: int, n_target: int, window: int | None = None) -> lis
 
 
 def select_one_per_target(
-    scores: Sequence[float], n_target: int, window: int | None = None
+    scores: Sequence[float], n_target: int, window: int | None = None, *, many_to_one: bool = False
 ) -> Pairing:
     """One source layer per target layer from per-source-layer attribution scores [reconstruction].
 
@@ -196,9 +210,15 @@ def select_one_per_target(
     ordered, so this is the argmax inside each window; with ``window > 0`` a dynamic programme over
     (target layer, source layer) resolves overlaps. Ties go to the layer nearest the floor grid
     point, then to the shallower one. Always feasible: the floor grid itself is a valid choice.
+    A target deeper than the source (``many_to_one``) needs every source layer, so attribution
+    has nothing to choose: the many-to-one floor grid, with a note.
     """
     n_source = len(scores)
-    _check_sizes(n_source, n_target)
+    _check_sizes(n_source, n_target, many_to_one)
+    if n_target > n_source:
+        grid = dict(enumerate(floor_grid(n_source, n_target, many_to_one=True), start=1))
+        note = "target deeper than source: many-to-one floor grid, attribution not used"
+        return Pairing(grid, "attribution", n_source, n_target, (note,), many_to_one=True)
     vals = [float(s) for s in scores]
     if any(math.isnan(v) for v in vals):
         raise InvalidParameterError("attribution scores contain NaN")

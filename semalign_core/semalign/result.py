@@ -31,11 +31,13 @@ def check_compatible(source: nn.Module, target: nn.Module) -> None:
     if n_t > n_s:
         raise IncompatibleModelsError(
             f"target is deeper than source ({n_t} > {n_s} layers): "
-            "SemAlign pairs one source layer per target layer"
+            "SemAlign pairs one source layer per target layer ('semalign_cross' pairs them "
+            "many-to-one)"
         )
     v_s, v_t = surgery.vocab_size(source), surgery.vocab_size(target)
     if v_s != v_t:
         raise IncompatibleModelsError(
             f"vocabularies differ: source LM head has {v_s} rows, target {v_t}; "
-            "SemAlign needs index-aligned vocabularies"
+            "SemAlign needs index-aligned vocabularies (across vocabularies use 'semalign_cross', "
+            "or 'uld' / 'bridged_kl' for output distillation)"
         )

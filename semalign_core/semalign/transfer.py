@@ -25,9 +25,10 @@ every pass (:mod:`.flops`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,8 +71,10 @@ from semalign_core.semalign.supervision import (
 
 
 @dataclass
-class _Run:
-    """What every stage of one run shares."""
+class Run:
+    """What every stage of one run shares. ``source_batches``: what the source pass read when
+    the source has its own tokenisation (cross-vocabulary SemAlign; None: ``batches``);
+    ``stage_loss``: the stage objective's class (StageLoss's signature)."""
 
     source: nn.Module
     target: nn.Module
@@ -86,6 +89,8 @@ class _Run:
     run_key: str
     flops: SemAlignFlops
     timings: dict
+    source_batches: list[dict] | None = None
+    stage_loss: Callable[..., StageLoss] = StageLoss
 
 
 def transfer(
@@ -105,15 +110,36 @@ def transfer(
     stage (time-budgeted runs; the interruption test).
     """
     check_compatible(source, target)
+    return run_transfer(
+        source,
+        target,
+        config,
+        resume,
+        stop_after_stage,
+        partial(
+            _prepare, source, target, train_records, attribution_records, config, tokenizer, resume
+        ),
+    )
+
+
+def run_transfer(
+    source: nn.Module,
+    target: nn.Module,
+    config: SemAlignConfig,
+    resume: bool,
+    stop_after_stage: int | None,
+    prepare: Callable[[], tuple[Run, dict | None]],
+) -> TransferResult:
+    """The frontier stages, checkpoints and costs of a run around ``prepare()``, which returns
+    the prepared :class:`Run` and the progress to resume from (None: start afresh). The
+    same-family path and the cross-vocabulary one (``crossvocab.trainer``) differ only there."""
     if resume and not config.checkpoint_dir:
         raise InvalidParameterError("resume=True needs config.checkpoint_dir")
     t_start = time.perf_counter()
     with costs.PeakMemory(_device(target)) as peak:
         torch.manual_seed(config.seed)
         source.eval(), target.eval()  # no dropout anywhere: the runs are deterministic
-        run, progress = _prepare(
-            source, target, train_records, attribution_records, config, tokenizer, resume
-        )
+        run, progress = prepare()
         stages, done = _train_frontier(run, progress, stop_after_stage)
     cost = _totals(run, stages, time.perf_counter() - t_start, peak)
     return TransferResult(
@@ -135,7 +161,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def _timed(into: dict, key: str) -> Iterator[None]:
+def timed(into: dict, key: str) -> Iterator[None]:
     t0 = time.perf_counter()
     yield
     into[key] = time.perf_counter() - t0
@@ -160,29 +186,53 @@ def _prepare(
     config: SemAlignConfig,
     tokenizer,
     resume: bool,
-) -> tuple[_Run, dict | None]:
-    """Batches, run keys, semantic bases, pairing and source supervision (steps 1-3)."""
+) -> tuple[Run, dict | None]:
+    """Batches, then :func:`prepare_run` (steps 1-3)."""
     batches = _batches(train_records, tokenizer, config)
     attr_batches = _batches(attribution_records, tokenizer, config)
-    data_key = digest(*[b[k] for b in batches for k in ("input_ids", "labels")])
+    maps = partial(semantic_maps, source, target, config.decomposition)
+    return prepare_run(source, target, config, resume, batches, attr_batches, maps)
+
+
+def prepare_run(
+    source: nn.Module,
+    target: nn.Module,
+    config: SemAlignConfig,
+    resume: bool,
+    batches: list[dict],
+    attr_batches: list[dict],
+    maps: Callable[[], tuple[Tensor, Tensor, Tensor]],
+    *,
+    source_batches: list[dict] | None = None,
+    stage_loss: Callable[..., StageLoss] = StageLoss,
+    key_parts: Sequence = (),
+    timings: dict | None = None,
+) -> tuple[Run, dict | None]:
+    """Run keys, semantic bases, pairing and source supervision (steps 1-3) of the target's
+    ``batches`` and the source's ``attr_batches``; ``maps()`` gives (source bases, target bases,
+    composite map). Across vocabularies: ``source_batches`` (what the source pass reads, index-
+    aligned with ``batches``), ``stage_loss``, ``key_parts`` (whatever else the data key must
+    see) and ``timings`` already measured."""
+    src_batches = batches if source_batches is None else source_batches
+    data_key = digest(*[b[k] for b in batches for k in ("input_ids", "labels")], *key_parts)
     attr_key = digest(*[b[k] for b in attr_batches for k in ("input_ids", "labels")])
     source_key = model_fingerprint(source)
     run_key = digest(config.identity(), source_key, model_fingerprint(target), data_key, attr_key)
     progress = load_progress(config, run_key) if resume else None
-    timings: dict = {}
-    with _timed(timings, "bases_s"):
-        bases_src, bases_tgt, m = semantic_maps(source, target, config.decomposition)
-    with _timed(timings, "attribution_s"):
-        scores, pairing = _pairing(source, target, attr_batches, config, progress)
-    with _timed(timings, "source_pass_s"):
-        sup, timings["supervision_cached"] = _supervision(
-            source, target, batches, pairing, config, m, source_key, data_key
+    timings = {} if timings is None else timings
+    with timed(timings, "bases_s"):
+        bases_src, bases_tgt, m = maps()
+    with timed(timings, "attribution_s"):
+        scores, pairing = run_pairing(source, target, attr_batches, config, progress)
+    with timed(timings, "source_pass_s"):
+        sup, timings["supervision_cached"] = cached_supervision(
+            source, target, src_batches, pairing, config, m, source_key, data_key
         )
     n_sup = sum(batch_dims(b)[2] for b in batches)
     flops = SemAlignFlops(
         config, costs.model_shape(source), costs.model_shape(target), sup.teacher_kind, n_sup
     )
-    run = _Run(
+    run = Run(
         source=source,
         target=target,
         config=config,
@@ -196,18 +246,21 @@ def _prepare(
         run_key=run_key,
         flops=flops,
         timings=timings,
+        source_batches=source_batches,
+        stage_loss=stage_loss,
     )
     return run, progress
 
 
-def _pairing(
+def run_pairing(
     source: nn.Module,
     target: nn.Module,
     attr_batches: list[dict],
     config: SemAlignConfig,
     progress: dict | None,
 ) -> tuple[list[float] | None, Pairing]:
-    """Attribution scores and the pairing (both taken from the checkpoint when resuming)."""
+    """Attribution scores and the pairing (both taken from the checkpoint when resuming); a
+    target deeper than its source (cross-family only) gets the many-to-one pairing."""
     n_s, n_t = surgery.num_layers(source), surgery.num_layers(target)
     if progress is not None:
         return progress["scores"], saved_pairing(progress, n_s, n_t)
@@ -220,10 +273,13 @@ def _pairing(
             config.attribution_method,
             config.attribution_granularity,
         ).tolist()
-    return scores, pair_layers(scores, n_t, config.pairing, config.window, n_source=n_s)
+    many = n_t > n_s
+    return scores, pair_layers(
+        scores, n_t, config.pairing, config.window, n_source=n_s, many_to_one=many
+    )
 
 
-def _supervision(
+def cached_supervision(
     source: nn.Module,
     target: nn.Module,
     batches: list[dict],
@@ -233,7 +289,8 @@ def _supervision(
     source_key: str,
     data_key: str,
 ) -> tuple[Supervision, bool]:
-    """The source supervision, from the on-disk cache when there (then the flag is True)."""
+    """The source supervision over ``batches`` (the source's), from the on-disk cache when there
+    (then the flag is True)."""
     n_t = surgery.num_layers(target)
     need_teacher = any(config.kl_at(k, n_t) for k in range(1, n_t + 1))
     used = config.batches_used(len(batches))
@@ -270,7 +327,7 @@ def _supervision(
 
 
 def _train_frontier(
-    run: _Run, progress: dict | None, stop_after_stage: int | None
+    run: Run, progress: dict | None, stop_after_stage: int | None
 ) -> tuple[list[dict], int]:
     """Stages done+1..last, one target layer each; the stage records (resumed ones first)."""
     config, target = run.config, run.target
@@ -303,10 +360,10 @@ def _train_frontier(
     return stages, done
 
 
-def _run_stage(run: _Run, inputs: LayerInputs, stage: int) -> dict:
+def _run_stage(run: Run, inputs: LayerInputs, stage: int) -> dict:
     """Train target layer ``stage`` alone; its record (losses, tokens, FLOPs)."""
     config, target, batches = run.config, run.target, run.batches
-    loss_fn = StageLoss(
+    loss_fn = run.stage_loss(
         target,
         run.sup,
         inputs,
@@ -346,7 +403,7 @@ def _run_stage(run: _Run, inputs: LayerInputs, stage: int) -> dict:
     return record
 
 
-def _new_stage_record(run: _Run, stage: int) -> dict:
+def _new_stage_record(run: Run, stage: int) -> dict:
     source_layers = [[s, w] for s, w in interpolation_plan(run.pairing)[stage]]
     record = {"stage": stage, "target_layer": stage, "source_layers": source_layers}
     for key in ("losses", "layer_losses", "kl_losses", "step_flops", "step_s"):
@@ -355,7 +412,7 @@ def _new_stage_record(run: _Run, stage: int) -> dict:
 
 
 def _train_step(
-    run: _Run,
+    run: Run,
     loss_fn: StageLoss,
     optim: torch.optim.Optimizer,
     params: list[nn.Parameter],
@@ -394,7 +451,7 @@ def _pass_cost(flops: float, batches: list[dict]) -> dict:
     }
 
 
-def _totals(run: _Run, stages: list[dict], wall_s: float, peak: costs.PeakMemory) -> dict:
+def _totals(run: Run, stages: list[dict], wall_s: float, peak: costs.PeakMemory) -> dict:
     """The run's cost dict (costs.summarize keys), the passes before the stages included."""
     attributed = run.config.pairing == "attributed"
     attribution = _pass_cost(
@@ -402,7 +459,8 @@ def _totals(run: _Run, stages: list[dict], wall_s: float, peak: costs.PeakMemory
         run.attribution_batches if attributed else [],
     )
     deepest = max(paired_source_layers(run.pairing))
-    source_pass = _pass_cost(run.flops.source_pass(run.batches, deepest), run.batches)
+    source_batches = run.batches if run.source_batches is None else run.source_batches
+    source_pass = _pass_cost(run.flops.source_pass(source_batches, deepest), source_batches)
     return costs.summarize(
         [attribution, source_pass, *stages],
         wall_s,

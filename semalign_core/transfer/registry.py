@@ -17,9 +17,20 @@ laten              baselines.laten.transfer             LatenConfig
 sft                baselines.controls.sft               SFTConfig
 output_kl          baselines.controls.output_kl         OutputKLConfig
 hidden_distill     baselines.controls.hidden_distill    HiddenDistillConfig
+semalign_cross     semalign.crossvocab.trainer          CrossSemAlignConfig
+uld                baselines.cross_distill.uld          CrossDistillConfig
+bridged_kl         baselines.cross_distill.bridged_kl   CrossDistillConfig
 =================  ===================================  =========================
 
-:data:`NEEDS_SOURCE` says which methods read the source; the others take ``source=None``.
+The last three (:data:`CROSS_METHODS`, not in :data:`METHODS`: the transfer tables run all of
+those) span two vocabularies; they take the target's tokenizer as ``tokenizer`` and the
+source's as the keyword ``source_tokenizer``::
+
+    run_method("semalign_cross", gemma, smollm2, train, extract, tokenizer=smol_tok,
+               source_tokenizer=gemma_tok, bridge="projection", output_loss="uld")
+
+:data:`NEEDS_SOURCE` says which methods of METHODS read the source; the others take
+``source=None``.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
-from semalign_core.baselines import controls, laten, seeking
+from semalign_core.baselines import controls, cross_distill, laten, seeking
 from semalign_core.errors import InvalidParameterError
 from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.crossvocab.trainer import CrossSemAlignConfig, transfer_cross
 from semalign_core.semalign.result import TransferResult
 from semalign_core.semalign.transfer import transfer as semalign_transfer
 
@@ -65,23 +77,42 @@ NEEDS_SOURCE: dict[str, bool] = {
     "hidden_distill": True,
 }
 
+# Methods whose source and target may have different vocabularies (``source_tokenizer=``); all
+# read the source. Kept out of METHODS: the transfer tables run every method of METHODS.
+CROSS_METHODS: dict[str, Callable[..., TransferResult]] = {
+    "semalign_cross": transfer_cross,
+    "uld": cross_distill.uld,
+    "bridged_kl": cross_distill.bridged_kl,
+}
+
+CROSS_CONFIGS: dict[str, type] = {
+    "semalign_cross": CrossSemAlignConfig,
+    "uld": cross_distill.CrossDistillConfig,
+    "bridged_kl": cross_distill.CrossDistillConfig,
+}
+
 
 def needs_source(name: str) -> bool:
     """Whether method ``name`` reads the source (False: it runs with ``source=None``)."""
     _check_name(name)
-    return NEEDS_SOURCE[name]
+    return name in CROSS_METHODS or NEEDS_SOURCE[name]
 
 
 def _check_name(name: str) -> None:
-    if name not in METHODS:
-        raise InvalidParameterError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    if name not in METHODS and name not in CROSS_METHODS:
+        valid = ", ".join((*METHODS, *CROSS_METHODS))
+        raise InvalidParameterError(f"unknown method {name!r}; choose one of {valid}")
+
+
+def _config_type(name: str) -> type:
+    return CONFIGS[name] if name in CONFIGS else CROSS_CONFIGS[name]
 
 
 def make_config(name: str, config: Any = None, **overrides) -> Any:
     """The config of method ``name``: ``config`` (an instance, a dict of fields, or None for the
     defaults) with ``overrides`` applied. Unknown fields are a one-line InvalidParameterError."""
     _check_name(name)
-    cls = CONFIGS[name]
+    cls = _config_type(name)
     if config is None:
         config = {}
     if isinstance(config, dict):
@@ -114,11 +145,21 @@ def run_method(
     _check_name(name)
     if tokenizer is None:
         raise InvalidParameterError("run_method needs the tokenizer")
-    known = {f.name for f in fields(CONFIGS[name])}
+    known = {f.name for f in fields(_config_type(name))}
     overrides = {k: v for k, v in kwargs.items() if k in known}
     rest = {k: v for k, v in kwargs.items() if k not in known}
     cfg = make_config(name, config, **overrides)
-    return METHODS[name](source, target, train_records, attribution_records, cfg, tokenizer, **rest)
+    method = METHODS[name] if name in METHODS else CROSS_METHODS[name]
+    return method(source, target, train_records, attribution_records, cfg, tokenizer, **rest)
 
 
-__all__ = ["CONFIGS", "METHODS", "NEEDS_SOURCE", "make_config", "needs_source", "run_method"]
+__all__ = [
+    "CONFIGS",
+    "CROSS_CONFIGS",
+    "CROSS_METHODS",
+    "METHODS",
+    "NEEDS_SOURCE",
+    "make_config",
+    "needs_source",
+    "run_method",
+]

@@ -1,0 +1,1 @@
+"""SemAlign across vocabularies: token alignment, a vocabulary bridge, cross-vocabulary losses."""
