@@ -36,6 +36,8 @@ export SEMALIGN_RUN_DIR ?= $(CURDIR)/runs/$(RUN)
 # own (quick regeneration after a change; the check then marks those numbers `reused`).
 REUSE ?= false
 export SEMALIGN_REUSE_REFERENCE := $(REUSE)
+# ALLOW_CPU=true runs a GPU profile (paper) on a machine without a GPU (the preflight refuses).
+ALLOW_CPU ?= false
 # Extra notebook parameters, e.g. make 03_semalign_transfer ARGS='-p seeds=[0,1,2]'
 ARGS ?=
 RUN_NB = $(PY) -m semalign_core.run_notebook --profile $(PROFILE) --seed $(SEED) $(TIMEOUT_FLAG) -p force=$(FORCE) $(ARGS)
@@ -109,13 +111,13 @@ test-slow: test-scale  ## the former name of test-scale
 	$(RUN_NB) notebooks/$@.ipynb
 
 reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomputes) into runs/$(RUN)/
-	$(PY) -m semalign_core.cli check --profile $(PROFILE)
+	$(PY) -m semalign_core.cli check --profile $(PROFILE) $(if $(filter true,$(ALLOW_CPU)),--allow-cpu)
 	$(PY) -m semalign_core.runs reproduce --tier reproduce --profile $(PROFILE) \
 		$(TIMEOUT_FLAG) $(if $(filter true,$(FORCE)),--force)
 	@echo "results and figures are in runs/$(RUN)/ (compared with the committed ones: runs/$(RUN)/figures/reproduction_check.md); 'make promote' copies them into results/ and figures/"
 
 reproduce-full: setup  ## every experiment and seed of the committed results, each promoted as it finishes
-	$(PY) -m semalign_core.cli check --profile $(PROFILE)
+	$(PY) -m semalign_core.cli check --profile $(PROFILE) $(if $(filter true,$(ALLOW_CPU)),--allow-cpu)
 	$(PY) -m semalign_core.runs reproduce --tier reproduce-full --profile $(PROFILE) --promote-each --prune \
 		$(TIMEOUT_FLAG) $(if $(filter true,$(FORCE)),--force)
 

@@ -1,0 +1,688 @@
+"""Preflight plan of a profile: peak memory of each experiment's heaviest step, the GPUs it
+needs, disk for the hub weights and a GPU-hours estimate, from model configs and budgets alone.
+
+    prof = get_profile("paper")
+    print(format_plan(prof, plan_profile(prof), visible_gpus()))
+
+Nothing is downloaded: each registry model is built on the ``meta`` device from its real config
+class (published widths below), so parameter counts are exact, and
+:func:`semalign_core.costs.train_memory_bytes` / :func:`~semalign_core.costs.step_flops` (the
+package's one memory and FLOP model) cost every training step. What each step keeps on the device
+follows the code as it is (docs/decisions.md, "Memory planner"): weights in the profile's dtype,
+AdamW states in the parameters' dtype (no fp32 master copy unless ``fp32_master``), SemAlign's
+source beside its target, its attribution in batches of the training batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from dataclasses import dataclass, field, replace
+from functools import cache
+
+import psutil
+import torch
+from transformers import AutoModelForCausalLM
+
+from semalign_core import costs
+from semalign_core.experiments import budgets
+from semalign_core.experiments.catalog import (
+    CLS_TASKS,
+    EVAL_TASKS,
+    FINETUNED_TEACHER,
+    MODELS,
+    SALF_ANALYSIS,
+    SALF_COST_BENEFIT,
+    SALF_MAIN,
+    SEMALIGN_ABLATIONS,
+    SEMALIGN_ANALYSES,
+    SEMALIGN_TRANSFER,
+)
+from semalign_core.models.registry import ATTN_IMPLEMENTATION, REGISTRY, model_shape
+from semalign_core.models.teacher_recipe import FINETUNED
+from semalign_core.models.tiny import tiny_config
+from semalign_core.profiles import Profile
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GPU_GIB = 80.0  # the card the "GPUs needed" column counts in (A100/H100 80 GB)
+# Share of a card a step may plan to use: the CUDA context, allocator fragmentation, and
+# kernels' workspaces take the rest.
+USABLE_SHARE = 0.9
+# Hub organisations whose models need an accepted licence (and a logged-in token) to download.
+GATED_OWNERS = ("meta-llama", "google")
+# For GPU-hours only: items of each test set (SST-2: its dev set) when a budget evaluates all of
+# it, and records of each train split when a budget trains on all of it (others: 1,000).
+BENCHMARK_ITEMS = {"gsm": 1319, "mmlu": 14042, "humaneval": 164, "mbpp": 500, "sst2": 872}
+TRAIN_RECORDS = {"mbpp": 300}
+DEFAULT_TRAIN_RECORDS = 1000
+DEFAULT_EVAL_ITEMS = 500
+# Table 1's full-weight controls (transfer.registry.METHODS): one fine-tuning run each per cell.
+FULL_WEIGHT_CONTROLS = ("sft", "output_kl", "hidden_distill")
+
+# Config fields the registry's ``shape`` does not record, from each model's published
+# config.json: attention heads, key/value heads, MLP width, head_dim where it is not
+# hidden / heads, and for wheel models (no ``arch`` in the registry) architecture and tying.
+PUBLISHED_WIDTHS: dict[str, dict] = {
+    "smollm2-135m-instruct": dict(
+        arch="llama", tied=True, num_heads=9, num_kv_heads=3, intermediate=1536
+    ),
+    "gemma3-270m": dict(
+        arch="gemma3", tied=True, num_heads=4, num_kv_heads=1, intermediate=2048, head_dim=256
+    ),
+    "smollm2-1.7b-instruct": dict(num_heads=32, num_kv_heads=32, intermediate=8192),
+    "smollm2-360m-instruct": dict(num_heads=15, num_kv_heads=5, intermediate=2560),
+    "qwen2.5-1.5b-instruct": dict(num_heads=12, num_kv_heads=2, intermediate=8960),
+    "qwen2.5-0.5b-instruct": dict(num_heads=14, num_kv_heads=2, intermediate=4864),
+    "llama2-13b-chat": dict(num_heads=40, num_kv_heads=40, intermediate=13824),
+    "llama2-7b-chat": dict(num_heads=32, num_kv_heads=32, intermediate=11008),
+    "codellama-13b-python": dict(num_heads=40, num_kv_heads=40, intermediate=13824),
+    "wizardcoder-python-13b": dict(num_heads=40, num_kv_heads=40, intermediate=13824),
+    "qwen2-7b": dict(num_heads=28, num_kv_heads=4, intermediate=18944),
+    "gemma2-9b": dict(num_heads=16, num_kv_heads=8, intermediate=14336, head_dim=256),
+    "llama3-8b": dict(num_heads=32, num_kv_heads=8, intermediate=14336),
+}
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What a GPU-hour buys: ``peak_flops`` (dense bf16; A100: 312e12, H100 SXM: 989e12) at
+    ``utilisation`` (model FLOPs utilisation; generation, memory-bound, runs slower than this)."""
+
+    peak_flops: float = 312e12
+    utilisation: float = 0.4
+
+    def gpu_hours(self, flops: float) -> float:
+        return flops / (self.peak_flops * self.utilisation) / 3600.0
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model's config (real class, real widths) and its cost shape (:class:`costs.ModelShape`)."""
+
+    config: object
+    shape: costs.ModelShape
+
+    @property
+    def params(self) -> int:
+        return self.shape.total_params
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> float:
+        """Bytes the KV cache holds per token (every layer's keys and values)."""
+        cfg = self.config
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        return 2.0 * cfg.num_hidden_layers * kv * head_dim * dtype_bytes
+
+
+def architecture_from_config(config, eager: bool = True) -> Architecture:
+    """The cost shape of ``config``'s model, built on the meta device (no memory, no weights).
+    ``eager=False`` (SDPA): the attention probabilities are not saved for the backward, so the
+    blocks' ``heads`` (used only by the activation estimate) are 0."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    shape = costs.model_shape(model)
+    if not eager:
+        shape = replace(shape, blocks=tuple(replace(b, heads=0) for b in shape.blocks))
+    return Architecture(config, shape)
+
+
+@cache
+def architecture(name: str) -> Architecture:
+    """A registry model's :class:`Architecture` from its published shape and widths."""
+    spec = REGISTRY[name]
+    shape = model_shape(name)
+    if spec.kind == "tiny":
+        params = {k: v for k, v in spec.tiny.items() if k not in ("arch", "seed")}
+        return architecture_from_config(tiny_config(spec.tiny["arch"], **params))
+    if spec.kind == "derived":
+        source = architecture(spec.derived_from).config
+        head_dim = source.hidden_size // source.num_attention_heads
+        widths = dict(
+            arch=source.model_type,
+            num_heads=spec.derive["hidden_size"] // head_dim,
+            num_kv_heads=spec.derive.get("num_kv_groups") or source.num_key_value_heads,
+            intermediate=spec.derive["intermediate_size"],
+            tied=source.tie_word_embeddings,
+        )
+    else:
+        widths = PUBLISHED_WIDTHS[name]
+    arch = spec.arch or widths["arch"]
+    tied = spec.tied_embeddings if spec.kind == "hub" else widths["tied"]
+    head_dim = widths.get("head_dim", shape["hidden"] // widths["num_heads"])
+    config = tiny_config(
+        arch,
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        num_layers=shape["layers"],
+        num_heads=widths["num_heads"],
+        num_kv_heads=widths["num_kv_heads"],
+        intermediate_size=widths["intermediate"],
+        head_dim=head_dim,
+        tie_word_embeddings=tied,
+    )
+    # the kernel the run loads the model with (registry.ATTN_IMPLEMENTATION; default SDPA)
+    return architecture_from_config(config, eager=ATTN_IMPLEMENTATION.get(arch) == "eager")
+
+
+# --------------------------------------------------------------------------- step memory
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The device memory of one step of an experiment (bytes) and its FLOPs over the whole run
+    (``flops``: one step's FLOPs × how many times it runs).
+
+    ``parts`` are held through the step (weights, optimizer states); ``phases`` are what comes
+    and goes within it (a training step's backward, its optimizer update), each by component:
+    the step peaks at ``parts`` plus its largest phase."""
+
+    experiment: str
+    step: str
+    resident: tuple[str, ...]
+    parts: dict[str, float]
+    flops: float = 0.0
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def peak_phase(self) -> str | None:
+        return max(self.phases, key=lambda k: sum(self.phases[k].values()), default=None)
+
+    @property
+    def total(self) -> float:
+        top = sum(self.phases[self.peak_phase].values()) if self.phases else 0.0
+        return float(sum(self.parts.values()) + top)
+
+
+def weights_bytes(names: tuple[str, ...], dtype_bytes: int) -> float:
+    return float(sum(architecture(n).params for n in names) * dtype_bytes)
+
+
+def train_memory(
+    arch: Architecture,
+    spec: costs.TrainableSpec,
+    tokens: int,
+    seq_len: int,
+    logit_positions: int,
+    dtype_bytes: int,
+    fp32_master: bool = False,
+    accumulate: bool = False,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(held, phases) of one step training ``spec`` on ``arch`` with AdamW, from
+    ``costs.train_memory_bytes`` (its weights are left to the caller's resident models).
+
+    Held: the optimizer states (``fp32_master``: an fp32 copy of the trained weights and fp32
+    states) and LoRA adapters. Phases: the backward, which starts with every saved activation,
+    the loss's logits and one block's workspace, and frees a block's activations as it writes its
+    gradients (so the two add up only when ``accumulate``: gradients of earlier micro-batches
+    wait through the next forward); and the optimizer update, gradients plus the one temporary
+    as large as the states that torch's multi-tensor (CUDA default) AdamW makes."""
+    trained = trained_params(arch.shape, spec)
+    mem = costs.train_memory_bytes(
+        arch.shape, spec, trained, tokens, seq_len, dtype_bytes, logit_positions=logit_positions
+    )
+    state = mem["optimizer_state"]
+    if fp32_master and dtype_bytes < 4:
+        state = float(trained * 4 * (costs.OPTIMIZER_STATE_PER_PARAM["adamw"] + 1))
+    held = {"optimizer_state": state, "lora_weights": mem["weights"] - arch.params * dtype_bytes}
+    backward = {
+        "activations": mem["activations"],
+        "logits": logits_bytes(arch, spec, logit_positions),
+        "workspace": block_workspace(arch, tokens, seq_len, dtype_bytes),
+    }
+    if accumulate:
+        backward["gradients"] = mem["gradients"]
+    update = {"gradients": mem["gradients"], "optimizer_temporary": mem["gradients"]}
+    return held, {"backward": backward, "optimizer update": update}
+
+
+def block_workspace(arch: Architecture, tokens: int, seq_len: int, dtype_bytes: int) -> float:
+    """What one block's forward or backward allocates and frees again: its MLP's intermediate
+    tensors and one attention score matrix."""
+    cfg = arch.config
+    per_token = 3 * cfg.intermediate_size + cfg.num_attention_heads * seq_len
+    return float(tokens * per_token * dtype_bytes)
+
+
+def logits_bytes(arch: Architecture, spec: costs.TrainableSpec, positions: int) -> float:
+    """The fp32 logits a loss holds through the backward (one per read-out), and the gradient
+    of one of them that the backward starts with: beside what autograd saves, which
+    ``costs.activation_bytes`` counts (the log-softmax output)."""
+    readouts = 1 if spec.readouts is None else len(spec.readouts)
+    return 4.0 * (readouts + min(readouts, 1)) * positions * arch.shape.vocab
+
+
+def trained_params(shape: costs.ModelShape, spec: costs.TrainableSpec) -> int:
+    """Parameters a step trains: its blocks (or their adapters), embeddings, an untied head."""
+    blocks = sum(shape.blocks[k].params for k in spec.trained_blocks)
+    emb = shape.embedding_params if spec.embeddings else 0
+    head = shape.head_params if spec.head and not shape.tied else 0
+    return blocks + sum(spec.lora_params.values()) + emb + head
+
+
+def eval_parts(
+    arch: Architecture, batch: int, prompt: int, new_tokens: int, dtype_bytes: int
+) -> dict[str, float]:
+    """Inference beside the weights: the KV cache of ``batch`` sequences of ``prompt +
+    new_tokens``, the fp32 logits (every prompt position when scoring, ``new_tokens == 1``; the
+    last one when generating) and one layer's forward workspace over the prompt."""
+    positions = prompt if new_tokens <= 1 else 1
+    return {
+        "kv_cache": arch.kv_bytes_per_token(dtype_bytes) * batch * (prompt + new_tokens),
+        "logits": 4.0 * batch * positions * arch.config.vocab_size,
+        "workspace": block_workspace(arch, batch * prompt, prompt, dtype_bytes),
+    }
+
+
+def eval_flops(arch: Architecture, items: int, prompt: int, new_tokens: int) -> float:
+    """Forward FLOPs of evaluating ``items`` items (prompt once, then one token at a time)."""
+    seq = prompt + new_tokens
+    per_item = costs.prefix_forward_flops(arch.shape, arch.shape.num_layers, seq, seq)
+    return items * (per_item + costs.head_flops(arch.shape, max(new_tokens, 1)))
+
+
+# --------------------------------------------------------------------------- experiment steps
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """How the plan counts: ``fp32_master`` (an fp32 master copy and fp32 AdamW states beside
+    16-bit weights; the code today keeps AdamW states in the weights' dtype) and ``throughput``."""
+
+    fp32_master: bool = False
+    throughput: Throughput = field(default_factory=Throughput)
+
+
+def _all_blocks(arch: Architecture, **kw) -> costs.TrainableSpec:
+    return costs.TrainableSpec(trained_blocks=frozenset(range(arch.shape.num_layers)), **kw)
+
+
+def semalign_steps(
+    exp: str,
+    source: str,
+    target: str,
+    n_extract: int,
+    batch: int,
+    seq: int,
+    steps_per_stage: int,
+    dtype_bytes: int,
+    fp32_master: bool = False,
+) -> list[StepPlan]:
+    """SemAlign with source and target resident: attribution of the extract set in batches of
+    ``batch`` (gradients at every source block output, weights frozen, per-token loss), and a
+    stage step that trains target block 1 with AdamW on ``batch`` examples and reads the head
+    after it and at the top (the output KL: every block above runs its backward), its
+    supervision batch on the device. Every sequence counts ``seq`` tokens, every position a
+    logit (padding to the batch's longest and the response-only loss make both smaller)."""
+    src, tgt = architecture(source), architecture(target)
+    resident = (source, target)
+    weights = weights_bytes(resident, dtype_bytes)
+    tokens = min(n_extract, batch) * seq
+    attr = costs.TrainableSpec(grad_outputs_from=0)
+    attr_flops = costs.step_flops(src.shape, attr, tokens, seq, tokens)["total"]
+    backward = {
+        "activations": costs.activation_bytes(src.shape, attr, tokens, seq, dtype_bytes, tokens),
+        "logits": logits_bytes(src, attr, tokens),
+        "workspace": block_workspace(src, tokens, seq, dtype_bytes),
+    }
+    attribution = StepPlan(
+        exp,
+        "SemAlign attribution (source)",
+        resident,
+        {"weights": weights},
+        math.ceil(n_extract / batch) * attr_flops,
+        {"backward": backward},
+    )
+    layers = tgt.shape.num_layers
+    stage = costs.TrainableSpec(trained_blocks=frozenset({0}), readouts=(1, layers))
+    tokens = batch * seq
+    held, phases = train_memory(tgt, stage, tokens, seq, tokens, dtype_bytes, fp32_master)
+    parts = {"weights": weights, **held, "supervision": 4.0 * tokens * tgt.shape.hidden}
+    step = costs.step_flops(tgt.shape, stage, tokens, seq, tokens)["total"]
+    label = "SemAlign stage step (target)"
+    stage_plan = StepPlan(exp, label, resident, parts, layers * steps_per_stage * step, phases)
+    return [attribution, stage_plan]
+
+
+def finetune_step(
+    exp: str,
+    label: str,
+    model: str,
+    resident: tuple[str, ...],
+    spec_kw: dict,
+    micro: int,
+    seq: int,
+    positions: int,
+    runs: int,
+    dtype_bytes: int,
+    fp32_master: bool = False,
+    accumulate: bool = False,
+) -> StepPlan:
+    """Full fine-tuning of ``model``'s decoder blocks (``spec_kw``: e.g. embeddings) with AdamW
+    on ``micro × seq`` tokens, ``positions`` logit positions per step, ``runs`` micro-steps in
+    all (``accumulate``: several per optimizer step), beside every ``resident`` model."""
+    arch = architecture(model)
+    spec = _all_blocks(arch, **spec_kw)
+    tokens = micro * seq
+    held, phases = train_memory(
+        arch, spec, tokens, seq, positions, dtype_bytes, fp32_master, accumulate
+    )
+    parts = {"weights": weights_bytes(resident, dtype_bytes), **held}
+    flops = runs * costs.step_flops(arch.shape, spec, tokens, seq, positions)["total"]
+    return StepPlan(exp, label, resident, parts, flops, phases)
+
+
+def seeking_step(
+    exp: str, source: str, micro: int, seq: int, examples: int, dtype_bytes: int
+) -> StepPlan:
+    """Seeking's sensitivity pass over ``examples``: the source's gradients for every block
+    weight and their fp32 sensitivity sums (gradients × weights) on the device."""
+    arch = architecture(source)
+    spec = _all_blocks(arch)
+    tokens = micro * seq
+    _, phases = train_memory(arch, spec, tokens, seq, tokens, dtype_bytes, accumulate=True)
+    parts = {
+        "weights": weights_bytes((source,), dtype_bytes),
+        "sensitivities": 4.0 * trained_params(arch.shape, spec),
+    }
+    step = costs.step_flops(arch.shape, spec, tokens, seq, tokens)["total"]
+    flops = math.ceil(examples / micro) * step
+    label = "Seeking sensitivities (source)"
+    return StepPlan(exp, label, (source,), parts, flops, {"backward": phases["backward"]})
+
+
+def eval_step(
+    exp: str, model: str, batch: int, prompt: int, new_tokens: int, items: int, dtype_bytes: int
+) -> StepPlan:
+    """Evaluating ``items`` items with ``model`` alone on the device, ``batch`` at a time: prompts
+    of ``prompt`` tokens (the budget's ``max_length``), ``new_tokens`` generated (1: scoring)."""
+    arch = architecture(model)
+    parts = {
+        "weights": weights_bytes((model,), dtype_bytes),
+        **eval_parts(arch, batch, prompt, new_tokens, dtype_bytes),
+    }
+    kind = "generation" if new_tokens > 1 else "scoring"
+    flops = eval_flops(arch, items, prompt, new_tokens)
+    return StepPlan(exp, f"evaluation, {kind} ({model})", (model,), parts, flops)
+
+
+def _transfer_task_steps(
+    exp: str, prof: Profile, source: str, task: str, dtype_bytes: int, fp32_master: bool
+) -> list[StepPlan]:
+    """One Table 1/2 cell: SemAlign, Seeking, the output-KL control (source resident; SFT is the
+    same step without it) and the evaluation of source and target."""
+    budget = budgets.transfer_budget(prof, task)
+    target, seq = prof.semalign_target, budget.max_length
+    n_train = budget.n_train or TRAIN_RECORDS.get(task, DEFAULT_TRAIN_RECORDS)
+    micro = budget.micro_batch_size
+    runs = budget.epochs * math.ceil(n_train / micro)
+    new_tokens = 1 if task in ("mmlu", *CLS_TASKS) else budget.max_new_tokens
+    positions = micro if task in CLS_TASKS else micro * seq
+    items = budget.eval_limit or BENCHMARK_ITEMS.get(task, DEFAULT_EVAL_ITEMS)
+    extract = budget.n_extract
+    b, fp32 = dtype_bytes, fp32_master
+    return [
+        *semalign_steps(
+            exp, source, target, extract, budget.batch_size, seq, budget.steps_per_stage, b, fp32
+        ),
+        seeking_step(exp, source, micro, seq, extract, b),
+        finetune_step(
+            exp, "output-KL control (target)", target, (source, target), {}, micro, seq,
+            positions, len(FULL_WEIGHT_CONTROLS) * runs, b, fp32,
+            budget.batch_size > micro,
+        ),
+        *(
+            eval_step(exp, m, budget.eval_batch_size, seq, new_tokens, items, b)
+            for m in (source, target)
+        ),
+    ]  # fmt: skip
+
+
+def _salf_steps(
+    exp: str, prof: Profile, embeddings: bool, dtype_bytes: int, fp32_master: bool
+) -> list[StepPlan]:
+    """Every SALF run of a model (each task and policy): full fine-tuning (the costliest policy)
+    with the label-token loss (one logit position per example), and scoring the held-out
+    examples."""
+    defaults = budgets.SALF_DEFAULTS[prof.name]
+    budget = budgets.salf_run_budget(prof)
+    runs_per_model = len(defaults.tasks) * len(budgets.TIMING_POLICIES)
+    steps_per_run = budget.epochs * math.ceil(budget.n_train / budget.batch_size)
+    label = "full FT" + (" + embeddings" if embeddings else "")
+    out = []
+    for model in defaults.models or prof.salf_models:
+        out.append(
+            finetune_step(
+                exp, f"SALF {label} ({model})", model, (model,), {"embeddings": embeddings},
+                budget.batch_size, budget.max_length, budget.batch_size,
+                runs_per_model * steps_per_run, dtype_bytes, fp32_master,
+            )
+        )  # fmt: skip
+        out.append(
+            eval_step(
+                exp, model, budget.eval_batch_size, budget.max_length, 1,
+                runs_per_model * budget.n_eval, dtype_bytes,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _salf_analysis_steps(prof: Profile, dtype_bytes: int) -> list[StepPlan]:
+    """SALF's transition trace: a forward pass keeping every layer's fp32 hidden states."""
+    budget = budgets.salf_run_budget(prof)
+    batch, seq = budget.eval_batch_size, budget.max_length
+    out = []
+    for model in prof.salf_models:
+        arch = architecture(model)
+        examples = budgets.SALF_ANALYSIS_EXAMPLES[prof.name] or budget.n_train
+        step = eval_step(SALF_ANALYSIS, model, batch, seq, 1, examples, dtype_bytes)
+        hidden = 4.0 * (arch.shape.num_layers + 1) * batch * seq * arch.shape.hidden
+        out.append(
+            StepPlan(
+                SALF_ANALYSIS,
+                f"transition trace ({model})",
+                (model,),
+                {**step.parts, "hidden": hidden},
+                step.flops,
+            )
+        )
+    return out
+
+
+def _teacher_steps(exp: str, prof: Profile, b: int, fp32: bool) -> list[StepPlan]:
+    """Table 2: a fine-tuned teacher (trained here, then SemAlign from it) or the hub teachers."""
+    out = []
+    for task, teachers in budgets.TEACHERS[prof.name].items():
+        for teacher in teachers:
+            if teacher == FINETUNED:
+                recipe = budgets.TEACHER_RECIPES[prof.name]
+                runs = recipe.epochs * math.ceil(
+                    (recipe.n_train or DEFAULT_TRAIN_RECORDS) / recipe.micro_batch_size
+                )
+                out.append(
+                    finetune_step(
+                        exp, "teacher fine-tuning", recipe.base, (recipe.base,), {},
+                        recipe.micro_batch_size, recipe.max_length, recipe.micro_batch_size,
+                        runs, b, fp32, recipe.batch_size > recipe.micro_batch_size,
+                    )
+                )  # fmt: skip
+                teacher = recipe.base
+            out += _transfer_task_steps(exp, prof, teacher, task, b, fp32)
+    return out
+
+
+def _ablation_steps(prof: Profile, b: int, fp32: bool) -> list[StepPlan]:
+    """One SemAlign run per ablated setting, in Table 2's informative settings."""
+    out = []
+    for task in budgets.INFORMATIVE_TASKS[prof.name]:
+        budget = budgets.transfer_budget(prof, task)
+        source = budgets.TEACHER_RECIPES[prof.name].base
+        out += semalign_steps(
+            SEMALIGN_ABLATIONS, source, prof.semalign_target, budget.n_extract,
+            budget.batch_size, budget.max_length, budget.steps_per_stage, b, fp32,
+        )  # fmt: skip
+    return out
+
+
+def experiment_steps(prof: Profile, settings: PlanSettings | None = None) -> dict[str, list]:
+    """Experiment → the steps planned for it at ``prof`` (an experiment the profile does not run
+    has none)."""
+    settings = settings or PlanSettings()
+    b, fp32 = DTYPE_BYTES[prof.dtype], settings.fp32_master
+    analysis = budgets.SEMALIGN_ANALYSIS_BUDGETS[prof.name]
+    source, target = prof.semalign_source, prof.semalign_target
+    return {
+        MODELS: [
+            StepPlan(MODELS, f"load {m}", (m,), {"weights": weights_bytes((m,), b)})
+            for m in prof.models()
+        ],
+        SEMALIGN_ANALYSES: semalign_steps(
+            SEMALIGN_ANALYSES, source, target, analysis.n_align, analysis.batch_size,
+            analysis.max_length, analysis.steps_per_stage, b, fp32,
+        ),
+        SALF_ANALYSIS: _salf_analysis_steps(prof, b),
+        SEMALIGN_TRANSFER: [
+            s for task in EVAL_TASKS
+            for s in _transfer_task_steps(SEMALIGN_TRANSFER, prof, source, task, b, fp32)
+        ],
+        FINETUNED_TEACHER: _teacher_steps(FINETUNED_TEACHER, prof, b, fp32),
+        SEMALIGN_ABLATIONS: _ablation_steps(prof, b, fp32),
+        SALF_MAIN: _salf_steps(SALF_MAIN, prof, False, b, fp32),
+        SALF_COST_BENEFIT: _salf_steps(SALF_COST_BENEFIT, prof, True, b, fp32),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """One experiment at a profile: its heaviest step and the GPU-hours of all its steps."""
+
+    experiment: str
+    steps: tuple[StepPlan, ...]
+    gpu_hours: float
+
+    @property
+    def heaviest(self) -> StepPlan | None:
+        return max(self.steps, key=lambda s: s.total, default=None)
+
+    @property
+    def peak_gib(self) -> float:
+        return self.heaviest.total / GIB if self.steps else 0.0
+
+
+def gpus_needed(peak_gib: float, gpu_gib: float = GPU_GIB) -> int:
+    """Cards of ``gpu_gib`` a step of ``peak_gib`` needs if it is spread evenly over them."""
+    return max(1, math.ceil(peak_gib / (gpu_gib * USABLE_SHARE)))
+
+
+def plan_profile(prof: Profile, settings: PlanSettings | None = None) -> list[ExperimentPlan]:
+    """Every experiment's plan at ``prof`` (see the module docstring for what is counted); its
+    GPU-hours count every default seed (``budgets.DEFAULT_SEEDS``)."""
+    settings = settings or PlanSettings()
+    plans = []
+    for exp, steps in experiment_steps(prof, settings).items():
+        seeds = len(budgets.DEFAULT_SEEDS.get(exp, {}).get(prof.name, (0,)))
+        hours = settings.throughput.gpu_hours(seeds * sum(s.flops for s in steps))
+        plans.append(ExperimentPlan(exp, tuple(steps), hours))
+    return plans
+
+
+def hub_models(prof: Profile) -> tuple[str, ...]:
+    return tuple(m for m in prof.models() if REGISTRY[m].kind == "hub")
+
+
+def weights_disk_bytes(prof: Profile) -> float:
+    """Disk for one 16-bit copy of every hub model's weights (a repository that ships both
+    safetensors and .bin files downloads both unless told otherwise)."""
+    return weights_bytes(hub_models(prof), 2)
+
+
+def gated(prof: Profile) -> tuple[str, ...]:
+    ids = (REGISTRY[m].hub_id for m in hub_models(prof))
+    return tuple(i for i in ids if i.split("/")[0] in GATED_OWNERS)
+
+
+def download_command(hub_ids: tuple[str, ...] | list[str]) -> str:
+    """Shell commands, one a line, that put ``hub_ids`` where this run looks: its ``HF_HOME``
+    (under ``make``, the Makefile's repo cache), online even where ``HF_HUB_OFFLINE=1`` is
+    exported. Weights in other formats (original checkpoints, GGUF, TF/Flax) are skipped."""
+    home = shlex.quote(os.environ.get("HF_HOME", ""))
+    skip = '--exclude "original/*" "*.pth" "*.gguf" "*.msgpack" "*.h5"'
+    return "\n".join(
+        f"HF_HOME={home} HF_HUB_OFFLINE=0 huggingface-cli download {i} {skip}" for i in hub_ids
+    )
+
+
+def visible_gpus() -> list[tuple[str, float]]:
+    """(name, GiB) of every CUDA device this process sees; empty without one."""
+    if not torch.cuda.is_available():
+        return []
+    props = (torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count()))
+    return [(p.name, p.total_memory / GIB) for p in props]
+
+
+def format_plan(
+    prof: Profile,
+    plans: list[ExperimentPlan],
+    gpus: list[tuple[str, float]],
+    settings: PlanSettings | None = None,
+) -> str:
+    """The preflight's table: per experiment, its heaviest step, peak GiB, 80 GB cards needed,
+    whether it fits the largest GPU here (without one: this machine's RAM), and GPU-hours; then
+    disk and gated models."""
+    settings = settings or PlanSettings()
+    ram = psutil.virtual_memory().total / GIB
+    here = max((gib for _, gib in gpus), default=ram)
+    seen = ", ".join(f"{n} ({g:.0f} GiB)" for n, g in gpus) or f"no GPU, RAM {ram:.0f} GiB"
+    tp = settings.throughput
+    lines = [
+        f"memory plan of profile {prof.name} ({prof.dtype}; GPUs here: {seen}); GPU-hours at "
+        f"{tp.utilisation:.0%} of {tp.peak_flops / 1e12:.0f} TFLOP/s",
+        f"{'experiment':28s} {'heaviest step':44s} {'peak GiB':>9s} {'80 GB GPUs':>10s} "
+        f"{'fits here':>9s} {'GPU-h':>8s}",
+    ]
+    for plan in plans:
+        if not plan.steps:
+            lines.append(f"{plan.experiment:28s} (not run at this profile)")
+            continue
+        fits = "yes" if plan.peak_gib <= here * USABLE_SHARE else "no"
+        lines.append(
+            f"{plan.experiment:28s} {plan.heaviest.step[:44]:44s} {plan.peak_gib:9.1f} "
+            f"{gpus_needed(plan.peak_gib):10d} {fits:>9s} {plan.gpu_hours:8.2f}"
+        )
+    if hub_models(prof):
+        lines.append(
+            f"disk for the hub weights (one 16-bit copy): {weights_disk_bytes(prof) / GIB:.0f} GiB"
+        )
+    if gated(prof):
+        lines.append(
+            f"gated (accept each licence on the hub, then `huggingface-cli login`): "
+            f"{', '.join(gated(prof))}"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Architecture",
+    "ExperimentPlan",
+    "PlanSettings",
+    "StepPlan",
+    "Throughput",
+    "architecture",
+    "architecture_from_config",
+    "download_command",
+    "eval_parts",
+    "experiment_steps",
+    "format_plan",
+    "gpus_needed",
+    "block_workspace",
+    "logits_bytes",
+    "plan_profile",
+    "train_memory",
+    "visible_gpus",
+    "weights_disk_bytes",
+]
