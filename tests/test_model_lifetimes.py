@@ -102,7 +102,16 @@ def test_table2_sft_cell_never_loads_the_teacher(monkeypatch):
     models = record["provenance"]["models"]
     assert set(models) == {"target", "teacher"}
     assert None not in models["teacher"].values()  # the made teacher's files, as when loaded
-    _assert_same_record(record, _committed(cell))
+    committed = _committed(cell)
+    # The SFT cell never reads the teacher, so its numbers cannot depend on it; the teacher's
+    # weights hash does depend on the thread count of the process that first made it (a known
+    # gap, docs/decisions.md), so it is compared by origin and tokenizer here.
+    theirs = committed["provenance"]["models"]["teacher"]
+    assert {k: v for k, v in models["teacher"].items() if k != "weights_sha256"} == {
+        k: v for k, v in theirs.items() if k != "weights_sha256"
+    }
+    record["provenance"]["models"]["teacher"] = theirs
+    _assert_same_record(record, committed)
 
 
 def test_a_source_reading_cell_loads_both_and_frees_them(monkeypatch, no_automatic_gc):

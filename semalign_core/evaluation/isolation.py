@@ -168,13 +168,15 @@ def _filesystem_args(
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--size", str(int(disk_bytes)), "--tmpfs", INNER_HOME]
+    args += ["--perms", "1777", "--size", str(_SHM_BYTES), "--tmpfs", "/dev/shm"]
+    # after the private /tmp: an interpreter or venv that lives under /tmp (a CI checkout) must be
+    # bound on top of it, not hidden by it
     for path in _read_only_dirs(interpreter_dirs):
         args += ["--ro-bind", path, path]
     if child_program is not None:
         args += ["--ro-bind", str(child_program), INNER_CHILD]
-    args += ["--proc", "/proc", "--dev", "/dev"]
-    args += ["--perms", "1777", "--size", str(int(disk_bytes)), "--tmpfs", INNER_HOME]
-    args += ["--perms", "1777", "--size", str(_SHM_BYTES), "--tmpfs", "/dev/shm"]
     return args
 
 
