@@ -37,18 +37,18 @@ from semalign_core.baselines.controls import (
     unused_pairing,
 )
 from semalign_core.errors import InvalidParameterError
-from semalign_core.lm import surgery
 from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.crossvocab.batches import (
+    bridge_for,
     check_style,
     collate_cross,
-    cross_examples,
+    examples_for,
     pad_id,
     source_tokenizer_for,
 )
 from semalign_core.semalign.crossvocab.cross_losses import cross_output_terms
 from semalign_core.semalign.crossvocab.trainer import bridge_stats
-from semalign_core.semalign.crossvocab.vocab_bridge import MODES, build_bridge
+from semalign_core.semalign.crossvocab.vocab_bridge import MODES
 from semalign_core.semalign.result import TransferResult
 
 
@@ -122,22 +122,8 @@ def _cross_distill(
     source_tokenizer = source_tokenizer_for(source, target, source_tokenizer, tokenizer)
     bridge = None  # ULD compares sorted distributions: no bridge to build or to charge for
     if method == "bridged_kl":
-        bridge = build_bridge(
-            source_tokenizer,
-            tokenizer,
-            config.bridge,
-            config.casefold,
-            surgery.vocab_size(source),
-            surgery.vocab_size(target),
-        )
-    examples = cross_examples(
-        train_records,
-        source_tokenizer,
-        tokenizer,
-        config.prompt_style,
-        config.loss_on,
-        config.max_length,
-    )
+        bridge = bridge_for(config, source, target, source_tokenizer, tokenizer)
+    examples = examples_for(config, train_records, source_tokenizer, tokenizer)
     pads = pad_id(source_tokenizer), pad_id(tokenizer)
     src_shape = costs.model_shape(source)
     prepare_s = time.perf_counter() - t_start

@@ -39,6 +39,7 @@ from semalign_core.semalign.crossvocab.token_alignment import (
     align_positions,
     encode_with_offsets,
 )
+from semalign_core.semalign.crossvocab.vocab_bridge import VocabBridge, build_bridge
 
 SAME_TEXT_STYLES = ("transfer", "plain")  # styles whose text is the same for every tokenizer
 
@@ -167,3 +168,26 @@ def collate_cross(examples: Sequence[CrossExample], source_pad: int, target_pad:
         "aligned_labels": collate(aligned, target_pad)["labels"],
         "source": collate(source, source_pad),
     }
+
+
+def bridge_for(
+    config, source: nn.Module, target: nn.Module, source_tokenizer, tokenizer
+) -> VocabBridge:
+    """The bridge a cross-vocabulary method's ``config`` asks for (``bridge``, ``casefold``),
+    sized to the two models' LM heads."""
+    return build_bridge(
+        source_tokenizer,
+        tokenizer,
+        config.bridge,
+        config.casefold,
+        surgery.vocab_size(source),
+        surgery.vocab_size(target),
+    )
+
+
+def examples_for(config, records: Sequence[dict], source_tokenizer, tokenizer) -> list:
+    """:func:`cross_examples` of ``records`` with a method config's prompt style, supervised span
+    and length."""
+    return cross_examples(
+        records, source_tokenizer, tokenizer, config.prompt_style, config.loss_on, config.max_length
+    )

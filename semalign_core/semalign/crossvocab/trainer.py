@@ -42,9 +42,10 @@ from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.config import SemAlignConfig
 from semalign_core.semalign.crossvocab.batches import (
     CrossExample,
+    bridge_for,
     check_style,
     collate_cross,
-    cross_examples,
+    examples_for,
     pad_id,
     source_tokenizer_for,
 )
@@ -54,7 +55,6 @@ from semalign_core.semalign.crossvocab.vocab_bridge import (
     MODES,
     VocabBridge,
     bridged_semantic_maps,
-    build_bridge,
 )
 from semalign_core.semalign.frontier import LayerInputs
 from semalign_core.semalign.objective import StageLoss
@@ -230,22 +230,8 @@ def _prepare_cross(
     """The bridge and both sides' batches, then ``prepare_run`` with the bridged maps."""
     timings: dict = {}
     with timed(timings, "bridge_s"):
-        bridge = build_bridge(
-            source_tokenizer,
-            tokenizer,
-            config.bridge,
-            config.casefold,
-            surgery.vocab_size(source),
-            surgery.vocab_size(target),
-        )
-    examples = cross_examples(
-        train_records,
-        source_tokenizer,
-        tokenizer,
-        config.prompt_style,
-        config.loss_on,
-        config.max_length,
-    )
+        bridge = bridge_for(config, source, target, source_tokenizer, tokenizer)
+    examples = examples_for(config, train_records, source_tokenizer, tokenizer)
     pads = pad_id(source_tokenizer), pad_id(tokenizer)
     source_batches, batches = cross_batches(examples, config.batch_size, *pads)
     attr_batches = sft_batches(  # attribution scores the source on its own tokens
