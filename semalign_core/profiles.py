@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from semalign_core.errors import InvalidParameterError
 
+TRAIN_ENGINES = ("single", "fsdp")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -28,6 +30,15 @@ class Profile:
         extra_models: further models the profile needs (e.g. Table 2's hub teachers at ``paper``).
         cell_timeout_s: default per-cell timeout of a notebook run (``--timeout`` overrides); it
             stops a hung cell, so it is about twice the longest cell measured or expected.
+        generation_backend: how the benchmarks' generation (GSM8K, HumanEval, MBPP) runs:
+            ``"hf"`` (lm-eval's HFLM), ``"vllm"`` (lm-eval's vLLM wrapper; an error where vLLM or
+            a GPU is missing) or ``"auto"`` (vLLM where it is installed and a GPU is visible, HF
+            otherwise): :func:`semalign_core.evaluation.backends.choose_backend`. Records name
+            the backend that ran.
+        train_engine: how a transfer cell's full fine-tuning runs where one GPU is not enough:
+            ``"single"`` (one process) or ``"fsdp"`` (where several GPUs are visible, the cell
+            runs in one process per GPU started by ``accelerate launch``, the model sharded with
+            FSDP: :mod:`semalign_core.lm.sharding`; one process otherwise).
     """
 
     name: str
@@ -39,6 +50,14 @@ class Profile:
     notes: str = ""
     extra_models: tuple[str, ...] = field(default_factory=tuple)
     cell_timeout_s: int = 3600
+    generation_backend: str = "hf"
+    train_engine: str = "single"
+
+    def __post_init__(self) -> None:
+        if self.train_engine not in TRAIN_ENGINES:
+            raise InvalidParameterError(
+                f"train_engine must be one of {', '.join(TRAIN_ENGINES)}, not {self.train_engine!r}"
+            )
 
     def models(self) -> tuple[str, ...]:
         names = (self.semalign_source, self.semalign_target, *self.salf_models, *self.extra_models)
@@ -75,6 +94,7 @@ PROFILES: dict[str, Profile] = {
             dtype="bfloat16",
             notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models",
             cell_timeout_s=6 * 3600,  # a Table 1 cell trains 1.5B/0.5B models, fp32 on a T4
+            generation_backend="auto",
         ),
         Profile(
             "paper",
@@ -86,6 +106,8 @@ PROFILES: dict[str, Profile] = {
             extra_models=("codellama-13b-python", "wizardcoder-python-13b"),
             notes="A100/H100 class, the papers' setting",
             cell_timeout_s=48 * 3600,  # one Table 1 cell trains and evaluates 13B/7B models
+            generation_backend="auto",
+            train_engine="fsdp",  # full fine-tuning of the 7B target: ~112 GiB (the planner)
         ),
     ]
 }

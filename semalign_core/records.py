@@ -233,6 +233,14 @@ def measured(
     return compute if measure is None else partial(measure, compute)
 
 
+def is_secondary_process() -> bool:
+    """Whether this is one of several FSDP processes (``lm/sharding.py``) other than the first,
+    which alone evaluates and writes records. torch is not imported for this: a process that
+    joined a process group has imported it already."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 def get_or_compute(
     experiment: str,
     profile: str,
@@ -260,6 +268,8 @@ def get_or_compute(
             note_in_manifest(record_path(experiment, profile, run))
             return record
     parts = compute()
+    if is_secondary_process():  # one of several FSDP processes: only the first writes
+        return {"config": config, "metrics": parts.metrics, "cost": parts.cost}
     prov = {**parts.provenance, "code": parts.provenance.get("code") or code_identity()}
     if models is not None:
         prov["models"] = dict(models())

@@ -178,6 +178,9 @@ def test_unknown_task_stops_before_any_work(monkeypatch):
     with pytest.raises(InvalidParameterError, match="choose from: sst2, trec") as info:
         ablations.run_ablations(get_profile("cpu"), tasks=["mmlu"], verbose=False)
     assert "\n" not in str(info.value)
+    # paper's ablations run on the informative tasks with a teacher made from its 13B source
+    assert ablations.check_parameters(get_profile("paper"))[1] == ("sst2", "trec")
+    monkeypatch.setitem(budgets.INFORMATIVE_TASKS, "paper", ())
     with pytest.raises(InvalidParameterError, match="no informative classification task") as info:
         ablations.check_parameters(get_profile("paper"))
     assert "\n" not in str(info.value)

@@ -41,6 +41,10 @@ LAZY_IMPORTS = {
     "report/plots.py": {"IPython.display"},  # only inside a notebook
     "report/html.py": {"selenium"},  # only to look at the page in a browser
     "evaluation/sandbox_child.py": {"ctypes", "_sitebuiltins"},  # inside the sandboxed child
+    # optional: the "vllm" extra, its own environment
+    "evaluation/backends.py": {"lm_eval.models.vllm_causallms", "vllm.distributed.parallel_state"},
+    # only when a launcher started several processes
+    "lm/sharding.py": {"torch.distributed.fsdp", "torch.distributed.checkpoint.state_dict"},
 }
 
 

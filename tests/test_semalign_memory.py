@@ -1,5 +1,6 @@
-"""SemAlign's source supervision holds only the batches the stages train on (its size does not grow
-with the training split), and the change left every number of a run bit-identical.
+"""SemAlign's source supervision holds only the batches the stages train on (its size, and the
+run's peak memory, do not grow with the training split), and the change left every number of a
+run bit-identical.
 
 The golden fingerprints below were captured from the code before the change (commit e63e781, one
 CPU thread): losses as float.hex, final weights as a sha256 of their bytes. If a torch upgrade
@@ -11,12 +12,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import random
 from dataclasses import replace
 
 import pytest
 import torch
+from memory_probe import MIB, measured_peak
 
+from semalign_core.data.batching import sft_batches
 from semalign_core.lm import surgery
+from semalign_core.models.tiny import tiny_model
 from semalign_core.semalign import supervision
 from semalign_core.semalign.config import SemAlignConfig
 from semalign_core.semalign.transfer import transfer
@@ -109,6 +114,127 @@ def test_supervision_does_not_grow_with_the_training_batches(tiny_transfer_pair,
     vocab = surgery.vocab_size(src)
     bound = 2 * config.max_length * (n_layers * d + vocab) * 4
     assert sizes[1] <= bound, (sizes, bound)
+
+
+# --------------------------------------------------------------------------- peak memory
+# The whole run in a fresh process (memory_probe): its peak must not grow with the training
+# split. Sized so that keeping every batch's supervision (what the code before the change did)
+# would show: a wide vocabulary makes each batch's cached teacher logits (n_sup × V fp32) large,
+# and eight target layers make its recomposed states (8 × B × T × d fp32) larger than what a
+# run legitimately keeps per batch (the frontier's cached layer input, the block replays).
+
+PEAK_VOCAB = 8192
+PEAK_SOURCE = dict(
+    vocab_size=PEAK_VOCAB,
+    hidden_size=64,
+    num_layers=8,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=128,
+)
+PEAK_TARGET = dict(PEAK_SOURCE)
+PEAK_CONFIG = SemAlignConfig(
+    steps_per_stage=4, lr=1e-3, batch_size=2, max_length=32, progress=False
+)  # every stage steps on batches 0-3 only
+PEAK_WARM_UP = dict(
+    source_cfg=dict(PEAK_SOURCE, vocab_size=256, hidden_size=16, num_layers=2, num_heads=2),
+    target_cfg=dict(PEAK_TARGET, vocab_size=256, hidden_size=16, num_layers=2, num_heads=2),
+    n_batches=2,
+)
+PEAK_BATCHES = (4, 64)
+PEAK_TOLERANCE = 0.15  # of the 4-batch peak ...
+PEAK_FLOOR = 4 * MIB  # ... or this, whichever is larger
+WORDS = [f"w{i}" for i in range(200)]
+
+
+def _word_tokenizer():
+    """A word-level tokenizer over WORDS (built in-process; every id fits the vocabularies)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def _records(start: int, n: int) -> list[dict]:
+    """Records ``start..start+n-1``: a short question and a response longer than max_length
+    (record i is the same in every call, so the 4-batch split is the 64-batch one's head)."""
+
+    def words(rng, k):
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+
+    out = []
+    for i in range(start, start + n):
+        rng = random.Random(i)
+        messages = [
+            {"role": "user", "content": words(rng, 8)},
+            {"role": "assistant", "content": words(rng, 40)},
+        ]
+        out.append({"messages": messages})
+    return out
+
+
+def _semalign_run(source_cfg: dict, target_cfg: dict, n_batches: int) -> None:
+    """Models, then a whole SemAlign transfer on ``n_batches`` training batches (the measured
+    step; module level so that the measuring process imports it)."""
+    source = tiny_model("llama", seed=1, **source_cfg)
+    target = tiny_model("llama", seed=2, **target_cfg)
+    n_train = n_batches * PEAK_CONFIG.batch_size
+    train, extract = _records(0, n_train), _records(n_train, PEAK_CONFIG.batch_size)
+    transfer(source, target, train, extract, PEAK_CONFIG, _word_tokenizer())
+
+
+def _kept_supervision_bytes(n_batches: int) -> int:
+    """What supervision for every training batch (the old behaviour) adds over supervision for
+    the batches the stages use, counted from the batches' shapes: per target layer the fp32
+    state (B, T, d), and the teacher's fp32 logits at the supervised positions (its final-normed
+    states when all those logits would not fit in max_cached_logits_bytes)."""
+    cfg = PEAK_CONFIG
+    records = _records(0, n_batches * cfg.batch_size)
+    batches = sft_batches(
+        records, _word_tokenizer(), cfg.batch_size, cfg.max_length, cfg.prompt_style, cfg.loss_on
+    )
+    n_sup = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]  # position t predicts t+1
+    fits = sum(n_sup) * PEAK_VOCAB * 4 <= cfg.max_cached_logits_bytes
+    per_position = PEAK_VOCAB if fits else PEAK_SOURCE["hidden_size"]
+    layers, width = PEAK_TARGET["num_layers"], PEAK_TARGET["hidden_size"]
+    states = [layers * b["input_ids"].numel() * width * 4 for b in batches]
+    teacher = [n * per_position * 4 for n in n_sup]
+    print(
+        f"supervision of all {n_batches} batches: states {sum(states) / MIB:.1f} MiB, "
+        f"teacher {sum(teacher) / MIB:.1f} MiB"
+    )
+    used = {s % n_batches for s in range(cfg.steps_per_stage)}  # step s trains on batch s mod n
+    return sum(states[i] + teacher[i] for i in range(n_batches) if i not in used)
+
+
+@pytest.mark.slow  # two SemAlign runs in fresh processes: `make test-scale`
+def test_peak_memory_does_not_grow_with_the_training_batches():
+    """4 and 64 training batches, the same steps per stage and batch size: the same peak within
+    max(15 %, 4 MiB); keeping every batch's supervision would add several times that."""
+    small, large = PEAK_BATCHES
+    peaks = {
+        n: measured_peak(
+            _semalign_run,
+            dict(source_cfg=PEAK_SOURCE, target_cfg=PEAK_TARGET, n_batches=n),
+            PEAK_WARM_UP,
+        )
+        for n in PEAK_BATCHES
+    }
+    tolerance = max(PEAK_TOLERANCE * peaks[small], PEAK_FLOOR)
+    old_growth = _kept_supervision_bytes(large) - _kept_supervision_bytes(small)
+    print(
+        f"peak {small} batches {peaks[small] / MIB:.1f} MiB, {large} batches "
+        f"{peaks[large] / MIB:.1f} MiB (tolerance {tolerance / MIB:.1f} MiB); every batch's "
+        f"supervision kept would add {old_growth / MIB:.1f} MiB"
+    )
+    assert old_growth >= 4 * tolerance  # the test can see the old behaviour
+    assert abs(peaks[large] - peaks[small]) <= tolerance
 
 
 if __name__ == "__main__":  # capture GOLDEN from the code checked out now

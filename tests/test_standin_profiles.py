@@ -22,10 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realmodel]
 PROFILES = ("gpu-small", "paper")
 NOTEBOOKS = sorted(p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb"))  # `make` order
 # (profile, notebook) -> why it crashes today
-KNOWN_CRASHES = {
-    ("paper", "05_semalign_ablations"): "paper has no informative classification task "
-    "(INFORMATIVE_TASKS) for the ablations' fine-tuned teacher",
-}
+KNOWN_CRASHES: dict[tuple[str, str], str] = {}
 NOTEBOOK_TIMEOUT_S = 1500
 
 

@@ -38,7 +38,7 @@ from semalign_core.costs import summarize  # one cost dict for every method (lat
 from semalign_core.data.batching import collate
 from semalign_core.data.formatting import build_sft_example
 from semalign_core.errors import InvalidParameterError
-from semalign_core.lm import surgery
+from semalign_core.lm import sharding, surgery
 from semalign_core.lm.nethook import capture_hidden, first_tensor, run_to_layers
 from semalign_core.semalign.attribution import supervised_positions
 from semalign_core.semalign.pairing import Pairing, uniform_pairing
@@ -318,6 +318,7 @@ def train(
     extra_fn: Callable[[], tuple[Tensor, dict[str, float]]] | None = None,
     desc: str = "train",
     collate_fn: Callable[[list[dict]], dict] | None = None,
+    engine: sharding.Engine | None = None,
 ) -> dict:
     """Run the optimizer steps of ``schedule`` and return the stage record.
 
@@ -326,7 +327,10 @@ def train(
     step-level term once per step (LaTen's delta penalty). ``flops_fn(batch)`` gives the analytic
     FLOPs of one micro-batch. The optimizer (AdamW) is built here, after the trainable set is known.
     ``collate_fn(examples)`` makes a micro-batch (default: :func:`collate` with ``pad``).
+    ``engine``: under FSDP (:mod:`~semalign_core.lm.sharding`) this process computes its share
+    of each step and the record holds the totals over every process.
     """
+    engine = engine or sharding.Engine()
     params = [p for g in param_groups for p in g["params"]]
     optim = torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     record: dict[str, Any] = {
@@ -344,18 +348,22 @@ def train(
         optim.zero_grad(set_to_none=True)
         step_loss = 0.0
         parts: dict[str, float] = {}
-        for i in range(0, len(ids), config.micro_batch_size):
-            chunk = [examples[k] for k in ids[i : i + config.micro_batch_size]]
+        for chunk_ids, weight in engine.step_chunks(ids, config.micro_batch_size):
+            chunk = [examples[k] for k in chunk_ids]
             batch = collate(chunk, pad) if collate_fn is None else collate_fn(chunk)
             per_example, per_parts = loss_fn(batch)
             loss = per_example.sum() / len(ids)
-            loss.backward()
-            step_loss += float(loss.detach())
+            # FSDP averages the processes' gradients; the step's loss is their sum
+            (loss * (weight * engine.world_size) if engine.sharded else loss).backward()
+            step_loss += weight * float(loss.detach())
             for name, v in per_parts.items():
-                parts[name] = parts.get(name, 0.0) + float(v.detach().sum()) / len(ids)
-            record["tokens"] += batch["input_ids"].numel()
-            record["real_tokens"] += int(batch["attention_mask"].sum())
-            record["flops"] += flops_fn(batch)
+                parts[name] = parts.get(name, 0.0) + weight * float(v.detach().sum()) / len(ids)
+            if weight:
+                record["tokens"] += batch["input_ids"].numel()
+                record["real_tokens"] += int(batch["attention_mask"].sum())
+                record["flops"] += flops_fn(batch)
+        step_loss, *part_values = engine.total([step_loss, *parts.values()])
+        parts = dict(zip(parts, part_values))
         if extra_fn is not None:
             extra, extra_parts = extra_fn()
             extra.backward()
@@ -369,6 +377,9 @@ def train(
             record["parts"].setdefault(name, []).append(v)
         record["step_s"].append(time.perf_counter() - ts)
     optim.zero_grad(set_to_none=True)
+    counted = engine.total([record["tokens"], record["real_tokens"], record["flops"]])
+    record["tokens"], record["real_tokens"] = int(counted[0]), int(counted[1])
+    record["flops"] = counted[2]
     record["wall_s"] = time.perf_counter() - t0
     record["steps"] = len(schedule)
     return record
@@ -489,28 +500,37 @@ def fine_tune(
     schedule = cap_steps(epoch_schedule(len(examples), config), stop_after_stage)
     shape = costs.model_shape(target)
     spec = spec_for(target, config.trainable, config.lora_r)
+    engine = sharding.current_engine()
+    if engine.sharded and (config.trainable == "lora" or extra_groups):
+        raise InvalidParameterError(
+            f"{method}: LoRA and extra parameter groups train in one process, not under FSDP"
+        )
     with costs.PeakMemory() as peak:
         try:
             if config.trainable == "lora":
                 model, params = add_lora(target, config.lora_r, config.lora_alpha)
             else:
                 model, params = target, make_trainable(target, config.trainable)
-            groups = [{"params": params}, *extra_groups]
-            record = train(
-                groups,
-                schedule,
-                examples,
-                pad_id(tokenizer),
-                make_loss(model),
-                config,
-                lambda b: train_flops(shape, spec, b) + source_flops(b),
-                desc=method,
-                collate_fn=collate_fn,
-            )
+            with sharding.sharded_copy(model, engine) as work:
+                if work is not model:  # the shards replaced the parameters
+                    params = [p for p in work.parameters() if p.requires_grad]
+                record = train(
+                    [{"params": params}, *extra_groups],
+                    schedule,
+                    examples,
+                    pad_id(tokenizer),
+                    make_loss(work),
+                    config,
+                    lambda b: train_flops(shape, spec, b) + source_flops(b),
+                    desc=method,
+                    collate_fn=collate_fn,
+                    engine=engine,
+                )
             if config.trainable == "lora":
                 merge_lora(model)
         finally:
             restore_flags(target, flags)
+    notes = [*notes, *([f"trained with {engine.name}"] if engine.sharded else [])]
     stages = [record]
     cost = summarize(
         stages,

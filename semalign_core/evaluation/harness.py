@@ -8,8 +8,10 @@ checks the input and turns lm-eval's output into result records with provenance.
 
 Settings that move scores are fixed and recorded: batch size, padding side (HFLM pads
 log-likelihood batches on the right and generation batches on the left), BOS handling, prompt
-style, decoding. Subsets come from the data layer's rule (``limit``, ``seed``), never from
-lm-eval's ``--limit``, so the sha256 of every file read and the selection are in the record.
+style, decoding, backend (``backend="vllm"``: lm-eval's vLLM wrapper over the model written to a
+temporary folder, :mod:`semalign_core.evaluation.backends`). Subsets come from the data layer's
+rule (``limit``, ``seed``), never from lm-eval's ``--limit``, so the sha256 of every file read and
+the selection are in the record.
 
 CLI: ``python -m semalign_core.evaluation.harness --model NAME --tasks a,b --limit N``.
 """
@@ -21,6 +23,7 @@ import logging
 import math
 import random
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +35,9 @@ from lm_eval.evaluator import evaluate as lm_eval_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager, get_task_dict
 
+from semalign_core import paths
 from semalign_core.errors import ArtifactError, InvalidParameterError, OfflineError
+from semalign_core.evaluation import backends
 from semalign_core.evaluation.metrics import macro_f1
 from semalign_core.evaluation.tasks import TASKS_DIR, chat_tokenizer
 from semalign_core.evaluation.tasks.utils import generation_until, task_family, task_variant
@@ -191,6 +196,7 @@ def evaluate(
     task_options: dict[str, dict] | None = None,
     allow_builtin: bool = False,
     bootstrap_iters: int = 1000,
+    backend: str = "hf",
 ) -> dict[str, dict]:
     """Evaluate ``model`` on ``tasks``; return ``{task: record}``.
 
@@ -211,9 +217,14 @@ def evaluate(
     ``task_options``: per task, e.g. ``{"semalign_mmlu": {"subjects": [...], "split": "val"},
     "semalign_gsm8k": {"answer_order": ["hashes", "last_number"]}}``.
     ``allow_builtin``: also accept lm-eval's own task names (hub data; needs network).
+    ``backend``: "hf" (lm-eval's ``HFLM`` over the model) or "vllm" (the model written to a
+    temporary folder under the cache, served by lm-eval's vLLM wrapper; a profile's choice is
+    resolved by :func:`~semalign_core.evaluation.backends.choose_backend`). An ``LM`` passed in
+    runs as it is. Every record names the backend that ran.
     """
     _check_settings(prompt_style, batch_size, max_new_tokens, num_samples, temperature)
     lm, hf_model, tok, model_name = _model_and_tokenizer(model, tokenizer)
+    _check_backend(backend, lm)
     if prompt_style == "model":
         _check_chat_template(tok, model_name)
     with _quiet_lm_eval():
@@ -236,9 +247,8 @@ def evaluate(
             bootstrap_iters=bootstrap_iters,
         )
         settings["max_length"] = _max_length(hf_model, tok)
-        if lm is None:
-            lm = _hflm(hf_model, tok, batch_size, add_bos)
-        task_objs, output, settings["wall_s"] = _run_tasks(lm, tok, names, ours, settings)
+        with _backend_lm(lm, hf_model, tok, backend, settings) as (lm, settings["backend"]):
+            task_objs, output, settings["wall_s"] = _run_tasks(lm, tok, names, ours, settings)
     dtype, device = _model_dtype_device(hf_model)
     return {name: _record(name, task_objs[name], output, settings, dtype, device) for name in names}
 
@@ -252,6 +262,49 @@ def _hflm(hf_model, tokenizer, batch_size: int, add_bos: bool) -> HFLM:
         add_bos_token=add_bos,
         max_length=_max_length(hf_model, tokenizer),
     )
+
+
+@contextmanager
+def _backend_lm(lm, hf_model, tokenizer, backend: str, settings: dict):
+    """(the lm-eval model to run, its backend's name): ``lm`` itself when one was passed in,
+    else an ``HFLM`` or, for "vllm", lm-eval's vLLM wrapper over the model exported to a
+    temporary folder (removed, and the engine's memory freed, when the run is done)."""
+    if lm is not None:
+        yield lm, backends.backend_name(lm)
+        return
+    add_bos = settings["add_bos_token"]
+    if backend == "hf":
+        yield _hflm(hf_model, tokenizer, settings["batch_size"], add_bos), "hf"
+        return
+    root = paths.cache_dir() / "vllm-exports"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="eval-", dir=root) as tmp:
+        folder = backends.export_for_vllm(hf_model, tokenizer, Path(tmp) / "model")
+        dtype, _ = _model_dtype_device(hf_model)
+        vlm = backends.vllm_lm(
+            folder,
+            settings["batch_size"],
+            dtype,
+            settings["max_length"],
+            settings["seed"],
+            add_bos_token=add_bos,
+        )
+        try:
+            yield vlm, "vllm"
+        finally:
+            backends.release(vlm)
+
+
+def _check_backend(backend: str, lm) -> None:
+    if backend not in backends.BACKENDS:
+        raise InvalidParameterError(
+            f"unknown backend {backend!r}; valid: {', '.join(backends.BACKENDS)} (a profile's "
+            "'auto' is resolved by evaluation.backends.choose_backend)"
+        )
+    if lm is not None and backend != "hf":
+        raise InvalidParameterError(
+            f"backend={backend!r} applies to HF models; an lm-eval LM passed in runs as it is"
+        )
 
 
 def _run_tasks(lm, tokenizer, names: list[str], ours: list[str], settings: dict):
@@ -500,6 +553,7 @@ def _record(name, task, output, settings, dtype, device) -> dict:
         "padding_side": PADDING_SIDE.get(task.get_config("output_type")),
         "add_bos_token": settings["add_bos_token"],
         "model": settings["model"],
+        "backend": settings["backend"],
         "metrics": {k: _finite(v) for k, v in values.items()},
         "stderr": {k: _finite(v) for k, v in errors.items()},
         "data": data or {"benchmark": name, "source": "lm-eval built-in task (hub data)"},

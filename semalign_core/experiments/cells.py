@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import resource
 import subprocess
@@ -65,8 +66,10 @@ from semalign_core.experiments.catalog import (
 )
 from semalign_core.experiments.model_pool import ModelPool
 from semalign_core.experiments.notebook import check_seeds, require_models
+from semalign_core.lm import sharding
 from semalign_core.profiles import Profile, get_profile
 from semalign_core.records import Measure, RecordParts, record_path
+from semalign_core.transfer.registry import METHODS
 
 OWN_PROCESS = "own process"
 # runner(force, measure) -> the cell's record
@@ -433,6 +436,26 @@ def compute_table_in_processes(
     run_cells_in_processes(experiment, [c.run for c in cells], prof.name, force, jobs)
 
 
+def compute_table(
+    prof: Profile,
+    methods: Sequence[str] | None,
+    tasks: Sequence[str] | None,
+    seeds: Sequence[int],
+    force: bool = False,
+    jobs: int = 1,
+    setting: str = "table1",
+) -> list[dict]:
+    """A transfer table's records as its notebook shows them (``transfer_tables.run_table``),
+    its cells computed first in fresh processes where :func:`in_own_processes` says so (``jobs``
+    one-thread processes at once; under FSDP, each cell in one process per GPU)."""
+    if in_own_processes(prof, jobs):
+        if len(launcher(prof, torch.cuda.device_count())) > 1:
+            jobs = 1  # each launch takes every GPU
+        compute_table_in_processes(prof, methods, tasks, seeds, force, jobs, setting)
+        force = False  # computed just now
+    return transfer_tables.run_table(prof, methods, tasks, seeds, force, setting=setting)
+
+
 def run_shares_in_processes(
     experiment: str, names: Sequence[str], profile: str, force: bool = False, jobs: int = 2
 ) -> None:
@@ -447,6 +470,44 @@ def run_shares_in_processes(
         list(done)  # re-raises the first failure
 
 
+# Transfer methods that FSDP shards: full fine-tuning through `controls.fine_tune` with no
+# parameter group of their own (hidden distillation's maps, LaTen, Seeking, SemAlign stay in one
+# process: docs/decisions.md, "More than one GPU").
+SHARDED_METHODS = ("sft", "output_kl")
+SHARDED_EXPERIMENTS = (SEMALIGN_TRANSFER, FINETUNED_TEACHER)
+
+
+def sharded_cells(experiment: str, names: Sequence[str]) -> bool:
+    """Whether every cell of ``names`` trains with a method FSDP shards (a run name holds its
+    method: ``sft__gsm__seed0``, ``ft-source__sft__sst2__seed0``)."""
+    methods = {next((p for p in n.split("__") if p in METHODS), None) for n in names}
+    return experiment in SHARDED_EXPERIMENTS and methods <= set(SHARDED_METHODS)
+
+
+def launcher(prof: Profile, gpus: int) -> list[str]:
+    """How a cell's fresh process starts: this Python, or, where the profile trains with FSDP and
+    ``gpus`` > 1, ``accelerate launch`` with one process per GPU (they shard the model:
+    :mod:`semalign_core.lm.sharding`; the first one evaluates and writes the record)."""
+    if prof.train_engine != "fsdp" or gpus < 2:
+        return [sys.executable]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        f"--num_processes={gpus}",
+        "--num_machines=1",
+        "--mixed_precision=no",  # the engine's own policy: fp32 shards, the profile's compute dtype
+        "--dynamo_backend=no",
+    ]
+
+
+def in_own_processes(prof: Profile, jobs: int) -> bool:
+    """Whether a notebook computes a table's cells in fresh processes first: when asked
+    (``jobs`` > 1) and wherever the profile's cells run under FSDP over several GPUs."""
+    return jobs > 1 or len(launcher(prof, torch.cuda.device_count())) > 1
+
+
 def _spawn(
     experiment: str,
     names: str | Sequence[str],
@@ -458,8 +519,9 @@ def _spawn(
     """Compute ``names`` (one cell, or several in turn) in a fresh process with ``threads``
     torch threads; ``measure``: one cell whose own-process peak memory goes into its record."""
     names = [names] if isinstance(names, str) else list(names)
+    gpus = torch.cuda.device_count() if sharded_cells(experiment, names) else 0
     command = [
-        sys.executable,
+        *launcher(get_profile(profile), gpus),
         "-m",
         "semalign_core.experiments.cells",
         experiment,
@@ -513,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of a launch's processes: its own GPU
+        sharding.current_engine()  # before any model is loaded
     if args.list:
         for name in cell_names(args.experiment, args.profile, args.seed, args.seeds):
             print(name)

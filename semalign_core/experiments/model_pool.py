@@ -17,15 +17,18 @@ from typing import Any
 
 import torch
 
-from semalign_core.devices import default_device
+from semalign_core.devices import default_device, inference_device
 from semalign_core.models.registry import LoadedModel, load_model
 from semalign_core.models.teachers import Teacher, teacher_model_identity
 from semalign_core.profiles import Profile
 
 
-def load_for(prof: Profile, name: str) -> LoadedModel:
-    """Model ``name`` in the profile's dtype on the default device (a fresh copy on every call)."""
-    return load_model(name, dtype=prof.dtype, device=default_device(), verbose=False)
+def load_for(prof: Profile, name: str, read_only: bool = False) -> LoadedModel:
+    """Model ``name`` in the profile's dtype on the default device (a fresh copy on every call);
+    ``read_only`` (a source or teacher that is never trained): spread over every visible GPU
+    where there are several (:func:`~semalign_core.devices.inference_device`)."""
+    device = inference_device() if read_only else default_device()
+    return load_model(name, dtype=prof.dtype, device=device, verbose=False)
 
 
 def record_models(**roles: Teacher) -> Callable[[], dict[str, dict[str, Any]]]:

@@ -43,6 +43,7 @@ from semalign_core.data.cls_transfer import eval_split, eval_task_options, load_
 from semalign_core.devices import default_device
 from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.answers import DEFAULT_ORDER, GSM8K_EXTRACTION_VERSION
+from semalign_core.evaluation.backends import choose_backend
 from semalign_core.evaluation.harness import evaluate
 from semalign_core.experiments.budgets import TEACHERS, TransferBudget, transfer_budget
 from semalign_core.experiments.catalog import (
@@ -63,11 +64,21 @@ from semalign_core.experiments.teachers import (
 from semalign_core.lm import surgery
 from semalign_core.models.teachers import TeacherRecipe, teacher_identity
 from semalign_core.profiles import Profile
-from semalign_core.records import Measure, RecordParts, get_or_compute, measured, provenance
+from semalign_core.records import (
+    Measure,
+    RecordParts,
+    get_or_compute,
+    is_secondary_process,
+    measured,
+    provenance,
+)
 from semalign_core.semalign.attribution import interpolation_plan
 from semalign_core.transfer.registry import CONFIGS, METHODS, make_config, needs_source, run_method
 
 TRAIN_SPLIT, ATTRIBUTION_SPLIT = "train", "extract"
+# Transfer tasks whose benchmark generates: they run through the profile's generation backend
+# (vLLM where it can run); MMLU and classification score log-likelihoods only, through HF.
+GENERATION_TASKS = ("gsm", "humaneval", "mbpp")
 VERSION = 1
 
 
@@ -358,7 +369,7 @@ def _load_models(cell: Cell):
             cell.prof.name, cell.task, cell.teacher, cell.prof.dtype, target_vocab=vocab
         )
     elif "source" in roles and _reads_source(cell):
-        source = load_for(cell.prof, roles["source"])
+        source = load_for(cell.prof, roles["source"], read_only=True)
     return source, target, report
 
 
@@ -390,11 +401,18 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
 
 
 def _evaluate(
-    model, tokenizer, task: str, eval_tasks: list[str], budget: TransferBudget, seed: int
+    model,
+    tokenizer,
+    task: str,
+    eval_tasks: list[str],
+    budget: TransferBudget,
+    seed: int,
+    backend: str = "hf",
 ) -> dict[str, dict]:
     """``{lm-eval task: its evaluation}``, in one lm-eval run. Classification tasks: label-word
     log-likelihood on the plain prompt; the benchmarks: greedy generation (or log-likelihood,
-    per task YAML) in the transfer chat format."""
+    per task YAML) in the transfer chat format; ``backend`` runs :data:`GENERATION_TASKS`
+    (with their secondary tasks, in the same run), HF the others."""
     if task in CLS_TASKS:
         style = {"prompt_style": "plain", "task_options": eval_task_options(task)}
     else:
@@ -402,6 +420,7 @@ def _evaluate(
             "prompt_style": "transfer",
             "max_new_tokens": budget.max_new_tokens,
             "temperature": 0.0,
+            "backend": backend if task in GENERATION_TASKS else "hf",
         }
     return evaluate(
         model,
@@ -441,7 +460,8 @@ def _evaluation_metrics(
     eval_task = cell.setting.tasks[cell.task]
     secondary = cell.setting.secondary_of(cell.task)
     tasks = [eval_task, *(task for task, _ in secondary.values())]
-    outs = _evaluate(model, tokenizer, cell.task, tasks, cell.budget, cell.seed)
+    backend = choose_backend(cell.prof.generation_backend)[0]
+    outs = _evaluate(model, tokenizer, cell.task, tasks, cell.budget, cell.seed, backend)
     for out in outs.values():
         sources.update(out.get("data", {}).get("sources", {}))
     metrics = {**_task_metrics(outs[eval_task], METRICS[eval_task]), "transfer": summary}
@@ -464,6 +484,7 @@ def _task_metrics(out: dict, metric: str) -> dict[str, Any]:
         "all": out["metrics"],
         "prompt_style": out["prompt_style"],
         "decoding": out["decoding"],
+        "backend": out.get("backend"),
         "items": _items(out, metric),
     }
 
@@ -501,6 +522,8 @@ def _computed_parts(cell: Cell) -> RecordParts:
         if cell.method in METHODS:
             model, transfer_cost, summary = _train(cell, source, target, sources)
             del source
+    if is_secondary_process():  # FSDP: the first process evaluates the trained model and writes
+        return RecordParts({}, {}, {})
     model.eval()
     t0 = time.perf_counter()
     metrics = _evaluation_metrics(cell, model, tokenizer, summary, sources)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from semalign_core.devices import compute_dtype
+from semalign_core.devices import compute_dtype, default_device
 from semalign_core.errors import InvalidParameterError, OfflineError, UnknownModelError
 from semalign_core.lm.surgery import model_stats
 from semalign_core.models.derive import DeriveConfig, derive_student
@@ -313,6 +313,8 @@ def load_model(
 
     ``dtype`` goes through :func:`~semalign_core.devices.compute_dtype` (bfloat16 on a GPU
     without native bf16 loads in float32); ``stats`` records the dtype and attention kernel used.
+    ``device="auto"``: accelerate's ``device_map="auto"`` (for models that are only read and
+    too large for one GPU: :func:`~semalign_core.devices.inference_device`).
     """
     dtype = compute_dtype(dtype, device)
     if name in REGISTRY:
@@ -363,6 +365,7 @@ def _load_spec(spec: ModelSpec, dtype: str, device: str) -> LoadedModel:
     if spec.kind == "tiny":
         params = dict(spec.tiny)
         model = tiny_model(params.pop("arch"), seed=params.pop("seed"), **params)
+        device = default_device() if device == "auto" else device  # built here, not loaded
         model = model.to(device=device, dtype=_torch_dtype(dtype))
         return _finish(model, load_tokenizer(spec.tokenizer_from), name=spec.name, origin="tiny")
     if spec.kind == "wheel":
@@ -478,8 +481,10 @@ def _from_pretrained(path: str, dtype: str, device: str, **kwargs):
     attention = ATTN_IMPLEMENTATION.get(model_type)
     if attention is not None:  # only listed architectures: every other load stays as it was
         kwargs["attn_implementation"] = attention
+    if device == "auto":  # accelerate places the layers over every visible GPU (then the CPU)
+        kwargs["device_map"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=_torch_dtype(dtype), **kwargs)
-    return model.to(device), tokenizer
+    return (model if device == "auto" else model.to(device)), tokenizer
 
 
 def _looks_like_hub_id(name: str) -> bool:

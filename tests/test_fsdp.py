@@ -1,0 +1,121 @@
+"""Full fine-tuning under FSDP (``lm/sharding.py``) on 2 CPU processes (gloo): the real SFT and
+output-KL loops, launched by ``torch.distributed.run`` (what ``accelerate launch --multi_gpu``
+runs), give the one-process loss curve and weights. The 7 training examples make steps of 4 and
+3, so one process runs a zero-weight filler pass; ``micro_batch_size=1`` accumulates over passes;
+gradient clipping acts on the sharded gradients; ``layers`` leaves the embedding frozen inside
+the root FSDP unit."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semalign_core.errors import InvalidParameterError
+from semalign_core.experiments import cells
+from semalign_core.lm.sharding import Engine
+from semalign_core.models.registry import load_model
+from semalign_core.paths import REPO_ROOT
+from semalign_core.profiles import get_profile
+from semalign_core.records import RecordParts, get_or_compute
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(tmp_path: Path, method: str, trainable: str, processes: int) -> dict:
+    out = tmp_path / f"{method}-{trainable}-{processes}.json"
+    # the package under test, whatever the environment's editable install points at
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("WORLD_SIZE", None)
+    launcher = (
+        [
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+        ]
+        if processes > 1
+        else []
+    )
+    command = [sys.executable, *launcher, str(WORKER), str(out), method, trainable]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads(out.read_text()), "state": torch.load(f"{out}.pt")}
+
+
+@pytest.mark.slow  # two trainings in 3 fresh processes: ~1.5 min on 2 cores
+@pytest.mark.parametrize(("method", "trainable"), [("sft", "full"), ("output_kl", "layers")])
+def test_two_fsdp_processes_train_as_one(tmp_path, method, trainable):
+    one = _train(tmp_path, method, trainable, 1)
+    two = _train(tmp_path, method, trainable, 2)
+    assert len(one["losses"]) == len(two["losses"]) == 4  # 2 epochs x (4 + 3 examples)
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+    assert two["tokens"] == one["tokens"]
+    assert two["flops"] == pytest.approx(one["flops"], rel=1e-12)
+    assert two["notes"][-1] == "trained with fsdp x2" and "fsdp" not in " ".join(one["notes"])
+    for name, value in one["state"].items():
+        torch.testing.assert_close(two["state"][name], value, rtol=0, atol=2e-6, msg=name)
+    # the weights moved (equal weights are not two untouched models), the frozen ones did not
+    initial = load_model("tiny-target", verbose=False).model.state_dict()
+    moved = {name: float((v - initial[name]).abs().max()) for name, v in two["state"].items()}
+    embedding = next(name for name in moved if "embed_tokens" in name)
+    assert max(moved.values()) > 1e-3
+    assert (moved[embedding] > 1e-3) == (trainable == "full")
+
+
+def test_each_process_runs_the_same_number_of_passes():
+    steps = [list(range(n)) for n in range(1, 12)]
+    for micro in (1, 2, 3):
+        for ids in steps:
+            a, b = Engine(0, 2).step_chunks(ids, micro), Engine(1, 2).step_chunks(ids, micro)
+            assert len(a) == len(b)
+            real = sorted(i for chunk, w in a + b if w for i in chunk)
+            assert real == ids  # every example once, with weight 1
+            assert all(w in (0.0, 1.0) for _, w in a + b)
+    assert Engine().step_chunks([5, 6, 7], 2) == [([5, 6], 1.0), ([7], 1.0)]
+
+
+def test_cells_run_one_process_per_gpu_only_where_the_profile_trains_with_fsdp():
+    paper, cpu = get_profile("paper"), get_profile("cpu")
+    assert paper.train_engine == "fsdp"
+    assert cells.launcher(paper, 1) == cells.launcher(cpu, 8) == [sys.executable]
+    command = cells.launcher(paper, 4)
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert "--multi_gpu" in command and "--num_processes=4" in command
+    assert not cells.in_own_processes(cpu, 1) and cells.in_own_processes(cpu, 2)
+    # only full fine-tuning through fine_tune without parameter groups of its own is sharded
+    assert cells.sharded_cells("semalign_transfer", ["sft__gsm__seed0", "output_kl__mbpp__seed1"])
+    assert cells.sharded_cells("semalign_finetuned_teacher", ["ft-source__sft__sst2__seed0"])
+    for other in ("hidden_distill__gsm__seed0", "semalign__gsm__seed0", "target__gsm"):
+        assert not cells.sharded_cells("semalign_transfer", ["sft__gsm__seed0", other])
+    assert not cells.sharded_cells("salf_main", ["sft__gsm__seed0"])
+    with pytest.raises(InvalidParameterError, match="train_engine"):
+        replace(cpu, train_engine="deepspeed")
+
+
+def test_only_the_first_process_writes_the_record(folders, monkeypatch):
+    run_results, _ = folders
+    compute = lambda: RecordParts(metrics={"x": 1.0}, cost={}, provenance={})  # noqa: E731
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    record = get_or_compute("e", "smoke", "r", {"a": 1}, compute)
+    assert record["metrics"] == {"x": 1.0}
+    assert not any(run_results.rglob("*.json"))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    get_or_compute("e", "smoke", "r", {"a": 1}, compute)
+    assert [p.name for p in run_results.rglob("*.json")] == ["r.json"]
