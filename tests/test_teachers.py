@@ -287,7 +287,7 @@ def test_table2_reuses_records_and_renders(table2, tmp_path, monkeypatch):
     "call, match",
     [
         (lambda: teachers.teacher_names("cpu", "gsm"), "no fine-tuned teacher for task 'gsm'"),
-        (lambda: teachers.teacher_recipe("paper", "sst2"), "uses hub teachers"),
+        (lambda: teachers.teacher_recipe("elsewhere", "sst2"), "uses hub teachers"),
         (lambda: teachers.teacher_recipe("cpu", "sst2", lr_=1.0), "no field"),
         (
             lambda: teachers.load_profile_teacher("smoke", "sst2", "llama2-13b-chat"),
@@ -321,11 +321,12 @@ def test_invalid_parameters_are_one_line_errors(call, match):
     assert "\n" not in str(info.value)
 
 
-def test_paper_teachers_are_the_hub_code_teachers():
+def test_paper_teachers_are_the_hub_code_teachers_beside_the_informative_setting():
     from semalign_core.models.registry import REGISTRY
 
     paper_tasks = transfer_table.check_parameters(get_profile("paper"), setting="finetuned")[1]
-    assert paper_tasks == ("humaneval", "mbpp")
+    assert paper_tasks == ("sst2", "trec", "humaneval", "mbpp")
+    assert teachers.teacher_recipe("paper", "trec").base == get_profile("paper").semalign_source
     for name in teachers.teacher_names("paper", "humaneval"):
         assert REGISTRY[name].kind == "hub"
     hub_teacher = teachers.resolve_teacher("paper", "mbpp", "codellama-13b-python")
