@@ -49,8 +49,10 @@ def _assert_same_record(record: dict, committed: dict) -> None:
     assert record["config"] == committed["config"]
     if "models" in committed["provenance"]:  # older records name none
         assert record["provenance"]["models"] == committed["provenance"]["models"]
-    # older records lack newer keys (per-item scores): compare what they hold
-    assert {k: record["metrics"][k] for k in committed["metrics"]} == committed["metrics"]
+    # older records lack newer keys (per-item scores, the evaluation backend): compare what
+    # they hold
+    metrics = _without(record["metrics"], "backend")
+    assert {k: metrics[k] for k in committed["metrics"]} == committed["metrics"]
     theirs = _counted(committed["cost"]["transfer"])
     assert {k: record["cost"]["transfer"][k] for k in theirs} == theirs
 
@@ -61,15 +63,24 @@ def _counted(cost: dict) -> dict:
     return {k: v for k, v in cost.items() if not (k.endswith("_s") or k.startswith(timed))}
 
 
+def _without(value, key: str):
+    """``value`` with every dict entry named ``key`` dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: _without(v, key) for k, v in value.items() if k != key}
+    if isinstance(value, list):
+        return [_without(v, key) for v in value]
+    return value
+
+
 def _tracking_loader(monkeypatch, refuse: str | None = None) -> tuple[list, list]:
     """Patch the cells' loader: (names loaded, weak references to the models loaded)."""
     names, refs = [], []
 
-    def load(prof, name):
+    def load(prof, name, read_only=False):
         if name == refuse:
             raise AssertionError(f"{name} loaded")
         names.append(name)
-        loaded = load_for(prof, name)
+        loaded = load_for(prof, name, read_only)
         refs.append(weakref.ref(loaded.model))
         return loaded
 
