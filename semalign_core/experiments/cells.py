@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import subprocess
@@ -449,7 +448,7 @@ def compute_table(
     its cells computed first in fresh processes where :func:`in_own_processes` says so (``jobs``
     one-thread processes at once; under FSDP, each cell in one process per GPU)."""
     if in_own_processes(prof, jobs):
-        if len(launcher(prof, torch.cuda.device_count())) > 1:
+        if _launches_on_gpus(prof):
             jobs = 1  # each launch takes every GPU
         compute_table_in_processes(prof, methods, tasks, seeds, force, jobs, setting)
         force = False  # computed just now
@@ -505,7 +504,12 @@ def launcher(prof: Profile, gpus: int) -> list[str]:
 def in_own_processes(prof: Profile, jobs: int) -> bool:
     """Whether a notebook computes a table's cells in fresh processes first: when asked
     (``jobs`` > 1) and wherever the profile's cells run under FSDP over several GPUs."""
-    return jobs > 1 or len(launcher(prof, torch.cuda.device_count())) > 1
+    return jobs > 1 or _launches_on_gpus(prof)
+
+
+def _launches_on_gpus(prof: Profile) -> bool:
+    """Whether this machine starts the profile's sharded cells as one process per GPU."""
+    return len(launcher(prof, torch.cuda.device_count())) > 1
 
 
 def _spawn(
@@ -575,8 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of a launch's processes: its own GPU
-        sharding.current_engine()  # before any model is loaded
+    sharding.current_engine()  # one of a launch's processes: its GPU, before any model loads
     if args.list:
         for name in cell_names(args.experiment, args.profile, args.seed, args.seeds):
             print(name)
