@@ -7,10 +7,11 @@ experiment runs at each profile is in :mod:`semalign_core.experiments.budgets`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from semalign_core.errors import InvalidParameterError
+from semalign_core.models.teacher_recipe import FINETUNED_CROSS
 
 # --------------------------------------------------------------------------- experiments
 
@@ -18,6 +19,7 @@ MODELS, DATA = "models", "data"
 SEMALIGN_ANALYSES, SALF_ANALYSIS = "semalign_analyses", "salf_analysis"
 SEMALIGN_TRANSFER, FINETUNED_TEACHER = "semalign_transfer", "semalign_finetuned_teacher"
 SEMALIGN_ABLATIONS = "semalign_ablations"
+SEMALIGN_CROSS_FAMILY = "semalign_cross_family"  # beyond the papers: another family's teacher
 SALF_MAIN, SALF_COST_BENEFIT = "salf_main", "salf_cost_benefit"
 SALF_TIMING = "salf_timing"  # timing repeats of notebook 07, each run in its own process
 
@@ -30,6 +32,7 @@ NOTEBOOKS: dict[str, str] = {
     SEMALIGN_TRANSFER: "03_semalign_transfer",
     FINETUNED_TEACHER: "04_semalign_finetuned_teacher",
     SEMALIGN_ABLATIONS: "05_semalign_ablations",
+    SEMALIGN_CROSS_FAMILY: "09_semalign_cross_family",
     SALF_MAIN: "06_salf_main_table",
     SALF_COST_BENEFIT: "07_salf_cost_benefit",
     SALF_TIMING: "07_salf_cost_benefit",
@@ -81,6 +84,24 @@ CHANCE = {"mmlu": 25.0, "mmlu_cloze": 25.0}
 
 
 @dataclass(frozen=True)
+class TrainedRow:
+    """A row of a transfer table trained by a registry method under its own name.
+
+    Attributes:
+        method: the registry method that trains it (``transfer.registry``, cross-vocabulary
+            methods included).
+        method_config: its config fields beyond the budget's (e.g. the vocabulary bridge).
+        budget_of: the method whose per-method budget settings (``TransferBudget.method_config``,
+            e.g. the learning rate) it takes: a cross-vocabulary method takes its same-family
+            counterpart's, so the two train alike.
+    """
+
+    method: str
+    method_config: dict[str, Any] = field(default_factory=dict)
+    budget_of: str | None = None
+
+
+@dataclass(frozen=True)
 class TransferSetting:
     """One table of transfer results.
 
@@ -94,6 +115,13 @@ class TransferSetting:
         chance: chance level (%) per task key, shown under the table.
         published: key of the published table in ``results/paper/semalign_published.json``.
         title: "Table 1" / "Table 2".
+        secondary: the secondary columns (:data:`SECONDARY`) its cells evaluate.
+        rows: the rows trained under their own names (None: every method of the transfer
+            registry's ``METHODS``, each its own row).
+        copies: rows that are another setting's records, copied rather than recomputed (the same
+            model trained the same way, evaluated on the same items): row -> (setting, row).
+        teacher: the teacher name its rows read (None: the profile's teachers of each task).
+        compare_with: rows every trained row is also compared with (beside the target and SFT).
     """
 
     name: str
@@ -106,6 +134,10 @@ class TransferSetting:
     published: str
     title: str
     secondary: tuple[str, ...] = ()
+    rows: dict[str, TrainedRow] | None = None
+    copies: dict[str, tuple[str, str]] = field(default_factory=dict)
+    teacher: str | None = None
+    compare_with: tuple[str, ...] = ()
 
     @property
     def reference_rows(self) -> tuple[str, str]:
@@ -151,7 +183,47 @@ SETTINGS: dict[str, TransferSetting] = {
         title="Table 2",
         secondary=("humaneval_nll", "mbpp_nll"),
     ),
+    # Beyond the papers (issue 19): a teacher of another family (another tokenizer and
+    # vocabulary) fine-tuned on an informative task -> the profile's target. Target, SFT and the
+    # same-family SemAlign are Table 2's records of the same target on the same items.
+    "cross_family": TransferSetting(
+        name="cross_family",
+        experiment=SEMALIGN_CROSS_FAMILY,
+        tasks=dict(CLS_TASKS),
+        columns={"sst2": "SST-2", "trec": "TREC"},
+        source_row="teacher",
+        target_row="target",
+        chance={"sst2": 50.0},
+        published="",
+        title="Cross-family transfer",
+        rows={
+            "uld": TrainedRow("uld", budget_of="output_kl"),
+            "bridged_kl": TrainedRow("bridged_kl", {"bridge": "projection"}, "output_kl"),
+            "semalign_cross_exact": TrainedRow("semalign_cross", {"bridge": "exact"}, "semalign"),
+            "semalign_cross_projection": TrainedRow(
+                "semalign_cross", {"bridge": "projection"}, "semalign"
+            ),
+        },
+        copies={
+            "target": ("finetuned", "target"),
+            "sft": ("finetuned", "sft"),
+            "semalign_same_family": ("finetuned", "semalign"),
+        },
+        teacher=FINETUNED_CROSS,
+        compare_with=("uld",),  # the published cross-tokenizer distillation
+    ),
 }
+# the cross-family table's rows in order (reference rows first)
+CROSS_FAMILY_ROWS = (
+    "teacher",
+    "target",
+    "sft",
+    "semalign_same_family",
+    "uld",
+    "bridged_kl",
+    "semalign_cross_exact",
+    "semalign_cross_projection",
+)
 
 
 def get_setting(name: str) -> TransferSetting:
@@ -200,6 +272,7 @@ __all__ = [
     "AXES",
     "CHANCE",
     "CLS_TASKS",
+    "CROSS_FAMILY_ROWS",
     "COLUMNS",
     "DATA",
     "EVAL_TASKS",
@@ -217,9 +290,11 @@ __all__ = [
     "SALF_TIMING",
     "SEMALIGN_ABLATIONS",
     "SEMALIGN_ANALYSES",
+    "SEMALIGN_CROSS_FAMILY",
     "SEMALIGN_TRANSFER",
     "SETTINGS",
     "SWEEP_GROUPS",
+    "TrainedRow",
     "TransferSetting",
     "ZERO_SHOT",
     "get_setting",

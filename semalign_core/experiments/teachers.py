@@ -27,9 +27,14 @@ from semalign_core.data.cls_transfer import eval_task_options, load_cls_transfer
 from semalign_core.devices import default_device
 from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.harness import evaluate
-from semalign_core.experiments.budgets import TEACHER_RECIPES, TEACHERS
+from semalign_core.experiments.budgets import (
+    CROSS_FAMILY_BASES,
+    CROSS_FAMILY_TASKS,
+    TEACHER_RECIPES,
+    TEACHERS,
+)
 from semalign_core.models.registry import LoadedModel, load_model
-from semalign_core.models.teacher_recipe import FINETUNED, TeacherRecipe
+from semalign_core.models.teacher_recipe import FINETUNED, FINETUNED_CROSS, TeacherRecipe
 from semalign_core.models.teachers import Teacher, load_teacher, made_teacher_dir, save_teacher
 from semalign_core.transfer.registry import run_method
 
@@ -61,14 +66,33 @@ def teacher_recipe(profile: str, task: str, **overrides) -> TeacherRecipe:
     return replace(TEACHER_RECIPES[profile], task=task, **overrides)
 
 
+def cross_family_recipe(profile: str, task: str) -> TeacherRecipe:
+    """The recipe of the cross-family teacher of ``task``: the profile's
+    :data:`~semalign_core.experiments.budgets.CROSS_FAMILY_BASES` model fine-tuned with the
+    profile's teacher settings (one-line error where the profile has no such setting)."""
+    tasks = CROSS_FAMILY_TASKS.get(profile, ())
+    if task not in tasks:
+        raise InvalidParameterError(
+            f"profile {profile!r} has no cross-family teacher for task {task!r}; "
+            f"it has one for: {', '.join(tasks) or 'no task'} (budgets.CROSS_FAMILY_TASKS)"
+        )
+    return teacher_recipe(profile, task, base=CROSS_FAMILY_BASES[profile])
+
+
 def resolve_teacher(profile: str, task: str, name: str = FINETUNED) -> Teacher:
     """What :mod:`semalign_core.models.teachers` takes for teacher ``name`` of ``task``: the
-    profile's recipe for ``FINETUNED``, else ``name`` itself (a hub teacher's registry name)."""
+    profile's recipe for ``FINETUNED``, the cross-family recipe for ``FINETUNED_CROSS``, else
+    ``name`` itself (a hub teacher's registry name)."""
+    if name == FINETUNED_CROSS:
+        return cross_family_recipe(profile, task)
     return teacher_recipe(profile, task) if name == FINETUNED else name
 
 
 def check_teacher(profile: str, task: str, name: str) -> None:
     """One-line error unless ``name`` is a teacher of ``task`` at ``profile``."""
+    if name == FINETUNED_CROSS:
+        cross_family_recipe(profile, task)
+        return
     names = teacher_names(profile, task)
     if name not in names:
         raise InvalidParameterError(
@@ -207,6 +231,7 @@ __all__ = [
     "TEACHERS",
     "TEACHER_RECIPES",
     "check_teacher",
+    "cross_family_recipe",
     "ensure_teacher",
     "evaluate_cls",
     "finetune",

@@ -45,11 +45,17 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.answers import DEFAULT_ORDER, GSM8K_EXTRACTION_VERSION
 from semalign_core.evaluation.backends import choose_backend
 from semalign_core.evaluation.harness import evaluate
-from semalign_core.experiments.budgets import TEACHERS, TransferBudget, transfer_budget
+from semalign_core.experiments.budgets import (
+    CROSS_FAMILY_TASKS,
+    TEACHERS,
+    TransferBudget,
+    transfer_budget,
+)
 from semalign_core.experiments.catalog import (
     CLS_TASKS,
     METRICS,
     PERCENT_METRICS,
+    TrainedRow,
     TransferSetting,
     get_setting,
 )
@@ -73,7 +79,14 @@ from semalign_core.records import (
     provenance,
 )
 from semalign_core.semalign.attribution import interpolation_plan
-from semalign_core.transfer.registry import CONFIGS, METHODS, make_config, needs_source, run_method
+from semalign_core.transfer.registry import (
+    CROSS_METHODS,
+    METHODS,
+    config_class,
+    make_config,
+    needs_source,
+    run_method,
+)
 
 TRAIN_SPLIT, ATTRIBUTION_SPLIT = "train", "extract"
 # Transfer tasks whose benchmark generates: they run through the profile's generation backend
@@ -100,9 +113,11 @@ def check_parameters(
     profile has teachers for); the profile's default seeds counted from ``seed``
     (:func:`~semalign_core.experiments.notebook.check_seeds`)."""
     s = get_setting(setting)
-    methods = check_list("methods", methods, METHODS)
+    methods = check_list("methods", methods, setting_methods(s))
     allowed = tuple(s.tasks)
-    if setting == "finetuned":
+    if s.teacher is not None:  # the tasks the setting's own teacher exists for at this profile
+        allowed = tuple(t for t in s.tasks if t in CROSS_FAMILY_TASKS.get(prof.name, ()))
+    elif setting == "finetuned":
         allowed = tuple(t for t in s.tasks if t in TEACHERS[prof.name])
         stray = [t for t in (tasks or ()) if t in s.tasks and t not in allowed]
         if stray:
@@ -112,6 +127,15 @@ def check_parameters(
             )
     tasks = check_list("tasks", tasks, allowed)
     return methods, tasks, check_seeds(seeds, seed, s.experiment, prof.name)
+
+
+def setting_methods(s: TransferSetting) -> tuple[str, ...]:
+    """The rows a setting trains (or copies), beside its reference rows: its own rows, else every
+    method of the transfer registry's ``METHODS``."""
+    if s.rows is None:
+        return tuple(METHODS)
+    copied = tuple(row for row in s.copies if row not in s.reference_rows)
+    return (*copied, *s.rows)
 
 
 # --------------------------------------------------------------------------- one cell
@@ -150,10 +174,23 @@ class Cell:
     def run(self) -> str:
         return run_name(self.method, self.task, self.record_seed, self.teacher)
 
+    @property
+    def row(self) -> TrainedRow:
+        """How the row trains: the setting's own row, else the registry method of its name."""
+        return (self.setting.rows or {}).get(self.method) or TrainedRow(self.method)
+
+    @property
+    def across_vocabularies(self) -> bool:
+        """Whether the row trains with a method that spans two vocabularies."""
+        return self.row.method in CROSS_METHODS
+
     def method_kwargs(self) -> dict[str, Any]:
-        """The method's config fields: the budget's, then the cell's own."""
-        overrides = self.budget.method_overrides(self.method, self.seed, CONFIGS[self.method])
-        return {**overrides, **self.method_config}
+        """The method's config fields: the budget's (those of ``row.budget_of`` where set), the
+        row's, then the cell's own."""
+        row = self.row
+        budget_of = row.budget_of or row.method
+        overrides = self.budget.method_overrides(budget_of, self.seed, config_class(row.method))
+        return {**overrides, **row.method_config, **self.method_config}
 
 
 def make_cell(
@@ -169,18 +206,17 @@ def make_cell(
     """A checked :class:`Cell`; ``budget`` None: the profile's for ``task``; ``teacher`` None in
     Table 2: the profile's first teacher of ``task``."""
     s = get_setting(setting)
-    if method not in (*s.reference_rows, *METHODS):
-        raise InvalidParameterError(
-            f"unknown method {method!r}; choose one of {', '.join((*s.reference_rows, *METHODS))}"
-        )
+    rows = (*s.reference_rows, *setting_methods(s))
+    if method not in rows:
+        raise InvalidParameterError(f"unknown method {method!r}; choose one of {', '.join(rows)}")
     if task not in s.tasks:
         raise InvalidParameterError(
             f"unknown transfer task {task!r}; choose one of {', '.join(s.tasks)}"
         )
     if setting == "table1" and teacher is not None:
         raise InvalidParameterError("teacher is a parameter of setting='finetuned' only")
-    if setting == "finetuned":
-        teacher = teacher or teacher_names(prof.name, task)[0]
+    if setting != "table1":
+        teacher = teacher or s.teacher or teacher_names(prof.name, task)[0]
     return Cell(
         prof,
         s,
@@ -246,7 +282,7 @@ def _main_eval_config(task: str, budget: TransferBudget) -> dict[str, Any]:
 
 def _transfer_config(cell: Cell) -> dict[str, Any]:
     """The training part of a trained cell's config: data splits and sizes, the method's config."""
-    cfg = make_config(cell.method, None, **cell.method_kwargs())
+    cfg = make_config(cell.row.method, None, **cell.method_kwargs())
     identity = cfg.identity() if hasattr(cfg, "identity") else asdict(cfg)
     identity = {k: v for k, v in identity.items() if k not in ("progress", "checkpoint_dir")}
     train_split, attr_split = (
@@ -254,13 +290,16 @@ def _transfer_config(cell: Cell) -> dict[str, Any]:
         if cell.task not in CLS_TASKS
         else (f"{cell.task}-pool/train", f"{cell.task}-pool/extract")
     )
-    return {
+    config = {
         "train_split": train_split,
         "n_train": cell.budget.n_train,
         "attribution_split": attr_split,
         "n_extract": cell.budget.n_extract,
         "method_config": _jsonable(identity),
     }
+    if cell.row.method != cell.method:  # a row named apart from the method that trains it
+        config["trained_by"] = cell.row.method
+    return config
 
 
 def cell_config(cell: Cell) -> dict[str, Any]:
@@ -350,7 +389,7 @@ def cell_models(cell: Cell) -> dict[str, Any]:
 
 def _reads_source(cell: Cell) -> bool:
     """Whether the cell's row reads its source or teacher (every row but a source-free method)."""
-    return cell.method not in METHODS or needs_source(cell.method)
+    return cell.method not in METHODS or needs_source(cell.row.method)
 
 
 def _load_models(cell: Cell):
@@ -364,7 +403,9 @@ def _load_models(cell: Cell):
         if isinstance(roles["teacher"], TeacherRecipe):  # the record names the made teacher
             ensure_teacher(roles["teacher"], verbose=False)
     elif "teacher" in roles:
-        vocab = surgery.vocab_size(target.model) if target is not None else None
+        # a same-family teacher keeps the target's vocabulary rows; another family keeps its own
+        same_family = target is not None and not cell.across_vocabularies
+        vocab = surgery.vocab_size(target.model) if same_family else None
         source, report = load_profile_teacher(
             cell.prof.name, cell.task, cell.teacher, cell.prof.dtype, target_vocab=vocab
         )
@@ -379,13 +420,15 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
     sources.update(train.sources)
     sources.update(extract.sources)
     t0 = time.perf_counter()
+    across = {"source_tokenizer": source.tokenizer} if cell.across_vocabularies else {}
     result = run_method(
-        cell.method,
+        cell.row.method,
         None if source is None else source.model,
         target.model,
         train.records,
         extract.records,
         tokenizer=target.tokenizer,
+        **across,
         **cell.method_kwargs(),
     )
     cost = {**_jsonable(result.cost), "wall_s_total": round(time.perf_counter() - t0, 3)}
@@ -395,7 +438,7 @@ def _train(cell: Cell, source, target, sources: dict[str, str]):
         "notes": list(result.notes),
         "stages": len(result.stages),
     }
-    if cell.method == "semalign":  # the source states each target layer was aligned to
+    if cell.row.method in ("semalign", "semalign_cross"):  # source states each layer aligned to
         summary["plan"] = plan_json(interpolation_plan(result.pairing))
     return result.model, cost, summary
 
@@ -519,7 +562,7 @@ def _computed_parts(cell: Cell) -> RecordParts:
         model, tokenizer = source.model, source.tokenizer
     else:
         model, tokenizer = target.model, target.tokenizer
-        if cell.method in METHODS:
+        if cell.method not in cell.setting.reference_rows:
             model, transfer_cost, summary = _train(cell, source, target, sources)
             del source
     if is_secondary_process():  # FSDP: the first process evaluates the trained model and writes
@@ -548,9 +591,14 @@ def _record_extra(cell: Cell) -> dict[str, Any]:
 
 
 def target_donor(cell: Cell) -> Cell | None:
-    """The cell whose record a Table 2 ``target`` row copies: the same row under the task's first
-    teacher of the profile, when the two configs differ in the teacher only (the untrained
-    target's evaluation does not depend on it); None for every other cell."""
+    """The cell whose record a cell copies (None: it computes its own). A row of the setting's
+    ``copies`` copies that setting's row (the cross-family table's target, SFT and same-family
+    SemAlign are Table 2's records). A Table 2 ``target`` row copies the same row under the
+    task's first teacher of the profile, when the two configs differ in the teacher only (the
+    untrained target's evaluation does not depend on it)."""
+    if cell.method in cell.setting.copies:
+        setting, row = cell.setting.copies[cell.method]
+        return make_cell(cell.prof, row, cell.task, cell.seed, cell.budget, setting)
     if cell.teacher is None or cell.method != cell.setting.target_row:
         return None
     names = TEACHERS.get(cell.prof.name, {}).get(cell.task, ())
@@ -578,6 +626,17 @@ def _copied_parts(cell: Cell, donor: Cell, measure: Measure | None) -> RecordPar
     )
 
 
+def _copy_config(cell: Cell, donor: Cell) -> dict[str, Any]:
+    """The stored config of a cell copying another setting's record: the donor's (what the
+    numbers depend on), with the setting and row that hold the copy."""
+    return {
+        **cell_config(donor),
+        "setting": cell.setting.name,
+        "row": cell.method,
+        "copy_of": f"{donor.setting.experiment}/{donor.run}",
+    }
+
+
 def cell_record(
     cell: Cell,
     force: bool = False,
@@ -591,18 +650,21 @@ def cell_record(
     (:func:`target_donor`), which is reused when valid even with ``force`` (a forced table has
     just recomputed it)."""
     donor = target_donor(cell)
+    config, models_of = cell_config, cell
     if donor is None:
         compute = measured(partial(compute_cell, cell), measure)
     else:
         compute = partial(_copied_parts, cell, donor, measure)
+        if donor.setting != cell.setting:  # another setting's record: its config and models
+            config, models_of = partial(_copy_config, donor=donor), donor
     return get_or_compute(
         cell.setting.experiment,
         cell.prof.name,
         cell.run,
-        cell_config(cell),
+        config(cell),
         compute,
         force,
-        record_models(**cell_models(cell)),
+        record_models(**cell_models(models_of)),
     )
 
 
@@ -648,10 +710,11 @@ def table_cells(
         task_budget = budget or transfer_budget(prof, task)
         if methods:
             check_train_budget(task, task_budget)
-        if setting == "finetuned":
-            task_teachers = teachers or teacher_names(prof.name, task)
-        else:
+        if setting == "table1":
             task_teachers = (None,)
+        else:
+            own = (s.teacher,) if s.teacher else teacher_names(prof.name, task)
+            task_teachers = teachers or own
         for teacher in task_teachers:
             for seed in seeds:
                 for method in (*s.reference_rows, *methods):

@@ -125,6 +125,24 @@ REGISTRY: dict[str, ModelSpec] = {
                 arch="llama", seed=1, num_layers=4, hidden_size=48, intermediate_size=96, **_TINY
             ),
         ),
+        # smoke's teacher of another family (cross-family transfer, notebook 09): Gemma 3's
+        # vocabulary and tokenizer, shallower than tiny-target (a deeper target, as at cpu)
+        ModelSpec(
+            "tiny-gemma-source",
+            "tiny",
+            "3-layer d=64 Llama with Gemma 3's vocabulary, random, seed 2",
+            tokenizer_from="gemma3-270m",
+            tiny=dict(
+                arch="llama",
+                seed=2,
+                num_layers=3,
+                hidden_size=64,
+                intermediate_size=128,
+                vocab_size=262144,
+                num_heads=4,
+                num_kv_heads=2,
+            ),
+        ),
         # cpu: real small models from PyPI wheels, and a student derived from SmolLM2
         ModelSpec(
             "smollm2-135m-instruct",

@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass
 
 FINETUNED = "ft-source"  # teacher name: the profile's source fine-tuned on the task
+# teacher name: the profile's model of another family fine-tuned on the task (cross-family setting)
+FINETUNED_CROSS = "ft-cross"
 TEACHER_VERSION = 1  # part of every recipe key: bump it when making a teacher changes
 
 

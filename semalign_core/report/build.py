@@ -24,6 +24,7 @@ from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.paths import REPO_ROOT, figures_dir, reference_results_dir
 from semalign_core.report.ablations import ablation_figures
 from semalign_core.report.analysis_figures import salf_analysis_figures, semalign_analysis_figures
+from semalign_core.report.cross_family_table import cross_family_figures
 from semalign_core.report.model_statistics import model_statistics
 from semalign_core.report.reproduction import reproduction_check
 from semalign_core.report.salf import salf_cost_benefit_figures, salf_main_table
@@ -39,6 +40,7 @@ BUILDERS: dict[str, Callable[[Path], list[Path]]] = {
     "table1": semalign_table1,
     "table2": teacher_table_figures,
     "ablations": ablation_figures,
+    "cross-family": cross_family_figures,
     "salf-main": salf_main_table,
     "salf-cost-benefit": salf_cost_benefit_figures,
     "reproduction": reproduction_check,

@@ -218,13 +218,16 @@ class Comparison:
 
     @property
     def mark(self) -> str:
-        """▲/▼ against the target, †/‡ against SFT; "" unless the interval excludes zero."""
+        """▲/▼ against the target, †/‡ against SFT; "" unless the interval excludes zero (and
+        for the comparisons only listed below a table: with a setting's ``compare_with`` rows)."""
         if not self.result.significant:
             return ""
         above = self.result.difference > 0
         if self.vs == SFT or self.vs.endswith(f"→ {SFT}"):
             return ABOVE_SFT if above else BELOW_SFT
-        return ABOVE_TARGET if above else BELOW_TARGET
+        if self.vs == "target":
+            return ABOVE_TARGET if above else BELOW_TARGET
+        return ""
 
 
 def _row_method(label: str, groups: dict) -> tuple[str | None, str | None]:
@@ -238,8 +241,8 @@ def _comparisons(
     groups: dict, rows: list[str], tasks: list[str], s: TransferSetting, several: bool
 ) -> list[Comparison]:
     """Every row but the target against the target; every trained row but SFT against the SFT
-    row of its teacher; per task in column order, rows in table order. Pairs without items (old
-    records) are left out."""
+    row of its teacher and against the setting's ``compare_with`` rows; per task in column order,
+    rows in table order. Pairs without items (old records) are left out."""
     out = []
     for row in rows:
         method, teacher = _row_method(row, groups)
@@ -251,7 +254,7 @@ def _comparisons(
                 continue
             versus = [s.target_row]
             if method not in s.reference_rows and method != SFT:
-                versus.append(sft)
+                versus += [sft, *(r for r in s.compare_with if r != method)]
             for vs in versus:
                 if (vs, task) not in groups:
                     continue
@@ -413,7 +416,8 @@ def table(
     records = with_secondary(_target_once(records, s))
     several = len({r.get("teacher") for r in records}) > 1
     groups = _groups(records, setting, several)
-    rows = _rows(records, setting, several, (*s.reference_rows, *method_order()))
+    own = method_order() if s.rows is None else (*s.copies, *s.rows)
+    rows = _rows(records, setting, several, (*s.reference_rows, *own))
     present = {r["task"] for r in records}
     always = s.columns if setting == "table1" else ()
     shown = [t for t in s.all_columns if t in always or t in present]
@@ -463,7 +467,7 @@ def table(
     ]
     lower = sorted(t for t in shown if t not in percent)
     frame.attrs["legend"] = _legend(len(compared), bool(label_tables), lower)
-    caption = _table1_caption if setting == "table1" else _table2_caption
+    caption = CAPTIONS[setting]
     frame.attrs["caption"] = caption(
         profile, records, frame.attrs["seeds"], shown, cells_text(intervals)
     )
@@ -615,6 +619,31 @@ def _table2_caption(
     )
 
 
+def _cross_family_caption(
+    profile: str, records: list[dict], seeds: list[int], shown: list[str], cells: str
+) -> str:
+    _, tgt = model_pair(records)
+    bases = sorted(
+        {r["config"]["teacher"].get("base", "?") for r in records if r["method"] == "teacher"}
+    )
+    return (
+        f"Cross-family transfer (beyond the papers), profile `{profile}`: teacher "
+        f"{', '.join(bases) or '?'} fine-tuned on the task (another tokenizer and vocabulary) → "
+        f"target {tgt}; training seeds {seeds}; % "
+        f"({task_descriptions(get_setting('cross_family'), records, shown)}); `target`, `sft` "
+        "and `semalign_same_family` (SemAlign from Table 2's same-family teacher, for scale) "
+        "are Table 2's records of the same target on the same items; teacher and target are "
+        "evaluated once; " + cells
+    )
+
+
+CAPTIONS = {
+    "table1": _table1_caption,
+    "finetuned": _table2_caption,
+    "cross_family": _cross_family_caption,
+}
+
+
 def _teacher_notes(records: list[dict]) -> list[str]:
     """What each teacher scored before its fine-tuning (from the teacher rows' records)."""
     src, _ = model_pair(records)
@@ -622,8 +651,9 @@ def _teacher_notes(records: list[dict]) -> list[str]:
     for r in records:
         info = r["metrics"].get("teacher")
         if info and info.get("before") and info["before"].get("acc") is not None:
+            base = r["config"].get("teacher", {}).get("base", src)
             notes.append(
-                f"teacher {r['teacher']} on {r['task']}: base {src} scored "
+                f"teacher {r['teacher']} on {r['task']}: base {base} scored "
                 f"{100 * info['before']['acc']:.1f} (n={info['before']['n']}) "
                 "before fine-tuning on "
                 f"{info['n_train']} training examples ({info['steps']} steps)"
@@ -748,12 +778,12 @@ def side_by_side_html(
     )
 
 
-def reproduced_section(frame: pd.DataFrame, seeds_label: str) -> str:
+def reproduced_section(frame: pd.DataFrame, seeds_label: str, heading: str = "Reproduced") -> str:
     """One profile's table as Markdown: heading, caption, notes, legend, the table (rows:
     "method"), then its label tables and the list of paired comparisons."""
     profile, seeds = frame.attrs["profile"], frame.attrs["seeds"]
     out = [
-        f"\n## Reproduced: profile `{profile}` ({seeds_label} {seeds})\n\n",
+        f"\n## {heading}: profile `{profile}` ({seeds_label} {seeds})\n\n",
         frame.attrs["caption"] + ".\n",
     ]
     out += [f"Note: {note}.\n" for note in frame.attrs["notes"]]

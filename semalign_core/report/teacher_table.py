@@ -35,9 +35,13 @@ INTRO = (
 )
 
 
-def gaps(profile: str) -> dict[tuple[str, str], float]:
-    """(teacher, task) → teacher minus target, in points, from the records."""
-    recs = [r for r in load_records(profile, SETTING) if r["metrics"].get("value") is not None]
+def _valued(profile: str, setting: str) -> list[dict]:
+    return [r for r in load_records(profile, setting) if r["metrics"].get("value") is not None]
+
+
+def gaps(profile: str, setting: str = SETTING) -> dict[tuple[str, str], float]:
+    """(teacher, task) → teacher minus target, in points, from the records of ``setting``."""
+    recs = _valued(profile, setting)
     target = {r["task"]: 100 * r["metrics"]["value"] for r in recs if r["method"] == "target"}
     return {
         (r["teacher"], r["task"]): 100 * r["metrics"]["value"] - target[r["task"]]
@@ -46,10 +50,10 @@ def gaps(profile: str) -> dict[tuple[str, str], float]:
     }
 
 
-def gap_intervals(profile: str) -> dict[tuple[str, str], object]:
+def gap_intervals(profile: str, setting: str = SETTING) -> dict[tuple[str, str], object]:
     """(teacher, task) → the paired difference teacher minus target on the same items
     (:func:`semalign_core.report.comparisons.compare`, fractions), where both have items."""
-    recs = [r for r in load_records(profile, SETTING) if r["metrics"].get("value") is not None]
+    recs = _valued(profile, setting)
     rows: dict[tuple[str, str | None, str], list[dict]] = {}
     for r in recs:
         rows.setdefault((r["method"], r.get("teacher"), r["task"]), []).append(r)
@@ -64,12 +68,12 @@ def gap_intervals(profile: str) -> dict[tuple[str, str], object]:
     return out
 
 
-def gap_notes(profile: str) -> list[str]:
+def gap_notes(profile: str, setting: str = SETTING) -> list[str]:
     """One line per teacher and task: the gap (with its paired 95% interval where the records
     have items), and whether it clears :data:`MIN_GAP`."""
-    intervals = gap_intervals(profile)
+    intervals = gap_intervals(profile, setting)
     out = []
-    for (teacher, task), gap in sorted(gaps(profile).items()):
+    for (teacher, task), gap in sorted(gaps(profile, setting).items()):
         verdict = "informative" if gap >= MIN_GAP else f"NOT informative (< {MIN_GAP:.0f} points)"
         paired = intervals.get((teacher, task))
         if paired is None:

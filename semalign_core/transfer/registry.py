@@ -104,7 +104,8 @@ def _check_name(name: str) -> None:
         raise InvalidParameterError(f"unknown method {name!r}; choose one of {valid}")
 
 
-def _config_type(name: str) -> type:
+def config_class(name: str) -> type:
+    """The config dataclass of method ``name`` (a cross-vocabulary method's too)."""
     return CONFIGS[name] if name in CONFIGS else CROSS_CONFIGS[name]
 
 
@@ -112,7 +113,7 @@ def make_config(name: str, config: Any = None, **overrides) -> Any:
     """The config of method ``name``: ``config`` (an instance, a dict of fields, or None for the
     defaults) with ``overrides`` applied. Unknown fields are a one-line InvalidParameterError."""
     _check_name(name)
-    cls = _config_type(name)
+    cls = config_class(name)
     if config is None:
         config = {}
     if isinstance(config, dict):
@@ -145,7 +146,7 @@ def run_method(
     _check_name(name)
     if tokenizer is None:
         raise InvalidParameterError("run_method needs the tokenizer")
-    known = {f.name for f in fields(_config_type(name))}
+    known = {f.name for f in fields(config_class(name))}
     overrides = {k: v for k, v in kwargs.items() if k in known}
     rest = {k: v for k, v in kwargs.items() if k not in known}
     cfg = make_config(name, config, **overrides)
@@ -159,6 +160,7 @@ __all__ = [
     "CROSS_METHODS",
     "METHODS",
     "NEEDS_SOURCE",
+    "config_class",
     "make_config",
     "needs_source",
     "run_method",
