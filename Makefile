@@ -22,8 +22,8 @@ export JUPYTER_DATA_DIR := $(CURDIR)/.cache/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CURDIR)/.cache/jupyter/runtime
 
 NOTEBOOKS := 00_models_and_data 01_semalign_analyses 02_salf_deviation_gain 03_semalign_transfer \
-	04_semalign_finetuned_teacher 05_semalign_ablations 06_salf_main_table 07_salf_cost_benefit 08_report \
-	09_semalign_cross_family
+	04_semalign_finetuned_teacher 05_semalign_ablations 05b_semalign_cross_family 06_salf_main_table \
+	07_salf_cost_benefit 08_report
 FIGURE_GROUPS := table3 semalign-analyses salf-analysis table1 table2 ablations cross-family salf-main \
 	salf-cost-benefit \
 	reproduction
@@ -103,6 +103,9 @@ test-slow: test-scale  ## the former name of test-scale
 05_semalign_ablations: setup  ## SemAlign ablations (objective, pairing, attribution, decomposition, frontier)
 	$(RUN_NB) notebooks/$@.ipynb
 
+05b_semalign_cross_family: setup  ## beyond the papers: SemAlign from a teacher of another family (other vocabulary)
+	$(RUN_NB) notebooks/$@.ipynb
+
 06_salf_main_table: setup  ## SALF against every freezing baseline (score and cost saving)
 	$(RUN_NB) notebooks/$@.ipynb
 
@@ -110,9 +113,6 @@ test-slow: test-scale  ## the former name of test-scale
 	$(RUN_NB) notebooks/$@.ipynb
 
 08_report: setup  ## report notebook: every table and figure from results/ alone
-	$(RUN_NB) notebooks/$@.ipynb
-
-09_semalign_cross_family: setup  ## beyond the papers: SemAlign from a teacher of another family (other vocabulary)
 	$(RUN_NB) notebooks/$@.ipynb
 
 reproduce: setup  ## every notebook at PROFILE (default cpu; FORCE=true recomputes) into runs/$(RUN)/

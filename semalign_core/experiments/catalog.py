@@ -32,7 +32,7 @@ NOTEBOOKS: dict[str, str] = {
     SEMALIGN_TRANSFER: "03_semalign_transfer",
     FINETUNED_TEACHER: "04_semalign_finetuned_teacher",
     SEMALIGN_ABLATIONS: "05_semalign_ablations",
-    SEMALIGN_CROSS_FAMILY: "09_semalign_cross_family",
+    SEMALIGN_CROSS_FAMILY: "05b_semalign_cross_family",
     SALF_MAIN: "06_salf_main_table",
     SALF_COST_BENEFIT: "07_salf_cost_benefit",
     SALF_TIMING: "07_salf_cost_benefit",

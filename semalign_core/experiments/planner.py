@@ -37,6 +37,7 @@ from semalign_core.experiments.catalog import (
     SALF_MAIN,
     SEMALIGN_ABLATIONS,
     SEMALIGN_ANALYSES,
+    SEMALIGN_CROSS_FAMILY,
     SEMALIGN_TRANSFER,
 )
 from semalign_core.models.registry import ATTN_IMPLEMENTATION, REGISTRY, model_shape
@@ -503,9 +504,14 @@ def _teacher_steps(exp: str, prof: Profile, b: int, fp32: bool) -> list[StepPlan
     return out
 
 
-def _made_teacher_step(exp: str, prof: Profile, b: int, fp32: bool) -> StepPlan:
-    """Fine-tuning the profile's teacher from its recipe (Table 2 and the ablations)."""
+def _made_teacher_step(
+    exp: str, prof: Profile, b: int, fp32: bool, base: str | None = None
+) -> StepPlan:
+    """Fine-tuning the profile's teacher from its recipe (Table 2 and the ablations; ``base``:
+    another model fine-tuned with the same recipe, the cross-family teacher)."""
     recipe = budgets.TEACHER_RECIPES[prof.name]
+    if base is not None:
+        recipe = replace(recipe, base=base)
     runs = recipe.epochs * math.ceil(
         (recipe.n_train or DEFAULT_TRAIN_RECORDS) / recipe.micro_batch_size
     )
@@ -526,6 +532,21 @@ def _ablation_steps(prof: Profile, b: int, fp32: bool) -> list[StepPlan]:
         source = budgets.TEACHER_RECIPES[prof.name].base
         out += semalign_steps(
             SEMALIGN_ABLATIONS, source, prof.semalign_target, budget.n_extract,
+            budget.batch_size, budget.max_length, budget.steps_per_stage, b, fp32,
+        )  # fmt: skip
+    return out
+
+
+def _cross_family_steps(prof: Profile, b: int, fp32: bool) -> list[StepPlan]:
+    """The cross-family teacher's fine-tuning and one SemAlign run from it per task (its
+    heaviest row: the other rows train the target alone or against the teacher's logits)."""
+    out = []
+    base = budgets.CROSS_FAMILY_BASES.get(prof.name)
+    for task in budgets.CROSS_FAMILY_TASKS.get(prof.name, ()):
+        out.append(_made_teacher_step(SEMALIGN_CROSS_FAMILY, prof, b, fp32, base))
+        budget = budgets.transfer_budget(prof, task)
+        out += semalign_steps(
+            SEMALIGN_CROSS_FAMILY, base, prof.semalign_target, budget.n_extract,
             budget.batch_size, budget.max_length, budget.steps_per_stage, b, fp32,
         )  # fmt: skip
     return out
@@ -554,6 +575,7 @@ def experiment_steps(prof: Profile, settings: PlanSettings | None = None) -> dic
         ],
         FINETUNED_TEACHER: _teacher_steps(FINETUNED_TEACHER, prof, b, fp32),
         SEMALIGN_ABLATIONS: _ablation_steps(prof, b, fp32),
+        SEMALIGN_CROSS_FAMILY: _cross_family_steps(prof, b, fp32),
         SALF_MAIN: _salf_steps(SALF_MAIN, prof, False, b, fp32),
         SALF_COST_BENEFIT: _salf_steps(SALF_COST_BENEFIT, prof, True, b, fp32),
     }  # fmt: skip

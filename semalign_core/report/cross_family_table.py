@@ -1,4 +1,4 @@
-"""Cross-family transfer (beyond the papers; ``notebooks/09``): the table, its costs and bridges.
+"""Cross-family transfer (beyond the papers; ``notebooks/05b``): the table, its costs and bridges.
 
 The cells are :func:`semalign_core.report.semalign_tables.table` cells with
 ``setting="cross_family"``: a teacher of another family (another tokenizer and vocabulary,
@@ -36,7 +36,7 @@ INTRO = (
     "the task, and SemAlign transfers through hidden states aligned at the character offsets "
     "both tokenisations share, decomposed on the teacher's semantic bases and recomposed on the "
     "target's through a vocabulary bridge (`semalign_core/semalign/crossvocab/`; "
-    "`notebooks/09_semalign_cross_family.ipynb`). It is measured against the published "
+    "`notebooks/05b_semalign_cross_family.ipynb`). It is measured against the published "
     "cross-tokenizer output distillation (ULD) and KL through the same bridge.\n"
 )
 COST_HEADER = (
