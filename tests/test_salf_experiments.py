@@ -390,3 +390,42 @@ def test_overridden_settings_name_what_differs_from_the_defaults():
         "lr",
         "salf_kw",
     ]
+
+
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_a_timing_repeat_runs_the_warm_up_before_its_policy_and_off_its_clocks(
+    monkeypatch, warm_up
+):
+    """A timing repeat first runs block influence's analysis pass (its decision discarded),
+    then the policy's own set-up; the warm-up's seconds are neither set-up nor training time.
+    A scored run has no warm-up."""
+    order = []
+    real = ex.build_policy
+
+    def traced(label, spec, model, max_length):
+        policy = real(label, spec, model, max_length)
+        setup = policy.setup
+
+        def record(ctx):
+            order.append((label, spec["kind"]))
+            return setup(ctx)
+
+        policy.setup = record
+        return policy
+
+    monkeypatch.setattr(ex, "build_policy", traced)
+    budget = ex.run_budget(PROF)
+    train, _, _, _ = ex.task_data(TASK, budget.n_train, budget.n_eval, 0)
+    net, tokenizer = ModelPool(PROF).fresh(MODEL)
+    spec = ex.policy_spec("full")
+    config = ex.finetune_config(budget, MODEL, 0, spec)
+    _, cost, _ = ex._finetuned("full", spec, net, tokenizer, train, None, TASK, config, warm_up)
+    if warm_up:
+        assert order == [("warm_up", "block_influence"), ("full", "full")]
+        assert cost["warm_up_s"] > 0 and cost["setup_s"] < cost["warm_up_s"]
+        assert cost["call_s"] >= cost["warm_up_s"] + cost["setup_s"] + cost["wall_s"]
+    else:
+        assert order == [("full", "full")] and cost["warm_up_s"] == 0.0
+    config_of = ex.run_config(PROF, MODEL, TASK, "full", 0, spec, budget, repeat=0)
+    assert config_of["warm_up"] == ex.TIMING_WARM_UP
+    assert "warm_up" not in ex.run_config(PROF, MODEL, TASK, "full", 0, spec, budget)

@@ -968,7 +968,12 @@ def timing_frame(records: Sequence[dict]) -> pd.DataFrame:
 TIMING_TEXT = (
     "Each repeat is one training run in a fresh Python process (no memory or caches carried "
     "over), the policies interleaved in a seeded random order; not scored "
-    "(`notebooks/07_salf_cost_benefit.ipynb`, `results/salf_timing/`). Cells: median (min…max) "
+    "(`notebooks/07_salf_cost_benefit.ipynb`, `results/salf_timing/`). Before its policy's "
+    "set-up, every repeat runs block influence's analysis pass untimed (records' "
+    "`warm_up`), so every policy's timed training starts in a process that has run the same "
+    "forward pass: without it `full` (no analysis of its own) trained ~10 % slower than after "
+    "it, and the policies with an analysis pass looked that much cheaper (docs/decisions.md, "
+    "SALF costs). Cells: median (min…max) "
     "over the repeats. Wall saving: 1 − wall / wall of `full` at the same repeat index (and "
     "seed), then the median of those per-repeat savings. Measured / analytic: median measured "
     "wall saving over the analytic FLOPs saving; ⚠ when it is more than "
