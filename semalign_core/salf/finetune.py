@@ -215,6 +215,7 @@ class _Tally:
     losses: list[float] = field(default_factory=list)
     grad_names: set[str] = field(default_factory=set)
     updated: int = 0  # parameters the last optimizer step updated (those with a gradient)
+    updated_total: int = 0  # the same summed over the run's steps (what the updates touched)
 
 
 class _Loop:
@@ -256,6 +257,8 @@ class _Loop:
         self.cache: dict[tuple[int, int], torch.Tensor] = {}  # (batch, depth) -> state
         self.tally = _Tally()
         self.stopwatch = costs.Stopwatch(device)
+        # the update (clipping, AdamW, zeroing) timed apart: memory-bound, not counted in FLOPs
+        self.update_watch = costs.Stopwatch(device)
         self.history: list[dict] = []
         self.switch(0, state)
 
@@ -319,10 +322,11 @@ class _Loop:
             batch = _batch(self.enc, plan.indices, self.pad, self.device)
             loss, cached = self._forward_backward(batch, boundary, batch_index)
             changed = self.policy.after_backward(step, self.model)
-            if self.config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            with self.update_watch.step():
+                if self.config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
         self._account(batch, boundary, self.cache_depth() if cached else 0, loss.item())
         if changed is not None and changed != self.state:
             self.switch(step + 1, changed)
@@ -354,6 +358,7 @@ class _Loop:
         optimizer = costs.optimizer_flops(self.tally.updated, self.config.optimizer)
         tally = self.tally
         tally.flops += step["total"] + optimizer
+        tally.updated_total += tally.updated
         for part in ("blocks", "embedding", "head"):
             tally.components[part] += step[part]
         tally.components["optimizer"] += optimizer
@@ -404,6 +409,10 @@ class _Loop:
             "epoch_s": epoch_s,
             "step_s": self.stopwatch.steps,
             **self.stopwatch.summary(),
+            # of the steps' time: the parameter update (clip, AdamW, zero grads), and the
+            # parameters it updated summed over steps (the time model's second term)
+            "update_s": self.update_watch.total,
+            "updated_params_steps": tally.updated_total,
             **peak.as_dict(),
             "rss_start_mb": rss_start,
             "train_memory_mb": peak.peak_rss_mb - rss_start,
