@@ -272,3 +272,27 @@ def test_page_is_deterministic_and_complete(tmp_path, monkeypatch):
     assert "### SALF against matched depth" in text and "### eof decisions" in text
     assert "## Timing repeats (reproduced, ours): profile `smoke`" in text
     assert "16 FLOPs per trained parameter" in text
+
+
+def test_time_model_scales_fulls_measured_split_by_flops_and_updated_parameters():
+    """`full` spent 8 s computing and 2 s updating; a run with 40 % of its FLOPs and a quarter of
+    its updated parameters is predicted at 8·0.4 + 2·0.25 = 3.7 s: a 63 % saving, where FLOPs
+    alone say 60 %."""
+    full = {"wall_s": 10.0, "update_s": 2.0, "flops_analytic": 100.0, "updated_params_steps": 400}
+    run = {"wall_s": 4.0, "update_s": 0.4, "flops_analytic": 40.0, "updated_params_steps": 100}
+    assert salf_report.predicted_time_saving(run, full) == pytest.approx(1 - 3.7 / 10)
+    assert salf_report.predicted_time_saving(full, full) == pytest.approx(0.0)
+    older = {k: v for k, v in full.items() if k != "update_s"}  # made before the split was kept
+    assert salf_report.predicted_time_saving(run, older) is None
+    assert salf_report.predicted_time_saving(run, None) is None
+    records = _timing_records()
+    for r in records:
+        r["cost"].update(update_s=0.2 * r["cost"]["wall_s"], updated_params_steps=1000)
+        if r["config"]["policy"] == "salf":
+            r["cost"]["updated_params_steps"] = 250
+    rows = {r["policy"]: r for r in salf_report.timing_rows(records)}
+    # salf: flops 0.5 of full's, updates 0.25 → 0.8·0.5 + 0.2·0.25 = 0.45 → saving 0.55
+    assert rows["salf"]["saving_predicted"] == pytest.approx(0.55)
+    assert rows["salf"]["ratio_predicted"] == pytest.approx(0.4 / 0.55)
+    frame = salf_report.timing_frame(records)
+    assert frame.loc[("m", "t", "salf"), "time-model saving %"] == "55.0"
