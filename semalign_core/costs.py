@@ -63,6 +63,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
 import psutil
@@ -418,6 +419,37 @@ class Stopwatch:
         }
 
 
+class SpanTimer:
+    """Total time of spans inside a step that a :class:`Stopwatch` already times, without adding
+    synchronisations of its own: ``perf_counter`` on the CPU, CUDA event pairs on a GPU (read
+    once, after the loop), so timing a part does not change the step's time."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+        self._seconds = 0.0
+        self._events: list[tuple] = []
+
+    @contextmanager
+    def span(self):
+        if self.cuda:
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            yield
+            end.record()
+            self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self._seconds += time.perf_counter() - t0
+
+    @property
+    def total(self) -> float:
+        if self._events:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self._events) / 1000.0  # ms -> s
+        return self._seconds
+
+
 class _Timed:
     def __init__(self, sw: Stopwatch):
         self.sw = sw
@@ -562,6 +594,7 @@ __all__ = [
     "BlockCost",
     "ModelShape",
     "PeakMemory",
+    "SpanTimer",
     "Stopwatch",
     "TrainableSpec",
     "activation_bytes",

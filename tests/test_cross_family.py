@@ -83,6 +83,50 @@ def test_copied_rows_are_table2s_cells(row, copied):
     assert donor.run == tt.run_name(copied, "trec", None if row == "target" else 2, "ft-source")
 
 
+def test_a_copy_follows_its_donor(folders, monkeypatch):
+    """A copied row holds its donor's metrics and config, names the donor's record, and is copied
+    again once the donor holds other numbers (not before: a reused copy is the same record)."""
+    cell = tt.make_cell(SMOKE, "target", "sst2", 0, setting=CROSS)
+    donor = tt.target_donor(cell)
+    copy = tt.cell_record(cell)
+    original = json.loads((folders[0] / f"{donor.setting.experiment}/smoke/{donor.run}.json")
+                          .read_text())  # fmt: skip
+    assert copy["metrics"] == original["metrics"] and copy["reused_from"].endswith(".json")
+    assert copy["config"]["copy_of"] == f"semalign_finetuned_teacher/smoke/{donor.run}"
+    assert copy["config"]["eval"] == original["config"]["eval"]
+    assert tt.cell_record(cell)["provenance"] == copy["provenance"]  # reused as it is
+    # the donor recomputed with other numbers (as a changed evaluation would give): copied again
+    path = folders[0] / f"{donor.setting.experiment}/smoke/{donor.run}.json"
+    changed = {**original, "metrics": {**original["metrics"], "value": 0.123}}
+    path.write_text(json.dumps(changed))
+    monkeypatch.setattr(tt, "cell_record", _trusting(tt.cell_record, donor, changed))
+    again = tt.cell_record(cell)
+    assert again["metrics"]["value"] == 0.123
+    assert again["config"]["copy_of_metrics"] != copy["config"]["copy_of_metrics"]
+
+
+def _trusting(real, donor, record):
+    """``cell_record`` that returns ``record`` for ``donor`` (a stand-in for a donor recomputed
+    with other numbers, whose stored hash the real reader would reject as edited)."""
+
+    def cell_record(cell, force=False, measure=None):
+        return record if cell == donor else real(cell, force, measure)
+
+    return cell_record
+
+
+def test_cross_family_refuses_another_teacher_and_a_custom_budget_for_its_copies():
+    with pytest.raises(InvalidParameterError, match="its own teacher"):
+        tt.make_cell(CPU, "uld", "trec", 0, setting=CROSS, teacher="ft-source")
+    small = tt.transfer_budget(CPU, "trec", n_train=8)
+    with pytest.raises(InvalidParameterError, match="custom budget applies to the trained rows"):
+        tt.target_donor(tt.make_cell(CPU, "sft", "trec", 0, small, setting=CROSS))
+    with pytest.raises(InvalidParameterError, match="no cross-family teacher for \\['sst2'\\]"):
+        tt.check_parameters(CPU, tasks=["sst2"], setting=CROSS)
+    with pytest.raises(InvalidParameterError, match="tasks with teachers: none"):
+        tt.check_parameters(get_profile("paper"), tasks=["trec"], setting=CROSS)
+
+
 def test_table2_rows_still_copy_nothing_but_a_second_teachers_target():
     assert tt.target_donor(tt.make_cell(CPU, "sft", "trec", 0, setting="finetuned")) is None
     assert tt.target_donor(tt.make_cell(CPU, "uld", "trec", 0, setting=CROSS)) is None
@@ -129,6 +173,7 @@ def test_cross_family_notebook_at_smoke(smoke_reproduction):
             donor = json.loads((smoke_reproduction.results / f"{copy_of}.json").read_text())
             assert record["metrics"] == donor["metrics"], name
             assert record["reused_from"] == f"{copy_of}.json"
+            assert record["config"]["copy_of_metrics"] == config_hash(donor["metrics"])
         else:
             assert copy_of is None and "reused_from" not in record
     bridge = records["ft-cross__semalign_cross_projection__sst2__seed0"]["cost"]["transfer"]

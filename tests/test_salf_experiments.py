@@ -392,13 +392,11 @@ def test_overridden_settings_name_what_differs_from_the_defaults():
     ]
 
 
-@pytest.mark.parametrize("warm_up", [True, False])
-def test_a_timing_repeat_runs_the_warm_up_before_its_policy_and_off_its_clocks(
-    monkeypatch, warm_up
-):
+def test_a_timing_repeat_runs_the_warm_up_before_its_policy_and_off_its_clocks(monkeypatch):
     """A timing repeat first runs block influence's analysis pass (its decision discarded),
-    then the policy's own set-up; the warm-up's seconds are neither set-up nor training time.
-    A scored run has no warm-up."""
+    then the policy's own set-up; the warm-up's seconds are neither set-up nor training time,
+    and it changes nothing the training computes. A scored run has no warm-up. The update is
+    timed apart and counts the parameters it touched: every trainable one at every step."""
     order = []
     real = ex.build_policy
 
@@ -416,16 +414,25 @@ def test_a_timing_repeat_runs_the_warm_up_before_its_policy_and_off_its_clocks(
     monkeypatch.setattr(ex, "build_policy", traced)
     budget = ex.run_budget(PROF)
     train, _, _, _ = ex.task_data(TASK, budget.n_train, budget.n_eval, 0)
-    net, tokenizer = ModelPool(PROF).fresh(MODEL)
     spec = ex.policy_spec("full")
     config = ex.finetune_config(budget, MODEL, 0, spec)
-    _, cost, _ = ex._finetuned("full", spec, net, tokenizer, train, None, TASK, config, warm_up)
-    if warm_up:
-        assert order == [("warm_up", "block_influence"), ("full", "full")]
-        assert cost["warm_up_s"] > 0 and cost["setup_s"] < cost["warm_up_s"]
-        assert cost["call_s"] >= cost["warm_up_s"] + cost["setup_s"] + cost["wall_s"]
-    else:
-        assert order == [("full", "full")] and cost["warm_up_s"] == 0.0
+    pool = ModelPool(PROF)
+    runs = {}
+    for warm_up in (False, True):
+        order.clear()
+        net, tokenizer = pool.fresh(MODEL)
+        runs[warm_up] = ex._finetuned(
+            "full", spec, net, tokenizer, train, None, TASK, config, warm_up
+        )
+        assert order == ([("warm_up", "block_influence")] if warm_up else []) + [("full", "full")]
+    (_, cold, cold_extra), (_, warm, warm_extra) = runs[False], runs[True]
+    assert cold["warm_up_s"] == 0.0 and warm["warm_up_s"] > 0
+    assert warm["setup_s"] < warm["warm_up_s"]
+    assert warm["call_s"] >= warm["warm_up_s"] + warm["setup_s"] + warm["wall_s"]
+    assert warm_extra["losses"] == cold_extra["losses"]  # same training, bit for bit
+    for cost in (cold, warm):
+        assert 0 < cost["update_s"] < cost["wall_s"]
+        assert cost["updated_params_steps"] == cost["steps"] * cost["trainable_params"]
     config_of = ex.run_config(PROF, MODEL, TASK, "full", 0, spec, budget, repeat=0)
     assert config_of["warm_up"] == ex.TIMING_WARM_UP
     assert "warm_up" not in ex.run_config(PROF, MODEL, TASK, "full", 0, spec, budget)

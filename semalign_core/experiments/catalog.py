@@ -213,17 +213,9 @@ SETTINGS: dict[str, TransferSetting] = {
         compare_with=("uld",),  # the published cross-tokenizer distillation
     ),
 }
-# the cross-family table's rows in order (reference rows first)
-CROSS_FAMILY_ROWS = (
-    "teacher",
-    "target",
-    "sft",
-    "semalign_same_family",
-    "uld",
-    "bridged_kl",
-    "semalign_cross_exact",
-    "semalign_cross_projection",
-)
+# the cross-family table's rows in order: reference rows, copied rows, trained rows
+_CROSS = SETTINGS["cross_family"]
+CROSS_FAMILY_ROWS = tuple(dict.fromkeys((*_CROSS.reference_rows, *_CROSS.copies, *_CROSS.rows)))
 
 
 def get_setting(name: str) -> TransferSetting:

@@ -73,6 +73,7 @@ from semalign_core.profiles import Profile
 from semalign_core.records import (
     Measure,
     RecordParts,
+    config_hash,
     get_or_compute,
     is_secondary_process,
     measured,
@@ -115,14 +116,14 @@ def check_parameters(
     s = get_setting(setting)
     methods = check_list("methods", methods, setting_methods(s))
     allowed = tuple(s.tasks)
-    if s.teacher is not None:  # the tasks the setting's own teacher exists for at this profile
-        allowed = tuple(t for t in s.tasks if t in CROSS_FAMILY_TASKS.get(prof.name, ()))
-    elif setting == "finetuned":
-        allowed = tuple(t for t in s.tasks if t in TEACHERS[prof.name])
+    if setting != "table1":  # the tasks the setting's teachers exist for at this profile
+        has = CROSS_FAMILY_TASKS.get(prof.name, ()) if s.teacher else TEACHERS[prof.name]
+        allowed = tuple(t for t in s.tasks if t in has)
         stray = [t for t in (tasks or ()) if t in s.tasks and t not in allowed]
         if stray:
+            kind = "cross-family" if s.teacher else "fine-tuned"
             raise InvalidParameterError(
-                f"parameter tasks: profile {prof.name!r} has no fine-tuned teacher for {stray}; "
+                f"parameter tasks: profile {prof.name!r} has no {kind} teacher for {stray}; "
                 f"tasks with teachers: {', '.join(allowed) or 'none'}"
             )
     tasks = check_list("tasks", tasks, allowed)
@@ -214,7 +215,12 @@ def make_cell(
             f"unknown transfer task {task!r}; choose one of {', '.join(s.tasks)}"
         )
     if setting == "table1" and teacher is not None:
-        raise InvalidParameterError("teacher is a parameter of setting='finetuned' only")
+        raise InvalidParameterError("teacher is a parameter of the settings with teachers only")
+    if s.teacher is not None and teacher not in (None, s.teacher):
+        raise InvalidParameterError(
+            f"setting {setting!r} transfers from its own teacher {s.teacher!r} only, "
+            f"got {teacher!r}"
+        )
     if setting != "table1":
         teacher = teacher or s.teacher or teacher_names(prof.name, task)[0]
     return Cell(
@@ -598,6 +604,11 @@ def target_donor(cell: Cell) -> Cell | None:
     untrained target's evaluation does not depend on it)."""
     if cell.method in cell.setting.copies:
         setting, row = cell.setting.copies[cell.method]
+        if cell.budget != transfer_budget(cell.prof, cell.task):
+            raise InvalidParameterError(
+                f"row {cell.method!r} is a copy of {setting!r}'s record, made with the profile's "
+                "budget; a custom budget applies to the trained rows only (pass them as methods)"
+            )
         return make_cell(cell.prof, row, cell.task, cell.seed, cell.budget, setting)
     if cell.teacher is None or cell.method != cell.setting.target_row:
         return None
@@ -628,12 +639,16 @@ def _copied_parts(cell: Cell, donor: Cell, measure: Measure | None) -> RecordPar
 
 def _copy_config(cell: Cell, donor: Cell) -> dict[str, Any]:
     """The stored config of a cell copying another setting's record: the donor's (what the
-    numbers depend on), with the setting and row that hold the copy."""
+    numbers depend on), with the setting and row that hold the copy, and a hash of the donor's
+    metrics (a donor recomputed since with other numbers, even under the same config,
+    invalidates the copy, which is then copied again)."""
+    donor_record = cell_record(donor)
     return {
         **cell_config(donor),
         "setting": cell.setting.name,
         "row": cell.method,
-        "copy_of": f"{donor.setting.experiment}/{donor.run}",
+        "copy_of": f"{donor.setting.experiment}/{donor.prof.name}/{donor.run}",
+        "copy_of_metrics": config_hash(donor_record["metrics"]),
     }
 
 

@@ -125,7 +125,7 @@ REGISTRY: dict[str, ModelSpec] = {
                 arch="llama", seed=1, num_layers=4, hidden_size=48, intermediate_size=96, **_TINY
             ),
         ),
-        # smoke's teacher of another family (cross-family transfer, notebook 09): Gemma 3's
+        # smoke's teacher of another family (cross-family transfer, notebook 05b): Gemma 3's
         # vocabulary and tokenizer, shallower than tiny-target (a deeper target, as at cpu)
         ModelSpec(
             "tiny-gemma-source",

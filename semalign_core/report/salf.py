@@ -116,8 +116,10 @@ def predicted_time_saving(cost: dict, full: dict | None) -> float | None:
     own measured split (``wall_s`` − ``update_s``, and ``update_s``) and scaled by the run's share
     of ``full``'s analytic FLOPs and of the parameters its updates touched
     (``updated_params_steps``). The update (clipping, AdamW, zeroing gradients) is memory-bound:
-    about 1 % of the FLOPs and a fifth of the time, so FLOPs alone under-predict the time saved
-    by training fewer parameters. None without the split (records made before it was kept)."""
+    about 1 % of the FLOPs and 13–15 % of `full`'s time at `cpu`, so FLOPs alone under-predict
+    the time saved by training fewer parameters. Approximations: the FLOP term also scales the
+    loop's other overhead (batching, the prefix cache's reads), and the analytic FLOPs include
+    the optimizer's own (about 1 %). None without the split (records made before it was kept)."""
     keys = ("wall_s", "update_s", "flops_analytic", "updated_params_steps")
     if full is None or any(cost.get(k) is None or full.get(k) is None for k in keys):
         return None
@@ -1007,7 +1009,7 @@ TIMING_TEXT = (
     f"{100 * RATIO_TOLERANCE:.0f}% from 1 (– where the analytic saving is below "
     f"{100 * MIN_RATIO_SAVING:.0f}%). Time model: the saving predicted by FLOP time plus "
     "parameter-update time (clipping, AdamW, zeroing gradients: memory-bound, ~1 % of the FLOPs "
-    "and about a fifth of `full`'s time), both calibrated on `full`'s own measured split at the "
+    "and 13–15 % of `full`'s time at `cpu`), both calibrated on `full`'s own measured split at the "
     "same repeat and scaled by the run's FLOPs and updated parameters "
     "(`report.salf.predicted_time_saving`); measured / time model ⚠ likewise. Training "
     "memory: the peak resident memory during the "

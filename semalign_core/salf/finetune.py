@@ -258,7 +258,7 @@ class _Loop:
         self.tally = _Tally()
         self.stopwatch = costs.Stopwatch(device)
         # the update (clipping, AdamW, zeroing) timed apart: memory-bound, not counted in FLOPs
-        self.update_watch = costs.Stopwatch(device)
+        self.update_watch = costs.SpanTimer(device)
         self.history: list[dict] = []
         self.switch(0, state)
 
@@ -322,7 +322,7 @@ class _Loop:
             batch = _batch(self.enc, plan.indices, self.pad, self.device)
             loss, cached = self._forward_backward(batch, boundary, batch_index)
             changed = self.policy.after_backward(step, self.model)
-            with self.update_watch.step():
+            with self.update_watch.span():
                 if self.config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
                 self.optimizer.step()
