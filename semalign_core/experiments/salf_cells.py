@@ -277,9 +277,7 @@ def _warmed_up(policy, model, max_length: int) -> None:
     clock; the warm-up's seconds go to ``warm_up_s``), so every timing repeat starts its timed
     training in a process that has run the same forward pass."""
     setup = policy.setup
-    warm = build_policy(
-        "warm_up", {"kind": "block_influence", "first_block": salf.FIRST_BLOCK}, model, max_length
-    )
+    warm = build_policy("warm_up", policy_spec("block_influence"), model, max_length)
 
     def warmed(ctx):
         t0 = time.perf_counter()

@@ -53,6 +53,14 @@ def teacher_names(profile: str, task: str) -> tuple[str, ...]:
     return names
 
 
+def teacher_tasks(profile: str, name: str | None = None) -> tuple[str, ...]:
+    """The tasks teacher ``name`` exists for at ``profile`` (``FINETUNED_CROSS``: the
+    cross-family teacher's; None: those with any of the profile's Table 2 teachers)."""
+    if name == FINETUNED_CROSS:
+        return CROSS_FAMILY_TASKS.get(profile, ())
+    return tuple(TEACHERS.get(profile, {}))
+
+
 def teacher_recipe(profile: str, task: str, **overrides) -> TeacherRecipe:
     """The profile's recipe for ``task`` with ``overrides`` (fields of :class:`TeacherRecipe`)."""
     if profile not in TEACHER_RECIPES:
@@ -70,7 +78,7 @@ def cross_family_recipe(profile: str, task: str) -> TeacherRecipe:
     """The recipe of the cross-family teacher of ``task``: the profile's
     :data:`~semalign_core.experiments.budgets.CROSS_FAMILY_BASES` model fine-tuned with the
     profile's teacher settings (one-line error where the profile has no such setting)."""
-    tasks = CROSS_FAMILY_TASKS.get(profile, ())
+    tasks = teacher_tasks(profile, FINETUNED_CROSS)
     if task not in tasks:
         raise InvalidParameterError(
             f"profile {profile!r} has no cross-family teacher for task {task!r}; "
@@ -239,4 +247,5 @@ __all__ = [
     "resolve_teacher",
     "teacher_names",
     "teacher_recipe",
+    "teacher_tasks",
 ]

@@ -45,12 +45,7 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.answers import DEFAULT_ORDER, GSM8K_EXTRACTION_VERSION
 from semalign_core.evaluation.backends import choose_backend
 from semalign_core.evaluation.harness import evaluate
-from semalign_core.experiments.budgets import (
-    CROSS_FAMILY_TASKS,
-    TEACHERS,
-    TransferBudget,
-    transfer_budget,
-)
+from semalign_core.experiments.budgets import TEACHERS, TransferBudget, transfer_budget
 from semalign_core.experiments.catalog import (
     CLS_TASKS,
     METRICS,
@@ -66,6 +61,7 @@ from semalign_core.experiments.teachers import (
     load_profile_teacher,
     resolve_teacher,
     teacher_names,
+    teacher_tasks,
 )
 from semalign_core.lm import surgery
 from semalign_core.models.teachers import TeacherRecipe, teacher_identity
@@ -117,7 +113,7 @@ def check_parameters(
     methods = check_list("methods", methods, setting_methods(s))
     allowed = tuple(s.tasks)
     if setting != "table1":  # the tasks the setting's teachers exist for at this profile
-        has = CROSS_FAMILY_TASKS.get(prof.name, ()) if s.teacher else TEACHERS[prof.name]
+        has = teacher_tasks(prof.name, s.teacher)
         allowed = tuple(t for t in s.tasks if t in has)
         stray = [t for t in (tasks or ()) if t in s.tasks and t not in allowed]
         if stray:
@@ -624,31 +620,33 @@ def _without_teacher(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "teacher"}
 
 
-def _copied_parts(cell: Cell, donor: Cell, measure: Measure | None) -> RecordParts:
-    """The parts of ``donor``'s record (computed first when it has no valid one) as ``cell``'s:
-    metrics, cost and provenance kept, marked ``reused_from``; the cell's own identity."""
-    record = cell_record(donor, measure=measure)
-    reused_from = f"{donor.setting.experiment}/{donor.prof.name}/{donor.run}.json"
+def _record_name(cell: Cell) -> str:
+    """``<experiment>/<profile>/<run>``: where a cell's record lives under the results."""
+    return f"{cell.setting.experiment}/{cell.prof.name}/{cell.run}"
+
+
+def _copied_parts(cell: Cell, donor: Cell, record: dict) -> RecordParts:
+    """The parts of ``donor``'s ``record`` as ``cell``'s: metrics, cost and provenance kept,
+    marked ``reused_from``; the cell's own identity."""
     return RecordParts(
         record["metrics"],
         record["cost"],
         record["provenance"],
-        {**_record_extra(cell), "reused_from": reused_from},
+        {**_record_extra(cell), "reused_from": f"{_record_name(donor)}.json"},
     )
 
 
-def _copy_config(cell: Cell, donor: Cell) -> dict[str, Any]:
-    """The stored config of a cell copying another setting's record: the donor's (what the
+def _copy_config(cell: Cell, donor: Cell, record: dict) -> dict[str, Any]:
+    """The stored config of a cell copying another setting's ``record``: the donor's (what the
     numbers depend on), with the setting and row that hold the copy, and a hash of the donor's
     metrics (a donor recomputed since with other numbers, even under the same config,
     invalidates the copy, which is then copied again)."""
-    donor_record = cell_record(donor)
     return {
         **cell_config(donor),
         "setting": cell.setting.name,
         "row": cell.method,
-        "copy_of": f"{donor.setting.experiment}/{donor.prof.name}/{donor.run}",
-        "copy_of_metrics": config_hash(donor_record["metrics"]),
+        "copy_of": _record_name(donor),
+        "copy_of_metrics": config_hash(record["metrics"]),
     }
 
 
@@ -665,18 +663,23 @@ def cell_record(
     (:func:`target_donor`), which is reused when valid even with ``force`` (a forced table has
     just recomputed it)."""
     donor = target_donor(cell)
-    config, models_of = cell_config, cell
+    config, models_of = cell_config(cell), cell
     if donor is None:
         compute = measured(partial(compute_cell, cell), measure)
-    else:
-        compute = partial(_copied_parts, cell, donor, measure)
-        if donor.setting != cell.setting:  # another setting's record: its config and models
-            config, models_of = partial(_copy_config, donor=donor), donor
+    elif donor.setting == cell.setting:  # Table 2's second teacher: its donor read when copied
+
+        def compute() -> RecordParts:
+            return _copied_parts(cell, donor, cell_record(donor, measure=measure))
+
+    else:  # another setting's record, read (or computed) once: its config and models
+        record = cell_record(donor, measure=measure)
+        compute = partial(_copied_parts, cell, donor, record)
+        config, models_of = _copy_config(cell, donor, record), donor
     return get_or_compute(
         cell.setting.experiment,
         cell.prof.name,
         cell.run,
-        config(cell),
+        config,
         compute,
         force,
         record_models(**cell_models(models_of)),

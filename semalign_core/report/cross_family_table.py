@@ -129,17 +129,18 @@ def cost_markdown(frame: pd.DataFrame) -> str:
     )
 
 
+def section(frame: pd.DataFrame) -> str:
+    """One profile's part of the page (and of the notebook): the table with its notes,
+    comparisons and label tables, then the cost and bridge table."""
+    return reproduced_section(frame, "training seeds", heading="Measured") + cost_markdown(frame)
+
+
 def cross_family_markdown() -> str | None:
     """The table of every profile with records (None without any). Deterministic."""
     profiles = [p for p in PROFILE_PREFERENCE if load_records(p, SETTING)]
     if not profiles:
         return None
-    sections = []
-    for p in profiles:
-        frame = table(p)
-        section = reproduced_section(frame, "training seeds", heading="Measured")
-        sections.append(section + cost_markdown(frame))
-    return INTRO + "".join(sections)
+    return INTRO + "".join(section(table(p)) for p in profiles)
 
 
 def cross_family_figures(out_dir: Path) -> list[Path]:
@@ -153,5 +154,6 @@ __all__ = [
     "cost_rows",
     "cross_family_figures",
     "cross_family_markdown",
+    "section",
     "table",
 ]
