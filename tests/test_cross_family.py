@@ -83,10 +83,11 @@ def test_copied_rows_are_table2s_cells(row, copied):
     assert donor.run == tt.run_name(copied, "trec", None if row == "target" else 2, "ft-source")
 
 
-def test_a_copy_follows_its_donor(folders, monkeypatch):
+@pytest.mark.parametrize("row", ["target", "semalign_same_family"])  # untrained and trained
+def test_a_copy_follows_its_donor(folders, monkeypatch, row):
     """A copied row holds its donor's metrics and config, names the donor's record, and is copied
     again once the donor holds other numbers (not before: a reused copy is the same record)."""
-    cell = tt.make_cell(SMOKE, "target", "sst2", 0, setting=CROSS)
+    cell = tt.make_cell(SMOKE, row, "sst2", 0, setting=CROSS)
     donor = tt.target_donor(cell)
     copy = tt.cell_record(cell)
     original = json.loads((folders[0] / f"{donor.setting.experiment}/smoke/{donor.run}.json")

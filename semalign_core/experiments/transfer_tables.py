@@ -663,15 +663,16 @@ def cell_record(
     (:func:`target_donor`), which is reused when valid even with ``force`` (a forced table has
     just recomputed it)."""
     donor = target_donor(cell)
-    config, models_of = cell_config(cell), cell
+    models_of = cell
     if donor is None:
-        compute = measured(partial(compute_cell, cell), measure)
+        config, compute = cell_config(cell), measured(partial(compute_cell, cell), measure)
     elif donor.setting == cell.setting:  # Table 2's second teacher: its donor read when copied
+        config = cell_config(cell)
 
         def compute() -> RecordParts:
             return _copied_parts(cell, donor, cell_record(donor, measure=measure))
 
-    else:  # another setting's record, read (or computed) once: its config and models
+    else:  # another setting's record (a row with no config of its own), read or computed once
         record = cell_record(donor, measure=measure)
         compute = partial(_copied_parts, cell, donor, record)
         config, models_of = _copy_config(cell, donor, record), donor
