@@ -1,6 +1,7 @@
-"""Trains the smoke target with the real SFT / output-KL loop and writes what the FSDP test
-compares (tests/test_fsdp.py): run alone (one process) or under ``torch.distributed.run`` (the
-launcher ``accelerate launch --multi_gpu`` calls), with ``WORLD_SIZE`` processes.
+"""Trains the smoke target with the real SFT / output-KL / hidden-distillation loop and writes
+what the FSDP test compares (tests/test_fsdp.py): run alone (one process) or under
+``torch.distributed.run`` (the launcher ``accelerate launch --multi_gpu`` calls), with
+``WORLD_SIZE`` processes.
 
     python tests/fsdp_worker.py OUT.json METHOD TRAINABLE      (the weights: OUT.json.pt)
 """
@@ -36,12 +37,18 @@ def main(out: str, method: str, trainable: str) -> None:
         result = controls.sft(
             None, target.model, train, [], controls.SFTConfig(**common), target.tokenizer
         )
+    elif method == "hidden_distill":
+        config = controls.HiddenDistillConfig(**common, ce_weight=0.5, map_lr=3e-3)
+        result = controls.hidden_distill(
+            source.model, target.model, train, [], config, target.tokenizer
+        )
     else:
         config = controls.OutputKLConfig(**common, ce_weight=0.5)
         result = controls.output_kl(source.model, target.model, train, [], config, target.tokenizer)
     if int(os.environ.get("RANK", "0")) == 0:
         stage = result.stages[0]
-        torch.save(target.model.state_dict(), f"{out}.pt")
+        maps = {f"maps.{k}": v for k, v in stage.get("maps", {}).items()}
+        torch.save({**target.model.state_dict(), **maps}, f"{out}.pt")
         payload = {
             "losses": stage["losses"],
             "tokens": stage["tokens"],

@@ -78,6 +78,7 @@ def test_decomposition_variants_are_declared_and_labelled():
     assert ablation_report.variant_label("pairing", "floor") == "floor"  # others: their value
 
 
+@pytest.mark.slow  # four SemAlign runs: make test-scale (25 s)
 def test_pairing_variants_change_the_layer_plan(isolated):
     plans = {
         s: ablations.preview_plan(SMOKE, {"pairing": s}, 0, "sst2")

@@ -33,6 +33,7 @@ def _compared(record: dict) -> dict:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # notebook grids and fresh processes: make test-scale
 def test_own_process_gives_the_in_process_record_and_its_peak_memory(tmp_path, monkeypatch):
     monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(tmp_path / "in_process"))
     shared = cells.run_cell("semalign_transfer", CELL, "smoke")
@@ -110,6 +111,7 @@ def notebook_grid(request, tmp_path_factory, one_thread):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # notebook grids and fresh processes: make test-scale
 def test_list_names_the_records_the_notebook_grid_writes(notebook_grid, monkeypatch):
     experiment, folder, records = notebook_grid
     _isolate(monkeypatch, folder)
@@ -119,6 +121,7 @@ def test_list_names_the_records_the_notebook_grid_writes(notebook_grid, monkeypa
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # notebook grids and fresh processes: make test-scale
 def test_a_grid_cell_is_the_notebook_record_in_process_and_in_its_own(
     notebook_grid, monkeypatch, tmp_path
 ):

@@ -12,15 +12,16 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from semalign_core.errors import InvalidParameterError
-from semalign_core.experiments import cells
+from semalign_core.experiments import cells, teachers
 from semalign_core.lm.sharding import Engine
 from semalign_core.models.registry import load_model
 from semalign_core.paths import REPO_ROOT
@@ -59,7 +60,10 @@ def _train(tmp_path: Path, method: str, trainable: str, processes: int) -> dict:
 
 
 @pytest.mark.slow  # two trainings in 3 fresh processes: ~1.5 min on 2 cores
-@pytest.mark.parametrize(("method", "trainable"), [("sft", "full"), ("output_kl", "layers")])
+@pytest.mark.parametrize(
+    ("method", "trainable"),
+    [("sft", "full"), ("output_kl", "layers"), ("hidden_distill", "layers")],
+)
 def test_two_fsdp_processes_train_as_one(tmp_path, method, trainable):
     one = _train(tmp_path, method, trainable, 1)
     two = _train(tmp_path, method, trainable, 2)
@@ -72,10 +76,49 @@ def test_two_fsdp_processes_train_as_one(tmp_path, method, trainable):
         torch.testing.assert_close(two["state"][name], value, rtol=0, atol=2e-6, msg=name)
     # the weights moved (equal weights are not two untouched models), the frozen ones did not
     initial = load_model("tiny-target", verbose=False).model.state_dict()
-    moved = {name: float((v - initial[name]).abs().max()) for name, v in two["state"].items()}
+    moved = {name: float((two["state"][name] - v).abs().max()) for name, v in initial.items()}
     embedding = next(name for name in moved if "embed_tokens" in name)
     assert max(moved.values()) > 1e-3
     assert (moved[embedding] > 1e-3) == (trainable == "full")
+    if method == "hidden_distill":  # the maps trained beside the target, sharded like it
+        maps = [name for name in one["state"] if name.startswith("maps.")]
+        assert maps and all(name in two["state"] for name in maps)
+
+
+def _make_teacher(cache: Path, processes: int, recipe) -> tuple[dict, dict]:
+    """Make ``recipe``'s teacher by the command :func:`teachers.ensure_teacher` launches, in
+    ``processes`` gloo processes, into the cache ``cache``: (its marker, its weights)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env["SEMALIGN_CACHE_DIR"] = str(cache)
+    env.pop("WORLD_SIZE", None)
+    launcher = (
+        ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+        if processes > 1
+        else []
+    )  # fmt: skip
+    recipe_json = json.dumps(asdict(recipe))
+    command = [sys.executable, *launcher, "-m", "semalign_core.experiments.teachers", recipe_json]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (folder,) = [p for p in (cache / "models").iterdir() if p.name == recipe.cache_name()]
+    marker = json.loads((folder / "semalign_teacher.json").read_text())
+    return marker, load_file(folder / "model.safetensors")
+
+
+@pytest.mark.slow  # two teacher makings in 3 fresh processes
+def test_a_teacher_made_by_two_fsdp_processes_is_the_one_process_teacher(tmp_path):
+    """The made teacher (Table 2's and the ablations'): its SFT sharded over 2 processes gives
+    the one-process losses and weights, and only the first process evaluates and saves it."""
+    recipe = teachers.teacher_recipe("smoke", "sst2")
+    one, one_weights = _make_teacher(tmp_path / "one", 1, recipe)
+    two, two_weights = _make_teacher(tmp_path / "two", 2, recipe)
+    np.testing.assert_allclose(two["report"]["losses"], one["report"]["losses"], rtol=1e-4)
+    assert two["report"]["after"]["acc"] == one["report"]["after"]["acc"]
+    assert two["recipe"] == one["recipe"] == asdict(recipe)
+    assert (one["report"]["engine"], two["report"]["engine"]) == ("single process", "fsdp x2")
+    for name, value in one_weights.items():
+        torch.testing.assert_close(two_weights[name], value, rtol=0, atol=2e-6, msg=name)
 
 
 def test_each_process_runs_the_same_number_of_passes():
@@ -98,10 +141,11 @@ def test_cells_run_one_process_per_gpu_only_where_the_profile_trains_with_fsdp()
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in command and "--num_processes=4" in command
     assert not cells.in_own_processes(cpu, 1) and cells.in_own_processes(cpu, 2)
-    # only full fine-tuning through fine_tune without parameter groups of its own is sharded
-    assert cells.sharded_cells("semalign_transfer", ["sft__gsm__seed0", "output_kl__mbpp__seed1"])
+    # only full fine-tuning through fine_tune (hidden distillation's maps sharded beside it)
+    controls = ["sft__gsm__seed0", "output_kl__mbpp__seed1", "hidden_distill__gsm__seed0"]
+    assert cells.sharded_cells("semalign_transfer", controls)
     assert cells.sharded_cells("semalign_finetuned_teacher", ["ft-source__sft__sst2__seed0"])
-    for other in ("hidden_distill__gsm__seed0", "semalign__gsm__seed0", "target__gsm"):
+    for other in ("seeking__gsm__seed0", "semalign__gsm__seed0", "target__gsm"):
         assert not cells.sharded_cells("semalign_transfer", ["sft__gsm__seed0", other])
     assert not cells.sharded_cells("salf_main", ["sft__gsm__seed0"])
     with pytest.raises(InvalidParameterError, match="train_engine"):

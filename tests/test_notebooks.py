@@ -56,6 +56,7 @@ def test_cost_benefit_notebook_times_its_repeats_at_the_defaults(smoke_reproduct
     assert "timing repeats skipped" not in text
 
 
+@pytest.mark.slow  # a kernel per notebook: make test-scale (13 s)
 def test_invalid_parameter_stops_in_first_cell(tmp_path, notebook_runner):
     """The one notebook-level check (one kernel); each experiment's checks are tested in-process."""
     proc = notebook_runner.run(tmp_path, NB00.stem, params=["seed=-3"])

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from semalign_core.records import without_volatile
 
@@ -52,6 +53,7 @@ def _run_and_kill_kernel_after_first_record(runner, folder: Path) -> subprocess.
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+@pytest.mark.slow  # a kernel killed and rerun, twice a notebook: make test-scale (36 s)
 def test_killed_kernel_then_rerun_resumes_and_matches_an_uninterrupted_run(
     smoke_reproduction, notebook_runner, tmp_path
 ):

@@ -184,6 +184,7 @@ def test_promoting_the_smoke_reproduction_rebuilds_its_figures(smoke_reproductio
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a tier of notebooks: make test-scale (11 s)
 def test_a_tier_promotes_each_notebook_as_it_finishes(folders):
     """`make reproduce-full` in small: the notebook runs into the run folder, is promoted into the
     reference, and the reference figures are rebuilt from the reference alone."""

@@ -192,3 +192,34 @@ def test_incompatible_pairs_fail_before_any_work(pair):
         seeking.transfer(src, other, train, extract, BASE, tok)
     with pytest.raises(InvalidParameterError):
         seeking.transfer(src, copy.deepcopy(tgt), train, extract, BASE, tok, resume=True)
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+
+def test_sensitivity_sums_each_batch_on_the_cpu_and_frees_every_gradient():
+    """Σ over batches of |θ ⊙ ∇θ L_b| per block parameter, against torch.autograd.grad per
+    batch (no hooks); the sums live on the CPU, no gradient is left on the model, and its
+    requires_grad flags come back as they were."""
+    model = tiny_model("llama", seed=3, vocab_size=64, hidden_size=16, num_layers=2, num_heads=2)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(1, 64, (2, 7), generator=gen)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    blocks = surgery.decoder_layers(model)
+    params = [(k, n, p) for k, blk in enumerate(blocks) for n, p in blk.named_parameters()]
+    reference = {(k, n): torch.zeros_like(p) for k, n, p in params}
+    for batch in batches:
+        loss = seeking.ce_per_example(model, batch).mean()
+        grads = torch.autograd.grad(loss, [p for _, _, p in params])
+        for (k, n, p), g in zip(params, grads, strict=True):
+            reference[(k, n)] += (p.detach() * g).abs()
+    model.model.embed_tokens.weight.requires_grad_(False)
+    got = seeking.sensitivity(model, batches)
+    for (k, n), ref in reference.items():
+        assert got[k][n].device.type == "cpu"
+        torch.testing.assert_close(got[k][n], ref, rtol=1e-5, atol=1e-8)
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.model.embed_tokens.weight.requires_grad
+    assert all(p.requires_grad for _, _, p in params)

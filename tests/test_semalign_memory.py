@@ -15,14 +15,16 @@ import json
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from memory_probe import MIB, measured_peak
 
 from semalign_core.data.batching import sft_batches
+from semalign_core.errors import InvalidParameterError
 from semalign_core.lm import surgery
 from semalign_core.models.tiny import tiny_model
-from semalign_core.semalign import supervision
+from semalign_core.semalign import attribution, frontier, supervision
 from semalign_core.semalign.config import SemAlignConfig
 from semalign_core.semalign.transfer import transfer
 
@@ -114,6 +116,91 @@ def test_supervision_does_not_grow_with_the_training_batches(tiny_transfer_pair,
     vocab = surgery.vocab_size(src)
     bound = 2 * config.max_length * (n_layers * d + vocab) * 4
     assert sizes[1] <= bound, (sizes, bound)
+
+
+def test_frontier_keeps_and_advances_the_used_batches_only(tiny_transfer_pair, monkeypatch):
+    """The frontier's cached layer inputs (and the advance pass over them, counted in the stage
+    FLOPs) cover the batches a stage steps on, not the whole split: with 2 steps per stage, 4
+    and 64 training batches keep the same two inputs, of batches 0 and 1."""
+    config = replace(BASE, batch_size=1, steps_per_stage=2, max_length=24, pairing="floor")
+    kept: list[list[int]] = []
+    init = frontier.LayerInputs.__init__
+
+    def spy(self, model, batches, index, used=None):
+        init(self, model, batches, index, used)
+        kept.append(sorted(self.hidden))
+
+    monkeypatch.setattr(frontier.LayerInputs, "__init__", spy)
+    src, tgt, tok, train, extract = tiny_transfer_pair(n_train=64, n_extract=1)
+    setups = []
+    for n in (4, 64):
+        result = transfer(src, copy.deepcopy(tgt), train[:n], extract, config, tok)
+        setups.append([stage["setup_flops"] for stage in result.stages])
+    assert kept == [[0, 1], [0, 1]]
+    assert setups[0] == setups[1]  # the advance pass does not grow with the split
+
+
+def test_attribution_in_micro_batches_scores_as_one_batch_per_example(tiny_transfer_pair):
+    """``attribution_batch_size`` splits the extract set into smaller passes: the scores equal
+    the sum of each example attributed on its own (a reference with no shared batching), and
+    a run attributes in batches of that size."""
+    src, tgt, tok, train, extract = tiny_transfer_pair(n_train=4, n_extract=6)
+    config = replace(BASE, batch_size=6, attribution_batch_size=2)
+    one_each = sft_batches(extract, tok, 1, config.max_length, config.prompt_style, "response")
+    reference = attribution.layer_attribution(src, one_each)
+    seen: list[int] = []
+    original = attribution.grad_x_activation
+
+    def spy(model, batch, method="captum"):
+        seen.append(batch["input_ids"].shape[0])
+        return original(model, batch, method)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(attribution, "grad_x_activation", spy)
+        result = transfer(src, copy.deepcopy(tgt), train, extract, config, tok)
+    assert seen == [2, 2, 2]
+    torch.testing.assert_close(
+        torch.tensor(result.scores, dtype=torch.float64), reference, rtol=1e-4, atol=0
+    )
+
+
+def test_attribution_batch_size_enters_the_identity_only_when_it_changes_the_batches():
+    same = replace(BASE, attribution_batch_size=BASE.batch_size)
+    assert same.identity() == BASE.identity()  # committed records keep their config hashes
+    assert "attribution_batch_size" not in BASE.identity()
+    assert replace(BASE, attribution_batch_size=1).identity()["attribution_batch_size"] == 1
+    with pytest.raises(InvalidParameterError, match="attribution_batch_size"):
+        replace(BASE, attribution_batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "objective", [dict(objective="acl"), dict(objective="v2", output_kl_every_stage=True)]
+)
+def test_micro_batches_train_as_the_whole_batch(tiny_transfer_pair, objective):
+    """A step accumulated over micro-batches of 1 (each term weighted by its share of the
+    step's positions, or examples for v2's CKA) gives the whole-batch step: the same losses,
+    layer terms, output KLs and trained weights, within float rounding. GSM records differ in
+    length, so equal weights (or an unweighted sum) would not."""
+    src, tgt, tok, train, extract = tiny_transfer_pair(n_train=6, n_extract=2)
+    whole = replace(
+        BASE, batch_size=3, steps_per_stage=2, max_length=96, pairing="floor", **objective
+    )
+    runs = [
+        transfer(src, copy.deepcopy(tgt), train, extract, cfg, tok)
+        for cfg in (whole, replace(whole, micro_batch_size=1))
+    ]
+    for key in ("losses", "layer_losses", "kl_losses", "loss_before", "loss_after"):
+        for a, b in zip(runs[0].stages, runs[1].stages, strict=True):
+            np.testing.assert_allclose(b[key], a[key], rtol=2e-4, atol=1e-6, err_msg=key)
+    for name, p in runs[0].model.state_dict().items():
+        torch.testing.assert_close(runs[1].model.state_dict()[name], p, rtol=1e-4, atol=1e-4)
+    assert runs[0].stages[0]["tokens"] >= runs[1].stages[0]["tokens"]  # less padding
+
+
+def test_micro_batch_size_must_divide_the_batch():
+    assert replace(BASE, micro_batch_size=BASE.batch_size).identity() == BASE.identity()
+    with pytest.raises(InvalidParameterError, match="micro_batch_size must divide"):
+        replace(BASE, batch_size=4, micro_batch_size=3)
 
 
 # --------------------------------------------------------------------------- peak memory

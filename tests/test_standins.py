@@ -26,7 +26,8 @@ from semalign_core.paths import model_cache_dir
 from semalign_core.profiles import PROFILES
 from semalign_core.semalign.result import check_compatible
 
-pytestmark = pytest.mark.realmodel  # stand-ins without a cached tokenizer borrow SmolLM2's
+# stand-ins without a cached tokenizer borrow SmolLM2's; making every stand-in: make test-scale
+pytestmark = [pytest.mark.realmodel, pytest.mark.slow]
 
 # hub model -> (config class, layers, vocabulary) of its published config.json
 PUBLISHED = {

@@ -485,14 +485,16 @@ def fine_tune(
     make_loss: Callable[[nn.Module], LossFn],
     source_flops: Callable[[dict], float],
     pairing: Pairing,
-    extra_groups: Sequence[dict] = (),
+    extra_modules: Sequence[tuple[nn.Module, dict]] = (),
     notes: Sequence[str] = (),
     examples: list[dict] | None = None,
     collate_fn: Callable[[list[dict]], dict] | None = None,
 ) -> TransferResult:
-    """SFT-shaped training of the target (layers / full / LoRA) with ``make_loss(model)``;
-    ``examples`` and ``collate_fn`` replace the target's SFT examples and their collation
-    (cross-vocabulary methods, whose batches carry the source's tokens too)."""
+    """SFT-shaped training of the target (layers / full / LoRA) with ``make_loss(model,
+    *extras)``; ``extra_modules``: (module, optimizer group options) trained beside the target
+    (hidden distillation's maps; under FSDP sharded like it and handed to ``make_loss`` as the
+    copies that train); ``examples`` and ``collate_fn`` replace the target's SFT examples and
+    their collation (cross-vocabulary methods, whose batches carry the source's tokens too)."""
     t_start = time.perf_counter()
     flags = requires_grad_flags(target)
     if examples is None:
@@ -501,25 +503,28 @@ def fine_tune(
     shape = costs.model_shape(target)
     spec = spec_for(target, config.trainable, config.lora_r)
     engine = sharding.current_engine()
-    if engine.sharded and (config.trainable == "lora" or extra_groups):
-        raise InvalidParameterError(
-            f"{method}: LoRA and extra parameter groups train in one process, not under FSDP"
-        )
+    if engine.sharded and config.trainable == "lora":
+        raise InvalidParameterError(f"{method}: LoRA trains in one process, not under FSDP")
     with costs.PeakMemory() as peak:
         try:
             if config.trainable == "lora":
                 model, params = add_lora(target, config.lora_r, config.lora_alpha)
             else:
                 model, params = target, make_trainable(target, config.trainable)
-            with sharding.sharded_copy(model, engine) as work:
+            extras = [module for module, _ in extra_modules]
+            with sharding.sharded_copy(model, engine, extras) as (work, work_extras):
                 if work is not model:  # the shards replaced the parameters
                     params = [p for p in work.parameters() if p.requires_grad]
+                groups = [
+                    {**options, "params": list(module.parameters())}
+                    for module, (_, options) in zip(work_extras, extra_modules, strict=True)
+                ]
                 record = train(
-                    [{"params": params}, *extra_groups],
+                    [{"params": params}, *groups],
                     schedule,
                     examples,
                     pad_id(tokenizer),
-                    make_loss(work),
+                    make_loss(work, *work_extras),
                     config,
                     lambda b: train_flops(shape, spec, b) + source_flops(b),
                     desc=method,
@@ -673,7 +678,7 @@ def hidden_distill_loss(
     ``pair_error(M_j, h_T^(j), h_S^(src_layers0[j-1]))`` on non-pad tokens, plus the CE term."""
     n_t = len(src_layers0)
 
-    def make_loss(model):
+    def make_loss(model, maps=maps):  # under FSDP: the sharded copies of model and maps
         def loss(batch):
             device = next(model.parameters()).device
             inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
@@ -724,7 +729,8 @@ def hidden_distill(
     pairing = uniform_pairing(n_s, n_t)
     src_layers0 = [pairing.target_to_source[j] - 1 for j in range(1, n_t + 1)]
     d_t, d_s = surgery.hidden_size(target), surgery.hidden_size(source)
-    maps = hidden_maps(pairing, d_t, d_s, config.seed)
+    # on the target's device (they read its hidden states there), seeded on the CPU
+    maps = hidden_maps(pairing, d_t, d_s, config.seed).to(next(target.parameters()).device)
     src_shape = costs.model_shape(source)
 
     def extra_flops(batch):
@@ -733,7 +739,7 @@ def hidden_distill(
         return source_blocks + 3 * 2.0 * d_t * d_s * tokens * n_t  # maps: forward + 2 backward
 
     lr = config.map_lr or config.lr
-    map_group = {"params": list(maps.parameters()), "lr": lr, "weight_decay": 0.0}
+    map_group = {"lr": lr, "weight_decay": 0.0}
     make_loss = hidden_distill_loss(source, maps, src_layers0, config)
     result = fine_tune(
         "hidden_distill",
@@ -746,7 +752,7 @@ def hidden_distill(
         make_loss,
         extra_flops,
         pairing,
-        extra_groups=[map_group],
+        extra_modules=[(maps, map_group)],
     )
     result.stages[0]["maps"] = {k: v.detach().clone() for k, v in maps.state_dict().items()}
     return result

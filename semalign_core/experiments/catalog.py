@@ -23,6 +23,13 @@ SEMALIGN_CROSS_FAMILY = "semalign_cross_family"  # beyond the papers: another fa
 SALF_MAIN, SALF_COST_BENEFIT = "salf_main", "salf_cost_benefit"
 SALF_TIMING = "salf_timing"  # timing repeats of notebook 07, each run in its own process
 
+# Transfer methods that FSDP shards where a profile trains with it (lm/sharding.py): full
+# fine-tuning through `controls.fine_tune` (hidden distillation's maps sharded beside the
+# target; LaTen, Seeking and SemAlign stay in one process: docs/decisions.md, "More than one
+# GPU"), in the experiments whose cells run in their own processes.
+SHARDED_METHODS = ("sft", "output_kl", "hidden_distill")
+SHARDED_EXPERIMENTS = (SEMALIGN_TRANSFER, FINETUNED_TEACHER)
+
 # experiment (its results folder) → the notebook that runs it
 NOTEBOOKS: dict[str, str] = {
     MODELS: "00_models_and_data",
@@ -285,6 +292,8 @@ __all__ = [
     "SEMALIGN_CROSS_FAMILY",
     "SEMALIGN_TRANSFER",
     "SETTINGS",
+    "SHARDED_EXPERIMENTS",
+    "SHARDED_METHODS",
     "SWEEP_GROUPS",
     "TrainedRow",
     "TransferSetting",

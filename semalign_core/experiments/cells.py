@@ -61,6 +61,8 @@ from semalign_core.experiments.catalog import (
     SEMALIGN_ABLATIONS,
     SEMALIGN_CROSS_FAMILY,
     SEMALIGN_TRANSFER,
+    SHARDED_EXPERIMENTS,
+    SHARDED_METHODS,
     ZERO_SHOT,
     get_setting,
 )
@@ -471,13 +473,6 @@ def run_shares_in_processes(
         list(done)  # re-raises the first failure
 
 
-# Transfer methods that FSDP shards: full fine-tuning through `controls.fine_tune` with no
-# parameter group of their own (hidden distillation's maps, LaTen, Seeking, SemAlign stay in one
-# process: docs/decisions.md, "More than one GPU").
-SHARDED_METHODS = ("sft", "output_kl")
-SHARDED_EXPERIMENTS = (SEMALIGN_TRANSFER, FINETUNED_TEACHER)
-
-
 def sharded_cells(experiment: str, names: Sequence[str]) -> bool:
     """Whether every cell of ``names`` trains with a method FSDP shards (a run name holds its
     method: ``sft__gsm__seed0``, ``ft-source__sft__sst2__seed0``)."""
@@ -486,21 +481,8 @@ def sharded_cells(experiment: str, names: Sequence[str]) -> bool:
 
 
 def launcher(prof: Profile, gpus: int) -> list[str]:
-    """How a cell's fresh process starts: this Python, or, where the profile trains with FSDP and
-    ``gpus`` > 1, ``accelerate launch`` with one process per GPU (they shard the model:
-    :mod:`semalign_core.lm.sharding`; the first one evaluates and writes the record)."""
-    if prof.train_engine != "fsdp" or gpus < 2:
-        return [sys.executable]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        f"--num_processes={gpus}",
-        "--num_machines=1",
-        "--mixed_precision=no",  # the engine's own policy: fp32 shards, the profile's compute dtype
-        "--dynamo_backend=no",
-    ]
+    """How a cell's fresh process starts (:func:`semalign_core.lm.sharding.launch_command`)."""
+    return sharding.launch_command(prof.train_engine, gpus)
 
 
 def in_own_processes(prof: Profile, jobs: int) -> bool:
@@ -511,7 +493,7 @@ def in_own_processes(prof: Profile, jobs: int) -> bool:
 
 def _launches_on_gpus(prof: Profile) -> bool:
     """Whether this machine starts the profile's sharded cells as one process per GPU."""
-    return len(launcher(prof, torch.cuda.device_count())) > 1
+    return sharding.launches_several(prof.train_engine)
 
 
 def _spawn(

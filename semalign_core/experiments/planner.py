@@ -39,15 +39,25 @@ from semalign_core.experiments.catalog import (
     SEMALIGN_ANALYSES,
     SEMALIGN_CROSS_FAMILY,
     SEMALIGN_TRANSFER,
+    SHARDED_EXPERIMENTS,
 )
 from semalign_core.models.registry import ATTN_IMPLEMENTATION, REGISTRY, model_shape
 from semalign_core.models.teacher_recipe import FINETUNED
 from semalign_core.models.tiny import tiny_config
 from semalign_core.profiles import Profile
+from semalign_core.semalign.config import SemAlignConfig
+from semalign_core.semalign.flops import stage_spec
+from semalign_core.semalign.objective import aligned_logits_fit
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GPU_GIB = 80.0  # the card the "GPUs needed" column counts in (A100/H100 80 GB)
+MAX_GPUS = 8  # the most cards one node offers: a step that needs more does not fit
+# What FSDP divides over the cards (StepPlan.per_gpu): the fp32 shards, AdamW's states, their
+# gradients and the update's temporary, and hidden distillation's maps (sharded beside the
+# target with their own states).
+SHARDED_PARTS = ("fp32 shards", "optimizer_state", "gradients", "optimizer_temporary", "maps")
+LOSS_TENSORS = 4  # (position × vocabulary) tensors a SemAlign loss term saves (semalign_steps)
 # Share of a card a step may plan to use: the CUDA context, allocator fragmentation, and
 # kernels' workspaces take the rest.
 USABLE_SHARE = 0.9
@@ -59,8 +69,6 @@ BENCHMARK_ITEMS = {"gsm": 1319, "mmlu": 14042, "humaneval": 164, "mbpp": 500, "s
 TRAIN_RECORDS = {"mbpp": 300}
 DEFAULT_TRAIN_RECORDS = 1000
 DEFAULT_EVAL_ITEMS = 500
-# Table 1's full-weight controls (transfer.registry.METHODS): one fine-tuning run each per cell.
-FULL_WEIGHT_CONTROLS = ("sft", "output_kl", "hidden_distill")
 
 # Config fields the registry's ``shape`` does not record, from each model's published
 # config.json: attention heads, key/value heads, MLP width, head_dim where it is not
@@ -178,7 +186,9 @@ class StepPlan:
 
     ``parts`` are held through the step (weights, optimizer states); ``phases`` are what comes
     and goes within it (a training step's backward, its optimizer update), each by component:
-    the step peaks at ``parts`` plus its largest phase."""
+    the step peaks at ``parts`` plus its largest phase. ``host``: what the step keeps in CPU
+    memory beside (on a CPU run, the same memory: :attr:`total_on_cpu`). ``sharded``: the
+    step as FSDP runs it over several cards, where the profile shards it (:meth:`per_gpu`)."""
 
     experiment: str
     step: str
@@ -186,6 +196,8 @@ class StepPlan:
     parts: dict[str, float]
     flops: float = 0.0
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    host: float = 0.0
+    sharded: StepPlan | None = None
 
     @property
     def peak_phase(self) -> str | None:
@@ -195,6 +207,32 @@ class StepPlan:
     def total(self) -> float:
         top = sum(self.phases[self.peak_phase].values()) if self.phases else 0.0
         return float(sum(self.parts.values()) + top)
+
+    @property
+    def total_on_cpu(self) -> float:
+        return self.total + self.host
+
+    def per_gpu(self, gpus: int) -> float:
+        """Peak bytes on each of ``gpus`` cards: the one-process plan on one card; under FSDP
+        (``sharded``, the step's plan with fp32 shards) the sharded state, its gradients and
+        the optimizer's temporary divided over the cards, everything else on each of them, plus
+        two gathered FSDP units (one computing, one prefetched)."""
+        if gpus <= 1 or self.sharded is None:
+            return self.total
+        plan = self.sharded
+        parts = {k: v / gpus if k in SHARDED_PARTS else v for k, v in plan.parts.items()}
+        phases = {
+            name: {k: v / gpus if k in SHARDED_PARTS else v for k, v in phase.items()}
+            for name, phase in plan.phases.items()
+        }
+        return replace(plan, parts=parts, phases=phases, sharded=None).total
+
+    def gpus_needed(self, gpu_gib: float = GPU_GIB, most: int = MAX_GPUS) -> int | None:
+        """Fewest cards of ``gpu_gib`` the step fits as the code runs it (one card unless FSDP
+        shards it), or None when no count up to ``most`` does."""
+        usable = gpu_gib * USABLE_SHARE * GIB
+        counts = range(1, most + 1) if self.sharded is not None else (1,)
+        return next((n for n in counts if self.per_gpu(n) <= usable), None)
 
 
 def weights_bytes(names: tuple[str, ...], dtype_bytes: int) -> float:
@@ -310,17 +348,41 @@ def semalign_steps(
     steps_per_stage: int,
     dtype_bytes: int,
     fp32_master: bool = False,
+    attribution_batch: int | None = None,
+    config: SemAlignConfig | None = None,
+    n_train: int | None = None,
 ) -> list[StepPlan]:
-    """SemAlign with source and target resident: attribution of the extract set in batches of
-    ``batch`` (gradients at every source block output, weights frozen, per-token loss), and a
-    stage step that trains target block 1 with AdamW on ``batch`` examples and reads the head
-    after it and at the top (the output KL: every block above runs its backward), its
-    supervision batch on the device. Every sequence counts ``seq`` tokens, every position a
-    logit (padding to the batch's longest and the response-only loss make both smaller)."""
+    """SemAlign with source and target resident, as the code runs it (``config``: the run's
+    SemAlign settings; default the package's).
+
+    Attribution: the extract set in passes of ``attribution_batch`` (default ``batch``)
+    examples, gradients at every source block output, weights frozen, per-token loss. Stages:
+    each trains one target block on its cached input (:func:`semalign.flops.stage_spec`); the
+    heaviest of stage 1 and the last stage is planned. A stage holds the inputs of the batches
+    it steps on (``frontier.LayerInputs``), the semantic bases and map, the kept aligned
+    logits, and while a step runs one micro-batch (``config.micro``) its recomposed state and,
+    with the output KL, the teacher's logits; the source pass's supervision waits in host
+    memory (``host``).
+    ``n_train``: training examples (None: as many batches as steps per stage). Every sequence
+    counts ``seq`` tokens, every position a logit (upper bounds)."""
+    config = replace(
+        config or SemAlignConfig(),
+        batch_size=batch,
+        steps_per_stage=steps_per_stage,
+        attribution_batch_size=attribution_batch,
+    )
     src, tgt = architecture(source), architecture(target)
     resident = (source, target)
     weights = weights_bytes(resident, dtype_bytes)
-    tokens = min(n_extract, batch) * seq
+    # fp32 bases of both heads, twice (lm.semantics keeps the raw ones in its in-process cache
+    # beside the normalised ones a run holds), and the composite map
+    bases = 4.0 * (
+        2 * src.shape.vocab * src.shape.hidden
+        + 2 * tgt.shape.vocab * tgt.shape.hidden
+        + src.shape.hidden * tgt.shape.hidden
+    )
+    micro = min(n_extract, config.attribution_batch)
+    tokens = micro * seq
     attr = costs.TrainableSpec(grad_outputs_from=0)
     attr_flops = costs.step_flops(src.shape, attr, tokens, seq, tokens)["total"]
     backward = {
@@ -332,19 +394,77 @@ def semalign_steps(
         exp,
         "SemAlign attribution (source)",
         resident,
-        {"weights": weights},
-        math.ceil(n_extract / batch) * attr_flops,
+        {"weights": weights, "semantic bases": bases},
+        math.ceil(n_extract / micro) * attr_flops,
         {"backward": backward},
     )
     layers = tgt.shape.num_layers
-    stage = costs.TrainableSpec(trained_blocks=frozenset({0}), readouts=(1, layers))
-    tokens = batch * seq
-    held, phases = train_memory(tgt, stage, tokens, seq, tokens, dtype_bytes, fp32_master)
-    parts = {"weights": weights, **held, "supervision": 4.0 * tokens * tgt.shape.hidden}
-    step = costs.step_flops(tgt.shape, stage, tokens, seq, tokens)["total"]
-    label = "SemAlign stage step (target)"
-    stage_plan = StepPlan(exp, label, resident, parts, layers * steps_per_stage * step, phases)
-    return [attribution, stage_plan]
+    tokens = config.micro * seq  # a stage step and the source pass run a micro-batch at a time
+    per_step = batch // config.micro
+    n_batches = math.ceil(n_train / config.micro) if n_train else steps_per_stage * per_step
+    used_tokens = len(config.batches_used(n_batches)) * tokens
+    teacher = 4.0 * tokens * src.shape.vocab  # one micro-batch's teacher logits, at a KL stage
+    held = {
+        "weights": weights,
+        "semantic bases": bases,
+        "layer inputs": float(used_tokens * tgt.shape.hidden * dtype_bytes),
+        "supervision": 4.0 * tokens * tgt.shape.hidden,
+    }
+    if aligned_logits_fit(used_tokens, tgt.shape.vocab, config):
+        held["aligned logits"] = 4.0 * used_tokens * tgt.shape.vocab
+    kept_teacher = used_tokens * src.shape.vocab * 4 <= config.max_cached_logits_bytes
+    host = 4.0 * used_tokens * (layers * tgt.shape.hidden)
+    host += 4.0 * used_tokens * (src.shape.vocab if kept_teacher else src.shape.hidden)
+    source_pass = StepPlan(
+        exp,
+        "SemAlign source pass (source)",
+        resident,
+        {
+            "weights": weights,
+            "semantic bases": bases,
+            # one batch: the source's fp32 logits, and its paired states recomposed in fp32
+            "batch supervision": 4.0 * tokens * (src.shape.vocab + layers * tgt.shape.hidden),
+            "forward": float(2 * tokens * src.shape.hidden * dtype_bytes)
+            + block_workspace(src, tokens, seq, dtype_bytes),
+        },
+        host=host,
+    )
+    best = None
+    for stage in sorted({1, layers}):
+        spec = stage_spec(config, stage, layers)
+        opt, phases = train_memory(
+            tgt, spec, tokens, seq, tokens, dtype_bytes, fp32_master, per_step > 1
+        )
+        # fp32 (position × vocabulary) tensors each loss term saves for its backward (the
+        # Fisher surrogate: p~, δ, its centred form and square; the KL: both log-softmaxes,
+        # p and their difference), beyond the logits train_memory counts
+        terms = (config.layer_readout is not None) + config.kl_at(stage, layers)
+        phases["backward"]["loss tensors"] = terms * LOSS_TENSORS * 4.0 * tokens * tgt.shape.vocab
+        parts = {**held, **opt}
+        if config.kl_at(stage, layers):
+            parts["teacher logits"] = teacher
+        plan = StepPlan(exp, "SemAlign stage step (target)", resident, parts, 0.0, phases, host)
+        best = plan if best is None or plan.total > best.total else best
+    step = sum(
+        costs.step_flops(tgt.shape, stage_spec(config, k, layers), tokens, seq, tokens)["total"]
+        for k in range(1, layers + 1)
+    )
+    # every stage runs steps_per_stage steps, each over per_step micro-batches
+    return [attribution, source_pass, replace(best, flops=steps_per_stage * per_step * step)]
+
+
+def budget_semalign_steps(
+    exp: str, prof: Profile, source: str, task: str, dtype_bytes: int, fp32_master: bool
+) -> list[StepPlan]:
+    """:func:`semalign_steps` of one transfer cell: the SemAlign config its budget makes."""
+    budget = budgets.transfer_budget(prof, task)
+    config = SemAlignConfig(**budget.method_overrides("semalign", 0, SemAlignConfig))
+    return semalign_steps(
+        exp, source, prof.semalign_target, budget.n_extract, config.batch_size,
+        config.max_length, config.steps_per_stage, dtype_bytes, fp32_master,
+        config.attribution_batch, config,
+        budget.n_train or TRAIN_RECORDS.get(task, DEFAULT_TRAIN_RECORDS),
+    )  # fmt: skip
 
 
 def finetune_step(
@@ -360,38 +480,70 @@ def finetune_step(
     dtype_bytes: int,
     fp32_master: bool = False,
     accumulate: bool = False,
+    fsdp: bool = False,
+    extra: dict[str, float] | None = None,
 ) -> StepPlan:
     """Full fine-tuning of ``model``'s decoder blocks (``spec_kw``: e.g. embeddings) with AdamW
     on ``micro × seq`` tokens, ``positions`` logit positions per step, ``runs`` micro-steps in
-    all (``accumulate``: several per optimizer step), beside every ``resident`` model."""
+    all (``accumulate``: several per optimizer step), beside every ``resident`` model and
+    ``extra`` held parts; ``fsdp``: the profile may shard it over several cards."""
     arch = architecture(model)
     spec = _all_blocks(arch, **spec_kw)
     tokens = micro * seq
     held, phases = train_memory(
         arch, spec, tokens, seq, positions, dtype_bytes, fp32_master, accumulate
     )
-    parts = {"weights": weights_bytes(resident, dtype_bytes), **held}
+    parts = {"weights": weights_bytes(resident, dtype_bytes), **held, **(extra or {})}
     flops = runs * costs.step_flops(arch.shape, spec, tokens, seq, positions)["total"]
-    return StepPlan(exp, label, resident, parts, flops, phases)
+    plan = StepPlan(exp, label, resident, parts, flops, phases)
+    if not fsdp:
+        return plan
+    # lm/sharding.sharded_copy: the model waits on the CPU while its fp32 shards (every
+    # parameter), the trained ones' AdamW states and their gradients (reduced in fp32) are
+    # divided over the cards
+    held, phases = train_memory(arch, spec, tokens, seq, positions, dtype_bytes, True, accumulate)
+    trained = trained_params(arch.shape, spec)
+    fp32_grads = 4.0 * trained
+    others = tuple(name for name in resident if name != model)
+    held = {
+        **held,
+        "optimizer_state": 8.0 * trained,
+        "fp32 shards": 4.0 * arch.params,
+        "weights": weights_bytes(others, dtype_bytes),
+    }
+    phases = {
+        name: {k: fp32_grads if k in ("gradients", "optimizer_temporary") else v
+               for k, v in phase.items()}
+        for name, phase in phases.items()
+    }  # fmt: skip
+    units = 2.0 * max(b.params for b in arch.shape.blocks) * dtype_bytes
+    sharded = replace(plan, parts={**parts, **held, "gathered units": units}, phases=phases)
+    return replace(plan, sharded=sharded)
 
 
 def seeking_step(
     exp: str, source: str, micro: int, seq: int, examples: int, dtype_bytes: int
 ) -> StepPlan:
-    """Seeking's sensitivity pass over ``examples``: the source's gradients for every block
-    weight and their fp32 sensitivity sums (gradients × weights) on the device."""
+    """Seeking's sensitivity pass over ``examples``: the source's backward, each block weight's
+    gradient turned into its fp32 term |θ ⊙ ∇θ| and added to a sum in host memory as soon as
+    it is written, then freed (so at most one weight's gradient and term are on the device)."""
     arch = architecture(source)
     spec = _all_blocks(arch)
     tokens = micro * seq
-    _, phases = train_memory(arch, spec, tokens, seq, tokens, dtype_bytes, accumulate=True)
-    parts = {
-        "weights": weights_bytes((source,), dtype_bytes),
-        "sensitivities": 4.0 * trained_params(arch.shape, spec),
-    }
+    _, phases = train_memory(arch, spec, tokens, seq, tokens, dtype_bytes)
+    cfg = arch.config
+    largest = cfg.hidden_size * max(cfg.intermediate_size, cfg.hidden_size)
+    backward = {**phases["backward"], "one gradient": float(largest * (dtype_bytes + 8))}
     step = costs.step_flops(arch.shape, spec, tokens, seq, tokens)["total"]
-    flops = math.ceil(examples / micro) * step
-    label = "Seeking sensitivities (source)"
-    return StepPlan(exp, label, (source,), parts, flops, {"backward": phases["backward"]})
+    return StepPlan(
+        exp,
+        "Seeking sensitivities (source)",
+        (source,),
+        {"weights": weights_bytes((source,), dtype_bytes)},
+        math.ceil(examples / micro) * step,
+        {"backward": backward},
+        host=4.0 * trained_params(arch.shape, spec),
+    )
 
 
 def eval_step(
@@ -413,7 +565,9 @@ def _transfer_task_steps(
     exp: str, prof: Profile, source: str, task: str, dtype_bytes: int, fp32_master: bool
 ) -> list[StepPlan]:
     """One Table 1/2 cell: SemAlign, Seeking, the output-KL control (source resident; SFT is the
-    same step without it) and the evaluation of source and target."""
+    same step without it), hidden distillation (output KL's step plus its fp32 maps, one per
+    target layer, with gradients and AdamW states), the three sharded where the profile trains
+    with FSDP, and the evaluation of source and target."""
     budget = budgets.transfer_budget(prof, task)
     target, seq = prof.semalign_target, budget.max_length
     n_train = budget.n_train or TRAIN_RECORDS.get(task, DEFAULT_TRAIN_RECORDS)
@@ -424,15 +578,20 @@ def _transfer_task_steps(
     items = budget.eval_limit or BENCHMARK_ITEMS.get(task, DEFAULT_EVAL_ITEMS)
     extract = budget.n_extract
     b, fp32 = dtype_bytes, fp32_master
+    src, tgt = architecture(source), architecture(target)
     return [
-        *semalign_steps(
-            exp, source, target, extract, budget.batch_size, seq, budget.steps_per_stage, b, fp32
-        ),
+        *budget_semalign_steps(exp, prof, source, task, b, fp32),
         seeking_step(exp, source, micro, seq, extract, b),
         finetune_step(
             exp, "output-KL control (target)", target, (source, target), {}, micro, seq,
-            positions, len(FULL_WEIGHT_CONTROLS) * runs, b, fp32,
-            budget.batch_size > micro,
+            positions, 2 * runs, b, fp32, budget.batch_size > micro,  # SFT and output KL
+            fsdp=prof.train_engine == "fsdp" and exp in SHARDED_EXPERIMENTS,
+        ),
+        finetune_step(
+            exp, "hidden-distillation control (target)", target, (source, target), {}, micro,
+            seq, positions, runs, b, fp32, budget.batch_size > micro,
+            fsdp=prof.train_engine == "fsdp" and exp in SHARDED_EXPERIMENTS,
+            extra={"maps": 16.0 * tgt.shape.num_layers * tgt.shape.hidden * src.shape.hidden},
         ),
         *(
             eval_step(exp, m, budget.eval_batch_size, seq, new_tokens, items, b)
@@ -519,6 +678,7 @@ def _made_teacher_step(
         exp, "teacher fine-tuning", recipe.base, (recipe.base,), {},
         recipe.micro_batch_size, recipe.max_length, recipe.micro_batch_size,
         runs, b, fp32, recipe.batch_size > recipe.micro_batch_size,
+        fsdp=prof.train_engine == "fsdp",  # teachers.ensure_teacher launches it sharded
     )  # fmt: skip
 
 
@@ -528,12 +688,8 @@ def _ablation_steps(prof: Profile, b: int, fp32: bool) -> list[StepPlan]:
     out = []
     for task in budgets.INFORMATIVE_TASKS[prof.name]:
         out.append(_made_teacher_step(SEMALIGN_ABLATIONS, prof, b, fp32))
-        budget = budgets.transfer_budget(prof, task)
         source = budgets.TEACHER_RECIPES[prof.name].base
-        out += semalign_steps(
-            SEMALIGN_ABLATIONS, source, prof.semalign_target, budget.n_extract,
-            budget.batch_size, budget.max_length, budget.steps_per_stage, b, fp32,
-        )  # fmt: skip
+        out += budget_semalign_steps(SEMALIGN_ABLATIONS, prof, source, task, b, fp32)
     return out
 
 
@@ -544,11 +700,7 @@ def _cross_family_steps(prof: Profile, b: int, fp32: bool) -> list[StepPlan]:
     base = budgets.CROSS_FAMILY_BASES.get(prof.name)
     for task in budgets.CROSS_FAMILY_TASKS.get(prof.name, ()):
         out.append(_made_teacher_step(SEMALIGN_CROSS_FAMILY, prof, b, fp32, base))
-        budget = budgets.transfer_budget(prof, task)
-        out += semalign_steps(
-            SEMALIGN_CROSS_FAMILY, base, prof.semalign_target, budget.n_extract,
-            budget.batch_size, budget.max_length, budget.steps_per_stage, b, fp32,
-        )  # fmt: skip
+        out += budget_semalign_steps(SEMALIGN_CROSS_FAMILY, prof, base, task, b, fp32)
     return out
 
 
@@ -600,10 +752,17 @@ class ExperimentPlan:
     def peak_gib(self) -> float:
         return self.heaviest.total / GIB if self.steps else 0.0
 
+    @property
+    def gpus_needed(self) -> int | None:
+        """Cards of 80 GB every step fits as the code runs it (None: some step fits none)."""
+        counts = [s.gpus_needed() for s in self.steps]
+        return None if None in counts else max(counts, default=1)
 
-def gpus_needed(peak_gib: float, gpu_gib: float = GPU_GIB) -> int:
-    """Cards of ``gpu_gib`` a step of ``peak_gib`` needs if it is spread evenly over them."""
-    return max(1, math.ceil(peak_gib / (gpu_gib * USABLE_SHARE)))
+    @property
+    def misfits(self) -> list[StepPlan]:
+        """Steps that fit no number of 80 GB cards as the code runs them, heaviest first."""
+        out = {s.step: s for s in self.steps if s.gpus_needed() is None}
+        return sorted(out.values(), key=lambda s: -s.total)
 
 
 def plan_profile(prof: Profile, settings: PlanSettings | None = None) -> list[ExperimentPlan]:
@@ -658,9 +817,11 @@ def format_plan(
     gpus: list[tuple[str, float]],
     settings: PlanSettings | None = None,
 ) -> str:
-    """The preflight's table: per experiment, its heaviest step, peak GiB, 80 GB cards needed,
-    whether it fits the largest GPU here (without one: this machine's RAM), and GPU-hours; then
-    disk and gated models."""
+    """The preflight's table: per experiment, its heaviest step and its peak GiB in one
+    process, the 80 GB cards every step fits as the code runs it (FSDP shards the steps the
+    profile shards; "none": some step fits no count, listed below), whether it fits the GPUs
+    here (without one: this machine's RAM), host RAM beside, and GPU-hours; then disk and gated
+    models."""
     settings = settings or PlanSettings()
     ram = psutil.virtual_memory().total / GIB
     here = max((gib for _, gib in gpus), default=ram)
@@ -670,16 +831,26 @@ def format_plan(
         f"memory plan of profile {prof.name} ({prof.dtype}; GPUs here: {seen}); GPU-hours at "
         f"{tp.utilisation:.0%} of {tp.peak_flops / 1e12:.0f} TFLOP/s",
         f"{'experiment':28s} {'heaviest step':44s} {'peak GiB':>9s} {'80 GB GPUs':>10s} "
-        f"{'fits here':>9s} {'GPU-h':>8s}",
+        f"{'fits here':>9s} {'host GiB':>8s} {'GPU-h':>8s}",
     ]
+    misfits = []
     for plan in plans:
         if not plan.steps:
             lines.append(f"{plan.experiment:28s} (not run at this profile)")
             continue
-        fits = "yes" if plan.peak_gib <= here * USABLE_SHARE else "no"
+        needs = [s.gpus_needed(here) for s in plan.steps]
+        fits = "yes" if None not in needs and max(needs) <= max(1, len(gpus)) else "no"
+        cards = "none" if plan.gpus_needed is None else str(plan.gpus_needed)
+        host = max(s.host for s in plan.steps) / GIB
         lines.append(
             f"{plan.experiment:28s} {plan.heaviest.step[:44]:44s} {plan.peak_gib:9.1f} "
-            f"{gpus_needed(plan.peak_gib):10d} {fits:>9s} {plan.gpu_hours:8.2f}"
+            f"{cards:>10s} {fits:>9s} {host:8.1f} {plan.gpu_hours:8.2f}"
+        )
+        misfits += [(plan.experiment, s) for s in plan.misfits]
+    for exp, step in misfits:
+        lines.append(
+            f"  does not fit one 80 GB GPU, and the code cannot spread it: {exp}, {step.step} "
+            f"({step.total / GIB:.1f} GiB)"
         )
     if hub_models(prof):
         lines.append(
@@ -705,7 +876,6 @@ __all__ = [
     "eval_parts",
     "experiment_steps",
     "format_plan",
-    "gpus_needed",
     "block_workspace",
     "logits_bytes",
     "plan_profile",

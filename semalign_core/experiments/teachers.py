@@ -18,6 +18,9 @@ harness before and after); the cache they live in, the report in it and loading 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,7 +28,7 @@ from typing import Any
 
 from semalign_core.data.cls_transfer import eval_task_options, load_cls_transfer
 from semalign_core.devices import default_device
-from semalign_core.errors import InvalidParameterError
+from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.evaluation.harness import evaluate
 from semalign_core.experiments.budgets import (
     CROSS_FAMILY_BASES,
@@ -33,9 +36,18 @@ from semalign_core.experiments.budgets import (
     TEACHER_RECIPES,
     TEACHERS,
 )
+from semalign_core.lm import sharding
 from semalign_core.models.registry import LoadedModel, load_model
 from semalign_core.models.teacher_recipe import FINETUNED, FINETUNED_CROSS, TeacherRecipe
-from semalign_core.models.teachers import Teacher, load_teacher, made_teacher_dir, save_teacher
+from semalign_core.models.teachers import (
+    Teacher,
+    load_teacher,
+    made_teacher_dir,
+    read_report,
+    save_teacher,
+)
+from semalign_core.profiles import get_profile
+from semalign_core.records import is_secondary_process
 from semalign_core.transfer.registry import run_method
 
 # --------------------------------------------------------------------------- a profile's teachers
@@ -122,7 +134,7 @@ def load_profile_teacher(
     check_teacher(profile, task, name)
     teacher = resolve_teacher(profile, task, name)
     if isinstance(teacher, TeacherRecipe):
-        ensure_teacher(teacher, verbose=verbose)
+        ensure_teacher(teacher, verbose, get_profile(profile).train_engine)
     return load_teacher(
         teacher, dtype=dtype, device=default_device(), target_vocab=target_vocab, verbose=verbose
     )
@@ -184,8 +196,12 @@ def finetune(model, tokenizer, recipe: TeacherRecipe):
     return train, result
 
 
-def ensure_teacher(recipe: TeacherRecipe, verbose: bool = True) -> Path:
-    """Folder of the fine-tuned teacher of ``recipe``, made on first use (then reused)."""
+def ensure_teacher(
+    recipe: TeacherRecipe, verbose: bool = True, train_engine: str = "single"
+) -> Path:
+    """Folder of the fine-tuned teacher of ``recipe``, made on first use (then reused). Where
+    ``train_engine`` is ``"fsdp"`` and several GPUs are visible it is made by one process per
+    GPU (:func:`semalign_core.lm.sharding.launch_command`), its SFT sharded over them."""
     cached = made_teacher_dir(recipe)
     if cached is not None:
         return cached
@@ -194,21 +210,48 @@ def ensure_teacher(recipe: TeacherRecipe, verbose: bool = True) -> Path:
             f"fine-tuning {recipe.base} on {recipe.task} (once; cached as {recipe.cache_name()})",
             flush=True,
         )
+    if sharding.launches_several(train_engine):
+        return _make_in_processes(recipe, train_engine)
+    path = _make(recipe)
+    if verbose and path is not None:
+        after = read_report(recipe)["report"]
+        print(
+            f"teacher {recipe.cache_name()}: acc {after['before']['acc']:.3f} -> "
+            f"{after['after']['acc']:.3f} (n={after['after']['n']}) in {after['wall_s']:.0f} s",
+            flush=True,
+        )
+    return path
+
+
+def _make(recipe: TeacherRecipe) -> Path | None:
+    """Fine-tune, evaluate and save the teacher of ``recipe`` in this process (None: one of a
+    launch's processes other than the first, which alone evaluates and saves)."""
     t0 = time.perf_counter()
     base = load_model(recipe.base, dtype=recipe.dtype, device=default_device(), verbose=False)
     evaluation = (recipe.task, recipe.eval_limit, recipe.eval_batch_size)
-    before = evaluate_cls(base.model, base.tokenizer, *evaluation)
+    first = not is_secondary_process()
+    before = evaluate_cls(base.model, base.tokenizer, *evaluation) if first else None
     train, result = finetune(base.model, base.tokenizer, recipe)
+    if not first:
+        return None
     base.model.eval()
     after = evaluate_cls(base.model, base.tokenizer, *evaluation)
     report = _making_report(train, result.stages[0], before, after, time.perf_counter() - t0)
-    path = save_teacher(base.model, base.tokenizer, recipe, report)
-    if verbose:
-        print(
-            f"teacher {recipe.cache_name()}: acc {before['acc']:.3f} -> {after['acc']:.3f} "
-            f"(n={after['n']}) in {report['wall_s']:.0f} s",
-            flush=True,
-        )
+    return save_teacher(base.model, base.tokenizer, recipe, report)
+
+
+def _make_in_processes(recipe: TeacherRecipe, train_engine: str) -> Path:
+    """Make the teacher by a launch of one process per GPU (this module's command line)."""
+    command = [
+        *sharding.local_launch_command(train_engine),
+        "-m",
+        "semalign_core.experiments.teachers",
+        json.dumps(asdict(recipe)),
+    ]
+    rc = subprocess.run(command, check=False).returncode
+    path = made_teacher_dir(recipe)
+    if rc != 0 or path is None:
+        raise ArtifactError(f"making the teacher {recipe.cache_name()} failed (exit {rc})")
     return path
 
 
@@ -228,11 +271,23 @@ def _making_report(train, stage: dict, before: dict, after: dict, wall_s: float)
         "losses": [round(x, 5) for x in stage["losses"]],
         "train_wall_s": round(stage["wall_s"], 3),
         "tokens": stage["tokens"],
+        "engine": sharding.current_engine().name,  # "single process" or "fsdp xN"
         "before": before,
         "after": after,
         "gain_points": gain,
         "wall_s": round(wall_s, 3),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semalign_core.experiments.teachers RECIPE_JSON``: make that teacher (what
+    :func:`ensure_teacher` launches, once per GPU, where the profile shards its training)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise InvalidParameterError("usage: python -m semalign_core.experiments.teachers RECIPE")
+    sharding.current_engine()  # one of a launch's processes: its GPU, before the model loads
+    ensure_teacher(TeacherRecipe(**json.loads(args[0])), verbose=False)
+    return 0
 
 
 __all__ = [
@@ -249,3 +304,7 @@ __all__ = [
     "teacher_recipe",
     "teacher_tasks",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -403,7 +403,7 @@ def _load_models(cell: Cell):
         target = load_for(cell.prof, roles["target"])
     if "teacher" in roles and not _reads_source(cell):
         if isinstance(roles["teacher"], TeacherRecipe):  # the record names the made teacher
-            ensure_teacher(roles["teacher"], verbose=False)
+            ensure_teacher(roles["teacher"], False, cell.prof.train_engine)
     elif "teacher" in roles:
         # a same-family teacher keeps the target's vocabulary rows; another family keeps its own
         same_family = target is not None and not cell.across_vocabularies

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,6 +69,37 @@ class Engine:
         return t.tolist()
 
 
+def launch_command(train_engine: str, gpus: int) -> list[str]:
+    """How a fresh process that trains starts: this Python, or, where ``train_engine`` is
+    ``"fsdp"`` and ``gpus`` > 1, ``accelerate launch`` with one process per GPU (they shard
+    the model; the first one evaluates and writes what the run keeps)."""
+    if train_engine != "fsdp" or gpus < 2:
+        return [sys.executable]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        f"--num_processes={gpus}",
+        "--num_machines=1",
+        "--mixed_precision=no",  # the engine's own policy: fp32 shards, the profile's compute dtype
+        "--dynamo_backend=no",
+    ]
+
+
+def local_launch_command(train_engine: str) -> list[str]:
+    """:func:`launch_command` for the GPUs this machine shows."""
+    return launch_command(train_engine, torch.cuda.device_count())
+
+
+def launches_several(train_engine: str) -> bool:
+    """Whether this process, not itself one of a launch's, would start ``train_engine``'s
+    training as several processes (one per visible GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False
+    return len(local_launch_command(train_engine)) > 1
+
+
 def current_engine() -> Engine:
     """The engine of this process: FSDP when a launcher started several (``WORLD_SIZE`` > 1),
     joining their process group (NCCL on GPUs, gloo on the CPU) the first time."""
@@ -99,34 +131,77 @@ def shard(model: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Modu
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole (unsharded) state dict of a sharded model, on the CPU of every process."""
+    """The whole (unsharded) state dict of a sharded model, in the first process's CPU memory
+    (gathered a parameter at a time, so no GPU holds a second full copy); the other processes
+    get an empty dict (they do not evaluate)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return {k: v.detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
 
 
+def shard_leaves(module: nn.Module) -> nn.Module:
+    """``module`` sharded in place for a parameter group outside the model (hidden
+    distillation's maps): one FSDP unit per submodule that holds parameters of its own, since
+    FSDP gathers a unit's weights when that unit's forward runs."""
+    from torch.distributed.fsdp import fully_shard
+
+    for sub in list(module.modules()):
+        if any(True for _ in sub.parameters(recurse=False)):
+            fully_shard(sub, reshard_after_forward=True)
+    return module
+
+
 @contextmanager
-def sharded_copy(model: nn.Module, engine: Engine) -> Iterator[nn.Module]:
-    """Yield the model to train: ``model`` itself in one process; under FSDP a sharded fp32 copy
-    (computing in ``model``'s own dtype) whose trained weights are written back into ``model``
-    on every process (so each can go on to evaluate it) when the block ends without error.
-    ``model`` keeps its class, device and ``requires_grad`` flags; set the trainable set first."""
+def sharded_copy(
+    model: nn.Module, engine: Engine, extras: Sequence[nn.Module] = ()
+) -> Iterator[tuple[nn.Module, list[nn.Module]]]:
+    """Yield the model to train and ``extras`` (modules trained beside it): themselves in one
+    process; under FSDP sharded fp32 copies (the model computing in its own dtype) whose
+    trained weights are written back into ``model`` and ``extras`` on the first process (the
+    one that evaluates them) when the block ends without error. The originals wait on the CPU
+    meanwhile and come back to their device after it, keeping their class and
+    ``requires_grad`` flags; set the trainable set first."""
     if not engine.sharded:
-        yield model
+        yield model, list(extras)
         return
     if any(p.requires_grad and not p.is_floating_point() for p in model.parameters()):
         raise InvalidParameterError("FSDP training needs floating-point trainable parameters")
     first = next(model.parameters())
-    device = first.device
-    work = shard(copy.deepcopy(model).float(), first.dtype)
-    yield work
-    state = full_state(work)
-    del work
+    device, dtype = first.device, first.dtype
+    originals = [model, *extras]
+    # The originals wait in CPU memory while their shards train: a card holds only its shards
+    # (and whatever else the step keeps there), never a whole copy of the model.
+    for module in originals:
+        module.to("cpu")
+    try:
+        work = shard(copy.deepcopy(model).float(), dtype)  # fully_shard moves the shards over
+        work_extras = [shard_leaves(copy.deepcopy(m).float()) for m in extras]
+        yield work, work_extras
+        for original, sharded in zip(originals, [work, *work_extras], strict=True):
+            _write_back(original, full_state(sharded))
+        del work, work_extras
+    finally:
+        for module in originals:
+            module.to(device)
+
+
+def _write_back(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (empty on every process but the first) into ``module``'s tensors."""
     with torch.no_grad():
-        for name, tensor in model.state_dict(keep_vars=True).items():
+        for name, tensor in module.state_dict(keep_vars=True).items():
             if name in state:
-                tensor.copy_(state[name].to(device=device, dtype=tensor.dtype))
+                tensor.copy_(state[name].to(device=tensor.device, dtype=tensor.dtype))
 
 
-__all__ = ["Engine", "current_engine", "full_state", "shard", "sharded_copy"]
+__all__ = [
+    "Engine",
+    "current_engine",
+    "full_state",
+    "launch_command",
+    "launches_several",
+    "local_launch_command",
+    "shard",
+    "shard_leaves",
+    "sharded_copy",
+]

@@ -35,6 +35,17 @@ class SemAlignConfig:
             optimizer is rebuilt at every stage (after the trainable set is known), so no Adam
             moments carry over between layers.
         batch_size, max_length, prompt_style, loss_on: how records become SFT batches.
+        micro_batch_size: examples per forward/backward of a stage step (None: ``batch_size``);
+            a step accumulates the gradients of ``batch_size / micro_batch_size`` micro-batches,
+            each term weighted by its share of the step's positions (examples, for v2's
+            per-example CKA), so the step's loss and gradient are the whole batch's up to float
+            rounding and padding length, and a step's activations and loss tensors shrink with
+            the micro-batch. Must divide ``batch_size``.
+        attribution_batch_size: examples per attribution forward/backward (None: ``batch_size``).
+            Each example's gradient × activation is its own (the loss is a per-example sum), so
+            smaller batches give the same scores up to float rounding and padding length; the
+            source's activations for the backward shrink with it (the paper's 13B source at
+            64 × 512 tokens needs about 160 GiB of them, at 4 × 512 about 10).
         trainable: "full" (every weight of layer k) or "lora" (rank ``lora_r`` adapters on every
             Linear of layer k, merged into the layer after its stage).
         lora_r, lora_alpha: LoRA rank and scale numerator (alpha / r).
@@ -46,8 +57,8 @@ class SemAlignConfig:
             are cached and its LM head is re-applied at every step that needs the KL. The same
             budget decides whether a stage keeps its aligned logits z~ (constant within a stage)
             or recomputes them at each step.
-        eval_batches: how many of a stage's batches measure the stage loss before and after the
-            stage (0 disables the measurement).
+        eval_batches: how many steps' batches measure the stage loss before and after the stage
+            (0 disables the measurement).
         seed: seeds every stage (``seed + k``), so a resumed run repeats the same numbers.
         checkpoint_dir: where stage checkpoints and the source-state cache go (None: nowhere).
         progress: show tqdm progress bars.
@@ -66,6 +77,8 @@ class SemAlignConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     batch_size: int = 4
+    micro_batch_size: int | None = None
+    attribution_batch_size: int | None = None
     max_length: int = 256
     prompt_style: str = "transfer"
     loss_on: str = "response"
@@ -105,6 +118,27 @@ class SemAlignConfig:
             raise InvalidParameterError(
                 "steps_per_stage and batch_size must be >= 1; tau and lr positive"
             )
+        if self.micro_batch_size is not None and (
+            self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
+        ):
+            raise InvalidParameterError(
+                f"micro_batch_size must divide batch_size ({self.batch_size}), "
+                f"got {self.micro_batch_size}"
+            )
+        if self.attribution_batch_size is not None and self.attribution_batch_size < 1:
+            raise InvalidParameterError(
+                f"attribution_batch_size must be >= 1 or None, got {self.attribution_batch_size}"
+            )
+
+    @property
+    def micro(self) -> int:
+        """Examples per forward/backward of a stage step."""
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def attribution_batch(self) -> int:
+        """Examples per attribution pass."""
+        return self.attribution_batch_size or self.batch_size
 
     def identity(self) -> dict[str, Any]:
         """The fields that change the numbers (not where files go or whether bars show)."""
@@ -114,12 +148,37 @@ class SemAlignConfig:
         # default out keeps those records' config hashes (and run keys), so they stay reusable.
         if d["decomposition"] == "cosine":
             d.pop("decomposition")
+        # Likewise: attributing in the training batches (the only batching before the field)
+        # is one identity however it is spelled.
+        if self.attribution_batch == self.batch_size:
+            d.pop("attribution_batch_size")
+        if self.micro == self.batch_size:
+            d.pop("micro_batch_size")
         return d
 
+    def step_batches(self, step: int, n_batches: int) -> list[int]:
+        """The (micro-)batches of ``n_batches`` that optimizer step ``step`` accumulates over:
+        the training batches are cut in groups of ``batch_size / micro`` in order (one whole
+        batch each), and step s uses group s mod the number of groups."""
+        per_step = self.batch_size // self.micro
+        group = step % -(-n_batches // per_step)
+        return list(range(group * per_step, min((group + 1) * per_step, n_batches)))
+
     def batches_used(self, n_batches: int) -> list[int]:
-        """The training batches every stage steps on (step s uses batch s mod n_batches): the
-        only ones the source supervision is computed for."""
-        return sorted({s % n_batches for s in range(self.steps_per_stage)})
+        """The training (micro-)batches every stage steps on: the only ones the source
+        supervision is computed for."""
+        steps = range(self.steps_per_stage)
+        return sorted({i for s in steps for i in self.step_batches(s, n_batches)})
+
+    def eval_groups(self, n_batches: int) -> list[list[int]]:
+        """The steps' batches that measure a stage's loss before and after it: those of the
+        first ``eval_batches`` steps that use distinct batches."""
+        groups: list[list[int]] = []
+        for s in range(self.steps_per_stage):
+            ids = self.step_batches(s, n_batches)
+            if len(groups) < self.eval_batches and ids not in groups:
+                groups.append(ids)
+        return groups
 
     def kl_at(self, stage: int, n_stages: int) -> bool:
         """Whether stage ``stage`` (1-based) adds the output KL."""

@@ -88,15 +88,17 @@ class SemAlignFlops:
         lora_params: int = 0,
     ) -> float:
         """Work of a stage outside its optimizer steps: kept aligned logits, the loss evaluations
-        before and after, and the trained layer's advance pass. The prefix cache of stage 1 is the
-        embedding output (``BlockReplay`` runs no block), so it costs no matmul."""
+        before and after, and the trained layer's advance pass (over the ``used`` batches only:
+        ``frontier.LayerInputs``). The prefix cache of stage 1 is the embedding output
+        (``BlockReplay`` runs no block), so it costs no matmul."""
         n_layers, flops = self.target.num_layers, 0.0
         advance = costs.TrainableSpec(cached_prefix=stage - 1, run_blocks=stage, readouts=())
-        for i, batch in enumerate(batches):
+        for i in used:
+            batch = batches[i]
             tokens, seq, n_sup = batch_dims(batch)
             if stage < n_layers:
                 flops += costs.step_flops(self.target, advance, tokens, seq, 0)["forward"]
-            if i in used and self._aligned_logits and self._kept_aligned_logits:
+            if self._aligned_logits and self._kept_aligned_logits:
                 flops += costs.head_flops(self.target, n_sup)
             if i in eval_ids:
                 flops += 2 * self.step(stage, batch, lora_params, forward_only=True)

@@ -3,7 +3,7 @@ part (full weights or LoRA adapters merged after the stage)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -15,26 +15,32 @@ from semalign_core.semalign.config import SemAlignConfig
 
 
 class LayerInputs:
-    """For every batch: the residual stream entering layer ``index`` (0-based, no grad), and a
-    replay of the decoder layers with the arguments the model passes them (masks, rotary
-    embeddings)::
+    """For each batch a stage steps on: the residual stream entering layer ``index`` (0-based,
+    no grad), and a replay of the decoder layers with the arguments the model passes them
+    (masks, rotary embeddings)::
 
-        inputs = LayerInputs(target, batches, index=0)
+        inputs = LayerInputs(target, batches, index=0, used=[0, 1])
         h_out = inputs.run_layer(0, inputs.hidden[i], i)  # layer 0 on batch i, with grad
         inputs.advance()  # after layer 0 is trained: inputs.hidden now enter layer 1
-    """
 
-    def __init__(self, model: nn.Module, batches: list[dict], index: int):
+    ``used``: the batch indices the stages use (``SemAlignConfig.batches_used``; None: all).
+    Only those are kept on the device and advanced, so memory and the advance pass follow the
+    steps per stage, not the size of the training split."""
+
+    def __init__(
+        self, model: nn.Module, batches: list[dict], index: int, used: Sequence[int] | None = None
+    ):
         self.index = index
-        self.replays: list[BlockReplay] = []
-        self.hidden: list[Tensor] = []
+        self.replays: dict[int, BlockReplay] = {}
+        self.hidden: dict[int, Tensor] = {}
         device = next(model.parameters()).device
         with torch.no_grad():
-            for batch in batches:
+            for i in range(len(batches)) if used is None else used:
+                batch = batches[i]
                 ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 replay = BlockReplay(model, ids, mask)
-                self.replays.append(replay)
-                self.hidden.append(replay.run(replay.embedding_output, stop=index))
+                self.replays[i] = replay
+                self.hidden[i] = replay.run(replay.embedding_output, stop=index)
 
     def run_layer(self, k0: int, hidden: Tensor, i: int) -> Tensor:
         """Layer ``k0`` (0-based) on ``hidden`` with batch i's arguments."""
@@ -43,7 +49,7 @@ class LayerInputs:
     def advance(self) -> None:
         """After layer ``index`` is trained: its outputs become the inputs of the next layer."""
         with torch.no_grad():
-            self.hidden = [self.run_layer(self.index, h, i) for i, h in enumerate(self.hidden)]
+            self.hidden = {i: self.run_layer(self.index, h, i) for i, h in self.hidden.items()}
         self.index += 1
 
 

@@ -95,21 +95,44 @@ class StageLoss:
         with torch.no_grad():
             return teacher_logits(self.source_unembed, t)
 
-    def __call__(self, stage: int, i: int) -> tuple[Tensor, dict[str, float]]:
+    def __call__(
+        self, stage: int, i: int, weights: tuple[float, float] = (1.0, 1.0)
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The loss of batch i, its layer term and output KL scaled by ``weights`` (the batch's
+        shares of its step: :meth:`term_weights`; 1 for a whole batch, which leaves every value
+        bit-identical)."""
         cfg = self.config
         h_in = self.inputs.hidden[i]
         h_out, h_sub = self._run_layer(stage - 1, h_in, i)
         layer_term, z = self._layer_term(stage, i, h_in, h_out, h_sub)
-        parts = {"layer": layer_term}
-        loss = cfg.layer_weight * layer_term
+        parts = {"layer": weights[0] * layer_term}
+        loss = cfg.layer_weight * parts["layer"]
         if cfg.kl_at(stage, self.n_layers):
-            parts["kl"] = self._output_kl(stage, i, h_out, z)
+            parts["kl"] = weights[1] * self._output_kl(stage, i, h_out, z)
             loss = loss + cfg.output_kl_weight * parts["kl"]
         return loss, {name: float(v.detach()) for name, v in parts.items()}
 
-    def evaluate(self, stage: int, batch_ids: Sequence[int]) -> float:
+    def term_weights(self, batch_ids: Sequence[int]) -> list[tuple[float, float]]:
+        """Per micro-batch of one step, the shares (layer term, output KL) that make the
+        weighted sum of their losses the loss of the step's whole batch: each term is a mean
+        over supervised positions, except v2's CKA, a mean over examples."""
+        positions = [len(self.positions[i][0]) for i in batch_ids]
+        examples = [len(self.positions[i][3]) for i in batch_ids]
+        per_layer = examples if self.config.objective == "v2" else positions
+        return [
+            (n_layer / max(1, sum(per_layer)), n_pos / max(1, sum(positions)))
+            for n_layer, n_pos in zip(per_layer, positions, strict=True)
+        ]
+
+    def step_loss(self, stage: int, batch_ids: Sequence[int]) -> float:
+        """A step's loss on its batches without gradients (the stage's before/after measure)."""
         with torch.no_grad():
-            return sum(float(self(stage, i)[0]) for i in batch_ids) / max(1, len(batch_ids))
+            weights = self.term_weights(batch_ids)
+            return sum(float(self(stage, i, w)[0]) for i, w in zip(batch_ids, weights))
+
+    def evaluate(self, stage: int, groups: Sequence[Sequence[int]]) -> float:
+        """Mean step loss over ``groups`` (each one step's batches)."""
+        return sum(self.step_loss(stage, ids) for ids in groups) / max(1, len(groups))
 
     def _run_layer(self, k0: int, h_in: Tensor, i: int) -> tuple[Tensor, Tensor | None]:
         """Layer k's output, and for v1 its MLP sublayer output (what it adds to the residual)."""

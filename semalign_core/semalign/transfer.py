@@ -167,11 +167,13 @@ def timed(into: dict, key: str) -> Iterator[None]:
     into[key] = time.perf_counter() - t0
 
 
-def _batches(records: Sequence[dict], tokenizer, config: SemAlignConfig) -> list[dict]:
+def _batches(
+    records: Sequence[dict], tokenizer, config: SemAlignConfig, batch_size: int | None = None
+) -> list[dict]:
     return sft_batches(
         records,
         tokenizer,
-        config.batch_size,
+        batch_size or config.batch_size,
         config.max_length,
         config.prompt_style,
         config.loss_on,
@@ -188,8 +190,8 @@ def _prepare(
     resume: bool,
 ) -> tuple[Run, dict | None]:
     """Batches, then :func:`prepare_run` (steps 1-3)."""
-    batches = _batches(train_records, tokenizer, config)
-    attr_batches = _batches(attribution_records, tokenizer, config)
+    batches = _batches(train_records, tokenizer, config, config.micro)
+    attr_batches = _batches(attribution_records, tokenizer, config, config.attribution_batch)
     maps = partial(semantic_maps, source, target, config.decomposition)
     return prepare_run(source, target, config, resume, batches, attr_batches, maps)
 
@@ -344,7 +346,8 @@ def _train_frontier(
             t_stage = time.perf_counter()
             with costs.PeakMemory(_device(target)) as peak:
                 if inputs is None:  # first stage of this process: one no-grad pass to layer k
-                    inputs = LayerInputs(target, run.batches, stage - 1)
+                    used = config.batches_used(len(run.batches))
+                    inputs = LayerInputs(target, run.batches, stage - 1, used)
                 record = _run_stage(run, inputs, stage)
             record.update(wall_s=time.perf_counter() - t_stage, **peak.as_dict())
             stages.append(record)
@@ -380,8 +383,9 @@ def _run_stage(run: Run, inputs: LayerInputs, stage: int) -> dict:
     n_lora = lora_param_count(layer)
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)  # per stage
     used = config.batches_used(len(batches))
-    eval_ids = used[: config.eval_batches]
-    before = loss_fn.evaluate(stage, eval_ids) if eval_ids else None
+    eval_groups = config.eval_groups(len(batches))
+    eval_ids = [i for ids in eval_groups for i in ids]
+    before = loss_fn.evaluate(stage, eval_groups) if eval_groups else None
     record = _new_stage_record(run, stage)
     for step in tqdm(
         range(config.steps_per_stage),
@@ -389,10 +393,11 @@ def _run_stage(run: Run, inputs: LayerInputs, stage: int) -> dict:
         leave=False,
         disable=not config.progress,
     ):
-        _train_step(run, loss_fn, optim, params, stage, step % len(batches), record, n_lora)
+        ids = config.step_batches(step, len(batches))
+        _train_step(run, loss_fn, optim, params, stage, ids, record, n_lora)
     del optim
     record["loss_before"] = before
-    record["loss_after"] = loss_fn.evaluate(stage, eval_ids) if eval_ids else None
+    record["loss_after"] = loss_fn.evaluate(stage, eval_groups) if eval_groups else None
     if config.trainable == "lora":
         merge_lora(layer)
     freeze_all(target)
@@ -417,27 +422,33 @@ def _train_step(
     optim: torch.optim.Optimizer,
     params: list[nn.Parameter],
     stage: int,
-    i: int,
+    ids: list[int],
     record: dict,
     n_lora: int,
 ) -> None:
-    """One optimizer step on batch i, appended to the stage record."""
+    """One optimizer step, accumulated over the (micro-)batches ``ids``, appended to the stage
+    record."""
     t0 = time.perf_counter()
-    loss, parts = loss_fn(stage, i)
     optim.zero_grad(set_to_none=True)
-    loss.backward()
+    step_loss, parts = 0.0, {}
+    for i, weights in zip(ids, loss_fn.term_weights(ids), strict=True):
+        loss, micro_parts = loss_fn(stage, i, weights)
+        loss.backward()
+        step_loss += float(loss.detach())
+        for name, value in micro_parts.items():
+            parts[name] = parts.get(name, 0.0) + value
     if run.config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(params, run.config.grad_clip)
     optim.step()
     record["step_s"].append(time.perf_counter() - t0)
-    record["losses"].append(float(loss.detach()))
+    record["losses"].append(step_loss)
     record["layer_losses"].append(parts["layer"])
     if "kl" in parts:
         record["kl_losses"].append(parts["kl"])
-    batch = run.batches[i]
-    record["tokens"] += batch["input_ids"].numel()
-    record["real_tokens"] += int(batch["attention_mask"].sum())
-    record["step_flops"].append(run.flops.step(stage, batch, n_lora))
+    batches = [run.batches[i] for i in ids]
+    record["tokens"] += sum(b["input_ids"].numel() for b in batches)
+    record["real_tokens"] += sum(int(b["attention_mask"].sum()) for b in batches)
+    record["step_flops"].append(sum(run.flops.step(stage, b, n_lora) for b in batches))
 
 
 # --------------------------------------------------------------------------- totals

@@ -233,11 +233,11 @@ def _prepare_cross(
         bridge = bridge_for(config, source, target, source_tokenizer, tokenizer)
     examples = examples_for(config, train_records, source_tokenizer, tokenizer)
     pads = pad_id(source_tokenizer), pad_id(tokenizer)
-    source_batches, batches = cross_batches(examples, config.batch_size, *pads)
+    source_batches, batches = cross_batches(examples, config.micro, *pads)
     attr_batches = sft_batches(  # attribution scores the source on its own tokens
         attribution_records,
         source_tokenizer,
-        config.batch_size,
+        config.attribution_batch,
         config.max_length,
         config.prompt_style,
         config.loss_on,
