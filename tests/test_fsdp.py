@@ -163,3 +163,62 @@ def test_only_the_first_process_writes_the_record(folders, monkeypatch):
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
     get_or_compute("e", "smoke", "r", {"a": 1}, compute)
     assert [p.name for p in run_results.rglob("*.json")] == ["r.json"]
+
+
+SALF_WORKER = Path(__file__).with_name("fsdp_salf_worker.py")
+
+
+def _salf_runs(tmp_path: Path, processes: int) -> dict:
+    out = tmp_path / f"salf-{processes}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("WORLD_SIZE", None)
+    launcher = (
+        ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+        if processes > 1
+        else []
+    )  # fmt: skip
+    command = [sys.executable, *launcher, str(SALF_WORKER), str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(out.read_text())
+    return {name: {**run, "state": torch.load(f"{out}.{name}.pt")} for name, run in runs.items()}
+
+
+@pytest.mark.slow  # five SALF runs in 3 fresh processes: ~30 s on 2 cores
+def test_two_fsdp_processes_run_the_salf_loop_as_one(tmp_path):
+    """SALF's own loop (block replay, the root unit around each step, the prefix cache, a filler
+    pass in the one-example step) under 2 gloo processes: the one-process losses, scores and
+    weights; real tokens summed over the processes (padding differs, so FLOPs may)."""
+    one, two = _salf_runs(tmp_path, 1), _salf_runs(tmp_path, 2)
+    assert set(one) == set(two) == {"full", "full_embeddings", "eof2", "eof1_lm", "eof2_sgd"}
+    initial = load_model("tiny-source", verbose=False).model.state_dict()
+    for name, run in one.items():
+        other = two[name]
+        assert len(run["losses"]) == 6  # 2 epochs x steps of 4, 4 and 1 examples
+        np.testing.assert_allclose(other["losses"], run["losses"], rtol=2e-6, err_msg=name)
+        assert other["metrics"] == run["metrics"] and run["metrics"]["n"] == 6
+        assert other["real_tokens"] == run["real_tokens"]
+        assert other["cache_hits"] == run["cache_hits"] == (3 if name.startswith("eof") else 0)
+        for key, value in run["state"].items():
+            torch.testing.assert_close(other["state"][key], value, rtol=0, atol=1e-4, msg=key)
+        moved = {k: float((run["state"][k] - v).abs().max()) for k, v in initial.items()}
+        embedding = next(k for k in moved if "embed_tokens" in k)
+        assert max(moved.values()) > 1e-2, name
+        assert (moved[embedding] > 0) == (name == "full_embeddings"), name
+
+
+@pytest.mark.parametrize("label", ["lisa", "lora"])
+def test_salf_refuses_fsdp_for_a_changing_set_or_adapters(monkeypatch, label):
+    from semalign_core.lm import sharding
+    from semalign_core.salf import finetune as ft
+    from semalign_core.salf import policies
+
+    monkeypatch.setattr(sharding, "current_engine", lambda: Engine(rank=0, world_size=2))
+    lm = load_model("tiny-source", verbose=False)
+    policy = policies.make_policy(label, **({"eof": 0} if label == "lora" else {}))
+    records = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    with pytest.raises(InvalidParameterError, match="runs in one process, not under FSDP"):
+        ft.finetune(
+            lm.model, lm.tokenizer, records, None, policy, label_words=("negative", "positive")
+        )

@@ -95,7 +95,7 @@ def token_states(
 ) -> list[torch.Tensor]:
     """``block_out`` of every layer at the chosen positions: L (n_tokens, d) fp32 CPU tensors."""
     device = next(model.parameters()).device
-    backbone = surgery._backbone(model)  # the LM head over every position is not needed
+    backbone = surgery.backbone(model)  # the LM head over every position is not needed
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(surgery.num_layers(model))]
     for batch, pos in zip(batches, positions):
         if len(pos) == 0:

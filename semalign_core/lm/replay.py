@@ -40,8 +40,11 @@ class BlockReplay:
     ):
         self.blocks = surgery.decoder_layers(model)
         inputs = {**forward_kwargs, "input_ids": input_ids, "attention_mask": attention_mask}
+        # Through the backbone, not the LM's own call: the recording never reaches the head,
+        # and under FSDP (``salf/finetune.py``) the LM's call is the root unit's, made once per
+        # step around all of it.
         with nethook.record_block_calls(model, stop) as recorded:
-            model(**inputs, use_cache=False)
+            surgery.backbone(model)(**inputs, use_cache=False)
         self.embedding_output: torch.Tensor = recorded.embedding_output
         self.calls: list[nethook.BlockCall] = recorded.calls
 

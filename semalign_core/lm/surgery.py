@@ -103,13 +103,14 @@ def _layout(model: nn.Module) -> _Layout:
     return _LAYOUTS[architecture(model)]
 
 
-def _backbone(model: nn.Module) -> nn.Module:
+def backbone(model: nn.Module) -> nn.Module:
+    """The decoder stack under the LM head (embedding, blocks, final norm): ``model.model``."""
     return getattr(unwrap(model), _layout(model).backbone)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks, in depth order."""
-    return getattr(_backbone(model), _layout(model).layers)
+    return getattr(backbone(model), _layout(model).layers)
 
 
 def input_embeddings(model: nn.Module) -> nn.Embedding:
@@ -119,7 +120,7 @@ def input_embeddings(model: nn.Module) -> nn.Embedding:
 
 def final_norm(model: nn.Module) -> nn.Module:
     """The norm applied after the last decoder block, before the LM head."""
-    return getattr(_backbone(model), _layout(model).final_norm)
+    return getattr(backbone(model), _layout(model).final_norm)
 
 
 def unembedding(model: nn.Module) -> nn.Linear:

@@ -200,7 +200,7 @@ def transition_trace(
     encoded = encode_prompts(tokenizer, prompts, max_length)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
-    backbone = surgery._backbone(model)  # not .base_model: Gemma3ForCausalLM returns itself
+    backbone = surgery.backbone(model)  # not .base_model: Gemma3ForCausalLM returns itself
     chunks, shapes = [], []
     for start in range(0, len(encoded), batch_size):
         batch = pad_right(encoded[start : start + batch_size], pad, device)

@@ -32,7 +32,7 @@ from semalign_core import costs
 from semalign_core.data import CLASSIFICATION_TASKS
 from semalign_core.errors import InvalidParameterError
 from semalign_core.evaluation.metrics import macro_f1
-from semalign_core.lm import surgery
+from semalign_core.lm import sharding, surgery
 from semalign_core.lm.replay import BlockReplay
 from semalign_core.salf import analysis, gains, policies
 from semalign_core.salf.policies import Policy, PolicyContext, Trainable, apply_trainable
@@ -228,15 +228,14 @@ class _Loop:
         self,
         model,
         policy: Policy,
-        state: Trainable,
-        enc: Encoded,
-        pad: int,
-        label_ids: torch.Tensor,
+        prepared: _Prepared,
         config: FinetuneConfig,
-        device,
+        engine: sharding.Engine | None = None,
     ):
-        self.model, self.policy, self.enc, self.pad = model, policy, enc, pad
-        self.label_ids, self.config, self.device = label_ids, config, device
+        self.model, self.policy, self.enc, self.pad = model, policy, prepared.enc, prepared.pad
+        self.label_ids, self.config, self.device = prepared.label_ids, config, prepared.device
+        self.engine = engine or sharding.Engine()
+        state = prepared.state
         self.unembed = surgery.Unembed(model)
         self.num_layers = surgery.num_layers(model)
         self.shape = costs.model_shape(model)
@@ -256,9 +255,9 @@ class _Loop:
         self.cacheable = policy.static and config.cache_prefix
         self.cache: dict[tuple[int, int], torch.Tensor] = {}  # (batch, depth) -> state
         self.tally = _Tally()
-        self.stopwatch = costs.Stopwatch(device)
+        self.stopwatch = costs.Stopwatch(self.device)
         # the update (clipping, AdamW, zeroing) timed apart: memory-bound, not counted in FLOPs
-        self.update_watch = costs.SpanTimer(device)
+        self.update_watch = costs.SpanTimer(self.device)
         self.history: list[dict] = []
         self.switch(0, state)
 
@@ -291,15 +290,32 @@ class _Loop:
             hidden = replay.run(hidden, depth, boundary)
         return hidden, boundary, cached
 
-    def _forward_backward(self, batch: dict, boundary: int, batch_index: int):
+    def _forward(self, batch: dict, boundary: int, batch_index: int):
+        """The loss of ``batch`` and whether its prefix came from the cache."""
         # The embedding output needs a graph only when the embeddings train.
         with torch.set_grad_enabled(boundary < 0):
             replay = BlockReplay(self.model, batch["input_ids"], batch["attention_mask"])
         depth = self.cache_depth()
         hidden, start, cached = self._suffix_input(replay, depth, boundary, batch_index)
         hidden = replay.run(hidden, start)
-        loss = _loss(self.unembed, hidden, batch, self.config, self.label_ids)
-        loss.backward()
+        return _loss(self.unembed, hidden, batch, self.config, self.label_ids), cached
+
+    def _in_root_call(self, forward):
+        """``forward()``, under FSDP as the model's own call: the root unit's hooks gather its
+        parameters (embedding, final norm, head) for it and reduce their gradients after the
+        backward, while the blocks run as their own units inside."""
+        if not self.engine.sharded:
+            return forward()
+        self.model.forward = forward  # the instance attribute shadows the class's forward
+        try:
+            return self.model()
+        finally:
+            del self.model.forward
+
+    def _forward_backward(self, batch: dict, boundary: int, batch_index: int, scale: float):
+        """Forward and backward of one pass; ``scale``: its share of the step's gradient."""
+        loss, cached = self._in_root_call(lambda: self._forward(batch, boundary, batch_index))
+        (loss * scale).backward()
         self.tally.grad_names |= {
             self.names[id(p)] for p in self.model.parameters() if p.grad is not None
         }
@@ -311,6 +327,18 @@ class _Loop:
         """Blocks below every trained block (what a static policy may cache)."""
         return min(max(self.state.boundary, 0), self.num_layers)
 
+    def _pass(self, ids: Sequence[int]) -> tuple[list[int], float]:
+        """This process's examples of a step on ``ids`` and their weight: all of them in one
+        process; under FSDP its share (one pass each, a weight-0 filler where it has none)."""
+        [(chunk, weight)] = self.engine.step_chunks(list(ids), max(len(ids), 1))
+        return chunk, weight
+
+    def _count(self, ids: Sequence[int]) -> int:
+        """What the loss averages over in ``ids``: examples, or label tokens for the LM loss."""
+        if self.config.loss != "lm":
+            return len(ids)
+        return sum(sum(t != -100 for t in self.enc.lm_labels[i]) for i in ids)
+
     def step(self, step: int, plan: gains.BatchPlan, batch_index: int, per_example: bool) -> float:
         """One optimizer step on one planned batch; returns its loss."""
         new = self.policy.on_step_start(step)
@@ -319,15 +347,21 @@ class _Loop:
         boundary = max(self.state.boundary, plan.eof) if per_example else self.state.boundary
         boundary = min(boundary, self.num_layers)
         with self.stopwatch.step():
-            batch = _batch(self.enc, plan.indices, self.pad, self.device)
-            loss, cached = self._forward_backward(batch, boundary, batch_index)
+            ids, weight = self._pass(plan.indices)
+            batch = _batch(self.enc, ids, self.pad, self.device)
+            share = weight * self._count(ids) / self._count(plan.indices)
+            loss, cached = self._forward_backward(
+                batch, boundary, batch_index, share * self.engine.world_size
+            )
             changed = self.policy.after_backward(step, self.model)
             with self.update_watch.span():
                 if self.config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        self._account(batch, boundary, self.cache_depth() if cached else 0, loss.item())
+        (step_loss,) = self.engine.total([share * loss.item()])
+        depth = self.cache_depth() if cached else 0
+        self._account(batch if weight else None, boundary, depth, step_loss)
         if changed is not None and changed != self.state:
             self.switch(step + 1, changed)
         return self.tally.losses[-1]
@@ -348,17 +382,25 @@ class _Loop:
                 step += 1
             epoch_s.append(time.perf_counter() - t_epoch)
             epoch_losses.append(float(np.mean(epoch_loss)))
+        self.sum_over_processes()
         return epoch_losses, epoch_s
 
-    def _account(self, batch: dict, boundary: int, cached_depth: int, loss: float) -> None:
+    def _account(self, batch: dict | None, boundary: int, cached_depth: int, loss: float) -> None:
+        """Add one step's loss and this process's pass (None: a filler pass, not counted) to
+        the totals; under FSDP :meth:`sum_over_processes` adds up the processes' counts."""
+        self.tally.losses.append(loss)
+        if batch is None:
+            return
         b, t = batch["input_ids"].shape
         positions = b * t if self.config.loss == "lm" else b
         spec = _spec(self.model, self.state, boundary, cached_depth)
         step = costs.step_flops(self.shape, spec, b * t, t, positions)
-        optimizer = costs.optimizer_flops(self.tally.updated, self.config.optimizer)
+        # a process updates its shard: its share of every update, so the sum counts one update
+        updated = self.tally.updated / self.engine.world_size
+        optimizer = costs.optimizer_flops(updated, self.config.optimizer)
         tally = self.tally
         tally.flops += step["total"] + optimizer
-        tally.updated_total += tally.updated
+        tally.updated_total += updated
         for part in ("blocks", "embedding", "head"):
             tally.components[part] += step[part]
         tally.components["optimizer"] += optimizer
@@ -380,11 +422,24 @@ class _Loop:
             tally.memory = memory
         tally.tokens += b * t
         tally.real_tokens += int(batch["attention_mask"].sum())
-        tally.losses.append(loss)
 
     def _reference(self, spec, b: int, t: int, positions: int, trained: int) -> float:
         flops = costs.step_flops(self.shape, spec, b * t, t, positions)["total"]
-        return flops + costs.optimizer_flops(trained, self.config.optimizer)
+        updated = trained / self.engine.world_size
+        return flops + costs.optimizer_flops(updated, self.config.optimizer)
+
+    def sum_over_processes(self) -> None:
+        """Under FSDP, replace this process's counts by their sum over the processes."""
+        if not self.engine.sharded:
+            return
+        tally, parts = self.tally, list(self.tally.components)
+        counts = ("flops", "full_flops", "full_embeddings_flops", "updated_total")
+        whole = ("tokens", "real_tokens")  # cache hits stay per process: one per step each
+        mine = [getattr(tally, k) for k in (*counts, *whole)]
+        summed = self.engine.total([*mine, *(tally.components[p] for p in parts)])
+        for key, value in zip((*counts, *whole), summed):
+            setattr(tally, key, int(value) if key in whole else value)
+        tally.components = dict(zip(parts, summed[len(mine) :]))
 
     def cost(self, wall: float, epoch_s: list[float], peak: costs.PeakMemory, rss_start: float):
         counts, tally = self.history[0], self.tally
@@ -462,18 +517,22 @@ def finetune(
     label_tokens = analysis.label_token_ids(
         tokenizer, label_words, config.label_token_mode, config.require_single_token
     )
-    loop = _start_loop(
+    prepared = _prepare(
         model, tokenizer, train_records, policy, task, label_words, label_tokens, config
     )
-    plans, per_example = _plans(loop.state, len(loop.enc), config.batch_size, config.seed)
-    t_start, rss_start = time.perf_counter(), costs.current_rss_mb()
-    with costs.PeakMemory(loop.device) as peak:
-        epoch_losses, epoch_s = loop.train(plans, per_example)
-    wall = time.perf_counter() - t_start
-    model = loop.model
-    metrics = (
-        evaluate(model, tokenizer, eval_records, label_tokens, task, config) if eval_records else {}
-    )
+    engine = sharding.current_engine()
+    _check_engine(engine, policy, prepared.state)
+    plans, per_example = _plans(prepared.state, len(prepared.enc), config.batch_size, config.seed)
+    # Under FSDP the loop trains sharded fp32 copies, written back into the model after it.
+    with sharding.sharded_copy(prepared.model, engine) as (work, _):
+        loop = _Loop(work, policy, prepared, config, engine)
+        t_start, rss_start = time.perf_counter(), costs.current_rss_mb()
+        with costs.PeakMemory(loop.device) as peak:
+            epoch_losses, epoch_s = loop.train(plans, per_example)
+        wall = time.perf_counter() - t_start
+    model = prepared.model
+    scored = eval_records and engine.rank == 0  # under FSDP the first process evaluates
+    metrics = evaluate(model, tokenizer, eval_records, label_tokens, task, config) if scored else {}
     return FinetuneResult(
         policy=policy.describe(),
         config=asdict(config),
@@ -487,7 +546,31 @@ def finetune(
     )
 
 
-def _start_loop(
+def _check_engine(engine: sharding.Engine, policy: Policy, state: Trainable) -> None:
+    """FSDP trains a fixed trainable set of the model's own weights: a policy that changes the
+    set during training (each process would decide from its own gradient shards) or trains
+    LoRA adapters runs in one process."""
+    if engine.sharded and (not policy.static or state.lora):
+        why = "LoRA adapters" if state.lora else "a trainable set that changes during training"
+        raise InvalidParameterError(
+            f"policy {policy.name!r} trains {why}: it runs in one process, not under FSDP"
+        )
+
+
+@dataclass
+class _Prepared:
+    """What a run has before its loop: the (possibly LoRA-wrapped) model, the policy's state at
+    step 0, the encoded train records and what batches and the loss need."""
+
+    model: Any
+    state: Trainable
+    enc: Encoded
+    pad: int
+    label_ids: torch.Tensor
+    device: torch.device
+
+
+def _prepare(
     model,
     tokenizer,
     train_records: Sequence[dict],
@@ -496,8 +579,8 @@ def _start_loop(
     label_words: tuple[str, ...],
     label_tokens: analysis.LabelTokens,
     config: FinetuneConfig,
-) -> _Loop:
-    """The loop at step 0: the policy set up (it may analyse the model) and its wrapper applied
+) -> _Prepared:
+    """The run at step 0: the policy set up (it may analyse the model) and its wrapper applied
     (LoRA), the train records encoded."""
     device = next(model.parameters()).device
     ctx = PolicyContext(
@@ -526,8 +609,7 @@ def _start_loop(
         with_answer=config.loss == "lm",
     )
     label_ids = torch.tensor(label_tokens.first, device=device)
-    pad = analysis.pad_token_id(tokenizer)
-    return _Loop(model, policy, state, enc, pad, label_ids, config, device)
+    return _Prepared(model, state, enc, analysis.pad_token_id(tokenizer), label_ids, device)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -1,0 +1,76 @@
+"""Trains the smoke SALF model with the real SALF loop (``salf/finetune.py``) under several
+static policies and writes what the FSDP test compares (tests/test_fsdp.py): run alone (one
+process) or under ``torch.distributed.run`` with ``WORLD_SIZE`` processes.
+
+    python tests/fsdp_salf_worker.py OUT.json      (the weights: OUT.json.<run>.pt)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+# 9 examples in steps of 4: one step of a single example, where the second process has none
+TRAIN = [
+    {"text": "a wonderful, moving film", "label": 1},
+    {"text": "dull", "label": 0},
+    {"text": "the plot never comes together and the acting is wooden", "label": 0},
+    {"text": "great fun for the whole family", "label": 1},
+    {"text": "I would not watch it again", "label": 0},
+    {"text": "sharp, funny and warm", "label": 1},
+    {"text": "a mess", "label": 0},
+    {"text": "one of the best films of the year", "label": 1},
+    {"text": "nothing happens for two hours", "label": 0},
+]
+WORDS = ("negative", "positive")
+
+
+def runs():
+    """(name, policy, config overrides): every block; the embeddings and head too (the root
+    FSDP unit trains); a frozen prefix of 2 blocks, cached in the second epoch; the LM loss
+    (averaged over label tokens, not examples)."""
+    from semalign_core.salf import policies
+
+    return [
+        ("full", policies.FullFinetune(embeddings=False), {}),
+        ("full_embeddings", policies.FullFinetune(embeddings=True), {}),
+        ("eof2", policies.FixedEof(eof=2), {}),
+        ("eof1_lm", policies.FixedEof(eof=1), {"loss": "lm"}),
+        # SGD without clipping: the update is proportional to the gradient, so a wrongly scaled
+        # share of the step (which AdamW would normalise away) shows in the weights
+        ("eof2_sgd", policies.FixedEof(eof=2), {"optimizer": "sgd", "grad_clip": None}),
+    ]
+
+
+def main(out: str) -> None:
+    from semalign_core.models.registry import load_model
+    from semalign_core.salf import finetune as ft
+
+    torch.set_num_threads(1)
+    payload = {}
+    for name, policy, overrides in runs():
+        lm = load_model("tiny-source", verbose=False)
+        config = ft.FinetuneConfig(
+            epochs=2, batch_size=4, lr=1e-2, max_length=32, seed=0, **overrides
+        )
+        result = ft.finetune(
+            lm.model, lm.tokenizer, TRAIN, TRAIN[:6], policy, config, label_words=WORDS
+        )
+        if int(os.environ.get("RANK", "0")) == 0:
+            torch.save(lm.model.state_dict(), f"{out}.{name}.pt")
+            keys = ("tokens", "real_tokens", "flops_analytic", "flops_full_analytic", "cache_hits")
+            payload[name] = {
+                "losses": result.losses,
+                "metrics": {k: result.metrics.get(k) for k in ("accuracy", "n")},
+                **{k: result.cost[k] for k in keys},
+            }
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(out, "w") as f:
+            json.dump(payload, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
