@@ -147,7 +147,12 @@ def test_cells_run_one_process_per_gpu_only_where_the_profile_trains_with_fsdp()
     assert cells.sharded_cells("semalign_finetuned_teacher", ["ft-source__sft__sst2__seed0"])
     for other in ("seeking__gsm__seed0", "semalign__gsm__seed0", "target__gsm"):
         assert not cells.sharded_cells("semalign_transfer", ["sft__gsm__seed0", other])
-    assert not cells.sharded_cells("salf_main", ["sft__gsm__seed0"])
+    # SALF: every policy FSDP trains (fixed trainable sets of the model's own weights)
+    salf = ["m__trec__full__seed0", "m__trec__salf__seed1", "m__trec__random_matched__seed0"]
+    assert cells.sharded_cells("salf_main", salf)
+    assert cells.sharded_cells("salf_cost_benefit", ["m__trec__eof_3__seed0"])
+    for other in ("m__trec__zero_shot", "m__trec__lisa__seed0", "m__trec__lora_all__seed0"):
+        assert not cells.sharded_cells("salf_main", [*salf, other])
     with pytest.raises(InvalidParameterError, match="train_engine"):
         replace(cpu, train_engine="deepspeed")
 
@@ -222,3 +227,30 @@ def test_salf_refuses_fsdp_for_a_changing_set_or_adapters(monkeypatch, label):
         ft.finetune(
             lm.model, lm.tokenizer, records, None, policy, label_words=("negative", "positive")
         )
+
+
+def test_salf_grid_launches_the_policies_fsdp_trains_where_the_profile_says(folders, monkeypatch):
+    """Where several GPUs would take a launch, the grid has the cell runner train each run FSDP
+    can (once: a valid record is read, not relaunched) and computes the rest itself; a grid with
+    its own budget (which the cell runner would not use) computes everything itself."""
+    from semalign_core.experiments import cell_process, salf_cells
+    from semalign_core.lm import sharding
+
+    launched = []
+    monkeypatch.setattr(sharding, "launches_several", lambda engine: engine == "single")
+    monkeypatch.setattr(
+        cell_process, "spawn", lambda exp, run, *a, **kw: launched.append((exp, run, kw))
+    )
+    smoke = get_profile("smoke")  # trains in one process: the patched check says "single" here
+    model = smoke.salf_models[0]
+    grid = salf_cells.SalfGrid(smoke, budget=salf_cells.run_budget(smoke), verbose=False)
+    for label in ("zero_shot", "full", "lisa", "full"):
+        grid.run(model, "sst2", label, 0)
+    assert launched == [("salf_main", f"{model}__sst2__full__seed0", {"sharded": True})]
+    launched.clear()
+    grid.run(model, "sst2", "full", 0, force=True)  # forced: launched again, with --force
+    assert [run for _, run, _ in launched] == [f"{model}__sst2__full__seed0"]
+    launched.clear()
+    own = salf_cells.SalfGrid(smoke, budget=salf_cells.run_budget(smoke, n_train=4), verbose=False)
+    own.run(model, "sst2", "full", 0)
+    assert launched == []

@@ -30,7 +30,6 @@ import argparse
 import json
 import re
 import resource
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +47,7 @@ from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.experiments import (
     ablations,
     budgets,
+    cell_process,
     salf_cells,
     salf_cost_benefit,
     salf_main,
@@ -475,7 +475,10 @@ def run_shares_in_processes(
 
 def sharded_cells(experiment: str, names: Sequence[str]) -> bool:
     """Whether every cell of ``names`` trains with a method FSDP shards (a run name holds its
-    method: ``sft__gsm__seed0``, ``ft-source__sft__sst2__seed0``)."""
+    method: ``sft__gsm__seed0``, ``ft-source__sft__sst2__seed0``) or, in SALF's tables, a
+    policy it shards (``<model>__<task>__<policy>__seed<s>``: ``salf_cells.shardable``)."""
+    if experiment in (SALF_MAIN, SALF_COST_BENEFIT):
+        return all(salf_cells.shardable(salf_cells.label_of(n)) for n in names)
     methods = {next((p for p in n.split("__") if p in METHODS), None) for n in names}
     return experiment in SHARDED_EXPERIMENTS and methods <= set(SHARDED_METHODS)
 
@@ -504,27 +507,10 @@ def _spawn(
     threads: int,
     measure: bool = True,
 ) -> None:
-    """Compute ``names`` (one cell, or several in turn) in a fresh process with ``threads``
-    torch threads; ``measure``: one cell whose own-process peak memory goes into its record."""
+    """:func:`cell_process.spawn`, launched on every GPU where the cells train under FSDP."""
     names = [names] if isinstance(names, str) else list(names)
-    gpus = torch.cuda.device_count() if sharded_cells(experiment, names) else 0
-    command = [
-        *launcher(get_profile(profile), gpus),
-        "-m",
-        "semalign_core.experiments.cells",
-        experiment,
-        *names,
-        "--profile",
-        profile,
-        "--threads",
-        str(threads),  # a timing repeat's config holds the thread count: keep the parent's
-        *(["--measure-own-process"] if measure else []),
-        *(["--force"] if force else []),
-    ]
-    rc = subprocess.run(command, check=False).returncode
-    if rc != 0:
-        what = names[0] if len(names) == 1 else f"one of {len(names)} cells"
-        raise ArtifactError(f"{what} of {experiment} failed in its own process (exit {rc})")
+    sharded = sharded_cells(experiment, names)
+    cell_process.spawn(experiment, names, profile, force, threads, measure, sharded)
 
 
 # --------------------------------------------------------------------------- command line

@@ -49,6 +49,7 @@ from semalign_core import costs, salf
 from semalign_core.data import CLASSIFICATION_TASKS, load_classification, select_subset
 from semalign_core.devices import default_device
 from semalign_core.errors import InvalidParameterError
+from semalign_core.experiments import cell_process
 from semalign_core.experiments.budgets import (
     AUTOFREEZE,
     LISA,
@@ -60,6 +61,7 @@ from semalign_core.experiments.budgets import salf_run_budget as run_budget
 from semalign_core.experiments.catalog import MAIN_POLICIES, SALF_MAIN, ZERO_SHOT
 from semalign_core.experiments.model_pool import ModelPool, record_models, release_memory
 from semalign_core.experiments.notebook import check_list
+from semalign_core.lm import sharding
 from semalign_core.models.registry import REGISTRY
 from semalign_core.profiles import Profile
 from semalign_core.records import (
@@ -79,6 +81,10 @@ VERSION = 3
 EVAL_SEED = 1234  # one held-out subset for every seed and policy: seeds vary the training only
 FRACTIONS = {"freeze_1_4": 0.25, "freeze_1_2": 0.5, "freeze_3_4": 0.75}
 NEEDS_SALF = ("random_matched", "lora_salf_suffix")  # their spec holds SALF's eof (from its record)
+# What FSDP does not train (salf/finetune.py): nothing trained, a trainable set that changes during
+# training, LoRA adapters. Every other policy trains in one process per GPU where the profile
+# trains with FSDP and several GPUs are visible.
+ONE_PROCESS_LABELS = (ZERO_SHOT, "autofreeze", "lisa", "lora_all", "lora_salf_suffix")
 SALF_OPTIONS = {
     "deviation": "cos_normed",
     "gain": "scaling_kaplan",
@@ -361,6 +367,16 @@ def run_name(model: str, task: str, label: str, seed: int | None, repeat: int | 
     return name if repeat is None else f"{name}__rep{repeat}"
 
 
+def label_of(run: str) -> str:
+    """The policy label of a run name (:func:`run_name`)."""
+    return run.split("__")[2]
+
+
+def shardable(label: str) -> bool:
+    """Whether FSDP can train policy ``label`` (not one of :data:`ONE_PROCESS_LABELS`)."""
+    return label not in ONE_PROCESS_LABELS
+
+
 def finetune_config(budget: SalfRunBudget, model: str, seed: int, spec: dict):
     return salf.FinetuneConfig(
         epochs=budget.epochs,
@@ -525,6 +541,9 @@ class SalfGrid:
         )
         run = run_name(model, task, label, seed, self.repeat)
         models = record_models(model=model)
+        if self._launches(label):
+            self._launch(run, config, models, force)
+            force = False  # its record stands now: valid before, or written by the launch
 
         def compute() -> RecordParts:
             copied = None if force else self._copied(run, config, models())
@@ -532,6 +551,27 @@ class SalfGrid:
             return copied or measured(computed, self.measure)()
 
         return get_or_compute(self.experiment, self.prof.name, run, config, compute, force, models)
+
+    def _launches(self, label: str) -> bool:
+        """Whether run ``label`` is trained by an FSDP launch over this machine's GPUs: where the
+        profile trains with FSDP and several GPUs are visible, for a scored run of a policy FSDP
+        trains, at the profile's budget and SALF options (what the cell runner computes)."""
+        return (
+            self.repeat is None
+            and shardable(label)
+            and self.budget == run_budget(self.prof)
+            and check_salf_kw(self.salf_kw) == SALF_OPTIONS
+            and sharding.launches_several(self.prof.train_engine)
+        )
+
+    def _launch(self, run: str, config: dict, models: Callable[[], dict], force: bool) -> None:
+        """Have the cell runner train ``run`` in one process per GPU (it writes the record this
+        grid then reads), unless a valid record stands and ``force`` is off."""
+        stored = load_valid_record(self.experiment, self.prof.name, run, config, models())
+        if force or stored is None:
+            cell_process.spawn(
+                self.experiment, run, self.prof.name, force, torch_threads(), sharded=True
+            )
 
     def _copied(self, run: str, config: dict, identities: dict) -> RecordParts | None:
         """The parts of an identical valid record (same config and model files) of another
@@ -646,6 +686,7 @@ __all__ = [
     "EVAL_SEED",
     "FRACTIONS",
     "NEEDS_SALF",
+    "ONE_PROCESS_LABELS",
     "PATTERNS",
     "SALF_OPTIONS",
     "overridden_settings",
@@ -656,10 +697,12 @@ __all__ = [
     "check_salf_kw",
     "finetune_config",
     "flops_of_eof",
+    "label_of",
     "policy_spec",
     "run_budget",
     "run_config",
     "run_name",
+    "shardable",
     "summary",
     "task_data",
 ]
