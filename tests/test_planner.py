@@ -268,7 +268,13 @@ def test_paper_table():
     assert len(made) == 2 and made[0].total > 80 * 2**30 and made[0].gpus_needed() > 1
     text = planner.format_plan(prof, list(plans.values()), [])
     assert "no GPU" in text and "salf_main" in text and "meta-llama/Llama-2-7b-chat-hf" in text
-    assert "does not fit one 80 GB GPU, and the code cannot spread it: salf_main" in text
+    # SALF's full fine-tuning of Gemma2-9B: over one card in one process; FSDP spreads it
+    salf = [s for p in ("salf_main", "salf_cost_benefit") for s in plans[p].steps]
+    gemma = [s for s in salf if s.step.startswith("SALF full FT") and "gemma2-9b" in s.step]
+    assert len(gemma) == 2 and all(s.total > 80 * 2**30 for s in gemma)
+    assert all(s.sharded is not None and s.gpus_needed() == 3 for s in gemma)
+    assert not plans["salf_main"].misfits and not plans["salf_cost_benefit"].misfits
+    assert "the code cannot spread it" not in text
 
 
 def test_per_gpu_divides_only_what_fsdp_shards():
@@ -306,6 +312,22 @@ def test_fsdp_plan_holds_fp32_shards_and_not_the_model():
     g = 2.0**30
     divided = (arch.params * 4 + blocks * 8) / 4 / g  # held shards and states on 4 cards
     assert step.per_gpu(4) / g > divided
+    # gathered: two blocks and the root unit (embedding and untied head), in bf16
+    block = blocks // 32
+    assert step.sharded.parts["gathered units"] == (2 * block + 2 * 32000 * 4096) * 2
+    # the backward's activations: a micro-batch in each process, or (SALF's loop, which deals
+    # a step's examples out) a share of the step, divided like the shards
+    dealt = planner.finetune_step(
+        "e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, micro=4, seq=512, positions=4,
+        runs=1, dtype_bytes=2, fsdp=True, deals_step=True,
+    )  # fmt: skip
+    backward = step.sharded.phases["backward"]
+    assert dealt.sharded.phases["backward"] == {f"{k} (step share)": v for k, v in backward.items()}
+    sharded = ("fp32 shards", "optimizer_state")
+    held = sum(v / 4 if k in sharded else v for k, v in dealt.sharded.parts.items())
+    update = sum(dealt.sharded.phases["optimizer update"].values()) / 4  # fp32 gradients, temp
+    expected = held + max(sum(backward.values()) / 4, update)
+    assert dealt.per_gpu(4) == pytest.approx(expected) and dealt.per_gpu(4) <= step.per_gpu(4)
 
 
 def test_fp32_master_weights_and_states():

@@ -57,6 +57,8 @@ MAX_GPUS = 8  # the most cards one node offers: a step that needs more does not 
 # gradients and the update's temporary, and hidden distillation's maps (sharded beside the
 # target with their own states).
 SHARDED_PARTS = ("fp32 shards", "optimizer_state", "gradients", "optimizer_temporary", "maps")
+# a part of a process's share of the step's examples (SALF's loop deals them out): divided too
+STEP_SHARE = " (step share)"
 LOSS_TENSORS = 4  # (position × vocabulary) tensors a SemAlign loss term saves (semalign_steps)
 # Share of a card a step may plan to use: the CUDA context, allocator fragmentation, and
 # kernels' workspaces take the rest.
@@ -220,11 +222,13 @@ class StepPlan:
         if gpus <= 1 or self.sharded is None:
             return self.total
         plan = self.sharded
-        parts = {k: v / gpus if k in SHARDED_PARTS else v for k, v in plan.parts.items()}
-        phases = {
-            name: {k: v / gpus if k in SHARDED_PARTS else v for k, v in phase.items()}
-            for name, phase in plan.phases.items()
-        }
+
+        def divided(part: dict[str, float]) -> dict[str, float]:
+            shared = lambda k: k in SHARDED_PARTS or k.endswith(STEP_SHARE)  # noqa: E731
+            return {k: v / gpus if shared(k) else v for k, v in part.items()}
+
+        parts = divided(plan.parts)
+        phases = {name: divided(phase) for name, phase in plan.phases.items()}
         return replace(plan, parts=parts, phases=phases, sharded=None).total
 
     def gpus_needed(self, gpu_gib: float = GPU_GIB, most: int = MAX_GPUS) -> int | None:
@@ -482,11 +486,14 @@ def finetune_step(
     accumulate: bool = False,
     fsdp: bool = False,
     extra: dict[str, float] | None = None,
+    deals_step: bool = False,
 ) -> StepPlan:
     """Full fine-tuning of ``model``'s decoder blocks (``spec_kw``: e.g. embeddings) with AdamW
     on ``micro × seq`` tokens, ``positions`` logit positions per step, ``runs`` micro-steps in
     all (``accumulate``: several per optimizer step), beside every ``resident`` model and
-    ``extra`` held parts; ``fsdp``: the profile may shard it over several cards."""
+    ``extra`` held parts; ``fsdp``: the profile may shard it over several cards, each process
+    running one micro-batch at a time, or (``deals_step``, SALF's loop) its share of the step's
+    examples in one pass."""
     arch = architecture(model)
     spec = _all_blocks(arch, **spec_kw)
     tokens = micro * seq
@@ -511,12 +518,20 @@ def finetune_step(
         "fp32 shards": 4.0 * arch.params,
         "weights": weights_bytes(others, dtype_bytes),
     }
+    batch_parts = ("activations", "logits", "workspace")
     phases = {
-        name: {k: fp32_grads if k in ("gradients", "optimizer_temporary") else v
-               for k, v in phase.items()}
+        name: {
+            (k + STEP_SHARE if deals_step and k in batch_parts else k):
+                fp32_grads if k in ("gradients", "optimizer_temporary") else v
+            for k, v in phase.items()
+        }
         for name, phase in phases.items()
     }  # fmt: skip
-    units = 2.0 * max(b.params for b in arch.shape.blocks) * dtype_bytes
+    # two block units (one computing, one prefetched) and the root unit (embedding, final norm,
+    # an untied head), which stays gathered through the step
+    shape = arch.shape
+    root = shape.embedding_params + (0 if shape.tied else shape.head_params)
+    units = (2.0 * max(b.params for b in shape.blocks) + root) * dtype_bytes
     sharded = replace(plan, parts={**parts, **held, "gathered units": units}, phases=phases)
     return replace(plan, sharded=sharded)
 
@@ -604,8 +619,8 @@ def _salf_steps(
     exp: str, prof: Profile, embeddings: bool, dtype_bytes: int, fp32_master: bool
 ) -> list[StepPlan]:
     """Every SALF run of a model (each task and policy): full fine-tuning (the costliest policy)
-    with the label-token loss (one logit position per example), and scoring the held-out
-    examples."""
+    with the label-token loss (one logit position per example), sharded where the profile
+    trains with FSDP (each process its share of a step), and scoring the held-out examples."""
     defaults = budgets.SALF_DEFAULTS[prof.name]
     budget = budgets.salf_run_budget(prof)
     runs_per_model = len(defaults.tasks) * len(budgets.TIMING_POLICIES)
@@ -618,6 +633,7 @@ def _salf_steps(
                 exp, f"SALF {label} ({model})", model, (model,), {"embeddings": embeddings},
                 budget.batch_size, budget.max_length, budget.batch_size,
                 runs_per_model * steps_per_run, dtype_bytes, fp32_master,
+                fsdp=prof.train_engine == "fsdp", deals_step=True,
             )
         )  # fmt: skip
         out.append(
