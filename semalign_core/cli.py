@@ -10,6 +10,7 @@ import json
 import sys
 
 from semalign_core.data.resolve import data_root
+from semalign_core.devices import compute_dtype
 from semalign_core.errors import ArtifactError
 from semalign_core.experiments import planner
 from semalign_core.experiments.notebook import require_models
@@ -35,11 +36,14 @@ def _list(args) -> None:
 
 def _print_plan(args, prof) -> list[tuple[str, float]]:
     """Print the profile's memory plan and where its hub weights go; return the GPUs seen."""
+    gpus = planner.visible_gpus()
+    # the dtype the models will compute in here (a bf16 profile loads in fp32 on a T4)
+    dtype = args.dtype or (compute_dtype(prof.dtype, "cuda") if gpus else prof.dtype)
     settings = planner.PlanSettings(
         fp32_master=args.fp32_master,
         throughput=planner.Throughput(args.peak_tflops * 1e12, args.utilisation),
+        dtype=dtype,
     )
-    gpus = planner.visible_gpus()
     print(planner.format_plan(prof, planner.plan_profile(prof, settings), gpus, settings))
     hub_ids = [REGISTRY[m].hub_id for m in planner.hub_models(prof)]
     if hub_ids and standins_enabled():
@@ -84,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp32-master",
         action="store_true",
         help="plan an fp32 master copy and fp32 AdamW states beside 16-bit weights",
+    )
+    check.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        help="plan this compute dtype (default: the profile's, or float32 on a GPU without "
+        "native bf16, as the models load there; e.g. --dtype float32 plans a Colab T4)",
     )
     check.add_argument(
         "--peak-tflops", type=float, default=312.0, help="GPU peak (A100 bf16: 312; H100: 989)"

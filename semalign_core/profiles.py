@@ -92,7 +92,8 @@ PROFILES: dict[str, Profile] = {
             ("qwen2.5-0.5b-instruct", "smollm2-360m-instruct"),
             needs_hub=True,
             dtype="bfloat16",
-            notes="one <=16 GB GPU (Colab T4 / JupyterHub), hub models",
+            notes="one 24 GB GPU with native bf16 (L4, A10G), hub models; a 16 GB T4 computes "
+            "in fp32 and fits SALF's notebooks only (`cli check --dtype float32`)",
             cell_timeout_s=6 * 3600,  # a Table 1 cell trains 1.5B/0.5B models, fp32 on a T4
             generation_backend="auto",
         ),

@@ -374,3 +374,30 @@ def test_semalign_plan_counts_the_same_work_in_micro_batches():
     assert micro.flops == pytest.approx(whole.flops, rel=1e-9)
     backward = [sum(p.phases["backward"].values()) for p in plans]
     assert backward[1] < backward[0] / 8  # 16 times fewer tokens per pass
+
+
+def test_the_plan_follows_the_dtype_the_gpu_computes_in(monkeypatch, capsys):
+    """A bf16 profile loads in fp32 on a GPU without native bf16 (a T4): the preflight plans
+    that, and says so. At fp32 every weight takes twice the bytes."""
+    prof = get_profile("gpu-small")
+    bf16 = planner.architecture(prof.semalign_source).params * 2
+    plans = {
+        dtype: {
+            p.experiment: p for p in planner.plan_profile(prof, planner.PlanSettings(dtype=dtype))
+        }
+        for dtype in ("bfloat16", "float32")
+    }
+    assert plans["bfloat16"]["models"].heaviest.total == bf16
+    assert plans["float32"]["models"].heaviest.total == 2 * bf16
+    # the profile's claim: a 24 GB bf16 card runs all of it; a T4 (15 GiB, fp32) SALF's only
+    for name, plan in plans["bfloat16"].items():
+        assert all(s.per_gpu(1) <= 24 * 0.9 * 2**30 for s in plan.steps), name
+    t4 = {n for n, p in plans["float32"].items() if p.steps and
+          all(s.per_gpu(1) <= 15 * 0.9 * 2**30 for s in p.steps)}  # fmt: skip
+    assert t4 == {"models", "salf_analysis", "salf_main", "salf_cost_benefit"}
+    monkeypatch.setattr(planner, "visible_gpus", lambda: [("Tesla T4", 15.0)])
+    monkeypatch.setattr(cli, "compute_dtype", lambda dtype, device: "float32")
+    monkeypatch.setattr(cli, "require_models", lambda prof: None)
+    monkeypatch.setattr(cli, "data_root", lambda: "data")
+    assert cli.main(["check", "--profile", "gpu-small"]) == 0
+    assert "(float32, not the profile's bfloat16; GPUs here: Tesla T4" in capsys.readouterr().out

@@ -332,10 +332,16 @@ def eval_flops(arch: Architecture, items: int, prompt: int, new_tokens: int) -> 
 @dataclass(frozen=True)
 class PlanSettings:
     """How the plan counts: ``fp32_master`` (an fp32 master copy and fp32 AdamW states beside
-    16-bit weights; the code today keeps AdamW states in the weights' dtype) and ``throughput``."""
+    16-bit weights; the code today keeps AdamW states in the weights' dtype), ``throughput``,
+    and ``dtype``, the dtype the models compute in (None: the profile's; a GPU without native
+    bf16 loads a bf16 profile in fp32: ``devices.compute_dtype``)."""
 
     fp32_master: bool = False
     throughput: Throughput = field(default_factory=Throughput)
+    dtype: str | None = None
+
+    def compute_dtype(self, prof: Profile) -> str:
+        return self.dtype or prof.dtype
 
 
 def _all_blocks(arch: Architecture, **kw) -> costs.TrainableSpec:
@@ -724,7 +730,7 @@ def experiment_steps(prof: Profile, settings: PlanSettings | None = None) -> dic
     """Experiment → the steps planned for it at ``prof`` (an experiment the profile does not run
     has none)."""
     settings = settings or PlanSettings()
-    b, fp32 = DTYPE_BYTES[prof.dtype], settings.fp32_master
+    b, fp32 = DTYPE_BYTES[settings.compute_dtype(prof)], settings.fp32_master
     analysis = budgets.SEMALIGN_ANALYSIS_BUDGETS[prof.name]
     source, target = prof.semalign_source, prof.semalign_target
     return {
@@ -827,6 +833,11 @@ def visible_gpus() -> list[tuple[str, float]]:
     return [(p.name, p.total_memory / GIB) for p in props]
 
 
+def _dtype_note(prof: Profile, settings: PlanSettings) -> str:
+    dtype = settings.compute_dtype(prof)
+    return dtype if dtype == prof.dtype else f"{dtype}, not the profile's {prof.dtype}"
+
+
 def format_plan(
     prof: Profile,
     plans: list[ExperimentPlan],
@@ -844,7 +855,8 @@ def format_plan(
     seen = ", ".join(f"{n} ({g:.0f} GiB)" for n, g in gpus) or f"no GPU, RAM {ram:.0f} GiB"
     tp = settings.throughput
     lines = [
-        f"memory plan of profile {prof.name} ({prof.dtype}; GPUs here: {seen}); GPU-hours at "
+        f"memory plan of profile {prof.name} ({_dtype_note(prof, settings)}; GPUs here: {seen}); "
+        "GPU-hours at "
         f"{tp.utilisation:.0%} of {tp.peak_flops / 1e12:.0f} TFLOP/s",
         f"{'experiment':28s} {'heaviest step':44s} {'peak GiB':>9s} {'80 GB GPUs':>10s} "
         f"{'fits here':>9s} {'host GiB':>8s} {'GPU-h':>8s}",
