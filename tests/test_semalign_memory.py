@@ -346,3 +346,13 @@ if __name__ == "__main__":  # capture GOLDEN from the code checked out now into 
     smoke = (s.model, t.model, s.tokenizer, *records)
     golden = {key: fingerprint(_run(smoke, cfg)) for key, cfg in sorted(CONFIGS.items())}
     Path(sys.argv[1]).write_text(json.dumps(golden, indent=1))
+
+
+def test_source_pass_flops_count_only_the_batches_the_stages_use(tiny_transfer_pair):
+    """One step per stage uses the first of 4 training batches: the source pass (and its FLOP
+    count) is that of a run whose training split is that batch alone."""
+    config = replace(BASE, steps_per_stage=1, pairing="floor")
+    src, tgt, tok, train, extract = tiny_transfer_pair(n_train=8, n_extract=1)
+    runs = [transfer(src, copy.deepcopy(tgt), t, extract, config, tok) for t in (train, train[:2])]
+    assert runs[0].cost["train_batches"] == 4 and runs[1].cost["train_batches"] == 1
+    assert runs[0].cost["flops_source_pass"] == runs[1].cost["flops_source_pass"] > 0

@@ -470,7 +470,9 @@ def _totals(run: Run, stages: list[dict], wall_s: float, peak: costs.PeakMemory)
         run.attribution_batches if attributed else [],
     )
     deepest = max(paired_source_layers(run.pairing))
-    source_batches = run.batches if run.source_batches is None else run.source_batches
+    read = run.batches if run.source_batches is None else run.source_batches
+    # the source pass reads only the batches the stages train on (source_supervision)
+    source_batches = [read[i] for i in run.config.batches_used(len(run.batches))]
     source_pass = _pass_cost(run.flops.source_pass(source_batches, deepest), source_batches)
     return costs.summarize(
         [attribution, source_pass, *stages],
