@@ -184,3 +184,27 @@ def test_cross_family_notebook_at_smoke(smoke_reproduction):
         assert f"| {row} |" in page
     assert "| semalign_cross_exact | SST-2 | uld |" in page
     assert "| bridged_kl | sst2 | 1 |" in page  # the cost and bridge table
+
+
+def test_cost_table_marks_flops_counted_over_every_training_batch(monkeypatch):
+    """Records made before the source pass was counted over the batches it reads carry no
+    ``source_pass_batches``: their SemAlign rows' FLOPs are marked and the mark explained;
+    rows without a source pass (SFT, ULD, bridged KL) never are."""
+    from semalign_core.report import cross_family_table as cft
+
+    costs = {
+        "sft": {"flops": 1e9},
+        "semalign_cross_exact": {"flops": 9e9, "flops_source_pass": 6e9},
+        "semalign_same_family": {"flops": 5e9, "flops_source_pass": 2e9, "source_pass_batches": 4},
+    }
+    marked = {row: cft._flops(c["flops"], cft._overcounted(c)) for row, c in costs.items()}
+    assert marked == {
+        "sft": "1e+09",
+        "semalign_cross_exact": "9e+09 ◊",
+        "semalign_same_family": "5e+09",
+    }
+    monkeypatch.setenv("SEMALIGN_RESULTS_DIR", str(REPO_ROOT / "results"))  # read only
+    rows = cft.cost_rows("cpu")  # the committed records: made before the change
+    semalign = [r for r in rows if r[0].startswith("semalign")]
+    assert semalign and all(r[4].endswith(cft.OVERCOUNT_MARK) for r in semalign)
+    assert all(not r[4].endswith(cft.OVERCOUNT_MARK) for r in rows if r not in semalign)

@@ -356,3 +356,4 @@ def test_source_pass_flops_count_only_the_batches_the_stages_use(tiny_transfer_p
     runs = [transfer(src, copy.deepcopy(tgt), t, extract, config, tok) for t in (train, train[:2])]
     assert runs[0].cost["train_batches"] == 4 and runs[1].cost["train_batches"] == 1
     assert runs[0].cost["flops_source_pass"] == runs[1].cost["flops_source_pass"] > 0
+    assert runs[0].cost["source_pass_batches"] == runs[1].cost["source_pass_batches"] == 1

@@ -62,8 +62,23 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _flops(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3g}"
+def _flops(value: float | None, overcounted: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" + (OVERCOUNT_MARK if overcounted else "")
+
+
+OVERCOUNT_MARK = " ◊"
+OVERCOUNT_NOTE = (
+    "◊ made before stop 30, whose accounting counted SemAlign's source pass over every training "
+    "batch though the pass read only the batches the stages train on (at `cpu` 4 of 16): the "
+    "FLOPs shown are up to about twice the work done; the wall time is the run's own."
+)
+
+
+def _overcounted(cost: dict) -> bool:
+    """A SemAlign-style record (it has a source pass) counted before ``source_pass_batches``."""
+    return "flops_source_pass" in cost and "source_pass_batches" not in cost
 
 
 def _share(value: float | None) -> str:
@@ -92,7 +107,7 @@ def cost_rows(profile: str) -> list[list[str]]:
                 task,
                 str(len(costs)),
                 _fmt(mean("wall_s")),
-                _flops(mean("flops")),
+                _flops(mean("flops"), any(_overcounted(c) for c in costs)),
                 _fmt(mean("peak_rss_mb"), digits=0),
                 costs[0].get("bridge_mode", "–"),
                 _share(mean("bridge_source_vocab_share")),
@@ -126,6 +141,11 @@ def cost_markdown(frame: pd.DataFrame) -> str:
         "wall time of the transfer, analytic FLOPs of its forward and backward passes, teacher "
         "passes included; peak resident memory of the process) and its vocabulary bridge:\n\n"
         + markdown_table(COST_HEADER, frame.attrs["costs"])
+        + (
+            f"\n{OVERCOUNT_NOTE}\n"
+            if any(OVERCOUNT_MARK in c for r in frame.attrs["costs"] for c in r)
+            else ""
+        )
     )
 
 

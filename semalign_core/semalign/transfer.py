@@ -481,6 +481,9 @@ def _totals(run: Run, stages: list[dict], wall_s: float, peak: costs.PeakMemory)
         **run.timings,
         flops_attribution=attribution["flops"],
         flops_source_pass=source_pass["flops"],
+        # what the FLOPs of the source pass count (records before stop 30 lack it: they counted
+        # every training batch, though the pass read only these)
+        source_pass_batches=len(source_batches),
         train_batches=len(run.batches),
         teacher_cache=run.sup.teacher_kind,
     )
