@@ -26,22 +26,25 @@ TRAIN = [
     {"text": "nothing happens for two hours", "label": 0},
 ]
 WORDS = ("negative", "positive")
+UNEVEN_WORDS = ("bad", "very good indeed")  # 1 and 3 tokens
 
 
 def runs():
-    """(name, policy, config overrides): every block; the embeddings and head too (the root
-    FSDP unit trains); a frozen prefix of 2 blocks, cached in the second epoch; the LM loss
-    (averaged over label tokens, not examples)."""
+    """(name, policy, config overrides, label words): every block; the embeddings and head too
+    (the root FSDP unit trains); a frozen prefix of 2 blocks, cached in the second epoch. Steps
+    of 4 split 2/2, and the last one 1/0 (a filler). Then with SGD and no clipping, where the
+    update is proportional to the gradient, so a wrongly scaled share of the step (which AdamW
+    would normalise away) shows in the weights: steps of 3 split 2/1, by examples, and for the
+    LM loss by label tokens (answers of 1 and 3 tokens, so the two differ)."""
     from semalign_core.salf import policies
 
+    sgd = {"optimizer": "sgd", "grad_clip": None, "batch_size": 3, "lr": 0.1}
     return [
-        ("full", policies.FullFinetune(embeddings=False), {}),
-        ("full_embeddings", policies.FullFinetune(embeddings=True), {}),
-        ("eof2", policies.FixedEof(eof=2), {}),
-        ("eof1_lm", policies.FixedEof(eof=1), {"loss": "lm"}),
-        # SGD without clipping: the update is proportional to the gradient, so a wrongly scaled
-        # share of the step (which AdamW would normalise away) shows in the weights
-        ("eof2_sgd", policies.FixedEof(eof=2), {"optimizer": "sgd", "grad_clip": None}),
+        ("full", policies.FullFinetune(embeddings=False), {}, WORDS),
+        ("full_embeddings", policies.FullFinetune(embeddings=True), {}, WORDS),
+        ("eof2", policies.FixedEof(eof=2), {}, WORDS),
+        ("eof2_sgd", policies.FixedEof(eof=2), sgd, WORDS),
+        ("eof1_lm_sgd", policies.FixedEof(eof=1), {**sgd, "loss": "lm"}, UNEVEN_WORDS),
     ]
 
 
@@ -51,20 +54,21 @@ def main(out: str) -> None:
 
     torch.set_num_threads(1)
     payload = {}
-    for name, policy, overrides in runs():
+    for name, policy, overrides, words in runs():
         lm = load_model("tiny-source", verbose=False)
-        config = ft.FinetuneConfig(
-            epochs=2, batch_size=4, lr=1e-2, max_length=32, seed=0, **overrides
-        )
+        config = ft.FinetuneConfig(**{**dict(epochs=2, batch_size=4, lr=1e-2, max_length=32,
+                                              seed=0), **overrides})  # fmt: skip
         result = ft.finetune(
-            lm.model, lm.tokenizer, TRAIN, TRAIN[:6], policy, config, label_words=WORDS
+            lm.model, lm.tokenizer, TRAIN, TRAIN[:6], policy, config, label_words=words
         )
         if int(os.environ.get("RANK", "0")) == 0:
             torch.save(lm.model.state_dict(), f"{out}.{name}.pt")
-            keys = ("tokens", "real_tokens", "flops_analytic", "flops_full_analytic", "cache_hits")
+            keys = ("tokens", "real_tokens", "flops_analytic", "flops_full_analytic",
+                    "cache_hits", "updated_params_steps")  # fmt: skip
             payload[name] = {
                 "losses": result.losses,
                 "metrics": {k: result.metrics.get(k) for k in ("accuracy", "n")},
+                "optimizer_flops": result.cost["flops_components"]["optimizer"],
                 **{k: result.cost[k] for k in keys},
             }
     if int(os.environ.get("RANK", "0")) == 0:

@@ -190,20 +190,25 @@ def _salf_runs(tmp_path: Path, processes: int) -> dict:
     return {name: {**run, "state": torch.load(f"{out}.{name}.pt")} for name, run in runs.items()}
 
 
-@pytest.mark.slow  # five SALF runs in 3 fresh processes: ~30 s on 2 cores
+@pytest.mark.slow  # five SALF runs in 3 fresh processes: ~40 s on 2 cores
 def test_two_fsdp_processes_run_the_salf_loop_as_one(tmp_path):
     """SALF's own loop (block replay, the root unit around each step, the prefix cache, a filler
-    pass in the one-example step) under 2 gloo processes: the one-process losses, scores and
-    weights; real tokens summed over the processes (padding differs, so FLOPs may)."""
+    pass in the one-example step, uneven shares by examples and by label tokens) under 2 gloo
+    processes: the one-process losses, scores and weights; real tokens, the updated parameters
+    and the optimizer's FLOPs summed over the processes (padding differs, so the passes' FLOPs
+    may)."""
     one, two = _salf_runs(tmp_path, 1), _salf_runs(tmp_path, 2)
-    assert set(one) == set(two) == {"full", "full_embeddings", "eof2", "eof1_lm", "eof2_sgd"}
+    assert set(one) == set(two) == {"full", "full_embeddings", "eof2", "eof2_sgd", "eof1_lm_sgd"}
     initial = load_model("tiny-source", verbose=False).model.state_dict()
     for name, run in one.items():
         other = two[name]
-        assert len(run["losses"]) == 6  # 2 epochs x steps of 4, 4 and 1 examples
+        assert len(run["losses"]) == 6  # 2 epochs x 3 steps (of 4, 4 and 1, or of 3 examples)
         np.testing.assert_allclose(other["losses"], run["losses"], rtol=2e-6, err_msg=name)
         assert other["metrics"] == run["metrics"] and run["metrics"]["n"] == 6
         assert other["real_tokens"] == run["real_tokens"]
+        assert other["updated_params_steps"] == pytest.approx(run["updated_params_steps"])
+        assert other["optimizer_flops"] == pytest.approx(run["optimizer_flops"], rel=1e-12)
+        assert isinstance(run["updated_params_steps"], int)  # one process: counts stay integers
         assert other["cache_hits"] == run["cache_hits"] == (3 if name.startswith("eof") else 0)
         for key, value in run["state"].items():
             torch.testing.assert_close(other["state"][key], value, rtol=0, atol=1e-4, msg=key)
@@ -232,17 +237,26 @@ def test_salf_refuses_fsdp_for_a_changing_set_or_adapters(monkeypatch, label):
 def test_salf_grid_launches_the_policies_fsdp_trains_where_the_profile_says(folders, monkeypatch):
     """Where several GPUs would take a launch, the grid has the cell runner train each run FSDP
     can (once: a valid record is read, not relaunched) and computes the rest itself; a grid with
-    its own budget (which the cell runner would not use) computes everything itself."""
+    its own budget (which the cell runner would not use) computes everything itself; a launch
+    that leaves no valid record is an error, not a silent run in this process."""
+    from semalign_core.errors import ArtifactError
     from semalign_core.experiments import cell_process, salf_cells
     from semalign_core.lm import sharding
 
-    launched = []
-    monkeypatch.setattr(sharding, "launches_several", lambda engine: engine == "single")
-    monkeypatch.setattr(
-        cell_process, "spawn", lambda exp, run, *a, **kw: launched.append((exp, run, kw))
-    )
     smoke = get_profile("smoke")  # trains in one process: the patched check says "single" here
-    model = smoke.salf_models[0]
+    model, launched, inside = smoke.salf_models[0], [], [False]
+    monkeypatch.setattr(sharding, "launches_several", lambda e: e == "single" and not inside[0])
+
+    def launch(exp, run, profile, force, threads, **kw):  # the cell runner, in this process
+        launched.append((exp, run, kw))
+        inside[0] = True
+        try:
+            salf_cells.SalfGrid(smoke, verbose=False).run(model, "sst2", label_of(run), 0, force)
+        finally:
+            inside[0] = False
+
+    label_of = salf_cells.label_of
+    monkeypatch.setattr(cell_process, "spawn", launch)
     grid = salf_cells.SalfGrid(smoke, budget=salf_cells.run_budget(smoke), verbose=False)
     for label in ("zero_shot", "full", "lisa", "full"):
         grid.run(model, "sst2", label, 0)
@@ -254,3 +268,6 @@ def test_salf_grid_launches_the_policies_fsdp_trains_where_the_profile_says(fold
     own = salf_cells.SalfGrid(smoke, budget=salf_cells.run_budget(smoke, n_train=4), verbose=False)
     own.run(model, "sst2", "full", 0)
     assert launched == []
+    monkeypatch.setattr(cell_process, "spawn", lambda *a, **kw: None)  # a launch that failed
+    with pytest.raises(ArtifactError, match="left no valid record"):
+        grid.run(model, "sst2", "salf", 0)

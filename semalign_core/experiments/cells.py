@@ -250,6 +250,8 @@ def compute_salf_main_in_processes(
     share in turn; valid records are reused. The runs that take SALF's eof from its record
     (``salf_cells.NEEDS_SALF``) start once every SALF run is done. The notebook then reads the
     records with ``salf_main.run_main_table``."""
+    if _launches_on_gpus(prof):
+        jobs = 1  # its shardable runs launch on every GPU, one at a time
     grid = _main_grid(prof)
     every = list(_salf_grid_cells(grid, policies, models, tasks, seeds))
     independent = [p for p in policies if p not in salf_cells.NEEDS_SALF]

@@ -216,9 +216,10 @@ class StepPlan:
 
     def per_gpu(self, gpus: int) -> float:
         """Peak bytes on each of ``gpus`` cards: the one-process plan on one card; under FSDP
-        (``sharded``, the step's plan with fp32 shards) the sharded state, its gradients and
-        the optimizer's temporary divided over the cards, everything else on each of them, plus
-        two gathered FSDP units (one computing, one prefetched)."""
+        (``sharded``, the step's plan with fp32 shards) the sharded state, its gradients, the
+        optimizer's temporary and a process's share of the step's examples (SALF) divided over
+        the cards, everything else on each of them, with the gathered FSDP units (two blocks and
+        the root). A share is planned as b / cards examples; a process may get one more."""
         if gpus <= 1 or self.sharded is None:
             return self.total
         plan = self.sharded
@@ -626,22 +627,28 @@ def _salf_steps(
 ) -> list[StepPlan]:
     """Every SALF run of a model (each task and policy): full fine-tuning (the costliest policy)
     with the label-token loss (one logit position per example), sharded where the profile
-    trains with FSDP (each process its share of a step), and scoring the held-out examples."""
+    trains with FSDP (each process its share of a step); the same step in one process, where
+    runs that FSDP does not train (AutoFreeze, which starts as full fine-tuning; the timing
+    repeats of notebook 07, ``full_embeddings`` among them) need it; and scoring the held-out
+    examples."""
     defaults = budgets.SALF_DEFAULTS[prof.name]
     budget = budgets.salf_run_budget(prof)
     runs_per_model = len(defaults.tasks) * len(budgets.TIMING_POLICIES)
     steps_per_run = budget.epochs * math.ceil(budget.n_train / budget.batch_size)
     label = "full FT" + (" + embeddings" if embeddings else "")
+    alone = "timing repeats" if embeddings else "AutoFreeze"
+    fsdp = prof.train_engine == "fsdp"
     out = []
     for model in defaults.models or prof.salf_models:
-        out.append(
-            finetune_step(
-                exp, f"SALF {label} ({model})", model, (model,), {"embeddings": embeddings},
-                budget.batch_size, budget.max_length, budget.batch_size,
-                runs_per_model * steps_per_run, dtype_bytes, fp32_master,
-                fsdp=prof.train_engine == "fsdp", deals_step=True,
-            )
+        step = finetune_step(
+            exp, f"SALF {label} ({model})", model, (model,), {"embeddings": embeddings},
+            budget.batch_size, budget.max_length, budget.batch_size,
+            runs_per_model * steps_per_run, dtype_bytes, fp32_master, fsdp=fsdp, deals_step=True,
         )  # fmt: skip
+        out.append(step)
+        if fsdp:  # its FLOPs are already in the step above (every policy counted as `full`)
+            one = f"SALF {label}, one process: {alone} ({model})"
+            out.append(replace(step, step=one, flops=0.0, sharded=None))
         out.append(
             eval_step(
                 exp, model, budget.eval_batch_size, budget.max_length, 1,

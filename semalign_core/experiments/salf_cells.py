@@ -48,7 +48,7 @@ import torch
 from semalign_core import costs, salf
 from semalign_core.data import CLASSIFICATION_TASKS, load_classification, select_subset
 from semalign_core.devices import default_device
-from semalign_core.errors import InvalidParameterError
+from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.experiments import cell_process
 from semalign_core.experiments.budgets import (
     AUTOFREEZE,
@@ -541,7 +541,7 @@ class SalfGrid:
         )
         run = run_name(model, task, label, seed, self.repeat)
         models = record_models(model=model)
-        if self._launches(label):
+        if self._launches(label) and (force or self._copied(run, config, models()) is None):
             self._launch(run, config, models, force)
             force = False  # its record stands now: valid before, or written by the launch
 
@@ -571,6 +571,11 @@ class SalfGrid:
         if force or stored is None:
             cell_process.spawn(
                 self.experiment, run, self.prof.name, force, torch_threads(), sharded=True
+            )
+        if load_valid_record(self.experiment, self.prof.name, run, config, models()) is None:
+            raise ArtifactError(
+                f"{run}: the FSDP launch left no valid record (the cell runner computes the "
+                "profile's settings only)"
             )
 
     def _copied(self, run: str, config: dict, identities: dict) -> RecordParts | None:

@@ -18,6 +18,7 @@ learning rates are not lost to bf16 rounding.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import sys
@@ -59,6 +60,15 @@ class Engine:
         chunks = [(share[i : i + micro], 1.0) for i in range(0, len(share), micro)]
         filler = share[:1] or list(ids[:1])
         return chunks + [(filler, 0.0)] * (passes - len(chunks))
+
+    def agree(self, text: str) -> bool:
+        """Whether every process passes the same ``text`` (compared by a 60-bit digest)."""
+        if not self.sharded:
+            return True
+        digest = int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+        t = torch.tensor([digest, -digest], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)  # [the largest, minus the smallest]
+        return int(t[0]) == digest == -int(t[1])
 
     def total(self, values: Sequence[float]) -> list[float]:
         """``values`` summed over the processes (the step's loss and token counts)."""
@@ -109,7 +119,9 @@ def current_engine() -> Engine:
     if not dist.is_initialized():
         if torch.cuda.is_available():  # one GPU per process, as the launcher numbers them
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # on GPUs NCCL for the tensors on them and gloo for the small CPU tensors the loops
+        # reduce (step losses, counts: Engine.total, Engine.agree), which NCCL cannot carry
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
     return Engine(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 

@@ -17,6 +17,7 @@ reused, and an uncached run uses the same batches, so the two give the same loss
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from semalign_core import costs
 from semalign_core.data import CLASSIFICATION_TASKS
-from semalign_core.errors import InvalidParameterError
+from semalign_core.errors import ArtifactError, InvalidParameterError
 from semalign_core.evaluation.metrics import macro_f1
 from semalign_core.lm import sharding, surgery
 from semalign_core.lm.replay import BlockReplay
@@ -235,6 +236,7 @@ class _Loop:
         self.model, self.policy, self.enc, self.pad = model, policy, prepared.enc, prepared.pad
         self.label_ids, self.config, self.device = prepared.label_ids, config, prepared.device
         self.engine = engine or sharding.Engine()
+        self.compute_dtype = next(prepared.model.parameters()).dtype
         state = prepared.state
         self.unembed = surgery.Unembed(model)
         self.num_layers = surgery.num_layers(model)
@@ -306,11 +308,15 @@ class _Loop:
         backward, while the blocks run as their own units inside."""
         if not self.engine.sharded:
             return forward()
+        own = vars(self.model).get("forward")  # an instance forward already set (accelerate's)
         self.model.forward = forward  # the instance attribute shadows the class's forward
         try:
             return self.model()
         finally:
-            del self.model.forward
+            if own is None:
+                del self.model.forward
+            else:
+                self.model.forward = own
 
     def _forward_backward(self, batch: dict, boundary: int, batch_index: int, scale: float):
         """Forward and backward of one pass; ``scale``: its share of the step's gradient."""
@@ -386,24 +392,27 @@ class _Loop:
         return epoch_losses, epoch_s
 
     def _account(self, batch: dict | None, boundary: int, cached_depth: int, loss: float) -> None:
-        """Add one step's loss and this process's pass (None: a filler pass, not counted) to
-        the totals; under FSDP :meth:`sum_over_processes` adds up the processes' counts."""
-        self.tally.losses.append(loss)
+        """Add one step's loss and this process's part of it to the totals: its pass (None: a
+        filler pass, not counted) and its share of the update (every process updates its shard
+        at every step); under FSDP :meth:`sum_over_processes` adds up the processes' counts."""
+        tally = self.tally
+        tally.losses.append(loss)
+        updated = self._shard_share(tally.updated)
+        optimizer = costs.optimizer_flops(updated, self.config.optimizer)
+        tally.updated_total += updated
+        tally.components["optimizer"] += optimizer
         if batch is None:
+            tally.flops += optimizer
+            tally.full_flops += self._update_flops(self.block_params)
+            tally.full_embeddings_flops += self._update_flops(self.shape_params)
             return
         b, t = batch["input_ids"].shape
         positions = b * t if self.config.loss == "lm" else b
         spec = _spec(self.model, self.state, boundary, cached_depth)
         step = costs.step_flops(self.shape, spec, b * t, t, positions)
-        # a process updates its shard: its share of every update, so the sum counts one update
-        updated = self.tally.updated / self.engine.world_size
-        optimizer = costs.optimizer_flops(updated, self.config.optimizer)
-        tally = self.tally
         tally.flops += step["total"] + optimizer
-        tally.updated_total += updated
         for part in ("blocks", "embedding", "head"):
             tally.components[part] += step[part]
-        tally.components["optimizer"] += optimizer
         tally.full_flops += self._reference(self.full_spec, b, t, positions, self.block_params)
         tally.full_embeddings_flops += self._reference(
             self.full_embeddings_spec, b, t, positions, self.shape_params
@@ -423,10 +432,17 @@ class _Loop:
         tally.tokens += b * t
         tally.real_tokens += int(batch["attention_mask"].sum())
 
+    def _shard_share(self, params: int) -> int | float:
+        """The parameters this process updates of ``params``: all in one process; under FSDP
+        its shard, so that the sum over processes counts each update once."""
+        return params / self.engine.world_size if self.engine.sharded else params
+
+    def _update_flops(self, params: int) -> float:
+        return costs.optimizer_flops(self._shard_share(params), self.config.optimizer)
+
     def _reference(self, spec, b: int, t: int, positions: int, trained: int) -> float:
         flops = costs.step_flops(self.shape, spec, b * t, t, positions)["total"]
-        updated = trained / self.engine.world_size
-        return flops + costs.optimizer_flops(updated, self.config.optimizer)
+        return flops + self._update_flops(trained)
 
     def sum_over_processes(self) -> None:
         """Under FSDP, replace this process's counts by their sum over the processes."""
@@ -478,7 +494,8 @@ class _Loop:
             "cache_hits": tally.cache_hits,
             "cached_batches": len(self.cache),
             "device": str(self.device),
-            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            # the model's own dtype: under FSDP the shards are fp32 master weights, computing in it
+            "dtype": str(self.compute_dtype).replace("torch.", ""),
         }
 
 
@@ -549,11 +566,19 @@ def finetune(
 def _check_engine(engine: sharding.Engine, policy: Policy, state: Trainable) -> None:
     """FSDP trains a fixed trainable set of the model's own weights: a policy that changes the
     set during training (each process would decide from its own gradient shards) or trains
-    LoRA adapters runs in one process."""
-    if engine.sharded and (not policy.static or state.lora):
+    LoRA adapters runs in one process. Every process set its policy up on its own: they must
+    have chosen the same set and boundaries, or their collectives would not match."""
+    if not engine.sharded:
+        return
+    if not policy.static or state.lora:
         why = "LoRA adapters" if state.lora else "a trainable set that changes during training"
         raise InvalidParameterError(
             f"policy {policy.name!r} trains {why}: it runs in one process, not under FSDP"
+        )
+    if not engine.agree(json.dumps(asdict(state), sort_keys=True, default=sorted)):
+        raise ArtifactError(
+            f"policy {policy.name!r} chose different trainable sets in the FSDP processes "
+            "(its analysis is not deterministic here); run it in one process"
         )
 
 
