@@ -12,19 +12,11 @@ import os
 import sys
 
 import torch
+from test_salf_finetune import TRAIN as SALF_TRAIN  # the worker's folder is on sys.path
 
-# 9 examples in steps of 4: one step of a single example, where the second process has none
-TRAIN = [
-    {"text": "a wonderful, moving film", "label": 1},
-    {"text": "dull", "label": 0},
-    {"text": "the plot never comes together and the acting is wooden", "label": 0},
-    {"text": "great fun for the whole family", "label": 1},
-    {"text": "I would not watch it again", "label": 0},
-    {"text": "sharp, funny and warm", "label": 1},
-    {"text": "a mess", "label": 0},
-    {"text": "one of the best films of the year", "label": 1},
-    {"text": "nothing happens for two hours", "label": 0},
-]
+# 9 examples (the SALF loop tests' 8 and one more): steps of 4 end with a one-example step, where
+# the second process has none
+TRAIN = [*SALF_TRAIN, {"text": "nothing happens for two hours", "label": 0}]
 WORDS = ("negative", "positive")
 UNEVEN_WORDS = ("bad", "very good indeed")  # 1 and 3 tokens
 

@@ -37,25 +37,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(tmp_path: Path, method: str, trainable: str, processes: int) -> dict:
-    out = tmp_path / f"{method}-{trainable}-{processes}.json"
-    # the package under test, whatever the environment's editable install points at
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+def _launch(args: list[str], processes: int, **env_extra: str) -> None:
+    """Run ``python ARGS`` alone (one process) or under ``torch.distributed.run`` (what
+    ``accelerate launch --multi_gpu`` calls) with ``processes`` gloo processes, with the package
+    under test whatever the environment's editable install points at."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **env_extra}
     env.pop("WORLD_SIZE", None)
     launcher = (
-        [
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={processes}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-        ]
+        ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
         if processes > 1
         else []
-    )
-    command = [sys.executable, *launcher, str(WORKER), str(out), method, trainable]
+    )  # fmt: skip
+    command = [sys.executable, *launcher, *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _train(tmp_path: Path, method: str, trainable: str, processes: int) -> dict:
+    out = tmp_path / f"{method}-{trainable}-{processes}.json"
+    _launch([str(WORKER), str(out), method, trainable], processes)
     return {**json.loads(out.read_text()), "state": torch.load(f"{out}.pt")}
 
 
@@ -88,19 +89,9 @@ def test_two_fsdp_processes_train_as_one(tmp_path, method, trainable):
 def _make_teacher(cache: Path, processes: int, recipe) -> tuple[dict, dict]:
     """Make ``recipe``'s teacher by the command :func:`teachers.ensure_teacher` launches, in
     ``processes`` gloo processes, into the cache ``cache``: (its marker, its weights)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    env["SEMALIGN_CACHE_DIR"] = str(cache)
-    env.pop("WORLD_SIZE", None)
-    launcher = (
-        ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
-        if processes > 1
-        else []
-    )  # fmt: skip
     recipe_json = json.dumps(asdict(recipe))
-    command = [sys.executable, *launcher, "-m", "semalign_core.experiments.teachers", recipe_json]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    module = ["-m", "semalign_core.experiments.teachers", recipe_json]
+    _launch(module, processes, SEMALIGN_CACHE_DIR=str(cache))
     (folder,) = [p for p in (cache / "models").iterdir() if p.name == recipe.cache_name()]
     marker = json.loads((folder / "semalign_teacher.json").read_text())
     return marker, load_file(folder / "model.safetensors")
@@ -175,17 +166,7 @@ SALF_WORKER = Path(__file__).with_name("fsdp_salf_worker.py")
 
 def _salf_runs(tmp_path: Path, processes: int) -> dict:
     out = tmp_path / f"salf-{processes}.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("WORLD_SIZE", None)
-    launcher = (
-        ["-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-         "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
-        if processes > 1
-        else []
-    )  # fmt: skip
-    command = [sys.executable, *launcher, str(SALF_WORKER), str(out)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _launch([str(SALF_WORKER), str(out)], processes)
     runs = json.loads(out.read_text())
     return {name: {**run, "state": torch.load(f"{out}.{name}.pt")} for name, run in runs.items()}
 
