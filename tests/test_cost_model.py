@@ -88,8 +88,8 @@ POLICIES = {
 
 class _Tracker(ModuleTracker):
     """ModuleTracker whose forward post-hook also runs when a forward raises. BlockReplay ends
-    the model's forward with an exception once it has recorded the block calls
-    (nethook.StopForward); torch's tracker then never leaves the root model and the last block,
+    the backbone's forward with an exception once it has recorded the block calls
+    (nethook.StopForward); torch's tracker then never leaves the backbone and the last block,
     and attributes every later FLOP to them as well."""
 
     def __enter__(self):
@@ -103,12 +103,23 @@ class Counter(FlopCounterMode):
         super().__init__(display=False)
         self.mod_tracker = _Tracker()
 
-    def component(self, root, modules) -> int:
+    def component(self, model, modules) -> int:
         """FLOPs (forward + backward) inside ``modules``, named as the tracker names them: the
-        class of the model first called, then the module's path in it."""
-        names = {id(m): f"{type(root).__name__}.{n}" for n, m in root.named_modules()}
+        class of the module first called around it (the LM, or its backbone, through which
+        block replay records the blocks' calls), then the module's path in it; a module only
+        ever called alone (the LM head, under Unembed) by its class."""
         counts = self.get_flop_counts()
-        return sum(sum(counts.get(names[id(m)], {}).values()) for m in modules)
+        total = 0
+        for module in modules:
+            keys = {
+                f"{type(root).__name__}.{path}"
+                for root in (model, surgery.backbone(model))
+                for path, m in root.named_modules()
+                if m is module
+            } & counts.keys()
+            keys = keys or {type(module).__name__}
+            total += sum(sum(counts.get(k, {}).values()) for k in keys)
+        return total
 
 
 @pytest.fixture(scope="module")
