@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from semalign_core.errors import InvalidParameterError
 from semalign_core.experiments import cells, teachers
+from semalign_core.lm import sharding
 from semalign_core.lm.sharding import Engine
 from semalign_core.models.registry import load_model
 from semalign_core.paths import REPO_ROOT
@@ -127,8 +128,9 @@ def test_each_process_runs_the_same_number_of_passes():
 def test_cells_run_one_process_per_gpu_only_where_the_profile_trains_with_fsdp():
     paper, cpu = get_profile("paper"), get_profile("cpu")
     assert paper.train_engine == "fsdp"
-    assert cells.launcher(paper, 1) == cells.launcher(cpu, 8) == [sys.executable]
-    command = cells.launcher(paper, 4)
+    launcher = sharding.launch_command  # how a cell's fresh process starts (cell_process)
+    assert launcher(paper.train_engine, 1) == launcher(cpu.train_engine, 8) == [sys.executable]
+    command = launcher(paper.train_engine, 4)
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in command and "--num_processes=4" in command
     assert not cells.in_own_processes(cpu, 1) and cells.in_own_processes(cpu, 2)

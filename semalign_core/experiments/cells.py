@@ -485,11 +485,6 @@ def sharded_cells(experiment: str, names: Sequence[str]) -> bool:
     return experiment in SHARDED_EXPERIMENTS and methods <= set(SHARDED_METHODS)
 
 
-def launcher(prof: Profile, gpus: int) -> list[str]:
-    """How a cell's fresh process starts (:func:`semalign_core.lm.sharding.launch_command`)."""
-    return sharding.launch_command(prof.train_engine, gpus)
-
-
 def in_own_processes(prof: Profile, jobs: int) -> bool:
     """Whether a notebook computes a table's cells in fresh processes first: when asked
     (``jobs`` > 1) and wherever the profile's cells run under FSDP over several GPUs."""

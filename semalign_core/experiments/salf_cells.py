@@ -567,12 +567,16 @@ class SalfGrid:
     def _launch(self, run: str, config: dict, models: Callable[[], dict], force: bool) -> None:
         """Have the cell runner train ``run`` in one process per GPU (it writes the record this
         grid then reads), unless a valid record stands and ``force`` is off."""
-        stored = load_valid_record(self.experiment, self.prof.name, run, config, models())
-        if force or stored is None:
-            cell_process.spawn(
-                self.experiment, run, self.prof.name, force, torch_threads(), sharded=True
-            )
-        if load_valid_record(self.experiment, self.prof.name, run, config, models()) is None:
+
+        def stored() -> dict | None:
+            return load_valid_record(self.experiment, self.prof.name, run, config, models())
+
+        if not force and stored() is not None:
+            return
+        cell_process.spawn(
+            self.experiment, run, self.prof.name, force, torch_threads(), sharded=True
+        )
+        if stored() is None:
             raise ArtifactError(
                 f"{run}: the FSDP launch left no valid record (the cell runner computes the "
                 "profile's settings only)"
