@@ -336,6 +336,54 @@ def test_fsdp_plan_holds_fp32_shards_and_not_the_model():
     assert dealt.per_gpu(4) == pytest.approx(expected) and dealt.per_gpu(4) <= step.per_gpu(4)
 
 
+def test_the_largest_share_of_a_dealt_step_is_planned():
+    """Hand arithmetic (GiB): 3 examples dealt over 2 cards give the first process 2 of them
+    (``Engine.step_chunks``), so its activations are 2/3 of the step's 6, not half: the card
+    holds 10 (weights) + 8 / 2 (states) + 4 = 18."""
+    g = 2.0**30
+    fsdp = planner.StepPlan(
+        "e", "s", ("m",), {"weights": 10 * g, "optimizer_state": 8 * g}, 0.0,
+        {"backward": {"activations (step share)": 6 * g}}, step_examples=3,
+    )  # fmt: skip
+    step = planner.StepPlan("e", "s", ("m",), {"weights": 40 * g}, sharded=fsdp)
+    assert step.per_gpu(2) == 18 * g
+    assert step.per_gpu(3) == (10 + 8 / 3 + 2) * g  # one example each
+    micro = replace(fsdp, step_examples=0)  # a micro-batch per process: divided by the cards
+    assert replace(step, sharded=micro).per_gpu(2) == (10 + 4 + 3) * g
+
+
+def test_host_memory_of_each_fsdp_process():
+    """Under FSDP each process holds in host memory the model it trains, waiting in bf16 (2
+    bytes a parameter), and that model's whole fp32 copy (4) before fully_shard moves the
+    shards to its card (lm/sharding.sharded_copy); SALF's pool keeps one more untrained bf16
+    copy (2); hidden distillation's fp32 maps wait and are copied too (4 + 4). A launch
+    starts one process per card, so 4 cards hold 4 times that."""
+    params = _llama_params(32, 4096, 11008, 32000)
+    kw = dict(micro=4, seq=512, positions=4, runs=1, dtype_bytes=2)
+    control = planner.finetune_step("e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, **kw,
+                                    fsdp=True)  # fmt: skip
+    assert control.host == 0 and control.host_on(4) == 4 * params * 6
+    assert control.host_on(1) == 0  # one process: the model is loaded onto the card
+    salf = planner.finetune_step("e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, **kw,
+                                 fsdp=True, pooled=True)  # fmt: skip
+    assert salf.host == params * 2 and salf.host_on(3) == 3 * params * 8
+    maps = 32 * 4096 * 5120
+    hidden = planner.finetune_step("e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, **kw,
+                                   fsdp=True, maps=maps)  # fmt: skip
+    assert hidden.parts["maps"] == 16 * maps and hidden.sharded.host == params * 6 + maps * 8
+    # the preflight's host column under FSDP: every process of the cards the step needs
+    prof = get_profile("paper")
+    plans = {p.experiment: p for p in planner.plan_profile(prof)}
+    teacher = next(s for s in plans["semalign_finetuned_teacher"].steps if s.sharded)
+    thirteen = _llama_params(40, 5120, 13824, 32000)
+    assert teacher.sharded.host == thirteen * 6
+    text = planner.format_plan(prof, list(plans.values()), [])
+    row = next(line for line in text.splitlines() if line.startswith("semalign_finetuned"))
+    cards = teacher.gpus_needed()
+    assert float(row.split()[-2]) == pytest.approx(cards * thirteen * 6 / 2**30, abs=0.05)
+    assert f"each process holds up to {thirteen * 6 / 2**30:.1f} GiB" in text
+
+
 def test_fp32_master_weights_and_states():
     arch = planner.architecture("llama2-7b-chat")
     spec = planner._all_blocks(arch)

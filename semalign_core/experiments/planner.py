@@ -190,7 +190,9 @@ class StepPlan:
     and goes within it (a training step's backward, its optimizer update), each by component:
     the step peaks at ``parts`` plus its largest phase. ``host``: what the step keeps in CPU
     memory beside (on a CPU run, the same memory: :attr:`total_on_cpu`). ``sharded``: the
-    step as FSDP runs it over several cards, where the profile shards it (:meth:`per_gpu`)."""
+    step as FSDP runs it over several cards, where the profile shards it (:meth:`per_gpu`), its
+    ``host`` what each process keeps in CPU memory (:meth:`host_on`) and ``step_examples`` the
+    examples it deals out per step (SALF's loop; 0: a micro-batch in each process)."""
 
     experiment: str
     step: str
@@ -200,6 +202,7 @@ class StepPlan:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     host: float = 0.0
     sharded: StepPlan | None = None
+    step_examples: int = 0
 
     @property
     def peak_phase(self) -> str | None:
@@ -219,14 +222,21 @@ class StepPlan:
         (``sharded``, the step's plan with fp32 shards) the sharded state, its gradients, the
         optimizer's temporary and a process's share of the step's examples (SALF) divided over
         the cards, everything else on each of them, with the gathered FSDP units (two blocks and
-        the root). A share is planned as b / cards examples; a process may get one more."""
+        the root). The largest share of ``b`` examples is ceil(b / cards) of them (the first
+        process's, ``Engine.step_chunks``)."""
         if gpus <= 1 or self.sharded is None:
             return self.total
         plan = self.sharded
+        dealt = plan.step_examples
+        step_share = math.ceil(dealt / gpus) / dealt if dealt else 1 / gpus
+
+        def share(key: str) -> float:
+            if key.endswith(STEP_SHARE):
+                return step_share
+            return 1 / gpus if key in SHARDED_PARTS else 1.0
 
         def divided(part: dict[str, float]) -> dict[str, float]:
-            shared = lambda k: k in SHARDED_PARTS or k.endswith(STEP_SHARE)  # noqa: E731
-            return {k: v / gpus if shared(k) else v for k, v in part.items()}
+            return {k: v * share(k) for k, v in part.items()}
 
         parts = divided(plan.parts)
         phases = {name: divided(phase) for name, phase in plan.phases.items()}
@@ -238,6 +248,13 @@ class StepPlan:
         usable = gpu_gib * USABLE_SHARE * GIB
         counts = range(1, most + 1) if self.sharded is not None else (1,)
         return next((n for n in counts if self.per_gpu(n) <= usable), None)
+
+    def host_on(self, gpus: int) -> float:
+        """Host RAM of the step on ``gpus`` cards: one process's (:attr:`host`); under FSDP
+        (a launch starts one process per card) each process's times the cards."""
+        if gpus <= 1 or self.sharded is None:
+            return self.host
+        return gpus * self.sharded.host
 
 
 def weights_bytes(names: tuple[str, ...], dtype_bytes: int) -> float:
@@ -492,24 +509,30 @@ def finetune_step(
     fp32_master: bool = False,
     accumulate: bool = False,
     fsdp: bool = False,
-    extra: dict[str, float] | None = None,
+    maps: int = 0,
     deals_step: bool = False,
+    pooled: bool = False,
 ) -> StepPlan:
     """Full fine-tuning of ``model``'s decoder blocks (``spec_kw``: e.g. embeddings) with AdamW
     on ``micro × seq`` tokens, ``positions`` logit positions per step, ``runs`` micro-steps in
     all (``accumulate``: several per optimizer step), beside every ``resident`` model and
-    ``extra`` held parts; ``fsdp``: the profile may shard it over several cards, each process
+    ``maps`` fp32 parameters trained with it (hidden distillation's maps: weights, gradients and
+    AdamW's states); ``fsdp``: the profile may shard it over several cards, each process
     running one micro-batch at a time, or (``deals_step``, SALF's loop) its share of the step's
-    examples in one pass."""
+    examples in one pass; ``pooled``: the model trained is a copy of one the pool keeps
+    untrained in host memory (SALF, ``experiments/model_pool``)."""
     arch = architecture(model)
     spec = _all_blocks(arch, **spec_kw)
     tokens = micro * seq
     held, phases = train_memory(
         arch, spec, tokens, seq, positions, dtype_bytes, fp32_master, accumulate
     )
-    parts = {"weights": weights_bytes(resident, dtype_bytes), **held, **(extra or {})}
+    parts = {"weights": weights_bytes(resident, dtype_bytes), **held}
+    if maps:
+        parts["maps"] = 16.0 * maps
     flops = runs * costs.step_flops(arch.shape, spec, tokens, seq, positions)["total"]
-    plan = StepPlan(exp, label, resident, parts, flops, phases)
+    pristine = float(arch.params * dtype_bytes) if pooled else 0.0
+    plan = StepPlan(exp, label, resident, parts, flops, phases, host=pristine)
     if not fsdp:
         return plan
     # lm/sharding.sharded_copy: the model waits on the CPU while its fp32 shards (every
@@ -539,7 +562,16 @@ def finetune_step(
     shape = arch.shape
     root = shape.embedding_params + (0 if shape.tied else shape.head_params)
     units = (2.0 * max(b.params for b in shape.blocks) + root) * dtype_bytes
-    sharded = replace(plan, parts={**parts, **held, "gathered units": units}, phases=phases)
+    # each process's host memory: the models it trains wait there in their dtype (the maps in
+    # fp32) while their fp32 copies are made, whole, before fully_shard moves the shards over
+    host = pristine + arch.params * (dtype_bytes + 4.0) + maps * 8.0
+    sharded = replace(
+        plan,
+        parts={**parts, **held, "gathered units": units},
+        phases=phases,
+        host=host,
+        step_examples=micro if deals_step else 0,
+    )
     return replace(plan, sharded=sharded)
 
 
@@ -613,7 +645,7 @@ def _transfer_task_steps(
             exp, "hidden-distillation control (target)", target, (source, target), {}, micro,
             seq, positions, runs, b, fp32, budget.batch_size > micro,
             fsdp=prof.train_engine == "fsdp" and exp in SHARDED_EXPERIMENTS,
-            extra={"maps": 16.0 * tgt.shape.num_layers * tgt.shape.hidden * src.shape.hidden},
+            maps=tgt.shape.num_layers * tgt.shape.hidden * src.shape.hidden,
         ),
         *(
             eval_step(exp, m, budget.eval_batch_size, seq, new_tokens, items, b)
@@ -644,6 +676,7 @@ def _salf_steps(
             exp, f"SALF {label} ({model})", model, (model,), {"embeddings": embeddings},
             budget.batch_size, budget.max_length, budget.batch_size,
             runs_per_model * steps_per_run, dtype_bytes, fp32_master, fsdp=fsdp, deals_step=True,
+            pooled=True,
         )  # fmt: skip
         out.append(step)
         if fsdp:  # its FLOPs are already in the step above (every policy counted as `full`)
@@ -845,6 +878,14 @@ def _dtype_note(prof: Profile, settings: PlanSettings) -> str:
     return dtype if dtype == prof.dtype else f"{dtype}, not the profile's {prof.dtype}"
 
 
+def _processes(step: StepPlan, visible: int) -> int:
+    """Processes a run of ``step`` starts: one per visible GPU where several are and FSDP
+    shards it (``cells``' launch); planned without them, the cards it needs."""
+    if step.sharded is None:
+        return 1
+    return visible if visible > 1 else step.gpus_needed() or 1
+
+
 def format_plan(
     prof: Profile,
     plans: list[ExperimentPlan],
@@ -854,8 +895,9 @@ def format_plan(
     """The preflight's table: per experiment, its heaviest step and its peak GiB in one
     process, the 80 GB cards every step fits as the code runs it (FSDP shards the steps the
     profile shards; "none": some step fits no count, listed below), whether it fits the GPUs
-    here (without one: this machine's RAM), host RAM beside, and GPU-hours; then disk and gated
-    models."""
+    here (without one: this machine's RAM), host RAM beside (under FSDP every process's: one per
+    visible GPU, or per card needed when planned without them), and GPU-hours; then disk and
+    gated models."""
     settings = settings or PlanSettings()
     ram = psutil.virtual_memory().total / GIB
     here = max((gib for _, gib in gpus), default=ram)
@@ -876,7 +918,7 @@ def format_plan(
         needs = [s.gpus_needed(here) for s in plan.steps]
         fits = "yes" if None not in needs and max(needs) <= max(1, len(gpus)) else "no"
         cards = "none" if plan.gpus_needed is None else str(plan.gpus_needed)
-        host = max(s.host for s in plan.steps) / GIB
+        host = max(s.host_on(_processes(s, len(gpus))) for s in plan.steps) / GIB
         lines.append(
             f"{plan.experiment:28s} {plan.heaviest.step[:44]:44s} {plan.peak_gib:9.1f} "
             f"{cards:>10s} {fits:>9s} {host:8.1f} {plan.gpu_hours:8.2f}"
@@ -886,6 +928,14 @@ def format_plan(
         lines.append(
             f"  does not fit one 80 GB GPU, and the code cannot spread it: {exp}, {step.step} "
             f"({step.total / GIB:.1f} GiB)"
+        )
+    sharded = [s for plan in plans for s in plan.steps if s.sharded is not None]
+    if sharded:
+        most = max(sharded, key=lambda s: s.sharded.host)
+        lines.append(
+            f"host GiB under FSDP: each process holds up to {most.sharded.host / GIB:.1f} GiB "
+            f"({most.step}: the model waiting on the CPU and its whole fp32 copy before the "
+            "shards move to the card), one process per card"
         )
     if hub_models(prof):
         lines.append(
