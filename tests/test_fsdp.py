@@ -7,6 +7,7 @@ the root FSDP unit."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -123,6 +124,51 @@ def test_each_process_runs_the_same_number_of_passes():
             assert real == ids  # every example once, with weight 1
             assert all(w in (0.0, 1.0) for _, w in a + b)
     assert Engine().step_chunks([5, 6, 7], 2) == [([5, 6], 1.0), ([7], 1.0)]
+
+
+def test_shards_are_fp32_copies_made_one_unit_at_a_time(tmp_path, monkeypatch):
+    """``shard`` of a bf16 model (tied embeddings): every shard holds the bf16 weight in fp32
+    exactly, the tie survives, the forward computes in bf16 as the original does, and the fp32
+    copy is made unit by unit: when a unit is sharded, no other unit's fp32 tensors exist whole
+    in host memory (the whole model in fp32 would be 4 bytes a parameter per process)."""
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from semalign_core.models.tiny import tiny_model
+
+    original = tiny_model("llama", num_hidden_layers=3, tie_word_embeddings=True).bfloat16()
+    work = copy.deepcopy(original)
+    unsharded_fp32 = []
+
+    def watched(module, **kw):
+        whole = [t for t in work.parameters() if not isinstance(t, DTensor)]
+        unsharded_fp32.append(sum(t.numel() for t in whole if t.dtype == torch.float32))
+        assert sum(t.numel() for t in module.parameters() if not isinstance(t, DTensor)) > 0
+        return fully_shard(module, **kw)
+
+    monkeypatch.setattr(torch.distributed.fsdp, "fully_shard", watched)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        sharding.shard(work, torch.bfloat16)
+        states = {n: p.full_tensor() for n, p in work.named_parameters()}
+        ids = torch.randint(0, original.config.vocab_size, (2, 7))
+        with torch.no_grad():
+            logits, expected = work(ids).logits, original(ids).logits
+    finally:
+        torch.distributed.destroy_process_group()
+    blocks = [sum(p.numel() for p in b.parameters()) for b in original.model.layers]
+    root = sum(p.numel() for p in original.parameters()) - sum(blocks)
+    # before each block: only that block is fp32 (the earlier ones are shards); then the root
+    assert unsharded_fp32 == [*blocks, root]
+    assert work.lm_head.weight is work.model.embed_tokens.weight
+    for name, param in original.named_parameters():
+        assert states[name].dtype == torch.float32
+        assert torch.equal(states[name], param.float()), name
+    assert all(b.dtype == torch.float32 for b in work.buffers() if b.is_floating_point())
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 def test_cells_run_one_process_per_gpu_only_where_the_profile_trains_with_fsdp():

@@ -562,9 +562,12 @@ def finetune_step(
     shape = arch.shape
     root = shape.embedding_params + (0 if shape.tied else shape.head_params)
     units = (2.0 * max(b.params for b in shape.blocks) + root) * dtype_bytes
-    # each process's host memory: the models it trains wait there in their dtype (the maps in
-    # fp32) while their fp32 copies are made, whole, before fully_shard moves the shards over
-    host = pristine + arch.params * (dtype_bytes + 4.0) + maps * 8.0
+    # each process's host memory: the model it trains waits there in its dtype beside a copy
+    # that sharding.shard casts to fp32 one unit at a time before fully_shard moves the unit's
+    # shards over (hidden distillation's fp32 maps: waiting, and copied whole)
+    largest_unit = max(root, *(b.params for b in shape.blocks))
+    host = pristine + 2.0 * arch.params * dtype_bytes + (4.0 - dtype_bytes) * largest_unit
+    host += 8.0 * maps
     sharded = replace(
         plan,
         parts={**parts, **held, "gathered units": units},
@@ -934,8 +937,8 @@ def format_plan(
         most = max(sharded, key=lambda s: s.sharded.host)
         lines.append(
             f"host GiB under FSDP: each process holds up to {most.sharded.host / GIB:.1f} GiB "
-            f"({most.step}: the model waiting on the CPU and its whole fp32 copy before the "
-            "shards move to the card), one process per card"
+            f"({most.step}: the model waiting on the CPU and a copy cast to fp32 a unit at a "
+            "time as its shards move to the card), one process per card"
         )
     if hub_models(prof):
         lines.append(

@@ -125,21 +125,40 @@ def current_engine() -> Engine:
     return Engine(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
-def shard(model: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Module:
+def shard(
+    model: nn.Module,
+    compute_dtype: torch.dtype | None = None,
+    master_dtype: torch.dtype = torch.float32,
+) -> nn.Module:
     """``model`` sharded in place: one FSDP unit per decoder block, then the root (embedding,
-    final norm, head). ``compute_dtype`` below the parameters' dtype: forward and backward run in
-    it while the shards stay in theirs (fp32 master weights); gradients are reduced in fp32."""
+    final norm, head), each unit's tensors cast to ``master_dtype`` just before it is sharded, so
+    that the process holds one unit in it at a time, never the whole model. ``compute_dtype``
+    below ``master_dtype``: forward and backward run in it while the shards stay in
+    ``master_dtype`` (fp32 master weights); gradients are reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    param_dtype = next(model.parameters()).dtype
     policy = MixedPrecisionPolicy(
-        param_dtype=compute_dtype if compute_dtype not in (None, param_dtype) else None,
+        param_dtype=compute_dtype if compute_dtype not in (None, master_dtype) else None,
         reduce_dtype=torch.float32,
     )
-    for block in surgery.decoder_layers(model):
-        fully_shard(block, mp_policy=policy)
+    blocks = list(surgery.decoder_layers(model))
+    for block in blocks:
+        fully_shard(block.to(master_dtype), mp_policy=policy)
+    in_blocks = {id(m) for block in blocks for m in block.modules()}
+    for module in model.modules():  # the root unit's own tensors (a tied head is one of them)
+        if id(module) not in in_blocks:
+            _cast_own_tensors(module, master_dtype)
     fully_shard(model, mp_policy=policy)
     return model
+
+
+def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast ``module``'s own floating-point parameters and buffers (not its children's) to
+    ``dtype`` in place, keeping the Parameter objects (and so any tying)."""
+    with torch.no_grad():
+        for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.to(dtype)
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -187,7 +206,7 @@ def sharded_copy(
     for module in originals:
         module.to("cpu")
     try:
-        work = shard(copy.deepcopy(model).float(), dtype)  # fully_shard moves the shards over
+        work = shard(copy.deepcopy(model), dtype)  # fully_shard moves the shards over
         work_extras = [shard_leaves(copy.deepcopy(m).float()) for m in extras]
         yield work, work_extras
         for original, sharded in zip(originals, [work, *work_extras], strict=True):
