@@ -126,6 +126,7 @@ def test_each_process_runs_the_same_number_of_passes():
     assert Engine().step_chunks([5, 6, 7], 2) == [([5, 6], 1.0), ([7], 1.0)]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP would place the shards on the GPU")
 def test_shards_are_fp32_copies_made_one_unit_at_a_time(tmp_path, monkeypatch):
     """``shard`` of a bf16 model (tied embeddings): every shard holds the bf16 weight in fp32
     exactly, the tie survives, the forward computes in bf16 as the original does, and the fp32

@@ -44,7 +44,7 @@ LAZY_IMPORTS = {
     # optional: the "vllm" extra, its own environment
     "evaluation/backends.py": {"lm_eval.models.vllm_causallms", "vllm.distributed.parallel_state"},
     # only when a launcher started several processes
-    "lm/sharding.py": {"torch.distributed.fsdp", "torch.distributed.checkpoint.state_dict"},
+    "lm/sharding.py": {"torch.distributed.fsdp", "torch.distributed.tensor"},
 }
 
 

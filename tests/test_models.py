@@ -293,11 +293,14 @@ MAKER = """
 import sys, time
 from pathlib import Path
 from semalign_core.records import atomic_write_dir, made_once
-folder, log = Path(sys.argv[1]), Path(sys.argv[2])
+folder, log, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(folder.parent / f"ready-{me}").touch()
+while len(list(folder.parent.glob("ready-*"))) < 2:  # both start asking together
+    time.sleep(0.01)
 def make():
     with log.open("a") as f:
         f.write("made\\n")
-    time.sleep(1.0)  # both processes are past their first check by now
+    time.sleep(1.0)  # the other process is past its first check by now
     return atomic_write_dir(folder, lambda tmp: (tmp / "marker").write_text("done"))
 made_once(folder, (folder / "marker").exists, make)
 print((folder / "marker").read_text())
@@ -310,8 +313,13 @@ def test_a_cache_folder_is_made_once_by_processes_asking_at_once(tmp_path):
     folder while the first read it (a teacher launch failed so)."""
     folder, log = tmp_path / "model", tmp_path / "log"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    args = [sys.executable, "-c", MAKER, str(folder), str(log)]
-    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MAKER, str(folder), str(log), me],
+            env=env, stdout=subprocess.PIPE, text=True,
+        )
+        for me in "ab"
+    ]  # fmt: skip
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs == ["done\n", "done\n"]
     assert log.read_text() == "made\n"

@@ -334,6 +334,7 @@ def test_fsdp_plan_holds_fp32_shards_and_not_the_model():
     update = sum(dealt.sharded.phases["optimizer update"].values()) / 4  # fp32 gradients, temp
     expected = held + max(sum(backward.values()) / 4, update)
     assert dealt.per_gpu(4) == pytest.approx(expected) and dealt.per_gpu(4) <= step.per_gpu(4)
+    assert dealt.sharded.step_examples == 4 and step.sharded.step_examples == 0
 
 
 def test_the_largest_share_of_a_dealt_step_is_planned():
@@ -355,35 +356,50 @@ def test_the_largest_share_of_a_dealt_step_is_planned():
 def test_host_memory_of_each_fsdp_process():
     """Under FSDP each process holds in host memory the model it trains, waiting in bf16 (2
     bytes a parameter), and a bf16 copy (2) that lm/sharding.shard casts to fp32 one unit at a
-    time (+2 for the largest unit: Llama-2-7B's untied embedding and head, 2 × 32000 × 4096,
-    above a block's 202M) before fully_shard moves it to the card; SALF's pool keeps one more
-    untrained bf16 copy (2); hidden distillation's fp32 maps wait and are copied (4 + 4). A
-    launch starts one process per card, so 4 cards hold 4 times that."""
+    time before fully_shard moves it to the card: the blocks first (at the first one, +2 a
+    parameter of a block), then the root (4 × its 2 × 32000 × 4096, less than the first
+    block's peak); the trained weights come back a parameter at a time. SALF's pool keeps one
+    more untrained bf16 copy (2) in each process and in the process that launches them;
+    hidden distillation's fp32 maps wait and are copied (4 + 4). A launch starts one process
+    per card, so 4 cards hold 4 times that."""
     params = _llama_params(32, 4096, 11008, 32000)
-    root = 2 * 32000 * 4096
+    block = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    assert 4 * 2 * 32000 * 4096 < params * 2 + block * 2  # the root's peak is the lower
     kw = dict(micro=4, seq=512, positions=4, runs=1, dtype_bytes=2)
     control = planner.finetune_step("e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, **kw,
                                     fsdp=True)  # fmt: skip
-    per_process = params * 4 + root * 2
+    per_process = params * 4 + block * 2
     assert control.host == 0 and control.host_on(4) == 4 * per_process
     assert control.host_on(1) == 0  # one process: the model is loaded onto the card
     salf = planner.finetune_step("e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, **kw,
                                  fsdp=True, pooled=True)  # fmt: skip
-    assert salf.host == params * 2 and salf.host_on(3) == 3 * (per_process + params * 2)
+    pooled = params * 2
+    assert salf.host == pooled and salf.host_on(3) == pooled + 3 * (per_process + pooled)
     maps = 32 * 4096 * 5120
     hidden = planner.finetune_step("e", "ft", "llama2-7b-chat", ("llama2-7b-chat",), {}, **kw,
                                    fsdp=True, maps=maps)  # fmt: skip
     assert hidden.parts["maps"] == 16 * maps and hidden.sharded.host == per_process + maps * 8
-    # the preflight's host column under FSDP: every process of the cards the step needs
+    # the preflight's host column under FSDP: every process of the cards the step needs (no
+    # GPU here), or of every visible GPU; one GPU: one process
     prof = get_profile("paper")
     plans = {p.experiment: p for p in planner.plan_profile(prof)}
     teacher = next(s for s in plans["semalign_finetuned_teacher"].steps if s.sharded)
-    thirteen = _llama_params(40, 5120, 13824, 32000) * 4 + 2 * 32000 * 5120 * 2
+    thirteen = _llama_params(40, 5120, 13824, 32000) * 4 + (
+        4 * 5120 * 5120 + 3 * 5120 * 13824 + 2 * 5120
+    ) * 2  # fmt: skip
     assert teacher.sharded.host == thirteen
-    text = planner.format_plan(prof, list(plans.values()), [])
-    row = next(line for line in text.splitlines() if line.startswith("semalign_finetuned"))
     cards = teacher.gpus_needed()
-    assert float(row.split()[-2]) == pytest.approx(cards * thirteen / 2**30, abs=0.05)
+
+    def host_column(gpus: list) -> float:
+        text = planner.format_plan(prof, list(plans.values()), gpus)
+        row = next(line for line in text.splitlines() if line.startswith("semalign_finetuned"))
+        return float(row.split()[-2])
+
+    assert host_column([]) == pytest.approx(cards * thirteen / 2**30, abs=0.05)
+    eight = [(f"H100 {i}", 80.0) for i in range(8)]
+    assert host_column(eight) == pytest.approx(8 * thirteen / 2**30, abs=0.05)
+    assert host_column(eight[:1]) < 80  # SemAlign's host memory, not a launch's
+    text = planner.format_plan(prof, list(plans.values()), [])
     most = max(s.sharded.host for p in plans.values() for s in p.steps if s.sharded)
     assert most >= thirteen and f"each process holds up to {most / 2**30:.1f} GiB" in text
 

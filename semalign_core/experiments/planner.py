@@ -251,10 +251,11 @@ class StepPlan:
 
     def host_on(self, gpus: int) -> float:
         """Host RAM of the step on ``gpus`` cards: one process's (:attr:`host`); under FSDP
-        (a launch starts one process per card) each process's times the cards."""
+        (a launch starts one process per card) each process's times the cards, beside what the
+        launching process keeps (its one-process host memory: SALF's pooled copy)."""
         if gpus <= 1 or self.sharded is None:
             return self.host
-        return gpus * self.sharded.host
+        return self.host + gpus * self.sharded.host
 
 
 def weights_bytes(names: tuple[str, ...], dtype_bytes: int) -> float:
@@ -564,10 +565,13 @@ def finetune_step(
     units = (2.0 * max(b.params for b in shape.blocks) + root) * dtype_bytes
     # each process's host memory: the model it trains waits there in its dtype beside a copy
     # that sharding.shard casts to fp32 one unit at a time before fully_shard moves the unit's
-    # shards over (hidden distillation's fp32 maps: waiting, and copied whole)
-    largest_unit = max(root, *(b.params for b in shape.blocks))
-    host = pristine + 2.0 * arch.params * dtype_bytes + (4.0 - dtype_bytes) * largest_unit
-    host += 8.0 * maps
+    # shards over, the blocks first (the peak: the whole copy, one block in fp32), the root last
+    # (hidden distillation's fp32 maps: waiting, and copied whole); the trained weights come
+    # back a parameter at a time
+    block = max(b.params for b in shape.blocks)
+    waiting = arch.params * dtype_bytes
+    sharding_peak = max(waiting + (4.0 - dtype_bytes) * block, 4.0 * root)
+    host = pristine + waiting + sharding_peak + 8.0 * maps
     sharded = replace(
         plan,
         parts={**parts, **held, "gathered units": units},
@@ -883,10 +887,11 @@ def _dtype_note(prof: Profile, settings: PlanSettings) -> str:
 
 def _processes(step: StepPlan, visible: int) -> int:
     """Processes a run of ``step`` starts: one per visible GPU where several are and FSDP
-    shards it (``cells``' launch); planned without them, the cards it needs."""
-    if step.sharded is None:
+    shards it (``cells``' launch), one beside a single GPU; planned without GPUs, the cards it
+    needs."""
+    if step.sharded is None or visible == 1:
         return 1
-    return visible if visible > 1 else step.gpus_needed() or 1
+    return visible or step.gpus_needed() or 1
 
 
 def format_plan(
@@ -938,7 +943,8 @@ def format_plan(
         lines.append(
             f"host GiB under FSDP: each process holds up to {most.sharded.host / GIB:.1f} GiB "
             f"({most.step}: the model waiting on the CPU and a copy cast to fp32 a unit at a "
-            "time as its shards move to the card), one process per card"
+            "time as its shards move to the card), one process per card, beside the process "
+            "that launches them"
         )
     if hub_models(prof):
         lines.append(

@@ -213,7 +213,13 @@ def ensure_teacher(
     if sharding.launches_several(train_engine):
         return _make_in_processes(recipe, train_engine)
     path = _make(recipe)
-    if verbose and path is not None:
+    engine = sharding.current_engine()
+    if engine.sharded:  # one of a launch's processes: the others wait for the first to save
+        engine.barrier()
+        path = made_teacher_dir(recipe)
+    if path is None:
+        raise ArtifactError(f"the teacher {recipe.cache_name()} was not saved")
+    if verbose:
         after = read_report(recipe)["report"]
         print(
             f"teacher {recipe.cache_name()}: acc {after['before']['acc']:.3f} -> "

@@ -70,6 +70,10 @@ class Engine:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)  # [the largest, minus the smallest]
         return int(t[0]) == digest == -int(t[1])
 
+    def barrier(self) -> None:
+        """Wait until every process gets here (through the CPU group, as :meth:`total`)."""
+        self.total([0.0])
+
     def total(self, values: Sequence[float]) -> list[float]:
         """``values`` summed over the processes (the step's loss and token counts)."""
         if not self.sharded:
@@ -143,7 +147,9 @@ def shard(
     )
     blocks = list(surgery.decoder_layers(model))
     for block in blocks:
-        fully_shard(block.to(master_dtype), mp_policy=policy)
+        for module in block.modules():
+            _cast_own_tensors(module, master_dtype)
+        fully_shard(block, mp_policy=policy)
     in_blocks = {id(m) for block in blocks for m in block.modules()}
     for module in model.modules():  # the root unit's own tensors (a tied head is one of them)
         if id(module) not in in_blocks:
@@ -159,16 +165,6 @@ def _cast_own_tensors(module: nn.Module, dtype: torch.dtype) -> None:
         for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
             if tensor.is_floating_point():
                 tensor.data = tensor.data.to(dtype)
-
-
-def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole (unsharded) state dict of a sharded model, in the first process's CPU memory
-    (gathered a parameter at a time, so no GPU holds a second full copy); the other processes
-    get an empty dict (they do not evaluate)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {k: v.detach().cpu() for k, v in get_model_state_dict(model, options=options).items()}
 
 
 def shard_leaves(module: nn.Module) -> nn.Module:
@@ -210,25 +206,32 @@ def sharded_copy(
         work_extras = [shard_leaves(copy.deepcopy(m).float()) for m in extras]
         yield work, work_extras
         for original, sharded in zip(originals, [work, *work_extras], strict=True):
-            _write_back(original, full_state(sharded))
+            _write_back(original, sharded, first=engine.rank == 0)
         del work, work_extras
     finally:
         for module in originals:
             module.to(device)
 
 
-def _write_back(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` (empty on every process but the first) into ``module``'s tensors."""
+def _write_back(original: nn.Module, sharded: nn.Module, first: bool) -> None:
+    """Copy ``sharded``'s trained parameters into ``original`` on the ``first`` process, one
+    parameter at a time: every process joins each gather, the first copies the whole tensor into
+    its original and drops it, so no process holds a second whole copy of the model (the
+    state-dict route gathered all of it in fp32 into the first process's host memory)."""
+    from torch.distributed.tensor import DTensor
+
     with torch.no_grad():
-        for name, tensor in module.state_dict(keep_vars=True).items():
-            if name in state:
-                tensor.copy_(state[name].to(device=tensor.device, dtype=tensor.dtype))
+        for name, param in sharded.named_parameters():
+            whole = param.full_tensor() if isinstance(param, DTensor) else param
+            if first:
+                target = original.get_parameter(name)
+                target.copy_(whole.to(device=target.device, dtype=target.dtype))
+            del whole
 
 
 __all__ = [
     "Engine",
     "current_engine",
-    "full_state",
     "launch_command",
     "launches_several",
     "local_launch_command",

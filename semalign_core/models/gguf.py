@@ -184,10 +184,10 @@ def _load_dequantised(path: Path):
 
 def conversion_is_current(wheel: GGUFWheel, out_dir: Path) -> bool:
     """Whether ``out_dir`` holds this wheel's GGUF converted by the current converter."""
-    marker = out_dir / CONVERSION_MARKER
-    if not marker.exists():
+    try:  # a folder being replaced by another process reads as not current
+        done = json.loads((out_dir / CONVERSION_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
         return False
-    done = json.loads(marker.read_text())
     # The version that is current depends on the kind of tokenizer the marker says was converted
     # (a SentencePiece-BPE one converted by an older converter says so too).
     current = (wheel.sha256, converter_version(bool(done.get("tokenizer_rebuilt_as_bpe"))))

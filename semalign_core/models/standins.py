@@ -25,6 +25,7 @@ import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from semalign_core.errors import InvalidParameterError
 from semalign_core.models.identity import folder_identity
 from semalign_core.models.tiny import tiny_model
 from semalign_core.paths import model_cache_dir
-from semalign_core.records import atomic_write_dir
+from semalign_core.records import atomic_write_dir, made_once
 
 STANDINS_ENV = "SEMALIGN_STANDINS"
 # Part of every stand-in's cache key and identity: bump when the same spec would build another.
@@ -103,8 +104,13 @@ def ensure_standin(spec, borrowed: BorrowedTokenizer) -> Path:
     """The cached folder of the stand-in of the hub ``spec``, built on first use (seconds)."""
     plan = standin_plan(spec, borrowed)
     folder = standin_dir(spec.name)
-    if _read_marker(folder) == plan:
-        return folder
+    return made_once(
+        folder, lambda: _read_marker(folder) == plan, partial(_build, spec, plan, borrowed)
+    )
+
+
+def _build(spec, plan: dict[str, Any], borrowed: BorrowedTokenizer) -> Path:
+    folder = standin_dir(spec.name)
     tokenizer = _standin_tokenizer(spec, plan, borrowed)
     model = _standin_model(spec.arch, plan, tokenizer)
     print(f"building a random stand-in of {spec.hub_id} (once; cached in {folder})")
