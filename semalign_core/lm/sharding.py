@@ -129,31 +129,27 @@ def current_engine() -> Engine:
     return Engine(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
-def shard(
-    model: nn.Module,
-    compute_dtype: torch.dtype | None = None,
-    master_dtype: torch.dtype = torch.float32,
-) -> nn.Module:
+def shard(model: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Module:
     """``model`` sharded in place: one FSDP unit per decoder block, then the root (embedding,
-    final norm, head), each unit's tensors cast to ``master_dtype`` just before it is sharded, so
-    that the process holds one unit in it at a time, never the whole model. ``compute_dtype``
-    below ``master_dtype``: forward and backward run in it while the shards stay in
-    ``master_dtype`` (fp32 master weights); gradients are reduced in fp32."""
+    final norm, head), each unit's tensors cast to fp32 just before it is sharded, so that the
+    process holds one unit in fp32 at a time, never the whole model. ``compute_dtype`` below
+    fp32: forward and backward run in it while the shards stay fp32 (master weights);
+    gradients are reduced in fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(
-        param_dtype=compute_dtype if compute_dtype not in (None, master_dtype) else None,
+        param_dtype=compute_dtype if compute_dtype not in (None, torch.float32) else None,
         reduce_dtype=torch.float32,
     )
     blocks = list(surgery.decoder_layers(model))
     for block in blocks:
         for module in block.modules():
-            _cast_own_tensors(module, master_dtype)
+            _cast_own_tensors(module, torch.float32)
         fully_shard(block, mp_policy=policy)
     in_blocks = {id(m) for block in blocks for m in block.modules()}
     for module in model.modules():  # the root unit's own tensors (a tied head is one of them)
         if id(module) not in in_blocks:
-            _cast_own_tensors(module, master_dtype)
+            _cast_own_tensors(module, torch.float32)
     fully_shard(model, mp_policy=policy)
     return model
 
@@ -226,7 +222,7 @@ def _write_back(original: nn.Module, sharded: nn.Module, first: bool) -> None:
             if first:
                 target = original.get_parameter(name)
                 target.copy_(whole.to(device=target.device, dtype=target.dtype))
-            del whole
+            del whole  # before the next gather, so two whole parameters never coexist
 
 
 __all__ = [

@@ -104,13 +104,11 @@ def ensure_standin(spec, borrowed: BorrowedTokenizer) -> Path:
     """The cached folder of the stand-in of the hub ``spec``, built on first use (seconds)."""
     plan = standin_plan(spec, borrowed)
     folder = standin_dir(spec.name)
-    return made_once(
-        folder, lambda: _read_marker(folder) == plan, partial(_build, spec, plan, borrowed)
-    )
+    build = partial(_build, spec, plan, borrowed, folder)
+    return made_once(folder, lambda: _read_marker(folder) == plan, build)
 
 
-def _build(spec, plan: dict[str, Any], borrowed: BorrowedTokenizer) -> Path:
-    folder = standin_dir(spec.name)
+def _build(spec, plan: dict[str, Any], borrowed: BorrowedTokenizer, folder: Path) -> Path:
     tokenizer = _standin_tokenizer(spec, plan, borrowed)
     model = _standin_model(spec.arch, plan, tokenizer)
     print(f"building a random stand-in of {spec.hub_id} (once; cached in {folder})")
